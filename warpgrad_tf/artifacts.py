@@ -1,0 +1,93 @@
+"""The on-disk form of a trained warped model, shared by every trainer and by the exporter.
+
+A run directory ``R`` holds ``R/model/model.keras`` (the Keras model; its variables carry the meta-learned
+warp parameters φ and initialisation θ0) and ``R/model/warpgrad.json`` (the partition and everything needed
+to adapt the model exactly as in training: update rule, loss, default steps, batch size, method, step).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import NamedTuple
+
+import keras
+
+from warpgrad_tf import update_rules
+from warpgrad_tf.model import WarpedModel
+from warpgrad_tf.version import __version__
+
+MODEL_FILE = "model.keras"
+SPEC_FILE = "warpgrad.json"
+
+
+class AdaptationSpec(NamedTuple):
+    """How a trained model adapts. ``loss`` names a function in :mod:`warpgrad_tf.losses`."""
+
+    rule: str
+    rule_hyperparameters: dict
+    loss: str
+    steps: int
+    batch_size: int | None
+    method: str
+    training_step: int
+    input_shape: list
+    num_outputs: int
+    roles: dict
+    task_family: str = ""
+    extra: dict = {}
+
+
+def model_dir(root_dir):
+    return os.path.join(root_dir, "model")
+
+
+def save(root_dir, warped: WarpedModel, rule, *, loss, steps, batch_size, method, training_step,
+         task_family="", extra=None):
+    """Write ``R/model/model.keras`` and ``R/model/warpgrad.json`` atomically (temp file + rename)."""
+    out = model_dir(root_dir)
+    os.makedirs(out, exist_ok=True)
+    model = warped.model
+    spec = AdaptationSpec(
+        rule=rule.name,
+        rule_hyperparameters=dict(rule.hyperparameters),
+        loss=loss,
+        steps=int(steps),
+        batch_size=None if batch_size is None else int(batch_size),
+        method=method,
+        training_step=int(training_step),
+        input_shape=[None if d is None else int(d) for d in model.inputs[0].shape[1:]],
+        num_outputs=int(model.outputs[0].shape[-1]),
+        roles=warped.role_map(),
+        task_family=task_family,
+        extra=dict(extra or {}),
+    )
+    tmp = os.path.join(out, "tmp-" + MODEL_FILE)
+    model.save(tmp)
+    os.replace(tmp, os.path.join(out, MODEL_FILE))
+    payload = dict(spec._asdict(), version=__version__)
+    tmp = os.path.join(out, "tmp-" + SPEC_FILE)
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, os.path.join(out, SPEC_FILE))
+    return out
+
+
+def load(root_dir):
+    """Load ``(WarpedModel, UpdateRule, AdaptationSpec)`` from a run directory (or its ``model/`` folder)."""
+    folder = root_dir if os.path.exists(os.path.join(root_dir, SPEC_FILE)) else model_dir(root_dir)
+    spec_path = os.path.join(folder, SPEC_FILE)
+    if not os.path.exists(spec_path):
+        raise FileNotFoundError(f"No trained warped model under {root_dir!r}: {spec_path} is missing "
+                                "(run a trainer with this --root_dir first).")
+    with open(spec_path) as f:
+        payload = json.load(f)
+    payload.pop("version", None)
+    spec = AdaptationSpec(**payload)
+    import warpgrad_tf.layers  # noqa: F401  (registers the custom layers for deserialisation)
+
+    model = keras.saving.load_model(os.path.join(folder, MODEL_FILE), compile=False)
+    warped = WarpedModel(model, variable_roles=spec.roles)
+    hp = dict(spec.rule_hyperparameters)
+    rule = update_rules.get(spec.rule, hp.pop("learning_rate"), **hp)
+    return warped, rule, spec

@@ -1,0 +1,114 @@
+"""The WarpGrad meta-objective for warp parameters φ (Sec. 2.4, Eq. 11 and Eq. 12).
+
+For a sampled point ``(θ_k, s_k)`` of a task trajectory (``s_k`` the update rule's state) the meta-loss is
+the meta loss after *one more* task step from θ_k::
+
+    θ'(φ) = U(θ_k, s_k, ∇_θ L_task(θ_k; φ))        (the task update, e.g. θ_k − α ∇L_task)
+    L(φ; θ_k) = L_meta(θ'(φ); φ)                      (Eq. 11, exact)
+    L̂(φ; θ_k) = L_meta(sg[θ'(φ)]; φ)                  (Eq. 12, approximate)
+
+In the exact objective the gradient w.r.t. φ flows through the meta loss *and* through the task gradient
+∇_θ L_task(θ_k; φ): second order through exactly one step. θ_k itself is a constant (``tf.stop_gradient``):
+WarpGrad never backpropagates through the trajectory. The approximation drops the second-order term.
+L_task and L_meta are evaluated on different batches of the task's data (``task_batch``, ``meta_batch``).
+
+:func:`meta_loss_gradient` gives the plain gradient ``∇_φ L_meta(θ_k; φ)`` (no step), for comparison.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import tensorflow as tf
+
+EXACT = "exact"
+APPROX = "approx"
+OBJECTIVES = (EXACT, APPROX)
+
+
+class MetaGradient(NamedTuple):
+    """A meta-loss and its gradient.
+
+    Attributes:
+      meta_loss: L_meta at the stepped parameters θ' (or at θ_k for :func:`meta_loss_gradient`).
+      task_loss: L_task(θ_k; φ) on the task batch (the loss whose gradient made the step).
+      grads: ``{path: tensor}`` gradient w.r.t. every warp parameter.
+      learning_rate_grad: gradient w.r.t. the inner learning rate when one was passed as a tensor to
+        meta-learn (App. F, learned α), else ``None``.
+    """
+
+    meta_loss: tf.Tensor
+    task_loss: tf.Tensor
+    grads: dict
+    learning_rate_grad: object = None
+
+
+def check_objective(objective):
+    if objective not in OBJECTIVES:
+        raise ValueError(f"Unknown warp objective {objective!r}; choose one of {OBJECTIVES} "
+                         "(exact = Eq. 11, approx = Eq. 12).")
+    return objective
+
+
+def warp_objective(warped, warp, task_k, opt_state_k, rule, task_batch, meta_batch, loss_fn: Callable, *,
+                   objective=EXACT, meta_loss_fn: Callable | None = None, frozen=None, state=None,
+                   training=True, learning_rate=None) -> MetaGradient:
+    """Meta-loss and warp meta-gradient of one trajectory sample (Eq. 11 exact, Eq. 12 approx).
+
+    Args:
+      warped: the :class:`~warpgrad_tf.WarpedModel`.
+      warp: warp parameters φ (``{path: tensor}``); gradients are taken w.r.t. these.
+      task_k: the sampled task parameters θ_k (treated as constants).
+      opt_state_k: the update rule's state stored with θ_k (momentum buffer; ``{}`` for SGD).
+      rule: the inner :class:`~warpgrad_tf.update_rules.UpdateRule` that produced the trajectory.
+      task_batch: ``(x, y)`` for L_task, whose gradient takes the step.
+      meta_batch: ``(x, y)`` for L_meta, evaluated after the step.
+      loss_fn: task loss ``loss_fn(y_true, y_pred)``; ``meta_loss_fn`` defaults to it.
+      objective: ``"exact"`` (Eq. 11) or ``"approx"`` (Eq. 12).
+      frozen, state, training: passed to :meth:`WarpedModel.apply`.
+      learning_rate: optional inner step size; pass a ``tf.Variable`` (scalar or per-parameter dict of
+        variables) to get its meta-gradient in ``learning_rate_grad`` (exact objective only: under
+        Eq. 12 the stepped parameters are detached, so the rate receives no gradient).
+    """
+    check_objective(objective)
+    meta_loss_fn = meta_loss_fn or loss_fn
+    task_k = tf.nest.map_structure(tf.stop_gradient, task_k)
+    opt_state_k = tf.nest.map_structure(tf.stop_gradient, opt_state_k)
+    (xt, yt), (xm, ym) = task_batch, meta_batch
+    lr_vars = None if learning_rate is None or isinstance(learning_rate, (int, float)) else learning_rate
+    with tf.GradientTape() as outer:
+        outer.watch(warp)
+        with tf.GradientTape() as inner:
+            inner.watch(task_k)
+            outputs, new_state = warped.apply(task_k, warp, xt, frozen=frozen, state=state, training=training)
+            task_loss = loss_fn(yt, outputs)
+        task_grads = inner.gradient(task_loss, task_k, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        stepped, _ = rule.update(task_grads, opt_state_k, task_k, learning_rate)
+        if objective == APPROX:
+            stepped = tf.nest.map_structure(tf.stop_gradient, stepped)
+        meta_state = new_state if training else state
+        meta_outputs, _ = warped.apply(stepped, warp, xm, frozen=frozen, state=meta_state, training=training)
+        meta_loss = meta_loss_fn(ym, meta_outputs)
+    sources = (warp, lr_vars) if lr_vars is not None else warp
+    grads = outer.gradient(meta_loss, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    lr_grad = None
+    if lr_vars is not None:
+        grads, lr_grad = grads
+    return MetaGradient(meta_loss, task_loss, grads, lr_grad)
+
+
+def meta_loss_gradient(warped, warp, task_k, meta_batch, loss_fn: Callable, *, frozen=None, state=None,
+                       training=True) -> MetaGradient:
+    """``∇_φ L_meta(θ_k; φ)`` at the sampled point itself, no task step taken (for comparison).
+
+    ``task_loss`` of the result repeats the meta loss, since no task step is involved.
+    """
+    task_k = tf.nest.map_structure(tf.stop_gradient, task_k)
+    xm, ym = meta_batch
+    with tf.GradientTape() as tape:
+        tape.watch(warp)
+        outputs, _ = warped.apply(task_k, warp, xm, frozen=frozen, state=state, training=training)
+        meta_loss = loss_fn(ym, outputs)
+    grads = tape.gradient(meta_loss, warp, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return MetaGradient(meta_loss, meta_loss, grads, None)

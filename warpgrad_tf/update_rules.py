@@ -1,0 +1,99 @@
+"""Inner-loop update rules as small ``(init, update)`` pairs with explicit state (optax style).
+
+The task update of WarpGrad is plain gradient descent, ``θ_{k+1} = θ_k − α ∇L_task(θ_k; φ)`` (Sec. 2.4,
+Alg. 1 line 8), or momentum SGD, whose buffer is then part of the state sampled for the meta-objective
+(App. F). Rules never touch variables: ``update`` maps tensors to tensors, so it can sit inside
+``tf.GradientTape`` (the exact objective, Eq. 11, differentiates through one call of it).
+
+``learning_rate`` may be overridden per call with a scalar tensor (a meta-learned learning rate) or a
+``{path: tensor}`` dict shaped like the parameters (per-parameter rates, Meta-SGD, Eq. 3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import tensorflow as tf
+
+Params = Mapping[str, tf.Tensor]
+
+
+class UpdateRule(NamedTuple):
+    """An inner-loop optimiser.
+
+    Attributes:
+      name: ``"sgd"`` or ``"momentum"`` (used in exported metadata).
+      learning_rate: default step size α (> 0).
+      init: ``init(params) -> state``.
+      update: ``update(grads, state, params, learning_rate=None) -> (new_params, new_state)``.
+      hyperparameters: the rule's constants, for metadata and logs.
+    """
+
+    name: str
+    learning_rate: float
+    init: Callable[[Params], Any]
+    update: Callable[..., tuple]
+    hyperparameters: dict
+
+
+def _check_lr(learning_rate):
+    lr = float(learning_rate)
+    if not lr > 0:
+        raise ValueError(f"learning_rate must be > 0; got {learning_rate}.")
+    return lr
+
+
+def _rate(learning_rate, default, name, like):
+    """The step size for parameter ``name``: a scalar, or the matching entry of a per-parameter dict."""
+    lr = default if learning_rate is None else learning_rate
+    if isinstance(lr, Mapping):
+        lr = lr[name]
+    return tf.cast(lr, like.dtype)
+
+
+def sgd(learning_rate):
+    """Plain gradient descent: ``θ ← θ − α g``. State is empty."""
+    lr0 = _check_lr(learning_rate)
+
+    def init(params):
+        del params
+        return {}
+
+    def update(grads, state, params, learning_rate=None):
+        new = {k: params[k] - _rate(learning_rate, lr0, k, params[k]) * grads[k] for k in params}
+        return new, state
+
+    return UpdateRule("sgd", lr0, init, update, {"learning_rate": lr0})
+
+
+def momentum(learning_rate, beta=0.9, nesterov=False):
+    """Heavy-ball momentum: ``v ← β v + g;  θ ← θ − α v`` (``θ ← θ − α (g + β v)`` with Nesterov).
+
+    The velocity ``v`` is the rule's state; it is stored with θ_k in trajectories and replay buffers so the
+    meta-objective takes the same step the task learner would have taken (App. F).
+    """
+    lr0 = _check_lr(learning_rate)
+    beta = float(beta)
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"momentum beta must lie in [0, 1); got {beta}.")
+
+    def init(params):
+        return {k: tf.zeros_like(v) for k, v in params.items()}
+
+    def update(grads, state, params, learning_rate=None):
+        velocity = {k: beta * state[k] + grads[k] for k in params}
+        step = {k: grads[k] + beta * velocity[k] for k in params} if nesterov else velocity
+        new = {k: params[k] - _rate(learning_rate, lr0, k, params[k]) * step[k] for k in params}
+        return new, velocity
+
+    return UpdateRule("momentum", lr0, init, update,
+                      {"learning_rate": lr0, "beta": beta, "nesterov": bool(nesterov)})
+
+
+def get(name, learning_rate, **kwargs):
+    """Look up a rule by name (``"sgd"`` or ``"momentum"``); unknown names are an error that lists both."""
+    rules = {"sgd": sgd, "momentum": momentum}
+    if name not in rules:
+        raise ValueError(f"Unknown inner update rule {name!r}; choose one of {sorted(rules)}.")
+    return rules[name](learning_rate, **kwargs)

@@ -1,0 +1,55 @@
+"""Shared test fixtures.
+
+Data-dependent tests find the Omniglot zips in ``$WARPGRAD_OMNIGLOT_DIR`` or ``../shared/data/omniglot``
+beside the repository. Where the data is absent they skip with a reason — unless ``WARPGRAD_REQUIRE_DATA=1``
+(set by ``.ci/run``), which turns that skip into a failure so CI never passes by skipping.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _omniglot_dir():
+    env = os.environ.get("WARPGRAD_OMNIGLOT_DIR")
+    candidates = [env] if env else []
+    candidates.append(os.path.join(REPO, "..", "shared", "data", "omniglot"))
+    for path in candidates:
+        if path and os.path.isdir(path) and any(f.endswith(".zip") or os.path.isdir(os.path.join(path, f))
+                                                 for f in os.listdir(path)):
+            return os.path.abspath(path)
+    return None
+
+
+@pytest.fixture(scope="session")
+def omniglot_dir():
+    path = _omniglot_dir()
+    if path is None:
+        reason = ("Omniglot data not found: set WARPGRAD_OMNIGLOT_DIR or place the official zips in "
+                  "../shared/data/omniglot")
+        if os.environ.get("WARPGRAD_REQUIRE_DATA") == "1":
+            pytest.fail(reason + " (WARPGRAD_REQUIRE_DATA=1 forbids skipping).")
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture
+def float64():
+    """Run a test with Keras' float type set to float64 (for finite-difference checks)."""
+    previous = keras.config.floatx()
+    keras.config.set_floatx("float64")
+    try:
+        yield
+    finally:
+        keras.config.set_floatx(previous)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    keras.utils.set_random_seed(1234)
+    yield

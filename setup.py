@@ -24,6 +24,7 @@ CORE = [
     "absl-py==2.5.1",
     "tqdm==4.70.1",
     "pillow==13.0.0",
+    "matplotlib==3.11.2",
 ]
 RL = ["tf-agents==0.19.0", "tf_keras==2.21.0", "tensorflow-probability==0.23.0"]
 TEST = ["pytest==9.2.0", "ruff==0.17.6"]

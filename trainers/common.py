@@ -1,0 +1,192 @@
+"""What every trainer binary shares: absl flags for gin, run directories, TensorBoard writers,
+checkpoint-and-resume with graceful interruption, a progress bar and results files.
+
+A trainer module defines one ``@gin.configurable train_eval(root_dir, ...)`` and ends with::
+
+    if __name__ == "__main__":
+        common.run_main(train_eval)
+
+which gives it ``--root_dir``, ``--gin_file`` (repeatable), ``--gin_param`` (repeatable) and
+``--data_dir``, parses gin before any work, reports configuration errors as one line naming the flag or
+binding, and writes the operative gin config to ``root_dir/operative_config.gin``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import gin  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def define_flags(data_dir=False):
+    """Define the standard trainer flags (idempotent)."""
+    if "root_dir" not in FLAGS:
+        flags.DEFINE_string("root_dir", None, "Run directory: checkpoints, TensorBoard logs, results.")
+        flags.DEFINE_multi_string("gin_file", [], "Gin config files (applied in order).")
+        flags.DEFINE_multi_string("gin_param", [], "Gin bindings, e.g. 'train_eval.meta_steps=10'.")
+    if data_dir and "data_dir" not in FLAGS:
+        flags.DEFINE_string("data_dir", None, "Data folder (or comma-separated folders).")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem: reported as one line, no traceback."""
+
+
+def parse_gin(gin_files, gin_params):
+    """Parse gin files and bindings, turning gin's errors into a one-line ConfigError naming the culprit."""
+    for path in gin_files:
+        if not os.path.exists(path):
+            raise ConfigError(f"--gin_file {path!r} does not exist.")
+    try:
+        gin.parse_config_files_and_bindings(gin_files, gin_params)
+    except (ValueError, KeyError, NameError, TypeError) as e:  # gin raises these for bad bindings
+        raise ConfigError(f"bad gin configuration ({', '.join(gin_files) or 'no files'}; "
+                          f"bindings {gin_params}): {str(e).splitlines()[0]}") from e
+
+
+def run_main(train_eval, data_dir=False):
+    """Entry point for ``python -m trainers.X``: flags → gin → ``train_eval(root_dir=..., [data_dir=...])``."""
+    define_flags(data_dir=data_dir)
+
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        if not FLAGS.root_dir:
+            _fail("--root_dir is required.")
+        try:
+            parse_gin(FLAGS.gin_file, FLAGS.gin_param)
+            kwargs = {"root_dir": FLAGS.root_dir}
+            if data_dir:
+                kwargs["data_dir"] = FLAGS.data_dir
+            train_eval(**kwargs)
+        except (ConfigError, ValueError, FileNotFoundError) as e:
+            _fail(str(e))
+
+    app.run(main)
+
+
+def _fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def write_operative_config(root_dir):
+    os.makedirs(root_dir, exist_ok=True)
+    with open(os.path.join(root_dir, "operative_config.gin"), "w") as f:
+        f.write(gin.config_str())
+
+
+class SummaryWriters:
+    """``root_dir/train`` and ``root_dir/eval`` TensorBoard writers."""
+
+    def __init__(self, root_dir):
+        self.train = tf.summary.create_file_writer(os.path.join(root_dir, "train"))
+        self.eval = tf.summary.create_file_writer(os.path.join(root_dir, "eval"))
+
+    def scalars(self, writer, step, values):
+        with writer.as_default(step=int(step)):
+            for name, value in values.items():
+                tf.summary.scalar(name, float(value))
+        writer.flush()
+
+    def histograms(self, writer, step, values):
+        with writer.as_default(step=int(step)):
+            for name, value in values.items():
+                tf.summary.histogram(name, value)
+        writer.flush()
+
+    def curve(self, writer, tag, values, step_offset=0):
+        """Write a learning curve as a scalar series indexed by adaptation step."""
+        with writer.as_default():
+            for k, v in enumerate(np.asarray(values).reshape(-1)):
+                tf.summary.scalar(tag, float(v), step=step_offset + k)
+        writer.flush()
+
+
+class Interrupt:
+    """Turns SIGTERM / SIGINT into a flag the training loop polls, so it can checkpoint and stop cleanly.
+
+    Use as a context manager; a second signal while handling the first exits immediately.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logging.warning("Signal %d received: checkpointing and stopping after the current step.", signum)
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+class Checkpointer:
+    """A ``tf.train.CheckpointManager`` over named trackables, with an explicit global step.
+
+    ``restore()`` returns the step to continue from (0 for a fresh run). Every trackable that determines
+    the run's future — models, optimisers, the step, RNG state (keep NumPy RNG state in a
+    ``tf.Variable`` or derive it from the step) — must be passed in, so a resumed run continues exactly.
+    """
+
+    def __init__(self, root_dir, max_to_keep=3, **trackables):
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        self.checkpoint = tf.train.Checkpoint(step=self.step, **trackables)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, os.path.join(root_dir, "checkpoints"), max_to_keep=max_to_keep)
+
+    def restore(self):
+        latest = self.manager.latest_checkpoint
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            logging.info("Resumed from %s at step %d.", latest, int(self.step))
+        return int(self.step)
+
+    def save(self, step):
+        self.step.assign(int(step))
+        return self.manager.save(checkpoint_number=int(step))
+
+
+def progress(total, initial=0, desc="meta-train"):
+    """A tqdm progress bar with ETA (to stderr)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, file=sys.stderr,
+                mininterval=1.0)
+
+
+def write_json(path, payload):
+    """Write JSON atomically (temp file + rename), converting NumPy values."""
+
+    def default(o):
+        if isinstance(o, (np.floating, np.integer)):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, tf.Tensor):
+            return o.numpy().tolist()
+        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, default=default)
+    os.replace(tmp, path)

@@ -11,6 +11,11 @@ def mse(y_true, y_pred):
     return tf.reduce_mean(tf.square(y_pred - tf.reshape(y_true, tf.shape(y_pred))))
 
 
+def half_mse(y_true, y_pred):
+    """Half the mean squared error, ``1/(2|D|) Σ (f(x) − y)²`` (the continual sine task loss, App. J, Eq. 22)."""
+    return 0.5 * mse(y_true, y_pred)
+
+
 def softmax_cross_entropy(labels, logits):
     """Mean negative log-likelihood of integer ``labels`` under softmax ``logits`` (the Omniglot NLL)."""
     labels = tf.cast(labels, tf.int32)
@@ -24,8 +29,8 @@ def accuracy(labels, logits):
 
 
 def get(name):
-    """A loss by name: ``"mse"`` or ``"softmax_cross_entropy"``."""
-    losses = {"mse": mse, "softmax_cross_entropy": softmax_cross_entropy}
+    """A loss by name: ``"mse"``, ``"half_mse"`` or ``"softmax_cross_entropy"``."""
+    losses = {"mse": mse, "half_mse": half_mse, "softmax_cross_entropy": softmax_cross_entropy}
     if name not in losses:
         raise ValueError(f"Unknown loss {name!r}; choose one of {sorted(losses)}.")
     return losses[name]

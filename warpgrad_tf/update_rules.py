@@ -49,6 +49,8 @@ def _rate(learning_rate, default, name, like):
     lr = default if learning_rate is None else learning_rate
     if isinstance(lr, Mapping):
         lr = lr[name]
+    if isinstance(lr, (int, float)):  # a Python number: no float32 round trip in float64 models
+        return tf.constant(lr, dtype=like.dtype)
     return tf.cast(lr, like.dtype)
 
 

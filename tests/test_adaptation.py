@@ -1,0 +1,129 @@
+"""Task adaptation: identity warps reproduce SGD, trajectories, momentum, finite-loss checks."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import warpgrad_tf as wg
+
+
+def _pair(seed=0):
+    """The same task learner with identity-initialised warps of every affine kind, and without warps."""
+    keras.utils.set_random_seed(seed)
+    plain = keras.Sequential([
+        keras.Input((6, 6, 2)), keras.layers.Conv2D(3, 3, padding="same", name="c1"),
+        keras.layers.ReLU(), keras.layers.Conv2D(3, 3, padding="same", name="c2"), keras.layers.ReLU(),
+        keras.layers.Flatten(), keras.layers.Dense(8, name="d1"), keras.layers.ReLU(),
+        keras.layers.Dense(3, name="d2")], name="plain")
+    warped_model = keras.Sequential([
+        keras.Input((6, 6, 2)), keras.layers.Conv2D(3, 3, padding="same", name="c1"),
+        wg.WarpBlock("conv", kernel_size=3), keras.layers.ReLU(),
+        keras.layers.Conv2D(3, 3, padding="same", name="c2"), wg.WarpBlock("scale"),
+        wg.WarpBlock("conv", kernel_size=1, residual=True), keras.layers.ReLU(),
+        keras.layers.Flatten(), keras.layers.Dense(8, name="d1"), wg.WarpBlock("dense"),
+        keras.layers.ReLU(), keras.layers.Dense(3, name="d2"),
+        wg.WarpBlock("dense", num_layers=2, hidden_units=4, activation="tanh", residual=True)],
+        name="plain")  # same name: identical variable paths for the task layers
+    for name in ("c1", "c2", "d1", "d2"):
+        for a, b in zip(warped_model.get_layer(name).weights, plain.get_layer(name).weights):
+            a.assign(b)
+    return wg.WarpedModel(plain), wg.WarpedModel(warped_model)
+
+
+def _data(n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n, 6, 6, 2)).astype("float32"), rng.integers(0, 3, n).astype("int32"))
+
+
+@pytest.mark.parametrize("rule", [wg.sgd(0.1), wg.momentum(0.05, beta=0.9)])
+def test_identity_warps_reproduce_plain_sgd_step_for_step(rule):
+    plain, warped = _pair()
+    assert warped.names["task"] == plain.names["task"]
+    x, y = _data()
+    batches = wg.minibatches(x, y, batch_size=8, seed=3)
+    run = lambda m: wg.unroll(m, m.values("task"), m.values("warp"), rule, batches,  # noqa: E731
+                              wg.losses.softmax_cross_entropy, 10)
+    a, b = run(plain), run(warped)
+    np.testing.assert_allclose(a.losses, b.losses, atol=1e-6)
+    for name in plain.names["task"]:
+        np.testing.assert_allclose(a.task[name], b.task[name], atol=1e-6)
+    assert float(a.losses[-1]) < float(a.losses[0])
+
+
+def test_unroll_returns_k_plus_one_points_and_loss_falls():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(32, activation="tanh"),
+                              wg.WarpBlock("dense"), keras.layers.Dense(1)])
+    warped = wg.WarpedModel(model)
+    task = wg.tasks.SineTaskFamily(shots=20).sample(0)
+    rule = wg.momentum(0.02)
+    traj = tf.function(lambda: wg.unroll(warped, warped.values("task"), warped.values("warp"), rule,
+                                         wg.minibatches(task.train_x, task.train_y), wg.losses.mse, 50))()
+    assert traj.losses.shape == (51,)
+    assert int(traj.num_steps) == 50
+    for name, var in warped.task_variables.items():
+        assert traj.task[name].shape == (51, *var.shape)
+        np.testing.assert_allclose(traj.task[name][0], var.numpy())
+        assert traj.opt_state[name].shape == (51, *var.shape)
+    assert float(traj.losses[-1]) < 0.5 * float(traj.losses[0])
+    # adapt() ends where unroll() ends.
+    final = wg.adapt(warped, warped.values("task"), warped.values("warp"), rule,
+                     wg.minibatches(task.train_x, task.train_y), wg.losses.mse, 50)
+    for name in warped.names["task"]:
+        np.testing.assert_allclose(final.task[name], traj.task[name][-1], atol=1e-6)
+    np.testing.assert_allclose(final.losses, traj.losses[:-1], atol=1e-6)
+
+
+def test_steps_may_be_a_tensor_and_zero():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(4), keras.layers.Dense(1)])
+    warped = wg.WarpedModel(model)
+    x = np.ones((4, 1), "float32")
+    fn = tf.function(lambda k: wg.adapt(warped, warped.values("task"), {}, wg.sgd(0.1),
+                                        wg.minibatches(x, x), wg.losses.mse, k))
+    zero = fn(tf.constant(0))
+    for name, value in warped.values("task").items():
+        np.testing.assert_array_equal(zero.task[name], value)
+    assert fn(tf.constant(3)).losses.shape == (3,)
+    with pytest.raises(ValueError, match="steps must be >= 0"):
+        wg.adapt(warped, warped.values("task"), {}, wg.sgd(0.1), wg.minibatches(x, x), wg.losses.mse, -1)
+
+
+def test_non_finite_loss_stops_and_names_the_step():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    warped = wg.WarpedModel(model)
+    x = np.full((4, 1), 100.0, "float32")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Non-finite task loss .* at step"):
+        tf.function(lambda: wg.adapt(warped, warped.values("task"), {}, wg.sgd(10.0), wg.minibatches(x, x),
+                                     wg.losses.mse, 50))()
+
+
+def test_momentum_rule_matches_hand_computation():
+    rule = wg.momentum(0.5, beta=0.9)
+    params = {"w": tf.constant([1.0, 2.0])}
+    state = {"w": tf.constant([0.2, -0.4])}
+    new, velocity = rule.update({"w": tf.constant([1.0, 1.0])}, state, params)
+    np.testing.assert_allclose(velocity["w"], [0.9 * 0.2 + 1.0, 0.9 * -0.4 + 1.0], rtol=1e-6)
+    np.testing.assert_allclose(new["w"], [1.0 - 0.5 * 1.18, 2.0 - 0.5 * 0.64], rtol=1e-6)
+
+
+def test_minibatches_are_deterministic_and_without_replacement():
+    x = np.arange(20, dtype="float32")[:, None]
+    a = wg.minibatches(x, x, batch_size=8, seed=5)
+    b = wg.minibatches(x, x, batch_size=8, seed=5)
+    xa, _ = a(3)
+    np.testing.assert_array_equal(xa, b(3)[0])
+    assert len(np.unique(xa.numpy())) == 8
+    assert not np.array_equal(xa, a(4)[0])
+    assert not np.array_equal(xa, wg.minibatches(x, x, batch_size=8, seed=6)(3)[0])
+
+
+def test_invalid_learning_rate_is_an_error():
+    with pytest.raises(ValueError, match="learning_rate must be > 0"):
+        wg.sgd(0.0)
+    with pytest.raises(ValueError, match="learning_rate must be > 0"):
+        wg.momentum(-1.0)
+    with pytest.raises(ValueError, match="Unknown inner update rule 'adam'"):
+        wg.update_rules.get("adam", 0.1)

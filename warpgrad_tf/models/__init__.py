@@ -1,0 +1,5 @@
+"""Task-learner architectures of the paper's experiments."""
+
+from warpgrad_tf.models.omniglot import WARP_VARIANTS, FiLMWarpBlock, omniglot_convnet, warp_layer
+
+__all__ = ["WARP_VARIANTS", "FiLMWarpBlock", "omniglot_convnet", "warp_layer"]

@@ -1,0 +1,152 @@
+"""The Omniglot task learner (Sec. 4.2, App. E) with a warp layer after every block (App. F, Table 3).
+
+The task learner of Flennerhag et al. (2019): four blocks of ``3×3 conv (64) → 2×2 max-pool → BatchNorm →
+ReLU`` on 28×28 inputs (28 → 14 → 7 → 3 → 1) and a linear head on the ``1×1×64`` feature map. WarpGrad
+inserts a warp layer ω_i after each block, ``W ∘ ω4 ∘ h4 ∘ … ∘ ω1 ∘ h1``. The task layers (convolutions,
+their BatchNorm scale/shift and the head) are task parameters θ; the warp layers carry the default role
+``"warp"``, so ``WarpedModel(model)`` resolves the partition without declarations.
+
+The warp variant is a name from :data:`WARP_VARIANTS` (one per row of Table 3) or ``None`` for the plain
+(unwarped) learner; ``warp_kwargs`` overrides or extends the :class:`~warpgrad_tf.layers.WarpBlock`
+arguments of a named variant, so any other block can be configured by gin::
+
+    omniglot_convnet.warp = "bn_res_relu"
+    omniglot_convnet.warp_kwargs = {"kernel_size": 1}
+
+BatchNorm defaults follow the authors' PyTorch release (``momentum=0.1`` there, i.e. ``momentum=0.9`` in
+Keras' convention; ``epsilon=1e-5``): with Keras' default 0.99 the moving statistics after a 100-step task
+adaptation would still be dominated by their initial values.
+"""
+
+from __future__ import annotations
+
+import gin
+import keras
+
+from warpgrad_tf.layers import TaskFiLM, WarpBlock
+
+#: Table 3 warp variants → :class:`WarpBlock` arguments (``"film"`` builds a :class:`FiLMWarpBlock`).
+WARP_VARIANTS = {
+    "conv3x3": dict(kind="conv", kernel_size=3),
+    "conv1x1": dict(kind="conv", kernel_size=1),
+    "scale": dict(kind="scale"),
+    "relu": dict(kind="conv", kernel_size=3, output_activation="relu"),
+    "bn": dict(kind="conv", kernel_size=3, batch_norm="after"),
+    "bn_relu": dict(kind="conv", kernel_size=3, batch_norm="after", output_activation="relu"),
+    "bn_res_relu": dict(kind="conv", kernel_size=3, batch_norm="after", residual=True,
+                        output_activation="relu"),
+    "2layer_bn_res": dict(kind="conv", kernel_size=3, num_layers=2, hidden_units=128, batch_norm="after",
+                          residual=True, activation="relu"),
+    "film": dict(kernel_size=3, hidden_units=128, embedding_dim=8),
+}
+
+
+@keras.saving.register_keras_serializable(package="warpgrad_tf")
+class FiLMWarpBlock(keras.layers.Layer):
+    """Two-layer residual warp with a FiLM task embedding between its convolutions (Table 3, last row).
+
+    ``x → conv(hidden) → BN → ReLU → FiLM(e) → conv(C) → BN → (+x) → ReLU``. The convolutions, the
+    BatchNorm scale/shift and the FiLM projections are warp parameters φ; the FiLM embedding ``e`` is a
+    task parameter, adapted from zero on every task (App. F). The second convolution is zero-initialised,
+    so, as for every residual :class:`WarpBlock`, the block starts as ``ReLU(x)`` of its input.
+
+    Args:
+      kernel_size: spatial size of both convolutions.
+      hidden_units: output channels of the first convolution (128 in App. F).
+      embedding_dim: size of the task embedding.
+    """
+
+    warpgrad_role = "warp"
+
+    def __init__(self, kernel_size=3, hidden_units=128, embedding_dim=8, **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_size = int(kernel_size)
+        self.hidden_units = int(hidden_units)
+        self.embedding_dim = int(embedding_dim)
+
+    def build(self, input_shape):
+        channels = int(input_shape[-1])
+        shape = tuple(input_shape)
+        hidden_shape = shape[:-1] + (self.hidden_units,)
+        self.conv_in = keras.layers.Conv2D(self.hidden_units, self.kernel_size, padding="same",
+                                           name="map_0", dtype=self.dtype_policy)
+        self.bn_in = keras.layers.BatchNormalization(name="bn_0", dtype=self.dtype_policy)
+        self.film = TaskFiLM(self.embedding_dim, name="film", dtype=self.dtype_policy)
+        self.conv_out = keras.layers.Conv2D(channels, self.kernel_size, padding="same",
+                                            kernel_initializer="zeros", name="map_1",
+                                            dtype=self.dtype_policy)
+        self.bn_out = keras.layers.BatchNormalization(name="bn_1", dtype=self.dtype_policy)
+        self.conv_in.build(shape)
+        self.bn_in.build(hidden_shape)
+        self.film.build(hidden_shape)
+        self.conv_out.build(hidden_shape)
+        self.bn_out.build(shape)
+        super().build(input_shape)
+
+    def call(self, inputs, training=None):
+        h = keras.ops.relu(self.bn_in(self.conv_in(inputs), training=training))
+        h = self.bn_out(self.conv_out(self.film(h)), training=training)
+        return keras.ops.relu(h + inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(kernel_size=self.kernel_size, hidden_units=self.hidden_units,
+                      embedding_dim=self.embedding_dim)
+        return config
+
+
+def warp_layer(warp, warp_kwargs=None, name=None):
+    """The warp layer for a :data:`WARP_VARIANTS` name (``warp_kwargs`` override its arguments)."""
+    if warp not in WARP_VARIANTS:
+        raise ValueError(f"Unknown Omniglot warp variant {warp!r}; choose one of {sorted(WARP_VARIANTS)} "
+                         "or None (no warp layers).")
+    kwargs = {**WARP_VARIANTS[warp], **dict(warp_kwargs or {})}
+    if warp == "film":
+        return FiLMWarpBlock(name=name, **kwargs)
+    return WarpBlock(name=name, **kwargs)
+
+
+@gin.configurable
+def omniglot_convnet(num_classes=20, num_blocks=4, filters=64, kernel_size=3, image_size=28, channels=1,
+                     warp="conv3x3", warp_kwargs=None, warp_head=False, bn_momentum=0.9, bn_epsilon=1e-5,
+                     name="omniglot_convnet"):
+    """Build the (warped) Omniglot task learner as a functional ``keras.Model``.
+
+    Args:
+      num_classes: outputs of the linear head (20-way tasks).
+      num_blocks: conv blocks (4; 28×28 inputs reach a 1×1 feature map).
+      filters: channels of every task convolution (64).
+      kernel_size: task convolution size (3).
+      image_size, channels: input shape ``[image_size, image_size, channels]``.
+      warp: a :data:`WARP_VARIANTS` name, inserted after every block, or ``None`` for no warp layers.
+      warp_kwargs: overrides of the variant's :class:`WarpBlock` arguments.
+      warp_head: also insert a linear (dense) warp on the logits (``W ∘ ω`` of the released code's
+        ``warp_final_head``).
+      bn_momentum, bn_epsilon: task BatchNorm constants (PyTorch-release defaults, see module doc).
+      name: model name.
+
+    Returns:
+      A built ``keras.Model`` mapping ``[batch, image_size, image_size, channels]`` images to logits. Layer
+      names: ``conv{i}``, ``bn{i}``, ``warp{i}``, ``head`` (and ``warp_head``).
+    """
+    if int(num_blocks) < 1:
+        raise ValueError(f"omniglot_convnet needs num_blocks >= 1; got {num_blocks}.")
+    if warp is None and warp_kwargs:
+        raise ValueError("omniglot_convnet: warp_kwargs given but warp=None (no warp layers).")
+    inputs = keras.Input((image_size, image_size, channels), name="images")
+    x = inputs
+    for i in range(1, int(num_blocks) + 1):
+        x = keras.layers.Conv2D(filters, kernel_size, padding="same", name=f"conv{i}")(x)
+        x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)
+        x = keras.layers.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name=f"bn{i}")(x)
+        x = keras.layers.ReLU(name=f"relu{i}")(x)
+        if warp is not None:
+            x = warp_layer(warp, warp_kwargs, name=f"warp{i}")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    outputs = keras.layers.Dense(num_classes, name="head")(x)
+    if warp_head:
+        outputs = WarpBlock(kind="dense", name="warp_head")(outputs)
+    return keras.Model(inputs, outputs, name=name)

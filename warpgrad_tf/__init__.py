@@ -10,7 +10,7 @@ Public API (one module per idea):
 * :mod:`warpgrad_tf.geometry` — the preconditioner warps induce (Eq. 6–9).
 """
 
-from warpgrad_tf import geometry, losses, tasks, update_rules
+from warpgrad_tf import artifacts, geometry, losses, objectives, tasks, update_rules
 from warpgrad_tf.adaptation import AdaptResult, Trajectory, adapt, minibatches, task_step, unroll
 from warpgrad_tf.layers import DiracInitializer, TaskFiLM, WarpBlock
 from warpgrad_tf.model import WarpedModel
@@ -29,10 +29,12 @@ __all__ = [
     "WarpedModel",
     "__version__",
     "adapt",
+    "artifacts",
     "geometry",
     "losses",
     "meta_loss_gradient",
     "minibatches",
+    "objectives",
     "momentum",
     "sgd",
     "task_step",

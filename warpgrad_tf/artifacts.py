@@ -22,7 +22,11 @@ SPEC_FILE = "warpgrad.json"
 
 
 class AdaptationSpec(NamedTuple):
-    """How a trained model adapts. ``loss`` names a function in :mod:`warpgrad_tf.losses`."""
+    """How a trained model adapts. ``loss`` names a function in :mod:`warpgrad_tf.losses`.
+
+    ``training`` is the forward mode of adaptation and prediction (BatchNorm on batch statistics when
+    True, the library convention); exported SavedModels use it.
+    """
 
     rule: str
     rule_hyperparameters: dict
@@ -36,6 +40,7 @@ class AdaptationSpec(NamedTuple):
     roles: dict
     task_family: str = ""
     extra: dict = {}
+    training: bool = True
 
 
 def model_dir(root_dir):
@@ -43,7 +48,7 @@ def model_dir(root_dir):
 
 
 def save(root_dir, warped: WarpedModel, rule, *, loss, steps, batch_size, method, training_step,
-         task_family="", extra=None):
+         task_family="", extra=None, training=True):
     """Write ``R/model/model.keras`` and ``R/model/warpgrad.json`` atomically (temp file + rename)."""
     out = model_dir(root_dir)
     os.makedirs(out, exist_ok=True)
@@ -61,6 +66,7 @@ def save(root_dir, warped: WarpedModel, rule, *, loss, steps, batch_size, method
         roles=warped.role_map(),
         task_family=task_family,
         extra=dict(extra or {}),
+        training=bool(training),
     )
     tmp = os.path.join(out, "tmp-" + MODEL_FILE)
     model.save(tmp)

@@ -1,0 +1,343 @@
+"""Adaptation-only SavedModel export (warpgrad_tf.serving, export/): one test per signature and claim.
+
+Two small trained-looking runs are written with ``artifacts.save``: a sine MLP with dense warps (momentum,
+mini-batches of 5 from 10 shots, exported through the CLI with ``--checkpoint``) and an Omniglot-shaped
+conv net (BatchNorm + ReLU + max-pool blocks, conv warps, a frozen layer, 20 classes, SGD). A separate
+Python process that imports only TensorFlow (and NumPy) loads both SavedModels; its outputs must match
+in-memory adaptation with the library (``warpgrad_tf.adapt`` + ``WarpedModel.apply``) to 1e-5.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import warpgrad_tf as wg
+from export.load import load as load_export
+from warpgrad_tf import artifacts, serving
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+TOL = 1e-5
+SINE_STEPS, OMNI_STEPS, OMNI_CLASSES = 5, 3, 20
+
+
+def _sine_model():
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((1,))
+    h = keras.layers.Dense(32, activation="relu", name="dense_0")(inp)
+    h = wg.WarpBlock("dense", num_layers=2, hidden_units=16, activation="tanh", residual=True, name="warp_0")(h)
+    h = keras.layers.Dense(32, activation="relu", name="dense_1")(h)
+    h = wg.WarpBlock("dense", name="warp_1")(h)
+    return wg.WarpedModel(keras.Model(inp, keras.layers.Dense(1, name="head")(h), name="sine_learner"))
+
+
+def _omniglot_model():
+    keras.utils.set_random_seed(2)
+    x = inp = keras.Input((28, 28, 1))
+    for i in range(3):
+        x = keras.layers.Conv2D(8, 3, padding="same", name=f"conv_{i}")(x)
+        x = keras.layers.BatchNormalization(name=f"bn_{i}")(x)
+        x = keras.layers.ReLU(name=f"relu_{i}")(x)
+        x = keras.layers.MaxPooling2D(2, name=f"pool_{i}")(x)
+        x = wg.WarpBlock("conv", name=f"warp_{i}")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    out = keras.layers.Dense(OMNI_CLASSES, name="head")(x)
+    return wg.WarpedModel(keras.Model(inp, out, name="omniglot_learner"), frozen=["conv_0"])
+
+
+def _perturb(warped, role, scale, seed):
+    rng = np.random.default_rng(seed)
+    for v in warped.variables(role).values():
+        v.assign(v.numpy() + scale * rng.standard_normal(v.shape).astype(np.float32))
+
+
+def _reference(warped, rule, loss_fn, batch_size, seed=0, training=True):
+    """In-memory adaptation with the library, from the warped model's current values."""
+    task0, warp = warped.values("task"), warped.values("warp")
+    frozen, state = warped.values("frozen"), warped.values("state")
+
+    @tf.function
+    def adapt_and_predict(sx, sy, qx, steps):
+        r = wg.adapt(warped, task0, warp, rule, wg.minibatches(sx, sy, batch_size, seed), loss_fn, steps,
+                     frozen=frozen, state=state, training=training)
+        return warped.apply(r.task, warp, qx, frozen=frozen, state=r.state, training=training)[0], r.task
+
+    return adapt_and_predict
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    # Sine: saved, then "trained further" (task and warp moved) and checkpointed the trainers' way; the
+    # CLI exports the checkpoint's weights. Started in the background while the Omniglot model is exported.
+    sine = _sine_model()
+    sine_rule = wg.momentum(0.02, beta=0.5)
+    artifacts.save(str(root / "sine"), sine, sine_rule, loss="mse", steps=SINE_STEPS, batch_size=5,
+                   method="warpgrad", training_step=10, task_family="sine")
+    _perturb(sine, "task", 0.05, 0)
+    _perturb(sine, "warp", 0.05, 1)
+    tf.train.Checkpoint(step=tf.Variable(42, dtype=tf.int64), model=sine.model).save(
+        str(root / "sine" / "checkpoints" / "ckpt"))
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "export.saved_model", f"--root_dir={root / 'sine'}",
+         f"--output={root / 'sine_sm'}", "--checkpoint=latest"],
+        cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    omni = _omniglot_model()
+    omni_rule = wg.sgd(0.1)
+    _perturb(omni, "warp", 0.02, 2)  # warps away from the identity, like meta-learned ones
+    artifacts.save(str(root / "omni"), omni, omni_rule, loss="softmax_cross_entropy", steps=OMNI_STEPS,
+                   batch_size=10, method="warpgrad", training_step=7, task_family="omniglot")
+    omni_path, omni_description = serving.export(str(root / "omni"), str(root / "omni_sm"))
+
+    task = wg.tasks.SineTaskFamily(shots=10, query=20).sample(123)
+    rng = np.random.default_rng(3)
+    data = {
+        "sine": (task.train_x, task.train_y, task.test_x),
+        "omni": (rng.uniform(size=(20, 28, 28, 1)).astype(np.float32),
+                 rng.permutation(OMNI_CLASSES).astype(np.int32),
+                 rng.uniform(size=(15, 28, 28, 1)).astype(np.float32)),
+    }
+    refs = {"sine": _reference(sine, sine_rule, wg.losses.mse, 5),
+            "omni": _reference(omni, omni_rule, wg.losses.softmax_cross_entropy, 10)}
+    steps = {"sine": [0, SINE_STEPS], "omni": [0, OMNI_STEPS]}
+    expected = {name: {k: refs[name](*data[name], k)[0].numpy() for k in steps[name]} for name in data}
+    expected["sine"]["init"] = sine.apply(sine.values("task"), sine.values("warp"), task.test_x, training=True)[0]
+    expected["omni"]["init"] = omni.apply(omni.values("task"), omni.values("warp"), data["omni"][2],
+                                          training=True)[0]
+
+    out, err = cli.communicate(timeout=300)
+    assert cli.returncode == 0, err[-3000:]
+    return {"root": root, "dirs": {"sine": str(root / "sine_sm"), "omni": omni_path}, "data": data,
+            "steps": steps, "expected": expected, "cli_stdout": out, "omni_description": omni_description,
+            "models": {"sine": sine, "omni": omni}}
+
+
+FRESH_PROCESS = r"""
+import json, os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+import numpy as np
+import tensorflow as tf
+from export.load import load
+
+args = json.loads(sys.argv[1])
+results = {}
+for name, spec in args["exports"].items():
+    d = np.load(spec["data"])
+    sx, sy, qx = d["support_x"], d["support_y"], d["query_x"]
+    sm = tf.saved_model.load(spec["dir"])
+    sig = sm.signatures
+    helper = load(spec["dir"])
+    for k in spec["steps"]:
+        s = tf.constant(k, tf.int32)
+        results[f"{name}/signature/{k}"] = sig["adapt_and_predict"](
+            support_x=tf.constant(sx), support_y=tf.constant(sy), query_x=tf.constant(qx), steps=s)["outputs"]
+        results[f"{name}/attribute/{k}"] = sm.adapt_and_predict(sx, sy, qx, k)["outputs"]
+        results[f"{name}/helper/{k}"] = helper.adapt_and_predict(sx, sy, qx, steps=k)
+        params = sig["adapt"](support_x=tf.constant(sx), support_y=tf.constant(sy), steps=s)
+        results[f"{name}/adapt_then_predict/{k}"] = sig["predict"](x=tf.constant(qx), **params)["outputs"]
+        for p, v in params.items():
+            results[f"{name}/params/{k}/{p}"] = v
+    results[f"{name}/helper/default"] = helper.adapt_and_predict(sx, sy, qx)
+    results[f"{name}/predict_init"] = helper.predict(qx)
+    meta = {key: v.numpy().tolist() for key, v in sig["metadata"]().items()}
+    meta = {key: v.decode() if isinstance(v, bytes) else v for key, v in meta.items()}
+    meta["parameter_names"] = [v.decode() for v in meta["parameter_names"]]
+    meta["parameter_paths"] = [v.decode() for v in meta["parameter_paths"]]
+    with open(spec["meta_out"], "w") as f:
+        json.dump(meta, f)
+assert "warpgrad_tf" not in sys.modules, "the SavedModel must load without warpgrad_tf"
+np.savez(args["out"], **{k: np.asarray(v) for k, v in results.items()})
+print("keras imported:", "keras" in sys.modules)
+"""
+
+
+@pytest.fixture(scope="module")
+def fresh(runs):
+    root = runs["root"]
+    exports = {}
+    for name, (sx, sy, qx) in runs["data"].items():
+        path = str(root / f"{name}_data.npz")
+        np.savez(path, support_x=sx, support_y=sy, query_x=qx)
+        exports[name] = {"dir": runs["dirs"][name], "data": path, "steps": runs["steps"][name],
+                         "meta_out": str(root / f"{name}_meta.json")}
+    args = {"exports": exports, "out": str(root / "fresh.npz")}
+    proc = subprocess.run([sys.executable, "-c", FRESH_PROCESS, json.dumps(args)], cwd=str(root), env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = dict(np.load(args["out"]))
+    meta = {name: json.load(open(e["meta_out"])) for name, e in exports.items()}
+    return results, meta
+
+
+# ---------------------------------------------------------------------------------------- equivalence
+@pytest.mark.parametrize("name", ["sine", "omni"])
+def test_adapt_and_predict_in_fresh_process_matches_in_memory(runs, fresh, name):
+    results, _ = fresh
+    for k in runs["steps"][name]:
+        want = runs["expected"][name][k]
+        for how in ("signature", "attribute", "helper", "adapt_then_predict"):
+            got = results[f"{name}/{how}/{k}"]
+            assert got.shape == want.shape
+            diff = float(np.max(np.abs(got - want)))
+            assert diff <= TOL, f"{name} {how} steps={k}: max abs diff {diff}"
+    default = runs["steps"][name][-1]  # the spec's default steps
+    np.testing.assert_allclose(results[f"{name}/helper/default"], runs["expected"][name][default], atol=TOL)
+    # Adaptation actually changed the predictions (the test would catch an export that ignores steps).
+    assert np.max(np.abs(runs["expected"][name][default] - runs["expected"][name][0])) > 1e-3
+
+
+@pytest.mark.parametrize("name", ["sine", "omni"])
+def test_steps_zero_returns_initialisation(runs, fresh, name):
+    results, meta = fresh
+    init = np.asarray(runs["expected"][name]["init"])
+    np.testing.assert_allclose(results[f"{name}/signature/0"], init, atol=TOL)
+    np.testing.assert_allclose(results[f"{name}/predict_init"], init, atol=TOL)
+    warped = runs["models"][name]
+    for sig_name, path in zip(meta[name]["parameter_names"], meta[name]["parameter_paths"]):
+        np.testing.assert_array_equal(results[f"{name}/params/0/{sig_name}"], warped.values("task")[path])
+
+
+def test_cli_exports_checkpoint_and_metadata(runs, fresh):
+    _, meta = fresh
+    assert "Exported sine" in runs["cli_stdout"]
+    sine = meta["sine"]
+    assert sine["training_step"] == 42  # from the checkpoint, not the spec's 10
+    assert (sine["rule"], sine["learning_rate"], sine["steps"], sine["batch_size"]) == ("momentum", 0.02, 5, 5)
+    assert json.loads(sine["rule_hyperparameters"]) == {"learning_rate": 0.02, "beta": 0.5, "nesterov": False}
+    assert sine["input_shape"] == [1] and sine["num_outputs"] == 1 and sine["label_dtype"] == "float32"
+    assert (sine["method"], sine["version"], sine["training"]) == ("warpgrad", wg.__version__, True)
+    assert dict(zip(sine["parameter_names"], sine["parameter_paths"]))["dense_0__kernel"] == "dense_0/kernel"
+    omni = meta["omni"]
+    assert omni["input_shape"] == [28, 28, 1] and omni["num_outputs"] == OMNI_CLASSES
+    assert (omni["loss"], omni["label_dtype"], omni["rule"], omni["training_step"]) == (
+        "softmax_cross_entropy", "int32", "sgd", 7)
+    assert json.loads(omni["spec_json"]) == json.loads(json.dumps(runs["omni_description"]))
+    assert not any(p.startswith(("conv_0/", "warp_")) for p in omni["parameter_paths"])  # frozen and warps
+
+
+def test_saved_model_cli_show_and_run(runs):
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    show = subprocess.run([cli, "show", "--dir", runs["dirs"]["omni"], "--all"], env=ENV, capture_output=True,
+                          text=True, timeout=300)
+    assert show.returncode == 0, show.stderr[-2000:]
+    listed = set(re.findall(r"signature_def\['(\w+)'\]", show.stdout))
+    assert {"adapt", "predict", "adapt_and_predict", "metadata"} <= listed
+    for arg in ("support_x", "support_y", "query_x", "steps", "head__kernel"):
+        assert f"inputs['{arg}']" in show.stdout
+    # The README's `saved_model_cli run` example, on the sine export.
+    sx, sy, qx = runs["data"]["sine"]
+    exprs = (f"support_x={sx.tolist()};support_y={sy.tolist()};query_x={qx.tolist()};steps={SINE_STEPS}")
+    run = subprocess.run([cli, "run", "--dir", runs["dirs"]["sine"], "--tag_set", "serve", "--signature_def",
+                          "adapt_and_predict", "--input_exprs", exprs], env=ENV, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    printed = run.stdout.split("Result for output key outputs:")[1]
+    got = np.array([float(v) for v in re.findall(r"-?\d+\.\d*(?:e[-+]\d+)?", printed)])
+    np.testing.assert_allclose(got, runs["expected"]["sine"][SINE_STEPS].ravel(), atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------- bad input
+@pytest.fixture(scope="module")
+def loaded(runs):
+    return {name: load_export(path) for name, path in runs["dirs"].items()}
+
+
+def _bad_omni(runs):
+    sx, sy, qx = runs["data"]["omni"]
+    return {
+        "rank": ("support_x", dict(support_x=sx[..., 0])),
+        "image_size": ("support_x", dict(support_x=np.zeros((20, 32, 32, 1), np.float32))),
+        "channels": ("query_x", dict(query_x=qx.repeat(3, axis=-1))),
+        "label_too_large": ("support_y", dict(support_y=np.where(sy == 0, OMNI_CLASSES, sy))),
+        "label_negative": ("support_y", dict(support_y=sy - 1)),
+        "label_rank": ("support_y", dict(support_y=sy[:, None])),
+        "count_mismatch": ("support_y", dict(support_y=sy[:10])),
+        "negative_steps": ("steps", dict(steps=-1)),
+        "steps_vector": ("steps", dict(steps=np.array([1, 2], np.int32))),
+        "empty_support": ("support_x", dict(support_x=sx[:0], support_y=sy[:0])),
+        "empty_query": ("query_x", dict(query_x=qx[:0])),
+    }
+
+
+BAD_OMNI = ["rank", "image_size", "channels", "label_too_large", "label_negative", "label_rank",
+            "count_mismatch", "negative_steps", "steps_vector", "empty_support", "empty_query"]
+
+
+@pytest.mark.parametrize("case", BAD_OMNI)
+def test_bad_input_raises_invalid_argument_naming_it(runs, loaded, case):
+    arg, override = _bad_omni(runs)[case]
+    sx, sy, qx = runs["data"]["omni"]
+    inputs = dict(support_x=sx, support_y=sy, query_x=qx, steps=np.int32(2))
+    inputs.update(override)
+    signature = loaded["omni"].saved_model.signatures["adapt_and_predict"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"\b{arg} (must|is empty|holds)"):
+        signature(**{k: tf.constant(v) for k, v in inputs.items()})
+    if arg != "query_x":  # the adapt signature checks its own arguments too
+        with pytest.raises(tf.errors.InvalidArgumentError, match=rf"\b{arg} (must|is empty|holds)"):
+            loaded["omni"].adapt(inputs["support_x"], inputs["support_y"], inputs["steps"])
+
+
+def test_float_labels_and_steps_raise_naming_them(runs, loaded):
+    sx, sy, qx = runs["data"]["omni"]
+    model = loaded["omni"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"support_y must hold integer class labels"):
+        model.adapt_and_predict(sx, sy.astype(np.float32), qx)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"steps must be an integer"):
+        model.adapt(sx, sy, steps=2.0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"support_x must hold floating-point"):
+        model.adapt(sx.astype(np.int32), sy)
+    # Straight to the signature, TensorFlow rejects the dtype before the graph runs (no argument name).
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        model.saved_model.signatures["adapt"](support_x=tf.constant(sx), support_y=tf.constant(sy, tf.float32),
+                                              steps=tf.constant(1))
+
+
+def test_bad_regression_targets_and_predict_inputs(runs, loaded):
+    sx, sy, qx = runs["data"]["sine"]
+    model = loaded["sine"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"support_y must have shape \[n, 1\]"):
+        model.adapt(sx, sy[:, 0])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"support_y holds non-finite"):
+        model.adapt(sx, np.full_like(sy, np.nan))
+    params = model.adapt(sx, sy, steps=1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"\bx must have shape \[n, 1\]"):
+        model.predict(qx[:, 0], params)
+    bad = dict(params, head__kernel=tf.zeros([3, 1]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"task parameter head__kernel must have shape"):
+        model.predict(qx, bad)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"missing \['head__bias'\]"):
+        model.predict(qx, {k: v for k, v in params.items() if k != "head__bias"})
+
+
+# ---------------------------------------------------------------------------------------- library pieces
+def test_parameter_names_are_valid_and_unique():
+    names = serving.parameter_names(["seq/dense/kernel", "seq/dense.kernel", "0/x:0", "x", "steps"])
+    assert list(names.values()) == ["seq/dense/kernel", "seq/dense.kernel", "0/x:0", "x", "steps"]
+    assert list(names)[:3] == ["seq__dense__kernel", "seq__dense_kernel", "p_0__x_0"]
+    assert len(set(names)) == 5 and not {"x", "steps"} & set(names)
+    assert all(re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", n) for n in names)
+
+
+def test_export_refuses_to_replace_a_folder_that_is_not_a_saved_model(runs, tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a SavedModel"):
+        serving.export(str(runs["root"] / "omni"), str(tmp_path))
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_checkpoint_without_model_weights_is_an_error(runs, tmp_path):
+    warped, _, _ = artifacts.load(str(runs["root"] / "omni"))
+    prefix = tf.train.Checkpoint(step=tf.Variable(1, dtype=tf.int64), other=tf.Variable(1.0)).save(
+        str(tmp_path / "ckpt"))
+    with pytest.raises(ValueError, match="holds no model weights"):
+        serving.restore_checkpoint(warped, prefix)
+    with pytest.raises(FileNotFoundError):
+        serving.restore_checkpoint(warped, str(tmp_path / "missing"))

@@ -1,0 +1,305 @@
+"""Continual sine regression with a meta-learned warp (Sec. 4.3 (c.2), App. J, Eq. 23, Fig. 12).
+
+Usage::
+
+    python -m trainers.continual_sine --gin_file=configs/continual_sine/warp.gin --root_dir=R
+    python -m trainers.continual_sine --gin_file=configs/continual_sine/sgd.gin --root_dir=R_sgd
+
+The task learner is a 4-layer MLP with 200 ReLU units whose non-linearities are each followed by a residual
+warp block (2 dense layers, 100 tanh units). Every task sequence starts from the same fixed random
+initialisation θ0 (seeded, never meta-learned) and sees its 5 sub-tasks one at a time, 20 SGD steps each
+(learning rate 0.001, mini-batches of 5). Warp parameters are meta-learned with Adam (1e-3) on the Eq. 23
+objective (:mod:`warpgrad_tf.continual`), 5 task sequences per meta step; the paper runs 20 000 meta
+steps. ``use_warp=False`` (``sgd.gin``) gives the plain-SGD baseline from the same θ0.
+
+Writes ``R/train`` and ``R/eval`` TensorBoard logs, ``R/checkpoints`` (resumable), ``R/model`` (see
+:mod:`warpgrad_tf.artifacts`), ``R/results.json`` (final losses on 100 held-out sequences in training
+order and in the random order [1, 3, 4, 2, 0]) and ``R/continual.png`` (per-sub-task loss curves, Fig. 12).
+A warped run also reports plain SGD from the same θ0: a freshly built warp is the identity, so adapting
+under it is exactly SGD on the unwarped MLP.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import gin  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import logging  # noqa: E402
+
+from trainers import common  # noqa: E402
+from warpgrad_tf import artifacts, continual, update_rules  # noqa: E402
+from warpgrad_tf.adaptation import unroll  # noqa: E402
+from warpgrad_tf.layers import WarpBlock  # noqa: E402
+from warpgrad_tf.losses import half_mse  # noqa: E402
+from warpgrad_tf.model import WarpedModel  # noqa: E402
+from warpgrad_tf.objectives import check_objective  # noqa: E402
+from warpgrad_tf.tasks.continual_sine import ContinualSineFamily  # noqa: E402
+
+TRAINING_ORDER = "training"
+RANDOM_ORDER = "random"
+#: Seeds of held-out sequences start here; meta-training sequences use seeds below it.
+EVAL_SEED_OFFSET = 10**9
+
+
+def build_model(hidden_units=200, num_layers=4, use_warp=True, warp_hidden_units=100, warp_layers=2,
+                init_seed=0):
+    """The App. J task learner: ``num_layers`` dense layers, ReLU, a residual warp block after each ReLU.
+
+    Task layers are initialised from ``init_seed`` alone (Glorot-uniform kernels, zero biases), so the
+    warped and the unwarped learner start from the same θ0. A residual warp block starts as the identity.
+    """
+    layers = [keras.Input((1,), name="x")]
+    for i in range(num_layers):
+        last = i == num_layers - 1
+        layers.append(keras.layers.Dense(
+            1 if last else hidden_units, activation=None if last else "relu", name=f"dense_{i}",
+            kernel_initializer=keras.initializers.GlorotUniform(seed=init_seed * 1000 + i)))
+        if use_warp and not last:
+            layers.append(WarpBlock(kind="dense", num_layers=warp_layers, hidden_units=warp_hidden_units,
+                                    activation="tanh", residual=True, name=f"warp_{i}",
+                                    kernel_initializer=None))
+    return keras.Sequential(layers, name="continual_sine_learner")
+
+
+def fixed_order(num_subtasks, order):
+    order = [int(i) for i in order]
+    if sorted(order) != list(range(num_subtasks)):
+        raise ValueError(f"an evaluation order must be a permutation of range({num_subtasks}); got {order}.")
+    return order
+
+
+def evaluate(warped, warp, rule, family, seeds, order, steps):
+    """Mean per-sub-task held-out loss curves ``[K + 1, T]`` over the sequences ``seeds`` in ``order``."""
+    curves_fn = tf.function(lambda task, warp, tx, ty, ex, ey, order: continual.loss_curves(
+        warped, task, warp, rule, continual.sequence_batches(tx, ty, order), ex, ey, steps, loss_fn=half_mse))
+    theta0 = warped.values("task")
+    total = None
+    for s in seeds:
+        task = family.sample(s)
+        curves = curves_fn(theta0, warp, task.train_x, task.train_y, task.eval_x, task.eval_y,
+                           tf.constant(order, tf.int32)).numpy()
+        total = curves if total is None else total + curves
+    return total / len(seeds)
+
+
+def summarise(curves, order):
+    """The results table of one order: final loss per sub-task, on the current (last) and earlier ones."""
+    final = curves[-1]
+    return {
+        "order": list(order),
+        "final_loss_per_subtask": [float(v) for v in final],
+        "final_loss_current": float(final[order[-1]]),
+        "final_loss_earlier": float(np.mean(final[order[:-1]])),
+        "final_loss_mean": float(np.mean(final)),
+        "initial_loss_mean": float(np.mean(curves[0])),
+    }
+
+
+def plot(path, curves_by_method, orders, steps_per_subtask):
+    """Fig. 12: per-sub-task held-out log-loss over the K continual steps, one panel per method and order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(curves_by_method)
+    fig, axes = plt.subplots(len(methods), len(orders), figsize=(6 * len(orders), 3.6 * len(methods)),
+                             squeeze=False, sharey=True)
+    for r, method in enumerate(methods):
+        for c, (name, order) in enumerate(orders.items()):
+            ax = axes[r][c]
+            curves = curves_by_method[method][name]
+            steps = np.arange(curves.shape[0])
+            for j in range(curves.shape[1]):
+                ax.semilogy(steps, curves[:, j], label=f"sub-task {j}", color=f"C{j}")
+            for p in range(1, len(order)):
+                ax.axvline(p * steps_per_subtask, color="0.7", lw=0.8, ls="--")
+            ax.set_title(f"{method}: {name} order {list(order)}", fontsize=10)
+            ax.set_xlabel("adaptation step")
+            if c == 0:
+                ax.set_ylabel("held-out loss (Eq. 22)")
+            ax.grid(alpha=0.3, which="both")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@gin.configurable
+def train_eval(
+    root_dir,
+    # Task family (App. J).
+    num_subtasks=5,
+    steps_per_subtask=20,
+    batch_size=5,
+    eval_size=25,
+    # Task learner.
+    hidden_units=200,
+    num_layers=4,
+    use_warp=True,
+    warp_hidden_units=100,
+    warp_layers=2,
+    init_seed=0,
+    inner_learning_rate=0.001,
+    # Meta-training (Eq. 23).
+    meta_steps=20000,
+    meta_batch_size=5,
+    meta_learning_rate=1e-3,
+    objective="exact",
+    points_per_sequence=None,
+    seed=0,
+    # Evaluation, logging, checkpoints.
+    eval_sequences=100,
+    eval_orders=(("training", (0, 1, 2, 3, 4)), ("random", (1, 3, 4, 2, 0))),
+    eval_every=0,
+    eval_every_sequences=10,
+    log_every=10,
+    checkpoint_every=100,
+):
+    """Meta-train warps for continual sine regression (Eq. 23) and evaluate on held-out sequences.
+
+    Args:
+      root_dir: run directory.
+      num_subtasks, steps_per_subtask, batch_size, eval_size: the task family
+        (:class:`~warpgrad_tf.tasks.continual_sine.ContinualSineFamily`).
+      hidden_units, num_layers, use_warp, warp_hidden_units, warp_layers, init_seed: the task learner
+        (:func:`build_model`); ``use_warp=False`` is the plain-SGD baseline (no meta-training).
+      inner_learning_rate: SGD step size α of task adaptation.
+      meta_steps: Adam updates of φ; each uses ``meta_batch_size`` fresh task sequences.
+      meta_learning_rate: Adam step size.
+      objective: ``"exact"`` (Eq. 11) or ``"approx"`` (Eq. 12) one-step meta-gradient.
+      points_per_sequence: θ_k sampled per sequence for the meta-gradient (``None``: all K, as Alg. 1).
+      seed: seed of meta-training sequences and sampled points (derived per step, so resume is exact).
+      eval_sequences: held-out sequences of the final evaluation (100 in Fig. 12).
+      eval_orders: ``(name, order)`` pairs; orders are permutations of the sub-tasks.
+      eval_every: evaluate every this many meta steps on ``eval_every_sequences`` sequences (0: never).
+      log_every, checkpoint_every: meta steps between train summaries / checkpoints.
+
+    Returns:
+      The results dict written to ``root_dir/results.json``.
+    """
+    check_objective(objective)
+    os.makedirs(root_dir, exist_ok=True)
+    common.write_operative_config(root_dir)
+    family = ContinualSineFamily(num_subtasks, steps_per_subtask, batch_size, eval_size)
+    orders = {name: fixed_order(num_subtasks, order) for name, order in dict(eval_orders).items()}
+    steps = family.num_steps
+    if points_per_sequence is not None and not 1 <= int(points_per_sequence) <= steps:
+        raise ValueError(f"points_per_sequence must lie in [1, {steps}] or be None; got {points_per_sequence}.")
+    model_kwargs = dict(hidden_units=hidden_units, num_layers=num_layers, use_warp=use_warp,
+                        warp_hidden_units=warp_hidden_units, warp_layers=warp_layers, init_seed=init_seed)
+    warped = WarpedModel(build_model(**model_kwargs))
+    rule = update_rules.sgd(inner_learning_rate)
+    meta_learning = bool(warped.names["warp"]) and meta_steps > 0
+    # The identity warp of a freshly built learner: adapting under it is plain SGD from the same θ0.
+    identity_warp = WarpedModel(build_model(**model_kwargs)).values("warp")
+    optimizer = keras.optimizers.Adam(meta_learning_rate)
+    warp_vars = list(warped.variables("warp").values())
+    if meta_learning:
+        optimizer.build(warp_vars)
+    checkpointer = common.Checkpointer(root_dir, model=warped.model, optimizer=optimizer)
+    start = checkpointer.restore()
+    writers = common.SummaryWriters(root_dir)
+    training_order = list(range(num_subtasks))
+
+    @tf.function
+    def meta_gradient(warp, train_x, train_y, eval_x, eval_y, points):
+        theta0 = warped.values("task")
+        totals = None
+        for s in range(meta_batch_size):
+            batches = continual.sequence_batches(train_x[s], train_y[s], training_order)
+            trajectory = unroll(warped, theta0, warp, rule, batches, half_mse, steps, training=False)
+            result = continual.eq23_meta_gradient(
+                warped, warp, trajectory, rule, batches, eval_x[s], eval_y[s], training_order, points[s],
+                steps_per_subtask, objective=objective)
+            terms = (result.meta_loss, tf.reduce_mean(trajectory.losses), result.grads)
+            totals = terms if totals is None else tf.nest.map_structure(tf.add, totals, terms)
+        return tf.nest.map_structure(lambda t: t / meta_batch_size, totals)
+
+    def sample_step(step):
+        rng = np.random.default_rng([seed, step])
+        seeds = [seed * 10**7 + step * meta_batch_size + i for i in range(meta_batch_size)]
+        if seeds[-1] >= EVAL_SEED_OFFSET:
+            raise ValueError("meta-training seeds would overlap the held-out range; lower seed or meta_steps.")
+        data = family.sample_batch(seeds)
+        num = steps if points_per_sequence is None else int(points_per_sequence)
+        points = np.stack([np.sort(rng.choice(steps, size=num, replace=False)) for _ in seeds]).astype(np.int32)
+        return data, points
+
+    def run_eval(step, num_sequences, methods):
+        seeds = [EVAL_SEED_OFFSET + i for i in range(num_sequences)]
+        out = {}
+        for method, warp in methods.items():
+            out[method] = {name: evaluate(warped, warp, rule, family, seeds, order, steps)
+                           for name, order in orders.items()}
+            writers.scalars(writers.eval, step, {
+                f"{method}/{name}/final_loss_mean": float(np.mean(c[-1])) for name, c in out[method].items()})
+        return out
+
+    method = "warpgrad" if warped.names["warp"] else "sgd"
+    total_steps = meta_steps if meta_learning else 0
+    step = start
+    with common.Interrupt() as interrupt:
+        bar = common.progress(total_steps, initial=min(start, total_steps), desc="meta-train")
+        tic = time.time()
+        while step < total_steps and not interrupt.requested:
+            (train_x, train_y, eval_x, eval_y), points = sample_step(step)
+            meta_loss, task_loss, grads = meta_gradient(warped.values("warp"), train_x, train_y, eval_x, eval_y,
+                                                        points)
+            optimizer.apply_gradients([(grads[v.path], v) for v in warp_vars])
+            step += 1
+            bar.update(1)
+            if step % log_every == 0 or step == total_steps:
+                writers.scalars(writers.train, step, {
+                    "meta_loss": meta_loss, "task_loss": task_loss,
+                    "steps_per_sec": log_every / max(time.time() - tic, 1e-9)})
+                bar.set_postfix(meta_loss=f"{float(meta_loss):.4f}")
+                tic = time.time()
+            if eval_every and step % eval_every == 0:
+                run_eval(step, eval_every_sequences, {method: warped.values("warp")})
+            if step % checkpoint_every == 0:
+                checkpointer.save(step)
+        bar.close()
+        if step > start:
+            checkpointer.save(step)
+        if interrupt.requested:
+            logging.warning("Interrupted at meta step %d; rerun with the same --root_dir to resume.", step)
+            return None
+
+    methods = {method: warped.values("warp")}
+    if warped.names["warp"]:
+        methods["sgd"] = identity_warp
+    curves = run_eval(step, eval_sequences, methods)
+    results = {
+        "method": method,
+        "meta_steps": step,
+        "eval_sequences": eval_sequences,
+        "inner_learning_rate": inner_learning_rate,
+        "steps": steps,
+        "results": {m: {name: summarise(c, orders[name]) for name, c in by_order.items()}
+                    for m, by_order in curves.items()},
+    }
+    if method == "warpgrad":
+        results["sgd_over_warpgrad_final_loss_mean"] = {
+            name: results["results"]["sgd"][name]["final_loss_mean"]
+            / results["results"]["warpgrad"][name]["final_loss_mean"] for name in orders}
+    common.write_json(os.path.join(root_dir, "results.json"), results)
+    np.savez(os.path.join(root_dir, "curves.npz"),
+             **{f"{m}_{name}": c for m, by_order in curves.items() for name, c in by_order.items()})
+    plot(os.path.join(root_dir, "continual.png"), curves, orders, steps_per_subtask)
+    artifacts.save(root_dir, warped, rule, loss="half_mse", steps=steps, batch_size=batch_size, method=method,
+                   training_step=step, task_family="continual_sine",
+                   extra={"num_subtasks": num_subtasks, "steps_per_subtask": steps_per_subtask,
+                          "objective": objective})
+    logging.info("Results: %s", results)
+    return results
+
+
+if __name__ == "__main__":
+    common.run_main(train_eval)

@@ -1,0 +1,338 @@
+"""The synthetic 2-D loss-surface study of App. D (Fig. 7): what a learned warp does to a loss surface.
+
+Usage::
+
+    python -m trainers.synthetic2d --root_dir=R [--gin_file=configs/synthetic2d/default.gin]
+
+The task parameters are a point ``x ∈ R²``; the task loss of surface τ (App. D,
+:mod:`warpgrad_tf.tasks.synthetic2d`) is evaluated at the warped point, ``L(x; φ) = f_τ(ω(x; φ))``, where the
+warp ω is a 2-layer MLP with 30 tanh units (a residual :class:`~warpgrad_tf.WarpBlock`, so ω starts as the
+identity and the untrained learner *is* gradient descent on ``f_τ``). Gradient descent on ``x`` therefore
+runs in the warped space, and ``ω(x_k)`` is where it stands on the native surface.
+
+The learner is an ordinary :class:`~warpgrad_tf.WarpedModel`: a Keras model whose task variable is the
+point (:class:`StartPoint`, one row per independent run), followed by the warp block and the surface
+(:class:`SurfaceValue`, whose input is the surface's constants). ``adapt`` / ``unroll`` run 100 steps of
+gradient descent (learning rate 0.1) from ``x0 ~ U(−3, 3)²``; the warp is meta-learned with the one-step
+WarpGrad objective (:func:`~warpgrad_tf.warp_objective`, Eq. 11) accumulated over every θ_k of the
+trajectories (online, Alg. 1), for 100 meta steps of one surface and 10 random starts each.
+
+Writes ``R/train`` / ``R/eval`` TensorBoard logs, ``R/checkpoints`` (resumable), ``R/results.json`` (mean
+final loss of WarpGrad and of gradient descent over 100 held-out (surface, start) pairs, both from the same
+start x0) and ``R/trajectories.png`` (Fig. 7: three held-out surfaces; top, the warped space ``f_τ(ω(z))``
+with the WarpGrad path; bottom, the native surface ``f_τ(x)`` with the gradient-descent path from ``x0``
+and the WarpGrad path mapped to native coordinates ``ω(x_k)``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import gin  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import logging  # noqa: E402
+from keras import ops  # noqa: E402
+
+from trainers import common  # noqa: E402
+from warpgrad_tf import update_rules  # noqa: E402
+from warpgrad_tf.adaptation import adapt, unroll  # noqa: E402
+from warpgrad_tf.layers import WarpBlock  # noqa: E402
+from warpgrad_tf.model import WarpedModel  # noqa: E402
+from warpgrad_tf.objectives import check_objective, warp_objective  # noqa: E402
+from warpgrad_tf.tasks import synthetic2d  # noqa: E402
+
+#: Seeds of held-out surfaces and starts begin here; meta-training uses seeds below it.
+EVAL_SEED_OFFSET = 10**9
+
+
+@keras.saving.register_keras_serializable(package="warpgrad_tf")
+class StartPoint(keras.layers.Layer):
+    """Holds the task parameters: ``num_points`` points in R², one per independent run (the batch rows).
+
+    Its input (the surface constants, ``[num_points, 7]``) only sets the batch; the output is the points.
+    """
+
+    def __init__(self, num_points, dim=2, **kwargs):
+        super().__init__(**kwargs)
+        self.num_points = int(num_points)
+        self.dim = int(dim)
+
+    def build(self, input_shape):
+        self.point = self.add_weight(shape=(self.num_points, self.dim), initializer="zeros", name="point")
+
+    def call(self, constants):
+        return self.point + ops.zeros_like(constants[:, : self.dim])
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_points=self.num_points, dim=self.dim)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="warpgrad_tf")
+class SurfaceValue(keras.layers.Layer):
+    """``f_τ(y)`` of App. D for each row: inputs ``[constants [B, 7], points [B, 2]]``, output ``[B, 1]``."""
+
+    def call(self, inputs):
+        constants, points = inputs
+        return synthetic2d.surface(constants, points)[:, None]
+
+    def compute_output_shape(self, input_shapes):
+        return (input_shapes[0][0], 1)
+
+
+def build_model(num_points=10, warp_hidden_units=30, warp_layers=2, residual=True, seed=0):
+    """``x ↦ f_τ(ω(x))`` for ``num_points`` independent runs (rows), as a Keras model of the constants."""
+    keras.utils.set_random_seed(seed)
+    constants = keras.Input((synthetic2d.NUM_CONSTANTS,), name="constants")
+    x = StartPoint(num_points, name="point")(constants)
+    y = WarpBlock(kind="dense", num_layers=warp_layers, hidden_units=warp_hidden_units, activation="tanh",
+                  residual=residual, name="warp")(x)
+    value = SurfaceValue(name="surface")([constants, y])
+    return keras.Model(constants, value, name="synthetic2d_learner")
+
+
+def surface_sum(y_true, y_pred):
+    """Task loss of the stacked runs: ``Σ_rows f_τ(ω(x_row))`` — each row gets its own gradient."""
+    del y_true
+    return tf.reduce_sum(y_pred)
+
+
+def _batch(constants):
+    constants = tf.convert_to_tensor(constants, tf.float32)
+    return constants, tf.zeros([tf.shape(constants)[0], 1])
+
+
+def final_values(warped, warp, constants, starts, rule, steps):
+    """``f_τ(ω(x_K))`` per row after ``steps`` of gradient descent from ``starts`` (``[rows]`` tensor)."""
+    (path,) = warped.names["task"]
+    batch = _batch(constants)
+    result = adapt(warped, {path: tf.convert_to_tensor(starts)}, warp, rule, lambda k: batch, surface_sum,
+                   steps, training=False)
+    values, _ = warped.apply(result.task, warp, batch[0])
+    return values[:, 0]
+
+
+def plot(path, panels, warp_layer):
+    """Fig. 7: per surface, the warped space (top) and the native surface with both paths (bottom)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.6 * len(panels), 8.6), squeeze=False)
+    grid = np.linspace(-3.5, 3.5, 141, dtype=np.float32)
+    g1, g2 = np.meshgrid(grid, grid)
+    flat = np.stack([g1.ravel(), g2.ravel()], axis=1)
+    warped_flat = np.asarray(warp_layer(flat))
+    for c, p in enumerate(panels):
+        task = p["surface"]
+        native = synthetic2d.SurfaceFamily.value(task, g1, g2)
+        warped_view = synthetic2d.SurfaceFamily.value(task, warped_flat[:, 0], warped_flat[:, 1]).reshape(g1.shape)
+        top, bottom = axes[0][c], axes[1][c]
+        top.contourf(g1, g2, warped_view, levels=30, cmap="viridis")
+        top.plot(p["warp_path"][:, 0], p["warp_path"][:, 1], "-", color="magenta", lw=1.8, label="WarpGrad")
+        top.plot(*p["start"], "o", color="white", mec="k", label="start x0")
+        top.set_title(f"warped space f(ω(z)); surface {c}", fontsize=10)
+        bottom.contourf(g1, g2, native, levels=30, cmap="viridis")
+        bottom.plot(p["gd_path"][:, 0], p["gd_path"][:, 1], "-", color="black", lw=1.8,
+                    label=f"GD (final {p['gd_final']:.2f})")
+        native_path = p["warp_native_path"]
+        bottom.plot(native_path[:, 0], native_path[:, 1], "-", color="magenta", lw=1.8,
+                    label=f"WarpGrad ω(x_k) (final {p['warp_final']:.2f})")
+        bottom.plot(*p["start"], "o", color="white", mec="k", label="start x0")
+        bottom.plot(*native_path[0], "s", color="magenta", mec="k", ms=5, label="ω(x0)")
+        bottom.set_title("native surface f(x)", fontsize=10)
+        for ax in (top, bottom):
+            ax.set_xlim(grid[0], grid[-1])
+            ax.set_ylim(grid[0], grid[-1])
+            ax.set_aspect("equal")
+        bottom.legend(fontsize=7, loc="lower left")
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+@gin.configurable
+def train_eval(
+    root_dir,
+    # Task family and adaptation (App. D).
+    steps=100,
+    inner_learning_rate=0.1,
+    # Warp.
+    warp_hidden_units=30,
+    warp_layers=2,
+    residual=True,
+    # Meta-training.
+    meta_steps=100,
+    starts_per_task=10,
+    meta_learning_rate=0.01,
+    objective="exact",
+    seed=0,
+    # Evaluation, logging, checkpoints.
+    eval_pairs=100,
+    plot_surfaces=3,
+    plot_candidates=10,
+    log_every=10,
+    checkpoint_every=25,
+):
+    """Meta-train a 2-D warp on random App. D surfaces; compare WarpGrad with gradient descent.
+
+    Args:
+      root_dir: run directory.
+      steps, inner_learning_rate: gradient-descent steps on each surface and their step size.
+      warp_hidden_units, warp_layers, residual: the warp ω (2 layers, 30 tanh units).
+      meta_steps: warp updates, each from one fresh surface and ``starts_per_task`` random starts.
+      meta_learning_rate: Adam step size for φ (App. D leaves it open).
+      objective: ``"exact"`` (Eq. 11) or ``"approx"`` (Eq. 12).
+      seed: seed of the meta-training surfaces and starts (derived per step, so resume is exact).
+      eval_pairs: held-out (surface, start) pairs for the mean final losses (a multiple of
+        ``starts_per_task``).
+      plot_surfaces: held-out surfaces drawn in ``trajectories.png``; for each, the start is the one of
+        ``plot_candidates`` random starts on which gradient descent ends highest (App. D: "chosen such that
+        standard gradient descent struggles").
+      log_every, checkpoint_every: meta steps between train summaries / checkpoints.
+
+    Returns:
+      The results dict written to ``root_dir/results.json``.
+    """
+    check_objective(objective)
+    if eval_pairs % starts_per_task:
+        raise ValueError(f"eval_pairs ({eval_pairs}) must be a multiple of starts_per_task ({starts_per_task}).")
+    if not 1 <= plot_candidates <= starts_per_task:
+        raise ValueError(f"plot_candidates must lie in [1, starts_per_task={starts_per_task}]; "
+                         f"got {plot_candidates}.")
+    os.makedirs(root_dir, exist_ok=True)
+    common.write_operative_config(root_dir)
+    family = synthetic2d.SurfaceFamily()
+    model_kwargs = dict(num_points=starts_per_task, warp_hidden_units=warp_hidden_units, warp_layers=warp_layers,
+                        residual=residual, seed=seed)
+    warped = WarpedModel(build_model(**model_kwargs))
+    (point_path,) = warped.names["task"]
+    rule = update_rules.sgd(inner_learning_rate)
+    identity_warp = WarpedModel(build_model(**model_kwargs)).values("warp")
+    warp_vars = list(warped.variables("warp").values())
+    optimizer = keras.optimizers.Adam(meta_learning_rate)
+    optimizer.build(warp_vars)
+    checkpointer = common.Checkpointer(root_dir, model=warped.model, optimizer=optimizer)
+    start = checkpointer.restore()
+    writers = common.SummaryWriters(root_dir)
+
+    @tf.function
+    def meta_gradient(warp, constants, starts):
+        """Alg. 1 on one surface: unroll, then accumulate the one-step warp gradient at every θ_k."""
+        batch = _batch(constants)
+        trajectory = unroll(warped, {point_path: starts}, warp, rule, lambda k: batch, surface_sum, steps,
+                            training=False)
+
+        def body(k, meta_total, grads):
+            theta_k, opt_k = trajectory.point(k)
+            result = warp_objective(warped, warp, theta_k, opt_k, rule, batch, batch, surface_sum,
+                                    objective=objective, training=False)
+            return k + 1, meta_total + result.meta_loss, {n: grads[n] + result.grads[n] for n in grads}
+
+        zeros = {n: tf.zeros_like(v) for n, v in warp.items()}
+        _, meta_total, grads = tf.while_loop(lambda k, *_: k < steps, body, (tf.constant(0), tf.constant(0.0),
+                                                                             zeros))
+        scale = 1.0 / (steps * starts_per_task)
+        final = trajectory.losses[-1] / starts_per_task
+        return meta_total * scale, final, {n: g * scale for n, g in grads.items()}
+
+    final_fn = tf.function(lambda warp, constants, starts: final_values(warped, warp, constants, starts, rule,
+                                                                        steps))
+
+    def eval_pairs_fn(warp, num_pairs):
+        """Final losses on held-out pairs: pair i is surface EVAL_SEED_OFFSET + i with its own start."""
+        out = []
+        for lo in range(0, num_pairs, starts_per_task):
+            seeds = range(EVAL_SEED_OFFSET + lo, EVAL_SEED_OFFSET + lo + starts_per_task)
+            constants = np.stack([family.sample(s).constants() for s in seeds])
+            starts = np.concatenate([family.starts(s, 1) for s in seeds])
+            out.append(final_fn(warp, constants, starts).numpy())
+        return np.concatenate(out)
+
+    step = start
+    with common.Interrupt() as interrupt:
+        bar = common.progress(meta_steps, initial=min(start, meta_steps), desc="meta-train")
+        tic = time.time()
+        while step < meta_steps and not interrupt.requested:
+            task = family.sample(seed * 10**7 + step)
+            constants = np.tile(task.constants(), (starts_per_task, 1))
+            starts = family.starts(seed * 10**7 + step, starts_per_task)
+            meta_loss, final, grads = meta_gradient(warped.values("warp"), constants, starts)
+            optimizer.apply_gradients([(grads[v.path], v) for v in warp_vars])
+            step += 1
+            bar.update(1)
+            if step % log_every == 0 or step == meta_steps:
+                writers.scalars(writers.train, step, {"meta_loss": meta_loss, "final_task_loss": final,
+                                                      "steps_per_sec": log_every / max(time.time() - tic, 1e-9)})
+                bar.set_postfix(meta_loss=f"{float(meta_loss):.3f}")
+                tic = time.time()
+            if step % checkpoint_every == 0:
+                checkpointer.save(step)
+        bar.close()
+        if step > start:
+            checkpointer.save(step)
+        if interrupt.requested:
+            logging.warning("Interrupted at meta step %d; rerun with the same --root_dir to resume.", step)
+            return None
+
+    warp = warped.values("warp")
+    warp_final = eval_pairs_fn(warp, eval_pairs)
+    gd_final = eval_pairs_fn(identity_warp, eval_pairs)
+    results = {
+        "meta_steps": step,
+        "eval_pairs": eval_pairs,
+        "steps": steps,
+        "inner_learning_rate": inner_learning_rate,
+        "warpgrad_final_loss_mean": float(np.mean(warp_final)),
+        "gd_final_loss_mean": float(np.mean(gd_final)),
+        "warpgrad_final_loss_median": float(np.median(warp_final)),
+        "gd_final_loss_median": float(np.median(gd_final)),
+        "fraction_pairs_warpgrad_lower": float(np.mean(warp_final < gd_final)),
+    }
+    writers.scalars(writers.eval, step, {"warpgrad_final_loss_mean": results["warpgrad_final_loss_mean"],
+                                         "gd_final_loss_mean": results["gd_final_loss_mean"]})
+
+    # Fig. 7: for each plotted surface pick the candidate start on which gradient descent ends highest.
+    panels = []
+    unroll_fn = tf.function(lambda warp, constants, starts: unroll(
+        warped, {point_path: starts}, warp, rule, lambda k: _batch(constants), surface_sum, steps,
+        training=False).task[point_path])
+    for i in range(plot_surfaces):
+        seed_i = EVAL_SEED_OFFSET + eval_pairs + i
+        task = family.sample(seed_i)
+        constants = np.tile(task.constants(), (starts_per_task, 1))
+        candidates = family.starts(seed_i, starts_per_task)
+        candidates[plot_candidates:] = candidates[0]
+        chosen = int(np.argmax(final_fn(identity_warp, constants, candidates).numpy()[:plot_candidates]))
+        starts = np.tile(candidates[chosen], (starts_per_task, 1))
+        gd_path = unroll_fn(identity_warp, constants, starts).numpy()[:, 0]
+        warp_path = unroll_fn(warp, constants, starts).numpy()[:, 0]
+        warp_layer = warped.model.get_layer("warp")
+        native_path = np.asarray(warp_layer(warp_path))
+        panels.append({
+            "surface": task, "start": candidates[chosen], "gd_path": gd_path, "warp_path": warp_path,
+            "warp_native_path": native_path,
+            "gd_final": float(family.value(task, *gd_path[-1])),
+            "warp_final": float(family.value(task, *native_path[-1])),
+        })
+    results["plotted"] = [{"surface": p["surface"]._asdict(), "start": p["start"], "gd_final": p["gd_final"],
+                           "warpgrad_final": p["warp_final"]} for p in panels]
+    common.write_json(os.path.join(root_dir, "results.json"), results)
+    plot(os.path.join(root_dir, "trajectories.png"), panels, warped.model.get_layer("warp"))
+    logging.info("Results: %s", results)
+    return results
+
+
+if __name__ == "__main__":
+    common.run_main(train_eval)

@@ -1,0 +1,312 @@
+"""What the three meta-training algorithms share (App. B): the configuration of Eq. 13, task data, the
+per-task inner loop that accumulates meta-gradients, and the meta-update.
+
+The per-task loop (:func:`run_task`) is one ``tf.while_loop`` over k = 0..K−1. At each step it computes the
+task loss and gradient at θ_k, and — depending on the algorithm —
+
+* adds the warp meta-gradient ∇L(φ; θ_k) of Eq. 11 / 12 (Alg. 1, line 9),
+* adds the initialisation objective's segment term ∇C(θ0; θ_{k−1:k}) (Alg. 1, line 10),
+* records (θ_k, optimiser state_k) for a replay buffer (Alg. 2, line 10),
+
+then takes the task step θ_{k+1} = U(θ_k, ∇L_task(θ_k; φ)). Loop variables have fixed shapes, so memory
+is constant in K unless recording is asked for. Per-task terms of C (MAML, FOMAML, Reptile, multi-task)
+are added once after the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from warpgrad_tf import initialisation as init_lib
+from warpgrad_tf.adaptation import minibatches
+from warpgrad_tf.objectives import check_objective, warp_objective
+from warpgrad_tf.update_rules import UpdateRule
+
+META_SEED_OFFSET = 7919  # meta batches use the task seed + this, so L_task and L_meta see different batches
+
+
+class Tasks(NamedTuple):
+    """A meta-batch of tasks, each field with a leading task axis ``[T, n, ...]``.
+
+    ``train_*`` feed the task loss (support set), ``query_*`` the meta loss (Sec. 2.4: L_task and L_meta
+    on different batches). :meth:`warpgrad_tf.tasks.SineTaskFamily.sample_batch` returns this layout.
+    """
+
+    train_x: Any
+    train_y: Any
+    query_x: Any
+    query_y: Any
+
+
+def as_tasks(tasks) -> Tasks:
+    """Convert a 4-tuple ``(train_x, train_y, query_x, query_y)`` of arrays into :class:`Tasks` of tensors."""
+    if len(tasks) != 4:
+        raise ValueError(f"tasks must be (train_x, train_y, query_x, query_y); got {len(tasks)} items.")
+    tensors = [tf.convert_to_tensor(t) for t in tasks]
+    sizes = {int(t.shape[0]) for t in tensors}
+    if len(sizes) != 1:
+        raise ValueError(f"tasks fields disagree on the number of tasks: {[int(t.shape[0]) for t in tensors]}.")
+    return Tasks(*tensors)
+
+
+class MetaLearner(NamedTuple):
+    """The configuration of Eq. 13, ``J(φ, θ0) = L(φ) + λ C(θ0)``: which terms, which inner loop.
+
+    Build it with :func:`meta_learner`, which validates every field.
+
+    Attributes:
+      rule: the inner :class:`~warpgrad_tf.update_rules.UpdateRule` (α inside).
+      loss_fn: task loss ``loss_fn(y_true, y_pred)``.
+      steps: K, inner steps per task.
+      init: the :class:`~warpgrad_tf.initialisation.InitObjective` C.
+      objective: ``"exact"`` (Eq. 11), ``"approx"`` (Eq. 12) or ``None`` (warps not meta-learned).
+      init_weight: λ ≥ 0.
+      batch_size: task mini-batch size (``None``: the whole support set every step).
+      meta_batch_size: meta-loss mini-batch size on the query set (``None``: all of it).
+      meta_loss_fn: meta loss (defaults to ``loss_fn``).
+      training: forward mode (BatchNorm batch statistics when True).
+    """
+
+    rule: UpdateRule
+    loss_fn: Callable
+    steps: int
+    init: init_lib.InitObjective
+    objective: str | None
+    init_weight: float
+    batch_size: int | None
+    meta_batch_size: int | None
+    meta_loss_fn: Callable
+    training: bool
+
+
+def meta_learner(rule, loss_fn, steps, *, init="none", objective="approx", init_weight=1.0, batch_size=None,
+                 meta_batch_size=None, meta_loss_fn=None, training=True) -> MetaLearner:
+    """Validate and build a :class:`MetaLearner`; every problem is a ValueError raised before any work."""
+    if not isinstance(rule, UpdateRule):
+        raise ValueError(f"rule must be an UpdateRule (warpgrad_tf.sgd / momentum); got {rule!r}.")
+    if not rule.learning_rate > 0:
+        raise ValueError(f"inner learning rate must be > 0; got {rule.learning_rate}.")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps (K) must be an int >= 1; got {steps!r}.")
+    init = init_lib.check(init)
+    if objective in (None, "none"):
+        objective = None
+    else:
+        check_objective(objective)
+    if not float(init_weight) >= 0:
+        raise ValueError(f"init_weight (λ) must be >= 0; got {init_weight}.")
+    for name, size in (("batch_size", batch_size), ("meta_batch_size", meta_batch_size)):
+        if size is not None and int(size) < 1:
+            raise ValueError(f"{name} must be >= 1 or None; got {size}.")
+    return MetaLearner(rule, loss_fn, int(steps), init, objective, float(init_weight), batch_size,
+                       meta_batch_size, meta_loss_fn or loss_fn, bool(training))
+
+
+class MetaGradients(NamedTuple):
+    """Meta-gradients of Eq. 13 for one meta-step.
+
+    Attributes:
+      warp: ``{path: tensor}`` g_φ, the mean of ∇L(φ; θ_k) over the samples used.
+      init: ``{path: tensor}`` g_θ0, the mean over tasks of each task's ∇C (λ is applied at the update).
+      learning_rate: gradient w.r.t. a meta-learned inner learning rate (structure of the rate), or None.
+      metrics: scalar tensors for logs (``meta_loss``, ``task_loss_first``, ``task_loss_last``, ``init_value``).
+    """
+
+    warp: dict
+    init: dict
+    learning_rate: Any
+    metrics: dict
+
+
+class TaskRun(NamedTuple):
+    """Result of :func:`run_task` for one task (sums, not means)."""
+
+    warp_grads: dict
+    learning_rate_grad: Any
+    meta_loss: tf.Tensor
+    init: init_lib.InitGradient
+    losses: tf.Tensor
+    final: dict
+    task_record: Any
+    opt_record: Any
+
+
+def task_batches(learner, x, y, seed):
+    return minibatches(x, y, learner.batch_size, seed)
+
+
+def meta_batches(learner, x, y, seed):
+    return minibatches(x, y, learner.meta_batch_size, tf.cast(seed, tf.int64) + META_SEED_OFFSET)
+
+
+def _lr_zeros(learning_rate):
+    if learning_rate is None or isinstance(learning_rate, (int, float)):
+        return None
+    return tf.nest.map_structure(lambda v: tf.zeros(v.shape, v.dtype), learning_rate)
+
+
+def run_task(warped, learner: MetaLearner, warp, theta0, task, seed, *, learning_rate=None, frozen=None,
+             state=None, accumulate_warp=True, record=False) -> TaskRun:
+    """Adapt one task for K steps, accumulating the meta-gradient terms of Eq. 13 on the way.
+
+    Args:
+      warped: the :class:`~warpgrad_tf.WarpedModel`.
+      learner: the :class:`MetaLearner`.
+      warp: φ (``{path: tensor}``), fixed during adaptation.
+      theta0: θ0 (``{path: tensor}``).
+      task: ``(train_x, train_y, query_x, query_y)`` of one task (no task axis).
+      seed: integer (tensor) keying this task's mini-batches.
+      learning_rate: the inner step size override (a meta-learned variable, or dict of them), or None.
+      accumulate_warp: add ∇L(φ; θ_k) at every step (Alg. 1); False when only collecting (Alg. 2).
+      record: store θ_k and the optimiser state for k = 0..K−1 (Alg. 2's buffer; memory O(K)).
+    """
+    train_x, train_y, query_x, query_y = task
+    batches = task_batches(learner, train_x, train_y, seed)
+    mbatches = meta_batches(learner, query_x, query_y, seed)
+    rule, loss_fn, steps = learner.rule, learner.loss_fn, learner.steps
+    state = warped.values("state") if state is None else state
+    opt_state = rule.init(theta0)
+    do_warp = accumulate_warp and learner.objective is not None and bool(warp)
+    segment = learner.init.segment
+    dtype = next(iter(theta0.values())).dtype
+
+    zeros_w = {k: tf.zeros_like(v) for k, v in warp.items()}
+    zeros_t = {k: tf.zeros_like(v) for k, v in theta0.items()}
+    lr_acc = _lr_zeros(learning_rate) if do_warp and learner.objective == "exact" else None
+    lr_acc = () if lr_acc is None else lr_acc  # while_loop variables cannot be None
+
+    def array_like(t):
+        return tf.TensorArray(t.dtype, size=steps, element_shape=t.shape)
+
+    task_ta = tf.nest.map_structure(array_like, theta0) if record else {}
+    opt_ta = tf.nest.map_structure(array_like, opt_state) if record else {}
+    losses = tf.TensorArray(dtype, size=steps + 1, element_shape=[])
+
+    def body(k, theta, opt, st, prev_theta, prev_loss, prev_grads, acc_w, acc_lr, acc_c, c_val, m_loss, losses,
+             task_ta, opt_ta):
+        x, y = batches(k)
+        with tf.GradientTape() as tape:
+            tape.watch(theta)
+            out, new_st = warped.apply(theta, warp, x, frozen=frozen, state=st, training=learner.training)
+            loss = tf.cast(loss_fn(y, out), dtype)
+        grads = tape.gradient(loss, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        if do_warp:
+            mg = warp_objective(warped, warp, theta, opt, rule, (x, y), mbatches(k), loss_fn,
+                                objective=learner.objective, meta_loss_fn=learner.meta_loss_fn, frozen=frozen,
+                                state=st, training=learner.training, learning_rate=learning_rate)
+            acc_w = {n: acc_w[n] + mg.grads[n] for n in acc_w}
+            m_loss = m_loss + tf.cast(mg.meta_loss, dtype)
+            if not isinstance(acc_lr, tuple) and mg.learning_rate_grad is not None:
+                acc_lr = tf.nest.map_structure(tf.add, acc_lr, mg.learning_rate_grad)
+        if segment is not None:  # the chord θ_{k−1} → θ_k; masked out at k = 0
+            seg = segment(init_lib.Point(prev_theta, prev_loss, prev_grads), init_lib.Point(theta, loss, grads))
+            mask = tf.cast(k > 0, dtype)
+            acc_c = {n: acc_c[n] + mask * tf.cast(seg.grads[n], dtype) for n in acc_c}
+            c_val = c_val + mask * tf.cast(seg.value, dtype)
+        if record:
+            task_ta = {n: ta.write(k, tf.stop_gradient(theta[n])) for n, ta in task_ta.items()}
+            opt_ta = tf.nest.map_structure(lambda ta, v: ta.write(k, tf.stop_gradient(v)), opt_ta, opt)
+        losses = losses.write(k, loss)
+        new_theta, new_opt = rule.update(grads, opt, theta, learning_rate)
+        new_theta = tf.nest.map_structure(tf.stop_gradient, new_theta)
+        new_opt = tf.nest.map_structure(tf.stop_gradient, new_opt)
+        new_st = tf.nest.map_structure(tf.stop_gradient, new_st)
+        return (k + 1, new_theta, new_opt, new_st, theta, loss, grads, acc_w, acc_lr, acc_c, c_val, m_loss, losses,
+                task_ta, opt_ta)
+
+    zero = tf.zeros([], dtype)
+    loop_vars = (tf.constant(0), dict(theta0), opt_state, state, dict(theta0), zero, zeros_t, zeros_w, lr_acc,
+                 zeros_t, zero, zero, losses, task_ta, opt_ta)
+    (_, theta, _, st, prev_theta, prev_loss, prev_grads, acc_w, acc_lr, acc_c, c_val, m_loss, losses, task_ta,
+     opt_ta) = tf.while_loop(lambda k, *_: k < steps, body, loop_vars)
+
+    x, y = batches(steps)
+    out, _ = warped.apply(theta, warp, x, frozen=frozen, state=st, training=learner.training)
+    final_loss = tf.cast(loss_fn(y, out), dtype)
+    losses = losses.write(steps, final_loss)
+    if segment is not None:  # the last chord θ_{K−1} → θ_K
+        seg = segment(init_lib.Point(prev_theta, prev_loss, prev_grads), init_lib.Point(theta, final_loss, None))
+        acc_c = {n: acc_c[n] + tf.cast(seg.grads[n], dtype) for n in acc_c}
+        c_val = c_val + tf.cast(seg.value, dtype)
+
+    inputs = init_lib.TaskInputs(warped, warp, theta0, theta, rule, batches, mbatches, loss_fn,
+                                 learner.meta_loss_fn, steps, frozen, state, learner.training, learning_rate)
+    task_term = init_lib.task_gradient(learner.init, inputs)
+    init_grad = init_lib.InitGradient(
+        tf.cast(c_val, tf.float32) + task_term.value,
+        {n: acc_c[n] + tf.cast(task_term.grads[n], dtype) for n in acc_c},
+        task_term.learning_rate_grad)
+    task_record = {n: ta.stack() for n, ta in task_ta.items()} if record else None
+    opt_record = tf.nest.map_structure(lambda ta: ta.stack(), opt_ta) if record else None
+    acc_lr = None if isinstance(acc_lr, tuple) else acc_lr
+    return TaskRun(acc_w, acc_lr, m_loss, init_grad, losses.stack(), theta, task_record, opt_record)
+
+
+def add_learning_rate_grads(a, b):
+    """Sum two learning-rate gradients, either of which may be None."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return tf.nest.map_structure(tf.add, a, b)
+
+
+# ---------------------------------------------------------------------------------------------- meta-update
+
+
+class MetaOptimizers(NamedTuple):
+    """Keras optimizers for the meta-parameters (each may be None: that part is not meta-learned).
+
+    Attributes:
+      warp: updates φ with g_φ (β).
+      init: updates θ0 (the WarpedModel's task variables) with λ g_θ0.
+      learning_rate: updates a meta-learned inner learning rate (App. F).
+    """
+
+    warp: Any = None
+    init: Any = None
+    learning_rate: Any = None
+
+
+def _optimizer(value, name):
+    if value is None or isinstance(value, keras.optimizers.Optimizer):
+        return value
+    lr = float(value)
+    if not lr > 0:
+        raise ValueError(f"meta learning rate for {name} must be > 0; got {value}.")
+    return keras.optimizers.SGD(lr)
+
+
+def meta_optimizers(warp=None, init=None, learning_rate=None) -> MetaOptimizers:
+    """Build :class:`MetaOptimizers`; a float means plain SGD with that step size (validated > 0)."""
+    return MetaOptimizers(_optimizer(warp, "warp"), _optimizer(init, "init"),
+                          _optimizer(learning_rate, "learning_rate"))
+
+
+def apply_meta_gradients(warped, grads: MetaGradients, optimizers: MetaOptimizers, *, init_weight=1.0,
+                         learned_rate=None, clip=None):
+    """Apply one meta-step: ``φ ← φ − β g_φ`` and ``θ0 ← θ0 − λβ g_θ0`` (Alg. 1 lines 13–14, Alg. 2 lines 19–20).
+
+    Args:
+      warped: the WarpedModel whose warp and task variables (θ0) are updated.
+      grads: the :class:`MetaGradients`.
+      optimizers: :class:`MetaOptimizers`; a None entry leaves that part unchanged.
+      init_weight: λ, scaling g_θ0.
+      learned_rate: a :class:`~warpgrad_tf.learned_lr.LearnedRate` updated with ``grads.learning_rate``.
+      clip: elementwise clip for the learning-rate meta-gradient (App. F clips at 0.001).
+    """
+    warp_vars = warped.variables("warp")
+    if optimizers.warp is not None and warp_vars and grads.warp:
+        optimizers.warp.apply([tf.cast(grads.warp[k], v.dtype) for k, v in warp_vars.items()],
+                              list(warp_vars.values()))
+    task_vars = warped.variables("task")
+    if optimizers.init is not None and grads.init:
+        optimizers.init.apply([tf.cast(init_weight * grads.init[k], v.dtype) for k, v in task_vars.items()],
+                              list(task_vars.values()))
+    if learned_rate is not None and optimizers.learning_rate is not None and grads.learning_rate is not None:
+        learned_rate.apply(grads.learning_rate, optimizers.learning_rate, clip=clip)

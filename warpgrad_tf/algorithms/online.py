@@ -1,0 +1,104 @@
+"""Algorithm 1 (App. B): online meta-training, constant memory in the number of inner steps K.
+
+For every task of a meta-batch, θ0 is adapted for K steps; at every step the warp meta-gradient
+∇L(φ; θ_k) (Eq. 11 or 12) and the initialisation term ∇C(θ0; θ_{0:k}) are accumulated into running sums
+(lines 9–10) — nothing per step is stored, so memory does not grow with K. One meta-step follows
+(lines 13–14): ``φ ← φ − β g_φ`` and ``θ0 ← θ0 − λβ g_θ0``.
+
+Normalisation: g_φ is the mean over all (task, step) samples — a Monte-Carlo estimate of the expectation
+in Eq. 11 whose scale does not depend on K or the meta-batch size; g_θ0 is the mean over tasks of each
+task's ∇C (C sums over its steps, Eq. 16), as in the original Leap code.
+
+Example::
+
+    learner = algorithms.meta_learner(wg.sgd(0.01), wg.losses.mse, steps=10, init="leap")
+    step = algorithms.online_step(warped, learner, algorithms.meta_optimizers(warp=1e-3, init=0.1))
+    metrics = step(family.sample_batch(seeds), seeds)
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from warpgrad_tf.algorithms import base
+
+
+def online_meta_gradient(warped, learner: base.MetaLearner, warp, theta0, tasks, seeds, *, learning_rate=None,
+                         frozen=None, state=None) -> base.MetaGradients:
+    """Meta-gradients of one meta-batch under Algorithm 1 (a pure function of its arguments).
+
+    Args:
+      warped: the :class:`~warpgrad_tf.WarpedModel`.
+      learner: the :class:`~warpgrad_tf.algorithms.MetaLearner`.
+      warp: φ as ``{path: tensor}``; theta0: θ0 as ``{path: tensor}``.
+      tasks: :class:`~warpgrad_tf.algorithms.Tasks` with a leading task axis.
+      seeds: ``[T]`` integer seeds keying each task's mini-batches.
+      learning_rate: inner step size override (a learned rate's ``rates()``), or None for the rule's own.
+    """
+    tasks = base.Tasks(*tasks)
+    seeds = tf.convert_to_tensor(seeds, tf.int64)
+    num_tasks = tf.shape(seeds)[0]
+    dtype = next(iter(theta0.values())).dtype
+    zeros_w = {k: tf.zeros_like(v) for k, v in warp.items()}
+    zeros_t = {k: tf.zeros_like(v) for k, v in theta0.items()}
+    lr0 = base._lr_zeros(learning_rate) if learning_rate is not None else None
+    lr0 = () if lr0 is None else lr0  # while_loop variables cannot be None
+
+    def add_lr(acc, grad):
+        if isinstance(acc, tuple) or grad is None:
+            return acc
+        return tf.nest.map_structure(lambda a, g: a + tf.cast(g, a.dtype), acc, grad)
+
+    def body(i, acc_w, acc_t, acc_lr_w, acc_lr_c, meta_loss, first, last, c_val):
+        task = tuple(t[i] for t in tasks)
+        run = base.run_task(warped, learner, warp, theta0, task, seeds[i], learning_rate=learning_rate,
+                            frozen=frozen, state=state, accumulate_warp=True)
+        acc_w = {k: acc_w[k] + run.warp_grads[k] for k in acc_w}
+        acc_t = {k: acc_t[k] + run.init.grads[k] for k in acc_t}
+        return (i + 1, acc_w, acc_t, add_lr(acc_lr_w, run.learning_rate_grad),
+                add_lr(acc_lr_c, run.init.learning_rate_grad), meta_loss + run.meta_loss,
+                first + run.losses[0], last + run.losses[-1], c_val + run.init.value)
+
+    zero = tf.zeros([], dtype)
+    _, acc_w, acc_t, acc_lr_w, acc_lr_c, meta_loss, first, last, c_val = tf.while_loop(
+        lambda i, *_: i < num_tasks, body,
+        (tf.constant(0), zeros_w, zeros_t, lr0, lr0, zero, zero, zero, tf.zeros([], tf.float32)))
+    n_tasks = tf.cast(num_tasks, dtype)
+    n_samples = n_tasks * learner.steps
+    warp_grads = {k: v / tf.cast(n_samples, v.dtype) for k, v in acc_w.items()}
+    init_grads = {k: v / tf.cast(n_tasks, v.dtype) for k, v in acc_t.items()}
+    lr_grads = None
+    if not isinstance(acc_lr_w, tuple):  # dL/dα + λ dC/dα, each normalised like its term
+        lr_grads = tf.nest.map_structure(
+            lambda w, c: w / tf.cast(n_samples, w.dtype) + learner.init_weight * c / tf.cast(n_tasks, c.dtype),
+            acc_lr_w, acc_lr_c)
+    metrics = {"meta_loss": meta_loss / n_samples, "task_loss_first": first / n_tasks,
+               "task_loss_last": last / n_tasks, "init_value": c_val / tf.cast(n_tasks, tf.float32)}
+    return base.MetaGradients(warp_grads, init_grads, lr_grads, metrics)
+
+
+def online_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimizers, *, learned_rate=None,
+                clip=None, frozen=None, jit_compile=False):
+    """A meta-step function ``step(tasks, seeds) -> metrics`` running Algorithm 1 on ``warped``'s variables.
+
+    The meta-gradient is computed by a ``tf.function`` (XLA off unless ``jit_compile``) from the current
+    values of φ (warp variables) and θ0 (task variables) and applied with ``optimizers``
+    (:func:`~warpgrad_tf.algorithms.apply_meta_gradients`). ``learned_rate`` (a
+    :class:`~warpgrad_tf.learned_lr.LearnedRate`) is used as the inner rate and meta-learned when
+    ``optimizers.learning_rate`` is set, its meta-gradient clipped at ``clip``.
+    """
+    rates = learned_rate.rates() if learned_rate is not None else None
+
+    @tf.function(jit_compile=jit_compile)
+    def compute(tasks, seeds):
+        return online_meta_gradient(warped, learner, warped.values("warp"), warped.values("task"), tasks, seeds,
+                                    learning_rate=rates, frozen=frozen)
+
+    def step(tasks, seeds):
+        grads = compute(base.as_tasks(tasks), tf.convert_to_tensor(seeds, tf.int64))
+        base.apply_meta_gradients(warped, grads, optimizers, init_weight=learner.init_weight,
+                                  learned_rate=learned_rate, clip=clip)
+        return grads.metrics
+
+    step.meta_gradient = compute
+    return step

@@ -1,0 +1,409 @@
+"""Export a trained warped model as a SavedModel that adapts on its own (adaptation-only deployment).
+
+Modelled on tf-agents' ``PolicySaver``: the exported object is a bare :class:`tf.Module` that holds the
+meta-learned values as plain ``tf.Variable``\\ s — initialisation θ0, warp φ, frozen parameters and
+BatchNorm state — and four ``tf.function``\\ s traced from explicit :class:`tf.TensorSpec`\\ s. Loading
+needs TensorFlow only (no Keras model, no ``warpgrad_tf``), so the same file runs in a bare Python process,
+TF Serving or C++.
+
+Signatures (also callable as attributes of the loaded object):
+
+``adapt(support_x, support_y, steps)``
+    ``{parameter name: θ_K}`` — K = ``steps`` updates ``θ_{k+1} = θ_k − α ∇L_task(θ_k; φ)`` with φ fixed
+    (Alg. 1, lines 7–8), running the training run's inner rule (SGD or momentum) on mini-batches drawn from
+    the support set with :func:`warpgrad_tf.adaptation.minibatches` — the same stateless draws as in
+    training for the same seed.
+``predict(x, **task_parameters)``
+    ``{"outputs": f(x; θ, φ)}`` under the given task parameters (e.g. the output of ``adapt``).
+``adapt_and_predict(support_x, support_y, query_x, steps)``
+    ``{"outputs": f(query_x; θ_K, φ)}``; ``steps = 0`` gives the initialisation's predictions.
+``metadata()``
+    input shape and dtype, output shape, number of outputs, loss and label dtype, inner rule and learning
+    rate, default steps, batch size, mini-batch seed, BatchNorm mode, method, training step, package version
+    and the parameter-name mapping, plus the whole description as JSON (``spec_json``).
+
+Parameter names: signature keys must be identifiers, so variable paths are sanitised
+(``"sequential/dense/kernel"`` → ``"sequential__dense__kernel"``); ``metadata()`` maps one to the other.
+
+Input checking: a loaded signature does not check the shapes of what it is fed, so data inputs are declared
+with unknown shape and checked inside the graph; bad input raises ``InvalidArgumentError`` whose message
+names the argument (``support_x``, ``support_y``, ``query_x``, ``steps``, ``x`` or a parameter name). The
+dtype of each input is fixed by its spec: ``float32`` features, ``int32`` class labels for the
+``softmax_cross_entropy`` loss and ``float32`` targets for ``mse``. (TensorFlow itself rejects a tensor of
+the wrong dtype before the graph runs; :mod:`export.load` turns that into a named error as well.)
+
+Example::
+
+    warped, rule, spec = warpgrad_tf.artifacts.load("runs/demo")
+    AdaptiveModelSaver(warped, rule, spec).save("runs/demo/saved_model")
+
+    # anywhere, TensorFlow only:
+    model = tf.saved_model.load("runs/demo/saved_model")
+    outputs = model.adapt_and_predict(support_x, support_y, query_x, 100)["outputs"]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+from warpgrad_tf import adaptation, losses
+from warpgrad_tf.version import __version__
+
+SIGNATURES = ("adapt", "predict", "adapt_and_predict", "metadata")
+_RESERVED = {"x", "support_x", "support_y", "query_x", "steps", "outputs"}
+# Losses whose targets are integer class labels in [0, num_outputs); every other loss takes float targets.
+_CLASSIFICATION_LOSSES = {"softmax_cross_entropy"}
+
+
+def signature_name(path):
+    """A signature-safe name for a variable path: ``"seq/dense/kernel:0"`` → ``"seq__dense__kernel_0"``."""
+    name = re.sub(r"[^A-Za-z0-9_]", "_", path.replace("/", "__"))
+    if not name or not (name[0].isalpha()):
+        name = "p_" + name
+    return name
+
+
+def parameter_names(paths):
+    """``{signature name: variable path}`` for ``paths`` (order kept), unique and clear of input names."""
+    mapping = {}
+    for path in paths:
+        base = signature_name(path)
+        name, i = base, 1
+        while name in mapping or name in _RESERVED:
+            name, i = f"{base}_{i}", i + 1
+        mapping[name] = path
+    return mapping
+
+
+def _shape_ok(shape, dims):
+    """Scalar bool: the runtime ``shape`` has ``len(dims)`` entries equal to ``dims`` (``None`` = any)."""
+    fixed = [(i, int(d)) for i, d in enumerate(dims) if d is not None]
+
+    def dims_ok():
+        if not fixed:
+            return tf.constant(True)
+        idx = tf.constant([i for i, _ in fixed], tf.int32)
+        return tf.reduce_all(tf.equal(tf.gather(shape, idx), tf.constant([d for _, d in fixed], tf.int32)))
+
+    return tf.cond(tf.equal(tf.size(shape), len(dims)), dims_ok, lambda: tf.constant(False))
+
+
+def _describe(dims):
+    return "[" + ", ".join("n" if i == 0 and d is None else ("?" if d is None else str(d))
+                           for i, d in enumerate(dims)) + "]"
+
+
+def _shape_assert(tensor, expected, arg, what=""):
+    """Assert ``tensor`` is a batch of shape ``[n] + expected`` (``None`` = any size) with ``n >= 1``.
+
+    Messages name ``arg``. Returns the tensor with its static shape set.
+    """
+    dims = [None] + [None if d is None else int(d) for d in expected]
+    shape = tf.shape(tensor, out_type=tf.int32)
+    check = tf.debugging.Assert(
+        _shape_ok(shape, dims),
+        [f"{arg} must have shape {_describe(dims)}{what} (rank {len(dims)}); got shape", shape],
+        name=f"{arg}_shape")
+    with tf.control_dependencies([check]):
+        check = tf.debugging.Assert(
+            shape[0] >= 1, [f"{arg} is empty: it needs at least one example; got shape", shape],
+            name=f"{arg}_not_empty")
+    with tf.control_dependencies([check]):
+        return tf.ensure_shape(tensor, dims)
+
+
+class AdaptiveModelSaver:
+    """Build the adaptation-only export of a warped model and save it as a SavedModel.
+
+    Args:
+      warped: the trained :class:`~warpgrad_tf.WarpedModel`; its *current* variable values are exported
+        (task values as the initialisation θ0).
+      rule: the inner :class:`~warpgrad_tf.update_rules.UpdateRule` used in training.
+      spec: the run's :class:`~warpgrad_tf.artifacts.AdaptationSpec` (loss, default steps, batch size,
+        method, training step; ``training`` — the BatchNorm mode — if present, else ``True``).
+      seed: mini-batch seed of :func:`~warpgrad_tf.adaptation.minibatches` (``spec.extra["minibatch_seed"]``
+        if present, else 0).
+
+    Raises:
+      ValueError: the model has more than one input or output, or the spec's loss is unknown.
+    """
+
+    def __init__(self, warped, rule, spec, *, seed=None):
+        model = warped.model
+        if len(model.inputs) != 1 or len(model.outputs) != 1:
+            raise ValueError(f"Only single-input, single-output models can be exported; {model.name!r} has "
+                             f"{len(model.inputs)} inputs and {len(model.outputs)} outputs.")
+        self._warped = warped
+        self._rule = rule
+        self._spec = spec
+        self._loss_fn = losses.get(spec.loss)
+        self._training = bool(getattr(spec, "training", True))
+        extra = dict(getattr(spec, "extra", {}) or {})
+        self._seed = int(extra.get("minibatch_seed", 0) if seed is None else seed)
+        self._batch_size = None if spec.batch_size is None else int(spec.batch_size)
+        self._input_shape = [None if d is None else int(d) for d in model.inputs[0].shape[1:]]
+        self._output_shape = [None if d is None else int(d) for d in model.outputs[0].shape[1:]]
+        self._num_outputs = int(model.outputs[0].shape[-1])
+        self._input_dtype = tf.as_dtype(model.inputs[0].dtype)
+        self._classification = spec.loss in _CLASSIFICATION_LOSSES
+        self._label_dtype = tf.int32 if self._classification else tf.float32
+
+        self.names = parameter_names(warped.names["task"])  # {signature name: path}
+        self._paths = {path: name for name, path in self.names.items()}
+        module = tf.Module(name="adaptive_model")
+        # Plain tf.Variables: the SavedModel holds no Keras objects. Names index by position (keys of a
+        # tracked dict must be strings; paths are kept in metadata).
+        module.task = {name: tf.Variable(warped.values("task")[path], trainable=False, name=name)
+                       for name, path in self.names.items()}
+        module.warp = [tf.Variable(v, trainable=False, name=signature_name(p))
+                       for p, v in warped.values("warp").items()]
+        module.frozen = [tf.Variable(v, trainable=False, name=signature_name(p))
+                         for p, v in warped.values("frozen").items()]
+        module.state = [tf.Variable(v, trainable=False, name=signature_name(p))
+                        for p, v in warped.values("state").items()]
+        self._warp_paths = list(warped.names["warp"])
+        self._frozen_paths = list(warped.names["frozen"])
+        self._state_paths = list(warped.state_names)
+        self.module = module
+
+        x_spec = lambda name: tf.TensorSpec(None, self._input_dtype, name=name)  # noqa: E731
+        y_spec = tf.TensorSpec(None, self._label_dtype, name="support_y")
+        steps_spec = tf.TensorSpec(None, tf.int32, name="steps")
+        param_specs = {name: tf.TensorSpec(None, var.dtype, name=name) for name, var in module.task.items()}
+
+        module.adapt = tf.function(self._adapt, input_signature=[x_spec("support_x"), y_spec, steps_spec])
+        module.predict = tf.function(self._predict, input_signature=[x_spec("x"), param_specs])
+        module.adapt_and_predict = tf.function(
+            self._adapt_and_predict,
+            input_signature=[x_spec("support_x"), y_spec, x_spec("query_x"), steps_spec])
+        module.metadata = tf.function(self._metadata, input_signature=[])
+        self.signatures = {
+            "adapt": module.adapt.get_concrete_function(),
+            "predict": module.predict.get_concrete_function(),
+            "adapt_and_predict": module.adapt_and_predict.get_concrete_function(),
+            "metadata": module.metadata.get_concrete_function(),
+        }
+
+    # ------------------------------------------------------------------ description
+    def description(self):
+        """Everything ``metadata()`` reports, as a JSON-friendly dict."""
+        spec = self._spec
+        hp = dict(self._rule.hyperparameters)
+        return {
+            "input_shape": self._input_shape,
+            "input_dtype": self._input_dtype.name,
+            "output_shape": self._output_shape,
+            "num_outputs": self._num_outputs,
+            "loss": spec.loss,
+            "label_dtype": self._label_dtype.name,
+            "rule": self._rule.name,
+            "learning_rate": float(self._rule.learning_rate),
+            "rule_hyperparameters": hp,
+            "steps": int(spec.steps),
+            "batch_size": self._batch_size,
+            "minibatch_seed": self._seed,
+            "training": self._training,
+            "method": spec.method,
+            "training_step": int(spec.training_step),
+            "task_family": getattr(spec, "task_family", ""),
+            "version": __version__,
+            "parameter_names": dict(self.names),
+            "parameter_shapes": {name: self.module.task[name].shape.as_list() for name in self.names},
+            "roles": dict(spec.roles),
+            "signatures": list(SIGNATURES),
+        }
+
+    def _metadata(self):
+        d = self.description()
+        dims = lambda s: tf.constant([-1 if v is None else v for v in s], tf.int32)  # noqa: E731
+        return {
+            "input_shape": dims(d["input_shape"]),
+            "input_dtype": tf.constant(d["input_dtype"]),
+            "output_shape": dims(d["output_shape"]),
+            "num_outputs": tf.constant(d["num_outputs"], tf.int32),
+            "loss": tf.constant(d["loss"]),
+            "label_dtype": tf.constant(d["label_dtype"]),
+            "rule": tf.constant(d["rule"]),
+            "learning_rate": tf.constant(d["learning_rate"], tf.float32),
+            "rule_hyperparameters": tf.constant(json.dumps(d["rule_hyperparameters"], sort_keys=True)),
+            "steps": tf.constant(d["steps"], tf.int32),
+            "batch_size": tf.constant(-1 if d["batch_size"] is None else d["batch_size"], tf.int32),
+            "minibatch_seed": tf.constant(d["minibatch_seed"], tf.int64),
+            "training": tf.constant(d["training"]),
+            "method": tf.constant(d["method"]),
+            "training_step": tf.constant(d["training_step"], tf.int64),
+            "task_family": tf.constant(d["task_family"]),
+            "version": tf.constant(d["version"]),
+            "parameter_names": tf.constant(list(d["parameter_names"]), tf.string),
+            "parameter_paths": tf.constant(list(d["parameter_names"].values()), tf.string),
+            "spec_json": tf.constant(json.dumps(d, sort_keys=True)),
+        }
+
+    # ------------------------------------------------------------------ traced bodies
+    def _values(self):
+        m = self.module
+        task = {self.names[name]: tf.convert_to_tensor(v) for name, v in m.task.items()}
+        warp = {p: tf.convert_to_tensor(v) for p, v in zip(self._warp_paths, m.warp)}
+        frozen = {p: tf.convert_to_tensor(v) for p, v in zip(self._frozen_paths, m.frozen)}
+        state = {p: tf.convert_to_tensor(v) for p, v in zip(self._state_paths, m.state)}
+        return task, warp, frozen, state
+
+    def _check_inputs(self, x, arg):
+        return _shape_assert(x, self._input_shape, arg)
+
+    def _check_support(self, support_x, support_y):
+        support_x = self._check_inputs(support_x, "support_x")
+        n = tf.shape(support_x)[0]
+        if self._classification:
+            support_y = _shape_assert(support_y, [], "support_y", " of integer class labels")
+            checks = [tf.debugging.Assert(
+                tf.reduce_all((support_y >= 0) & (support_y < self._num_outputs)),
+                [f"support_y holds labels outside [0, {self._num_outputs}) (the model has "
+                 f"{self._num_outputs} classes); min and max label:",
+                 tf.reduce_min(support_y), tf.reduce_max(support_y)], name="support_y_range")]
+        else:
+            support_y = _shape_assert(support_y, self._output_shape, "support_y", " of regression targets")
+            checks = [tf.debugging.Assert(
+                tf.reduce_all(tf.math.is_finite(support_y)), ["support_y holds non-finite targets"],
+                name="support_y_finite")]
+        checks.append(tf.debugging.Assert(
+            tf.equal(tf.shape(support_y)[0], n),
+            ["support_x and support_y must hold the same number of examples; got", n, "and",
+             tf.shape(support_y)[0]], name="support_sizes"))
+        with tf.control_dependencies(checks):
+            return tf.identity(support_x), tf.identity(support_y)
+
+    @staticmethod
+    def _check_steps(steps):
+        check = tf.debugging.Assert(tf.equal(tf.rank(steps), 0),
+                                    ["steps must be a scalar int32; got shape", tf.shape(steps)],
+                                    name="steps_scalar")
+        with tf.control_dependencies([check]):
+            steps = tf.reshape(steps, [-1])[0]
+            check = tf.debugging.Assert(steps >= 0, ["steps must be >= 0; got", steps], name="steps_non_negative")
+        with tf.control_dependencies([check]):
+            return tf.identity(steps)
+
+    def _adapt_task(self, support_x, support_y, steps):
+        support_x, support_y = self._check_support(support_x, support_y)
+        steps = self._check_steps(steps)
+        task, warp, frozen, state = self._values()
+        batches = adaptation.minibatches(support_x, support_y, self._batch_size, self._seed)
+        result = adaptation.adapt(self._warped, task, warp, self._rule, batches, self._loss_fn, steps,
+                                  state=state, frozen=frozen, training=self._training)
+        return result, warp, frozen
+
+    def _adapt(self, support_x, support_y, steps):
+        result, _, _ = self._adapt_task(support_x, support_y, steps)
+        return {name: tf.identity(result.task[path], name=name) for name, path in self.names.items()}
+
+    def _predict(self, x, task_parameters):
+        x = self._check_inputs(x, "x")
+        task = {}
+        for name, path in self.names.items():
+            expected = self.module.task[name].shape.as_list()
+            value = task_parameters[name]
+            check = tf.debugging.Assert(
+                _shape_ok(tf.shape(value, out_type=tf.int32), expected),
+                [f"task parameter {name} must have shape {expected}; got shape", tf.shape(value)],
+                name=f"{name}_shape")
+            with tf.control_dependencies([check]):
+                task[path] = tf.ensure_shape(value, expected)
+        _, warp, frozen, state = self._values()
+        outputs, _ = self._warped.apply(task, warp, x, frozen=frozen, state=state, training=self._training)
+        return {"outputs": outputs}
+
+    def _adapt_and_predict(self, support_x, support_y, query_x, steps):
+        query_x = self._check_inputs(query_x, "query_x")
+        result, warp, frozen = self._adapt_task(support_x, support_y, steps)
+        outputs, _ = self._warped.apply(result.task, warp, query_x, frozen=frozen, state=result.state,
+                                        training=self._training)
+        return {"outputs": outputs}
+
+    # ------------------------------------------------------------------ saving
+    def save(self, export_dir, overwrite=True):
+        """Write the SavedModel to ``export_dir`` (via a temporary folder and a rename).
+
+        An existing ``export_dir`` is replaced only if it is a SavedModel (or empty) and ``overwrite`` is
+        true; anything else there is an error, so a mistyped path never deletes unrelated files.
+        """
+        export_dir = os.path.abspath(export_dir)
+        if os.path.exists(export_dir):
+            is_saved_model = os.path.exists(os.path.join(export_dir, "saved_model.pb"))
+            if os.listdir(export_dir) and not (is_saved_model and overwrite):
+                raise FileExistsError(
+                    f"{export_dir} exists and is {'a SavedModel' if is_saved_model else 'not a SavedModel'}; "
+                    "choose another --output" + (" or pass overwrite=True" if is_saved_model else "") + ".")
+        parent = os.path.dirname(export_dir)
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".tmp-saved_model-", dir=parent)
+        try:
+            tf.saved_model.save(self.module, tmp, signatures=self.signatures)
+            if os.path.exists(export_dir):
+                shutil.rmtree(export_dir)
+            os.replace(tmp, export_dir)
+        finally:
+            if os.path.exists(tmp):
+                shutil.rmtree(tmp)
+        return export_dir
+
+
+def restore_checkpoint(warped, checkpoint):
+    """Restore a warped model's weights from a trainer checkpoint (a prefix, or a folder: its latest).
+
+    Trainer checkpoints (:class:`trainers.common.Checkpointer`) hold the global step under ``step`` and
+    either the whole Keras model under ``model`` or lists of role variables under ``task`` / ``warp`` /
+    ``frozen`` (in :meth:`~warpgrad_tf.WarpedModel.variables` order). Whatever the checkpoint holds is
+    restored (every object must match); the rest keeps the values of ``model.keras``.
+
+    Returns:
+      the checkpoint's global step (the training step of the restored weights).
+    """
+    path = tf.train.latest_checkpoint(checkpoint) if os.path.isdir(checkpoint) else checkpoint
+    if not path or not tf.io.gfile.glob(path + ".index"):
+        raise FileNotFoundError(f"No checkpoint at {checkpoint!r}.")
+    top = {name.split("/")[0] for name, _ in tf.train.list_variables(path)}
+    objects = {}
+    if "model" in top:
+        objects["model"] = warped.model
+    for role in ("task", "warp", "frozen"):
+        if role in top and "model" not in top:
+            objects[role] = list(warped.variables(role).values())
+    if not objects:
+        raise ValueError(f"Checkpoint {path} holds no model weights (its objects are {sorted(top)}); expected "
+                         "'model' (the Keras model) or 'task' / 'warp' / 'frozen' variable lists.")
+    step = tf.Variable(0, dtype=tf.int64, trainable=False)
+    status = tf.train.Checkpoint(step=step, **objects).restore(path)
+    status.expect_partial()
+    status.assert_existing_objects_matched()
+    return int(step.numpy())
+
+
+def export(root_dir, output, checkpoint=None, seed=None, overwrite=True):
+    """Export the trained model of run ``root_dir`` (``R/model``) to the SavedModel folder ``output``.
+
+    Args:
+      root_dir: the run directory (``R/model/model.keras`` + ``warpgrad.json``, see :mod:`warpgrad_tf.artifacts`).
+      output: the SavedModel folder to write.
+      checkpoint: optional checkpoint prefix or folder whose model weights replace those of ``model.keras``
+        (``"latest"`` = the newest under ``R/checkpoints``); the training step is taken from it.
+      seed: mini-batch seed (default: the spec's, else 0).
+
+    Returns:
+      ``(output folder, description dict)``.
+    """
+    from warpgrad_tf import artifacts
+
+    warped, rule, spec = artifacts.load(root_dir)
+    if checkpoint:
+        if checkpoint == "latest":
+            checkpoint = os.path.join(root_dir, "checkpoints")
+        spec = spec._replace(training_step=restore_checkpoint(warped, checkpoint))
+    saver = AdaptiveModelSaver(warped, rule, spec, seed=seed)
+    return saver.save(output, overwrite=overwrite), saver.description()

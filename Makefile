@@ -19,6 +19,8 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m trainers.sine_demo --root_dir=runs/demo
+	$(PY) -m export.saved_model --root_dir=runs/demo --output=runs/demo/saved_model
+	$(PY) -m export.try_sine --saved_model=runs/demo/saved_model
 
 test: $(STAMP)
 	$(PY) -m ruff check .

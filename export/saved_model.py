@@ -7,51 +7,61 @@ with the signatures ``adapt``, ``predict``, ``adapt_and_predict`` and ``metadata
 :mod:`warpgrad_tf.serving`). ``--checkpoint`` takes the weights from a training checkpoint instead of
 ``R/model/model.keras`` (``latest`` = newest under ``R/checkpoints``). Load the result with TensorFlow alone:
 ``tf.saved_model.load(OUT)`` or :func:`export.load.load`.
+
+(argparse rather than absl flags: importing this module defines no global flags, so it never collides with
+the trainers' ``--root_dir``.)
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging  # noqa: E402
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("root_dir", None, "Run directory holding model/model.keras and model/warpgrad.json.")
-flags.DEFINE_string("output", None, "SavedModel folder to write (an existing SavedModel there is replaced).")
-flags.DEFINE_string("checkpoint", None, "Optional training checkpoint (prefix or folder, or 'latest') whose "
-                    "model weights are exported instead of model.keras.")
-flags.DEFINE_integer("seed", None, "Mini-batch seed of in-model adaptation (default: the run's, else 0).")
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m export.saved_model",
+                                     description="Export a trained warped model as an adaptive SavedModel.")
+    parser.add_argument("--root_dir", required=True,
+                        help="run directory holding model/model.keras and model/warpgrad.json")
+    parser.add_argument("--output", required=True,
+                        help="SavedModel folder to write (an existing SavedModel there is replaced)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="training checkpoint (prefix, folder or 'latest') whose weights are exported "
+                             "instead of model.keras")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="mini-batch seed of in-model adaptation (default: the run's, else 0)")
+    return parser.parse_args(argv)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not FLAGS.root_dir or not FLAGS.output:
-        _fail("--root_dir and --output are required.")
-    logging.set_verbosity(logging.WARNING)
+def summary(path, d):
+    """A few lines describing an export (``d`` is :meth:`AdaptiveModelSaver.description`)."""
+    hp = ", ".join(f"{k}={v}" for k, v in d["rule_hyperparameters"].items())
+    return (f"Exported {d['task_family'] or 'model'} ({d['method']}, training step {d['training_step']}) to {path}\n"
+            f"  input {d['input_shape']} -> {d['num_outputs']} outputs, loss {d['loss']} (labels {d['label_dtype']})\n"
+            f"  adaptation: {d['rule']}({hp}), {d['steps']} steps by default, batch size "
+            f"{d['batch_size'] or 'full support set'}, seed {d['minibatch_seed']}, BatchNorm "
+            f"{'batch statistics' if d['training'] else 'moving statistics'}\n"
+            f"  signatures: {', '.join(d['signatures'])}; {len(d['parameter_names'])} task parameters")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.WARNING)
     from warpgrad_tf import serving
 
     try:
-        path, d = serving.export(FLAGS.root_dir, FLAGS.output, checkpoint=FLAGS.checkpoint, seed=FLAGS.seed)
+        path, d = serving.export(args.root_dir, args.output, checkpoint=args.checkpoint, seed=args.seed)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
-        _fail(str(e))
-    hp = ", ".join(f"{k}={v}" for k, v in d["rule_hyperparameters"].items())
-    print(f"Exported {d['task_family'] or 'model'} ({d['method']}, training step {d['training_step']}) to {path}\n"
-          f"  input {d['input_shape']} -> {d['num_outputs']} outputs, loss {d['loss']} "
-          f"(labels {d['label_dtype']})\n"
-          f"  adaptation: {d['rule']}({hp}), {d['steps']} steps by default, batch size "
-          f"{d['batch_size'] or 'full support set'}, seed {d['minibatch_seed']}, BatchNorm "
-          f"{'batch statistics' if d['training'] else 'moving statistics'}\n"
-          f"  signatures: {', '.join(d['signatures'])}; {len(d['parameter_names'])} task parameters")
-
-
-def _fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary(path, d))
+    return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

@@ -7,6 +7,8 @@ Python process that imports only TensorFlow (and NumPy) loads both SavedModels; 
 in-memory adaptation with the library (``warpgrad_tf.adapt`` + ``WarpedModel.apply``) to 1e-5.
 """
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -19,6 +21,7 @@ import pytest
 import tensorflow as tf
 
 import warpgrad_tf as wg
+from export import saved_model as saved_model_cli
 from export.load import load as load_export
 from warpgrad_tf import artifacts, serving
 
@@ -41,7 +44,7 @@ def _sine_model():
 def _omniglot_model():
     keras.utils.set_random_seed(2)
     x = inp = keras.Input((28, 28, 1))
-    for i in range(3):
+    for i in range(2):
         x = keras.layers.Conv2D(8, 3, padding="same", name=f"conv_{i}")(x)
         x = keras.layers.BatchNormalization(name=f"bn_{i}")(x)
         x = keras.layers.ReLU(name=f"relu_{i}")(x)
@@ -76,19 +79,20 @@ def _reference(warped, rule, loss_fn, batch_size, seed=0, training=True):
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     # Sine: saved, then "trained further" (task and warp moved) and checkpointed the trainers' way; the
-    # CLI exports the checkpoint's weights. Started in the background while the Omniglot model is exported.
+    # CLI exports the checkpoint's weights.
     sine = _sine_model()
     sine_rule = wg.momentum(0.02, beta=0.5)
     artifacts.save(str(root / "sine"), sine, sine_rule, loss="mse", steps=SINE_STEPS, batch_size=5,
                    method="warpgrad", training_step=10, task_family="sine")
     _perturb(sine, "task", 0.05, 0)
     _perturb(sine, "warp", 0.05, 1)
-    tf.train.Checkpoint(step=tf.Variable(42, dtype=tf.int64), model=sine.model).save(
-        str(root / "sine" / "checkpoints" / "ckpt"))
-    cli = subprocess.Popen(
-        [sys.executable, "-m", "export.saved_model", f"--root_dir={root / 'sine'}",
-         f"--output={root / 'sine_sm'}", "--checkpoint=latest"],
-        cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tf.train.Checkpoint(step=tf.Variable(42, dtype=tf.int64), task=list(sine.variables("task").values()),
+                        warp=list(sine.variables("warp").values())).save(str(root / "sine" / "checkpoints" / "ckpt"))
+    cli_stdout = io.StringIO()
+    with contextlib.redirect_stdout(cli_stdout):  # the CLI's main, in-process (saves a TensorFlow start)
+        rc = saved_model_cli.main([f"--root_dir={root / 'sine'}", f"--output={root / 'sine_sm'}",
+                                   "--checkpoint=latest"])
+    assert rc == 0
 
     omni = _omniglot_model()
     omni_rule = wg.sgd(0.1)
@@ -108,15 +112,15 @@ def runs(tmp_path_factory):
     refs = {"sine": _reference(sine, sine_rule, wg.losses.mse, 5),
             "omni": _reference(omni, omni_rule, wg.losses.softmax_cross_entropy, 10)}
     steps = {"sine": [0, SINE_STEPS], "omni": [0, OMNI_STEPS]}
-    expected = {name: {k: refs[name](*data[name], k)[0].numpy() for k in steps[name]} for name in data}
+    expected = {name: {k: refs[name](*data[name], tf.constant(k))[0].numpy() for k in steps[name]}
+                for name in data}
     expected["sine"]["init"] = sine.apply(sine.values("task"), sine.values("warp"), task.test_x, training=True)[0]
     expected["omni"]["init"] = omni.apply(omni.values("task"), omni.values("warp"), data["omni"][2],
                                           training=True)[0]
 
-    out, err = cli.communicate(timeout=300)
-    assert cli.returncode == 0, err[-3000:]
     return {"root": root, "dirs": {"sine": str(root / "sine_sm"), "omni": omni_path}, "data": data,
-            "steps": steps, "expected": expected, "cli_stdout": out, "omni_description": omni_description,
+            "steps": steps, "expected": expected, "cli_stdout": cli_stdout.getvalue(),
+            "omni_description": omni_description,
             "models": {"sine": sine, "omni": omni}}
 
 
@@ -132,14 +136,12 @@ results = {}
 for name, spec in args["exports"].items():
     d = np.load(spec["data"])
     sx, sy, qx = d["support_x"], d["support_y"], d["query_x"]
-    sm = tf.saved_model.load(spec["dir"])
-    sig = sm.signatures
-    helper = load(spec["dir"])
+    helper = load(spec["dir"])  # export/load.py: TensorFlow only
+    sig = helper.saved_model.signatures
     for k in spec["steps"]:
         s = tf.constant(k, tf.int32)
         results[f"{name}/signature/{k}"] = sig["adapt_and_predict"](
             support_x=tf.constant(sx), support_y=tf.constant(sy), query_x=tf.constant(qx), steps=s)["outputs"]
-        results[f"{name}/attribute/{k}"] = sm.adapt_and_predict(sx, sy, qx, k)["outputs"]
         results[f"{name}/helper/{k}"] = helper.adapt_and_predict(sx, sy, qx, steps=k)
         params = sig["adapt"](support_x=tf.constant(sx), support_y=tf.constant(sy), steps=s)
         results[f"{name}/adapt_then_predict/{k}"] = sig["predict"](x=tf.constant(qx), **params)["outputs"]
@@ -147,7 +149,8 @@ for name, spec in args["exports"].items():
             results[f"{name}/params/{k}/{p}"] = v
     results[f"{name}/helper/default"] = helper.adapt_and_predict(sx, sy, qx)
     results[f"{name}/predict_init"] = helper.predict(qx)
-    meta = {key: v.numpy().tolist() for key, v in sig["metadata"]().items()}
+    meta = {key: v.numpy() for key, v in sig["metadata"]().items()}
+    meta = {key: v.tolist() if hasattr(v, "tolist") else v for key, v in meta.items()}
     meta = {key: v.decode() if isinstance(v, bytes) else v for key, v in meta.items()}
     meta["parameter_names"] = [v.decode() for v in meta["parameter_names"]]
     meta["parameter_paths"] = [v.decode() for v in meta["parameter_paths"]]
@@ -159,8 +162,19 @@ print("keras imported:", "keras" in sys.modules)
 """
 
 
+def _saved_model_cli_commands(runs):
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    sx, sy, qx = runs["data"]["sine"]
+    exprs = f"support_x={sx.tolist()};support_y={sy.tolist()};query_x={qx.tolist()};steps={SINE_STEPS}"
+    return {"show": [cli, "show", "--dir", runs["dirs"]["omni"], "--all"],
+            # The README's `saved_model_cli run` example, on the sine export.
+            "run": [cli, "run", "--dir", runs["dirs"]["sine"], "--tag_set", "serve", "--signature_def",
+                    "adapt_and_predict", "--input_exprs", exprs]}
+
+
 @pytest.fixture(scope="module")
 def fresh(runs):
+    """Run the TF-only script and the two saved_model_cli commands (concurrently: each starts TensorFlow)."""
     root = runs["root"]
     exports = {}
     for name, (sx, sy, qx) in runs["data"].items():
@@ -169,21 +183,24 @@ def fresh(runs):
         exports[name] = {"dir": runs["dirs"][name], "data": path, "steps": runs["steps"][name],
                          "meta_out": str(root / f"{name}_meta.json")}
     args = {"exports": exports, "out": str(root / "fresh.npz")}
-    proc = subprocess.run([sys.executable, "-c", FRESH_PROCESS, json.dumps(args)], cwd=str(root), env=ENV,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    commands = {"fresh": [sys.executable, "-c", FRESH_PROCESS, json.dumps(args)], **_saved_model_cli_commands(runs)}
+    procs = {k: subprocess.Popen(c, cwd=str(root), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True) for k, c in commands.items()}
+    done = {k: (p.communicate(timeout=300), p.returncode) for k, p in procs.items()}
+    (_, err), rc = done["fresh"]
+    assert rc == 0, err[-3000:]
     results = dict(np.load(args["out"]))
     meta = {name: json.load(open(e["meta_out"])) for name, e in exports.items()}
-    return results, meta
+    return results, meta, {k: done[k] for k in ("show", "run")}
 
 
 # ---------------------------------------------------------------------------------------- equivalence
 @pytest.mark.parametrize("name", ["sine", "omni"])
 def test_adapt_and_predict_in_fresh_process_matches_in_memory(runs, fresh, name):
-    results, _ = fresh
+    results, _, _ = fresh
     for k in runs["steps"][name]:
         want = runs["expected"][name][k]
-        for how in ("signature", "attribute", "helper", "adapt_then_predict"):
+        for how in ("signature", "helper", "adapt_then_predict"):
             got = results[f"{name}/{how}/{k}"]
             assert got.shape == want.shape
             diff = float(np.max(np.abs(got - want)))
@@ -196,7 +213,7 @@ def test_adapt_and_predict_in_fresh_process_matches_in_memory(runs, fresh, name)
 
 @pytest.mark.parametrize("name", ["sine", "omni"])
 def test_steps_zero_returns_initialisation(runs, fresh, name):
-    results, meta = fresh
+    results, meta, _ = fresh
     init = np.asarray(runs["expected"][name]["init"])
     np.testing.assert_allclose(results[f"{name}/signature/0"], init, atol=TOL)
     np.testing.assert_allclose(results[f"{name}/predict_init"], init, atol=TOL)
@@ -206,11 +223,12 @@ def test_steps_zero_returns_initialisation(runs, fresh, name):
 
 
 def test_cli_exports_checkpoint_and_metadata(runs, fresh):
-    _, meta = fresh
+    _, meta, _ = fresh
     assert "Exported sine" in runs["cli_stdout"]
     sine = meta["sine"]
     assert sine["training_step"] == 42  # from the checkpoint, not the spec's 10
-    assert (sine["rule"], sine["learning_rate"], sine["steps"], sine["batch_size"]) == ("momentum", 0.02, 5, 5)
+    assert (sine["rule"], sine["steps"], sine["batch_size"]) == ("momentum", 5, 5)
+    assert sine["learning_rate"] == pytest.approx(0.02)
     assert json.loads(sine["rule_hyperparameters"]) == {"learning_rate": 0.02, "beta": 0.5, "nesterov": False}
     assert sine["input_shape"] == [1] and sine["num_outputs"] == 1 and sine["label_dtype"] == "float32"
     assert (sine["method"], sine["version"], sine["training"]) == ("warpgrad", wg.__version__, True)
@@ -223,23 +241,16 @@ def test_cli_exports_checkpoint_and_metadata(runs, fresh):
     assert not any(p.startswith(("conv_0/", "warp_")) for p in omni["parameter_paths"])  # frozen and warps
 
 
-def test_saved_model_cli_show_and_run(runs):
-    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
-    show = subprocess.run([cli, "show", "--dir", runs["dirs"]["omni"], "--all"], env=ENV, capture_output=True,
-                          text=True, timeout=300)
-    assert show.returncode == 0, show.stderr[-2000:]
-    listed = set(re.findall(r"signature_def\['(\w+)'\]", show.stdout))
+def test_saved_model_cli_show_and_run(runs, fresh):
+    (show, show_err), rc = fresh[2]["show"]
+    assert rc == 0, show_err[-2000:]
+    listed = set(re.findall(r"signature_def\['(\w+)'\]", show))
     assert {"adapt", "predict", "adapt_and_predict", "metadata"} <= listed
     for arg in ("support_x", "support_y", "query_x", "steps", "head__kernel"):
-        assert f"inputs['{arg}']" in show.stdout
-    # The README's `saved_model_cli run` example, on the sine export.
-    sx, sy, qx = runs["data"]["sine"]
-    exprs = (f"support_x={sx.tolist()};support_y={sy.tolist()};query_x={qx.tolist()};steps={SINE_STEPS}")
-    run = subprocess.run([cli, "run", "--dir", runs["dirs"]["sine"], "--tag_set", "serve", "--signature_def",
-                          "adapt_and_predict", "--input_exprs", exprs], env=ENV, capture_output=True,
-                         text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    printed = run.stdout.split("Result for output key outputs:")[1]
+        assert f"inputs['{arg}']" in show
+    (run, run_err), rc = fresh[2]["run"]
+    assert rc == 0, run_err[-2000:]
+    printed = run.split("Result for output key outputs:")[1]
     got = np.array([float(v) for v in re.findall(r"-?\d+\.\d*(?:e[-+]\d+)?", printed)])
     np.testing.assert_allclose(got, runs["expected"]["sine"][SINE_STEPS].ravel(), atol=1e-4)
 
@@ -280,7 +291,7 @@ def test_bad_input_raises_invalid_argument_naming_it(runs, loaded, case):
     signature = loaded["omni"].saved_model.signatures["adapt_and_predict"]
     with pytest.raises(tf.errors.InvalidArgumentError, match=rf"\b{arg} (must|is empty|holds)"):
         signature(**{k: tf.constant(v) for k, v in inputs.items()})
-    if arg != "query_x":  # the adapt signature checks its own arguments too
+    if case in ("rank", "label_too_large", "negative_steps"):  # adapt checks its arguments too (via the helper)
         with pytest.raises(tf.errors.InvalidArgumentError, match=rf"\b{arg} (must|is empty|holds)"):
             loaded["omni"].adapt(inputs["support_x"], inputs["support_y"], inputs["steps"])
 
@@ -341,3 +352,20 @@ def test_checkpoint_without_model_weights_is_an_error(runs, tmp_path):
         serving.restore_checkpoint(warped, prefix)
     with pytest.raises(FileNotFoundError):
         serving.restore_checkpoint(warped, str(tmp_path / "missing"))
+    # Keras 3 + tf.train.Checkpoint(model=...) silently skips WarpBlock's list-held maps: refused.
+    prefix = tf.train.Checkpoint(step=tf.Variable(1, dtype=tf.int64), model=warped.model).save(
+        str(tmp_path / "model_ckpt"))
+    with pytest.raises(ValueError, match=r"cannot reach \['warp_0/map_0/kernel'"):
+        serving.restore_checkpoint(warped, prefix)
+
+
+def test_sequential_model_round_trips_through_artifacts(tmp_path):
+    """The demo's model is a keras.Sequential, whose variable paths lose its name scope when reloaded."""
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(4, name="d"), wg.WarpBlock("dense", name="w"),
+                              keras.layers.Dense(1, name="head")], name="sine_learner")
+    warped = wg.WarpedModel(model)
+    artifacts.save(str(tmp_path), warped, wg.sgd(0.1), loss="mse", steps=1, batch_size=None, method="warpgrad",
+                   training_step=0)
+    loaded, _, spec = artifacts.load(str(tmp_path))
+    assert sorted(loaded.names["warp"]) == sorted(p.split("/", 1)[-1] for p in warped.names["warp"])
+    assert set(spec.roles) == set(loaded.role_map())

@@ -90,3 +90,20 @@ def test_bad_arguments_are_named():
         wg.WarpBlock(num_layers=0)
     with pytest.raises(ValueError, match="embedding_dim"):
         wg.TaskFiLM(embedding_dim=0)
+
+
+@pytest.mark.parametrize("name", ["2layer_bn_res", "bn_before"])
+def test_tensorflow_checkpoints_reach_every_warp_variable(name, tmp_path):
+    import tensorflow as tf
+
+    model = _model(wg.WarpBlock(name="warp", **CONV_VARIANTS[name]))
+    rng = np.random.default_rng(2)
+    for v in model.variables:
+        v.assign(v.numpy() + 0.1 * rng.standard_normal(v.shape))
+    saved = [v.numpy().copy() for v in model.variables]
+    path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+    for v in model.variables:
+        v.assign(np.zeros(v.shape))
+    tf.train.Checkpoint(model=model).restore(path).assert_consumed()
+    for before, v in zip(saved, model.variables):
+        np.testing.assert_array_equal(before, v.numpy())

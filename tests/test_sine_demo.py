@@ -24,7 +24,7 @@ def test_train_eval_writes_table_plot_logs_model_and_resumes(tmp_path):
     root = str(tmp_path / "run")
     gin.bind_parameter("warp_method.meta_steps", 2)
     gin.bind_parameter("warp_method.meta_batch_size", 2)
-    table = sine_demo.train_eval(root, inner_steps=3, eval_tasks=4)
+    table = sine_demo.train_eval(root, inner_steps=3, eval_tasks=4, methods=("sgd", "warp"))
     assert set(table) == {"sgd", "warp"}
     results = json.load(open(os.path.join(root, "results.json")))
     assert len(results["methods"]["warp"]["curve"]) == 4
@@ -51,3 +51,13 @@ def test_bad_configuration_is_one_line_naming_the_binding(tmp_path):
     assert proc.returncode == 2
     assert "Unknown method(s) ['fancy']" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_init_meta_learner_rows_train_and_report(tmp_path):
+    assert {"leap", "reptile", "maml", "warp_leap"} <= set(sine_demo.train_eval.__wrapped__.__defaults__[0])
+    gin.bind_parameter("init_method.meta_steps", 2)
+    gin.bind_parameter("init_method.meta_batch_size", 2)
+    table = sine_demo.train_eval(str(tmp_path), inner_steps=3, eval_tasks=2, methods=("sgd", "leap", "warp_leap"))
+    assert set(table) == {"sgd", "leap", "warp_leap"}
+    assert table["leap"]["final_mse"] != table["sgd"]["final_mse"]  # θ0 moved
+    assert table["warp_leap"]["final_mse"] != table["leap"]["final_mse"]  # φ moved too

@@ -76,7 +76,9 @@ def run_main(train_eval, data_dir=False):
 
 
 def _fail(message):
-    print(f"error: {message}", file=sys.stderr)
+    # gin appends "In call to configurable ..." lines to errors raised inside configurables: keep line one.
+    first = str(message).strip().splitlines()[0] if str(message).strip() else "unknown error"
+    print(f"error: {first}", file=sys.stderr)
     sys.exit(2)
 
 

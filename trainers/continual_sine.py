@@ -74,11 +74,19 @@ def fixed_order(num_subtasks, order):
     return order
 
 
-def evaluate(warped, warp, rule, family, seeds, order, steps):
+def curves_function(warped, rule, steps):
+    """A traced ``(θ0, φ, train_x, train_y, eval_x, eval_y, order) -> [K + 1, T]`` loss-curve function."""
+
+    @tf.function
+    def curves(task, warp, train_x, train_y, eval_x, eval_y, order):
+        batches = continual.sequence_batches(train_x, train_y, order)
+        return continual.loss_curves(warped, task, warp, rule, batches, eval_x, eval_y, steps, loss_fn=half_mse)
+
+    return curves
+
+
+def evaluate(curves_fn, theta0, warp, family, seeds, order):
     """Mean per-sub-task held-out loss curves ``[K + 1, T]`` over the sequences ``seeds`` in ``order``."""
-    curves_fn = tf.function(lambda task, warp, tx, ty, ex, ey, order: continual.loss_curves(
-        warped, task, warp, rule, continual.sequence_batches(tx, ty, order), ex, ey, steps, loss_fn=half_mse))
-    theta0 = warped.values("task")
     total = None
     for s in seeds:
         task = family.sample(s)
@@ -210,17 +218,23 @@ def train_eval(
 
     @tf.function
     def meta_gradient(warp, train_x, train_y, eval_x, eval_y, points):
+        """Mean over the meta-batch of the Eq. 23 meta-gradient (unroll each sequence, then one-step terms)."""
         theta0 = warped.values("task")
-        totals = None
-        for s in range(meta_batch_size):
+
+        def body(s, meta_total, task_total, grads):
             batches = continual.sequence_batches(train_x[s], train_y[s], training_order)
             trajectory = unroll(warped, theta0, warp, rule, batches, half_mse, steps, training=False)
             result = continual.eq23_meta_gradient(
                 warped, warp, trajectory, rule, batches, eval_x[s], eval_y[s], training_order, points[s],
                 steps_per_subtask, objective=objective)
-            terms = (result.meta_loss, tf.reduce_mean(trajectory.losses), result.grads)
-            totals = terms if totals is None else tf.nest.map_structure(tf.add, totals, terms)
-        return tf.nest.map_structure(lambda t: t / meta_batch_size, totals)
+            grads = {n: grads[n] + result.grads[n] for n in grads}
+            return s + 1, meta_total + result.meta_loss, task_total + tf.reduce_mean(trajectory.losses), grads
+
+        zeros = {n: tf.zeros_like(v) for n, v in warp.items()}
+        _, meta_total, task_total, grads = tf.while_loop(
+            lambda s, *_: s < meta_batch_size, body, (tf.constant(0), tf.constant(0.0), tf.constant(0.0), zeros))
+        return (meta_total / meta_batch_size, task_total / meta_batch_size,
+                {n: g / meta_batch_size for n, g in grads.items()})
 
     def sample_step(step):
         rng = np.random.default_rng([seed, step])
@@ -232,11 +246,13 @@ def train_eval(
         points = np.stack([np.sort(rng.choice(steps, size=num, replace=False)) for _ in seeds]).astype(np.int32)
         return data, points
 
+    curves_fn = curves_function(warped, rule, steps)
+
     def run_eval(step, num_sequences, methods):
         seeds = [EVAL_SEED_OFFSET + i for i in range(num_sequences)]
         out = {}
         for method, warp in methods.items():
-            out[method] = {name: evaluate(warped, warp, rule, family, seeds, order, steps)
+            out[method] = {name: evaluate(curves_fn, warped.values("task"), warp, family, seeds, order)
                            for name, order in orders.items()}
             writers.scalars(writers.eval, step, {
                 f"{method}/{name}/final_loss_mean": float(np.mean(c[-1])) for name, c in out[method].items()})

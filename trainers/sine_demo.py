@@ -7,7 +7,10 @@ registered in ``METHODS``; each returns the task initialisation and warp paramet
 
 * ``sgd``  — plain SGD from the fixed random initialisation (no meta-learning);
 * ``warp`` — WarpGrad (Eq. 11, exact objective, online accumulation over every trajectory point as in
-  Alg. 1) with the initialisation held fixed (λC = 0), so any gain comes from the learned geometry.
+  Alg. 1) with the initialisation held fixed (λC = 0), so any gain comes from the learned geometry;
+* ``leap``, ``reptile``, ``maml`` — initialisation meta-learners with the warps held at identity, and
+  ``warp_leap`` — Warp-Leap (Eq. 15), all trained with ``warpgrad_tf.algorithms.online_step`` (Alg. 1)
+  under one equal budget (``init_method.meta_steps`` × ``meta_batch_size`` task trajectories).
 
 Outputs under ``root_dir``: ``results.json`` (the table and learning curves), ``curves.png`` (held-out
 MSE against adaptation step), TensorBoard logs in ``train/`` and ``eval/``, checkpoints, and the warped
@@ -27,6 +30,7 @@ import tensorflow as tf
 
 import warpgrad_tf as wg
 from trainers import common
+from warpgrad_tf import algorithms
 
 # ---------------------------------------------------------------------------------------------- model
 
@@ -143,8 +147,60 @@ def sgd_method(problem, writers, root_dir):
     return Trained(problem.init_task, problem.init_warp, 0)
 
 
-METHODS = {"sgd": sgd_method, "warp": warp_method}
-LABELS = {"sgd": "SGD (fixed init, no warp)", "warp": "WarpGrad (fixed init)"}
+def meta_train_init(problem, writers, checkpoint_dir, method, meta_steps, meta_batch_size, warp_lr, init_lr,
+                    log_every):
+    """A method of :mod:`warpgrad_tf.algorithms.methods` (θ0 and, for Warp-* methods, φ) with Alg. 1 and Adam."""
+    warped = problem.warped
+    learner = algorithms.methods.meta_learner_for(method, problem.rule, wg.losses.mse, problem.inner_steps)
+    task_vars, warp_vars = list(warped.task_variables.values()), list(warped.warp_variables.values())
+    init_opt = keras.optimizers.Adam(init_lr)
+    init_opt.build(task_vars)
+    trackables = {"task": task_vars, "init_optimizer": init_opt}
+    warp_opt = None
+    if learner.objective is not None:
+        warp_opt = keras.optimizers.Adam(warp_lr)
+        warp_opt.build(warp_vars)
+        trackables.update(warp=warp_vars, warp_optimizer=warp_opt)
+    ckpt = common.Checkpointer(checkpoint_dir, **trackables)
+    start = ckpt.restore()
+    step_fn = algorithms.online_step(warped, learner, algorithms.meta_optimizers(warp=warp_opt, init=init_opt))
+
+    bar = common.progress(meta_steps, initial=start, desc=f"meta-train {method}")
+    with common.Interrupt() as interrupt:
+        for step in range(start, meta_steps):
+            seeds = problem.train_seeds(step, meta_batch_size)
+            metrics = step_fn(problem.family.sample_batch(seeds), seeds)
+            bar.update(1)
+            if (step + 1) % log_every == 0 or step + 1 == meta_steps:
+                bar.set_postfix(task_loss=f"{float(metrics['task_loss_last']):.3f}")
+                writers.scalars(writers.train, step + 1, {f"{method}/{k}": v for k, v in metrics.items()})
+            if interrupt.requested:
+                ckpt.save(step + 1)
+                raise KeyboardInterrupt("interrupted: checkpoint saved, re-run to resume")
+    bar.close()
+    ckpt.save(meta_steps)
+    return Trained(warped.values("task"), warped.values("warp"), meta_steps)
+
+
+@gin.configurable
+def init_method(problem, writers, root_dir, method, meta_steps=150, meta_batch_size=4, warp_lr=5e-3,
+                init_lr=1e-3, log_every=10):
+    algorithms.methods.get(method)
+    return meta_train_init(problem, writers, os.path.join(root_dir, method), method, meta_steps,
+                           meta_batch_size, warp_lr, init_lr, log_every)
+
+
+def _init_method(method):
+    def run(problem, writers, root_dir):
+        return init_method(problem, writers, root_dir, method)
+
+    return run
+
+
+METHODS = {"sgd": sgd_method, "warp": warp_method,
+           **{m: _init_method(m) for m in ("leap", "reptile", "maml", "warp_leap")}}
+LABELS = {"sgd": "SGD (fixed init, no warp)", "warp": "WarpGrad (fixed init)", "leap": "Leap",
+          "reptile": "Reptile", "maml": "MAML", "warp_leap": "Warp-Leap"}
 
 # ---------------------------------------------------------------------------------------------- evaluation
 
@@ -199,7 +255,8 @@ def plot_curves(path, curves, inner_steps):
 
 
 @gin.configurable
-def train_eval(root_dir, methods=("sgd", "warp"), inner_steps=10, inner_lr=0.01, inner_rule="sgd", shots=10,
+def train_eval(root_dir, methods=("sgd", "warp", "leap", "reptile", "maml", "warp_leap"),
+               inner_steps=10, inner_lr=0.01, inner_rule="sgd", shots=10,
                query=50, eval_tasks=100, seed=0):
     """Meta-train each method on the sine family, evaluate on held-out tasks, write the table and plot."""
     unknown = [m for m in methods if m not in METHODS]

@@ -17,11 +17,14 @@ gradient descent (learning rate 0.1) from ``x0 ~ U(−3, 3)²``; the warp is met
 WarpGrad objective (:func:`~warpgrad_tf.warp_objective`, Eq. 11) accumulated over every θ_k of the
 trajectories (online, Alg. 1), for 100 meta steps of one surface and 10 random starts each.
 
-Writes ``R/train`` / ``R/eval`` TensorBoard logs, ``R/checkpoints`` (resumable), ``R/results.json`` (mean
-final loss of WarpGrad and of gradient descent over 100 held-out (surface, start) pairs, both from the same
-start x0) and ``R/trajectories.png`` (Fig. 7: three held-out surfaces; top, the warped space ``f_τ(ω(z))``
-with the WarpGrad path; bottom, the native surface ``f_τ(x)`` with the gradient-descent path from ``x0``
-and the WarpGrad path mapped to native coordinates ``ω(x_k)``).
+Writes ``R/train`` / ``R/eval`` TensorBoard logs, ``R/checkpoints`` (resumable), ``R/results.json`` and
+``R/trajectories.png``. The results compare WarpGrad with gradient descent over 100 held-out (surface, start)
+pairs in two ways: (1) both from the same parameter initialisation ``x0`` (the App. D protocol; WarpGrad's
+native point is then ``ω(x0)``), and (2) WarpGrad from ``z0 = ω⁻¹(x0)`` (:func:`invert_warp`), so both
+start at the same *native* point and only the geometry differs. The figure (Fig. 7) shows three held-out
+surfaces, using (2) where the inversion converges: top, the warped space ``f_τ(ω(z))`` with the WarpGrad
+path ``z_k``; bottom, the native surface ``f_τ(x)`` with the gradient-descent path ``x_k`` and the WarpGrad
+path in native coordinates ``ω(z_k)``.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ from warpgrad_tf.tasks import synthetic2d  # noqa: E402
 
 #: Seeds of held-out surfaces and starts begin here; meta-training uses seeds below it.
 EVAL_SEED_OFFSET = 10**9
+#: ``‖ω(z0) − x0‖`` below which a start counts as inverted (same native start as gradient descent).
+INVERSION_TOLERANCE = 1e-3
 
 
 @keras.saving.register_keras_serializable(package="warpgrad_tf")
@@ -121,6 +126,36 @@ def final_values(warped, warp, constants, starts, rule, steps):
     return values[:, 0]
 
 
+def invert_warp(warp_layer, targets, iterations=100, max_step=0.5):
+    """Solve ``ω(z) = x`` for each row of ``targets`` by damped Newton steps (step norm ≤ ``max_step``).
+
+    Used to start WarpGrad at the same *native* point as gradient descent: ``z0 = ω⁻¹(x0)``.
+
+    Returns:
+      ``(z, residual)``: NumPy ``[rows, 2]`` pre-images and ``[rows]`` residual norms ``‖ω(z) − x‖``.
+    """
+    targets = tf.convert_to_tensor(targets, tf.float32)
+    z, residual = _newton_inverse(warp_layer, targets, int(iterations), float(max_step))
+    return z.numpy(), residual.numpy()
+
+
+@tf.function(reduce_retracing=True)
+def _newton_inverse(warp_layer, targets, iterations, max_step):
+    def body(i, z):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(z)
+            y = warp_layer(z)
+            y1, y2 = tf.reduce_sum(y[:, 0]), tf.reduce_sum(y[:, 1])
+        # Rows are independent, so the gradient of a summed output coordinate is that row of the Jacobian.
+        jacobian = tf.stack([tape.gradient(y1, z), tape.gradient(y2, z)], axis=1)
+        delta = tf.linalg.solve(jacobian, (y - targets)[..., None])[..., 0]
+        norm = tf.norm(delta, axis=-1, keepdims=True)
+        return i + 1, z - delta * tf.minimum(1.0, max_step / tf.maximum(norm, 1e-12))
+
+    _, z = tf.while_loop(lambda i, z: i < iterations, body, (tf.constant(0), targets))
+    return z, tf.norm(warp_layer(z) - targets, axis=-1)
+
+
 def plot(path, panels, warp_layer):
     """Fig. 7: per surface, the warped space (top) and the native surface with both paths (bottom)."""
     import matplotlib
@@ -140,7 +175,8 @@ def plot(path, panels, warp_layer):
         top, bottom = axes[0][c], axes[1][c]
         top.contourf(g1, g2, warped_view, levels=30, cmap="viridis")
         top.plot(p["warp_path"][:, 0], p["warp_path"][:, 1], "-", color="magenta", lw=1.8, label="WarpGrad")
-        top.plot(*p["start"], "o", color="white", mec="k", label="start x0")
+        top.plot(*p["warp_path"][0], "o", color="magenta", mec="k",
+                 label="start ω⁻¹(x0)" if p["native_start"] else "start x0")
         top.set_title(f"warped space f(ω(z)); surface {c}", fontsize=10)
         bottom.contourf(g1, g2, native, levels=30, cmap="viridis")
         bottom.plot(p["gd_path"][:, 0], p["gd_path"][:, 1], "-", color="black", lw=1.8,
@@ -149,7 +185,8 @@ def plot(path, panels, warp_layer):
         bottom.plot(native_path[:, 0], native_path[:, 1], "-", color="magenta", lw=1.8,
                     label=f"WarpGrad ω(x_k) (final {p['warp_final']:.2f})")
         bottom.plot(*p["start"], "o", color="white", mec="k", label="start x0")
-        bottom.plot(*native_path[0], "s", color="magenta", mec="k", ms=5, label="ω(x0)")
+        if not p["native_start"]:
+            bottom.plot(*native_path[0], "s", color="magenta", mec="k", ms=5, label="ω(x0)")
         bottom.set_title("native surface f(x)", fontsize=10)
         for ax in (top, bottom):
             ax.set_xlim(grid[0], grid[-1])
@@ -177,6 +214,7 @@ def train_eval(
     starts_per_task=10,
     meta_learning_rate=0.01,
     objective="exact",
+    native_starts=False,
     seed=0,
     # Evaluation, logging, checkpoints.
     eval_pairs=100,
@@ -194,6 +232,9 @@ def train_eval(
       meta_steps: warp updates, each from one fresh surface and ``starts_per_task`` random starts.
       meta_learning_rate: Adam step size for φ (App. D leaves it open).
       objective: ``"exact"`` (Eq. 11) or ``"approx"`` (Eq. 12).
+      native_starts: start meta-training trajectories at ``ω⁻¹(x0)`` rather than at ``x0`` (App. D samples
+        the task parameters x0 ~ U(−3, 3)², i.e. ``False``); with ``True`` the warp cannot help by moving the
+        start and must help through the geometry it induces.
       seed: seed of the meta-training surfaces and starts (derived per step, so resume is exact).
       eval_pairs: held-out (surface, start) pairs for the mean final losses (a multiple of
         ``starts_per_task``).
@@ -250,15 +291,25 @@ def train_eval(
     final_fn = tf.function(lambda warp, constants, starts: final_values(warped, warp, constants, starts, rule,
                                                                         steps))
 
-    def eval_pairs_fn(warp, num_pairs):
-        """Final losses on held-out pairs: pair i is surface EVAL_SEED_OFFSET + i with its own start."""
-        out = []
+    warp_layer = warped.model.get_layer("warp")
+
+    def eval_pairs_fn(warp, num_pairs, native_start=False):
+        """Final losses on held-out pairs: pair i is surface EVAL_SEED_OFFSET + i with its own start x0.
+
+        With ``native_start`` the run starts at ``z0 = ω⁻¹(x0)`` (so ω(z0) = x0, the same native point as
+        gradient descent); also returns the inversion residuals.
+        """
+        finals, residuals = [], []
         for lo in range(0, num_pairs, starts_per_task):
             seeds = range(EVAL_SEED_OFFSET + lo, EVAL_SEED_OFFSET + lo + starts_per_task)
             constants = np.stack([family.sample(s).constants() for s in seeds])
             starts = np.concatenate([family.starts(s, 1) for s in seeds])
-            out.append(final_fn(warp, constants, starts).numpy())
-        return np.concatenate(out)
+            residual = np.zeros(len(starts), np.float32)
+            if native_start:
+                starts, residual = invert_warp(warp_layer, starts)
+            finals.append(final_fn(warp, constants, starts).numpy())
+            residuals.append(residual)
+        return np.concatenate(finals), np.concatenate(residuals)
 
     step = start
     with common.Interrupt() as interrupt:
@@ -268,6 +319,8 @@ def train_eval(
             task = family.sample(seed * 10**7 + step)
             constants = np.tile(task.constants(), (starts_per_task, 1))
             starts = family.starts(seed * 10**7 + step, starts_per_task)
+            if native_starts:
+                starts, _ = invert_warp(warp_layer, starts)
             meta_loss, final, grads = meta_gradient(warped.values("warp"), constants, starts)
             optimizer.apply_gradients([(grads[v.path], v) for v in warp_vars])
             step += 1
@@ -287,18 +340,29 @@ def train_eval(
             return None
 
     warp = warped.values("warp")
-    warp_final = eval_pairs_fn(warp, eval_pairs)
-    gd_final = eval_pairs_fn(identity_warp, eval_pairs)
+    warp_final, _ = eval_pairs_fn(warp, eval_pairs)
+    gd_final, _ = eval_pairs_fn(identity_warp, eval_pairs)
+    native_final, residual = eval_pairs_fn(warp, eval_pairs, native_start=True)
+    inverted = residual < INVERSION_TOLERANCE
     results = {
         "meta_steps": step,
         "eval_pairs": eval_pairs,
         "steps": steps,
         "inner_learning_rate": inner_learning_rate,
+        # Both from the same parameter initialisation x0 (App. D): WarpGrad's loss is f(ω(x_K)).
         "warpgrad_final_loss_mean": float(np.mean(warp_final)),
         "gd_final_loss_mean": float(np.mean(gd_final)),
         "warpgrad_final_loss_median": float(np.median(warp_final)),
         "gd_final_loss_median": float(np.median(gd_final)),
         "fraction_pairs_warpgrad_lower": float(np.mean(warp_final < gd_final)),
+        # WarpGrad from z0 = ω⁻¹(x0), i.e. the same native point as GD, on the pairs where ω was inverted.
+        "native_start": {
+            "inverted_pairs": int(inverted.sum()),
+            "warpgrad_final_loss_mean": float(np.mean(native_final[inverted])) if inverted.any() else None,
+            "gd_final_loss_mean": float(np.mean(gd_final[inverted])) if inverted.any() else None,
+            "fraction_pairs_warpgrad_lower": float(np.mean(native_final[inverted] < gd_final[inverted]))
+            if inverted.any() else None,
+        },
     }
     writers.scalars(writers.eval, step, {"warpgrad_final_loss_mean": results["warpgrad_final_loss_mean"],
                                          "gd_final_loss_mean": results["gd_final_loss_mean"]})
@@ -317,19 +381,22 @@ def train_eval(
         chosen = int(np.argmax(final_fn(identity_warp, constants, candidates).numpy()[:plot_candidates]))
         starts = np.tile(candidates[chosen], (starts_per_task, 1))
         gd_path = unroll_fn(identity_warp, constants, starts).numpy()[:, 0]
-        warp_path = unroll_fn(warp, constants, starts).numpy()[:, 0]
-        warp_layer = warped.model.get_layer("warp")
+        z0, residual = invert_warp(warp_layer, starts[:1])
+        native_start = bool(residual[0] < INVERSION_TOLERANCE)
+        warp_start = np.tile(z0, (starts_per_task, 1)) if native_start else starts
+        warp_path = unroll_fn(warp, constants, warp_start).numpy()[:, 0]
         native_path = np.asarray(warp_layer(warp_path))
         panels.append({
             "surface": task, "start": candidates[chosen], "gd_path": gd_path, "warp_path": warp_path,
-            "warp_native_path": native_path,
+            "warp_native_path": native_path, "native_start": native_start,
             "gd_final": float(family.value(task, *gd_path[-1])),
             "warp_final": float(family.value(task, *native_path[-1])),
         })
     results["plotted"] = [{"surface": p["surface"]._asdict(), "start": p["start"], "gd_final": p["gd_final"],
-                           "warpgrad_final": p["warp_final"]} for p in panels]
+                           "warpgrad_final": p["warp_final"], "same_native_start": p["native_start"]}
+                          for p in panels]
     common.write_json(os.path.join(root_dir, "results.json"), results)
-    plot(os.path.join(root_dir, "trajectories.png"), panels, warped.model.get_layer("warp"))
+    plot(os.path.join(root_dir, "trajectories.png"), panels, warp_layer)
     logging.info("Results: %s", results)
     return results
 

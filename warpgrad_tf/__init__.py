@@ -8,18 +8,41 @@ Public API (one module per idea):
 * :mod:`warpgrad_tf.adaptation` — K-step task adaptation (``adapt``, ``unroll``, ``minibatches``).
 * :mod:`warpgrad_tf.objectives` — the warp meta-objective (Eq. 11 exact, Eq. 12 approx).
 * :mod:`warpgrad_tf.geometry` — the preconditioner warps induce (Eq. 6–9).
+* :mod:`warpgrad_tf.initialisation` — objectives C(θ0) on the initialisation (Leap, MAML, FOMAML, Reptile, …).
+* :mod:`warpgrad_tf.algorithms` — Eq. 13 trained online (Alg. 1), offline from a replay buffer (Alg. 2) or
+  continually (Alg. 3); every method of the paper's tables as a configuration (``algorithms.methods``).
+* :mod:`warpgrad_tf.replay`, :mod:`warpgrad_tf.learned_lr` — the replay buffer; a meta-learned inner rate.
+* :mod:`warpgrad_tf.serving` — SavedModels that adapt on their own (``AdaptiveModelSaver``).
+* :mod:`warpgrad_tf.data` — Omniglot alphabets as 20-way tasks, read from local zips (``OmniglotTasks``).
+* :mod:`warpgrad_tf.models` — the Omniglot task learner with Table 3 warp variants (``omniglot_convnet``).
 """
 
-from warpgrad_tf import artifacts, geometry, losses, objectives, tasks, update_rules
+from warpgrad_tf import (
+    algorithms,
+    artifacts,
+    data,
+    geometry,
+    initialisation,
+    learned_lr,
+    losses,
+    models,
+    objectives,
+    replay,
+    serving,
+    tasks,
+    update_rules,
+)
 from warpgrad_tf.adaptation import AdaptResult, Trajectory, adapt, minibatches, task_step, unroll
 from warpgrad_tf.layers import DiracInitializer, TaskFiLM, WarpBlock
 from warpgrad_tf.model import WarpedModel
 from warpgrad_tf.objectives import MetaGradient, meta_loss_gradient, warp_objective
+from warpgrad_tf.serving import AdaptiveModelSaver
 from warpgrad_tf.update_rules import UpdateRule, momentum, sgd
 from warpgrad_tf.version import __version__
 
 __all__ = [
     "AdaptResult",
+    "AdaptiveModelSaver",
     "DiracInitializer",
     "MetaGradient",
     "TaskFiLM",
@@ -29,13 +52,20 @@ __all__ = [
     "WarpedModel",
     "__version__",
     "adapt",
+    "algorithms",
     "artifacts",
+    "data",
     "geometry",
+    "initialisation",
+    "learned_lr",
     "losses",
     "meta_loss_gradient",
     "minibatches",
+    "models",
     "objectives",
+    "replay",
     "momentum",
+    "serving",
     "sgd",
     "task_step",
     "tasks",

@@ -79,6 +79,22 @@ def save(root_dir, warped: WarpedModel, rule, *, loss, steps, batch_size, method
     return out
 
 
+def _match_paths(roles, model):
+    """Saved variable paths → the reloaded model's. A ``keras.Sequential`` creates its variables under its
+    own name scope (``"seq/dense/kernel"``) but a reloaded one does not (``"dense/kernel"``)."""
+    paths = {v.path for v in model.trainable_variables}
+    prefix = model.name + "/"
+
+    def match(path):
+        if path not in paths and path.startswith(prefix) and path[len(prefix):] in paths:
+            return path[len(prefix):]
+        if path not in paths and prefix + path in paths:
+            return prefix + path
+        return path  # unknown paths are reported by WarpedModel
+
+    return {match(path): role for path, role in roles.items()}
+
+
 def load(root_dir):
     """Load ``(WarpedModel, UpdateRule, AdaptationSpec)`` from a run directory (or its ``model/`` folder)."""
     folder = root_dir if os.path.exists(os.path.join(root_dir, SPEC_FILE)) else model_dir(root_dir)
@@ -93,6 +109,7 @@ def load(root_dir):
     import warpgrad_tf.layers  # noqa: F401  (registers the custom layers for deserialisation)
 
     model = keras.saving.load_model(os.path.join(folder, MODEL_FILE), compile=False)
+    spec = spec._replace(roles=_match_paths(spec.roles, model))
     warped = WarpedModel(model, variable_roles=spec.roles)
     hp = dict(spec.rule_hyperparameters)
     rule = update_rules.get(spec.rule, hp.pop("learning_rate"), **hp)

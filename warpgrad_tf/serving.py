@@ -114,8 +114,19 @@ def _shape_assert(tensor, expected, arg, what=""):
         check = tf.debugging.Assert(
             shape[0] >= 1, [f"{arg} is empty: it needs at least one example; got shape", shape],
             name=f"{arg}_not_empty")
+    return _after(check, tensor, dims)
+
+
+def _after(check, tensor, dims):
+    """``tensor`` once ``check`` has run, with static shape ``dims``.
+
+    ``set_shape`` rather than ``tf.ensure_shape``: Grappler specialises functions to the fed shapes and
+    would report an EnsureShape mismatch before the assertion that names the argument could run.
+    """
     with tf.control_dependencies([check]):
-        return tf.ensure_shape(tensor, dims)
+        tensor = tf.identity(tensor)
+    tensor.set_shape(dims)
+    return tensor
 
 
 class AdaptiveModelSaver:
@@ -177,7 +188,10 @@ class AdaptiveModelSaver:
         steps_spec = tf.TensorSpec(None, tf.int32, name="steps")
         param_specs = {name: tf.TensorSpec(None, var.dtype, name=name) for name, var in module.task.items()}
 
-        module.adapt = tf.function(self._adapt, input_signature=[x_spec("support_x"), y_spec, steps_spec])
+        support_specs = [x_spec("support_x"), y_spec, steps_spec]
+        # Traced once, called by both adapt and adapt_and_predict (one copy of the inner loop in the file).
+        self._adapt_fn = tf.function(self._adapt_task, input_signature=support_specs)
+        module.adapt = tf.function(self._adapt, input_signature=support_specs)
         module.predict = tf.function(self._predict, input_signature=[x_spec("x"), param_specs])
         module.adapt_and_predict = tf.function(
             self._adapt_and_predict,
@@ -291,17 +305,18 @@ class AdaptiveModelSaver:
             return tf.identity(steps)
 
     def _adapt_task(self, support_x, support_y, steps):
+        """``(θ_K, BatchNorm state after K steps)`` as ``{path: tensor}`` dicts."""
         support_x, support_y = self._check_support(support_x, support_y)
         steps = self._check_steps(steps)
         task, warp, frozen, state = self._values()
         batches = adaptation.minibatches(support_x, support_y, self._batch_size, self._seed)
         result = adaptation.adapt(self._warped, task, warp, self._rule, batches, self._loss_fn, steps,
                                   state=state, frozen=frozen, training=self._training)
-        return result, warp, frozen
+        return result.task, result.state
 
     def _adapt(self, support_x, support_y, steps):
-        result, _, _ = self._adapt_task(support_x, support_y, steps)
-        return {name: tf.identity(result.task[path], name=name) for name, path in self.names.items()}
+        task, _ = self._adapt_fn(support_x, support_y, steps)
+        return {name: tf.identity(task[path], name=name) for name, path in self.names.items()}
 
     def _predict(self, x, task_parameters):
         x = self._check_inputs(x, "x")
@@ -313,17 +328,16 @@ class AdaptiveModelSaver:
                 _shape_ok(tf.shape(value, out_type=tf.int32), expected),
                 [f"task parameter {name} must have shape {expected}; got shape", tf.shape(value)],
                 name=f"{name}_shape")
-            with tf.control_dependencies([check]):
-                task[path] = tf.ensure_shape(value, expected)
+            task[path] = _after(check, value, expected)
         _, warp, frozen, state = self._values()
         outputs, _ = self._warped.apply(task, warp, x, frozen=frozen, state=state, training=self._training)
         return {"outputs": outputs}
 
     def _adapt_and_predict(self, support_x, support_y, query_x, steps):
         query_x = self._check_inputs(query_x, "query_x")
-        result, warp, frozen = self._adapt_task(support_x, support_y, steps)
-        outputs, _ = self._warped.apply(result.task, warp, query_x, frozen=frozen, state=result.state,
-                                        training=self._training)
+        task, state = self._adapt_fn(support_x, support_y, steps)
+        _, warp, frozen, _ = self._values()
+        outputs, _ = self._warped.apply(task, warp, query_x, frozen=frozen, state=state, training=self._training)
         return {"outputs": outputs}
 
     # ------------------------------------------------------------------ saving
@@ -333,13 +347,7 @@ class AdaptiveModelSaver:
         An existing ``export_dir`` is replaced only if it is a SavedModel (or empty) and ``overwrite`` is
         true; anything else there is an error, so a mistyped path never deletes unrelated files.
         """
-        export_dir = os.path.abspath(export_dir)
-        if os.path.exists(export_dir):
-            is_saved_model = os.path.exists(os.path.join(export_dir, "saved_model.pb"))
-            if os.listdir(export_dir) and not (is_saved_model and overwrite):
-                raise FileExistsError(
-                    f"{export_dir} exists and is {'a SavedModel' if is_saved_model else 'not a SavedModel'}; "
-                    "choose another --output" + (" or pass overwrite=True" if is_saved_model else "") + ".")
+        export_dir = _check_output(export_dir, overwrite)
         parent = os.path.dirname(export_dir)
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=".tmp-saved_model-", dir=parent)
@@ -352,6 +360,17 @@ class AdaptiveModelSaver:
             if os.path.exists(tmp):
                 shutil.rmtree(tmp)
         return export_dir
+
+
+def _check_output(export_dir, overwrite):
+    export_dir = os.path.abspath(export_dir)
+    if os.path.exists(export_dir):
+        is_saved_model = os.path.exists(os.path.join(export_dir, "saved_model.pb"))
+        if os.listdir(export_dir) and not (is_saved_model and overwrite):
+            raise FileExistsError(
+                f"{export_dir} exists and is {'a SavedModel' if is_saved_model else 'not a SavedModel'}; "
+                "choose another --output" + (" or pass overwrite=True" if is_saved_model else "") + ".")
+    return export_dir
 
 
 def restore_checkpoint(warped, checkpoint):
@@ -379,7 +398,19 @@ def restore_checkpoint(warped, checkpoint):
         raise ValueError(f"Checkpoint {path} holds no model weights (its objects are {sorted(top)}); expected "
                          "'model' (the Keras model) or 'task' / 'warp' / 'frozen' variable lists.")
     step = tf.Variable(0, dtype=tf.int64, trainable=False)
-    status = tf.train.Checkpoint(step=step, **objects).restore(path)
+    ckpt = tf.train.Checkpoint(step=step, **objects)
+    if "model" in objects:
+        # tf.train.Checkpoint only reaches variables through TF-tracked attributes; Keras 3 layers that keep
+        # sub-layers in Python lists (WarpBlock.maps) are invisible to it. Refuse rather than export stale
+        # values for them.
+        reachable = {id(t) for t in tf.train.TrackableView(ckpt).descendants()}
+        missed = [v.path for v in warped.model.variables if id(v) not in reachable]
+        if missed:
+            raise ValueError(f"Checkpoint {path} stores the Keras model as 'model', through which "
+                             f"tf.train.Checkpoint cannot reach {missed} (layers held in Python lists); export "
+                             "R/model/model.keras instead, or checkpoint the role variables as lists "
+                             "(task=[...], warp=[...]).")
+    status = ckpt.restore(path)
     status.expect_partial()
     status.assert_existing_objects_matched()
     return int(step.numpy())
@@ -400,6 +431,7 @@ def export(root_dir, output, checkpoint=None, seed=None, overwrite=True):
     """
     from warpgrad_tf import artifacts
 
+    _check_output(output, overwrite)  # before the (slow) tracing
     warped, rule, spec = artifacts.load(root_dir)
     if checkpoint:
         if checkpoint == "latest":

@@ -1,5 +1,6 @@
 """Meta-training algorithms of App. B as composable pieces (Alg. 1 online, Alg. 2 offline, Alg. 3 continual)."""
 
+from warpgrad_tf.algorithms import methods
 from warpgrad_tf.algorithms.base import (
     MetaGradients,
     MetaLearner,
@@ -11,9 +12,18 @@ from warpgrad_tf.algorithms.base import (
     meta_optimizers,
     run_task,
 )
+from warpgrad_tf.algorithms.continual import ContinualState, continual_init, continual_step
+from warpgrad_tf.algorithms.offline import collect, collector, offline_step, replay_meta_gradient
 from warpgrad_tf.algorithms.online import online_meta_gradient, online_step
 
 __all__ = [
+    "ContinualState",
+    "collect",
+    "collector",
+    "continual_init",
+    "continual_step",
+    "offline_step",
+    "replay_meta_gradient",
     "MetaGradients",
     "MetaLearner",
     "MetaOptimizers",
@@ -22,6 +32,7 @@ __all__ = [
     "as_tasks",
     "meta_learner",
     "meta_optimizers",
+    "methods",
     "online_meta_gradient",
     "online_step",
     "run_task",

@@ -167,10 +167,10 @@ class WarpBlock(keras.layers.Layer):
         return "glorot_uniform"
 
     def build(self, input_shape):
+        # Sub-layers are attributes (map_0, bn_0, ...), not list items, so that TensorFlow checkpoints
+        # (tf.train.Checkpoint), which do not see into Keras' tracked lists, save every warp variable.
         channels = int(input_shape[-1])
         hidden = int(self.hidden_units or channels)
-        self.maps = []
-        self.norms = []
         if self.batch_norm == "before":
             self.input_norm = keras.layers.BatchNormalization(name="input_bn", dtype=self.dtype_policy)
             self.input_norm.build(input_shape)
@@ -182,21 +182,34 @@ class WarpBlock(keras.layers.Layer):
             layer = self._map(units, self._init_for(is_last, square), name=f"map_{i}")
             layer.build(tuple(shape))
             shape[-1] = units
-            self.maps.append(layer)
+            setattr(self, f"map_{i}", layer)
             if self.batch_norm == "after":
                 norm = keras.layers.BatchNormalization(name=f"bn_{i}", dtype=self.dtype_policy)
                 norm.build(tuple(shape))
-                self.norms.append(norm)
+                setattr(self, f"bn_{i}", norm)
         super().build(input_shape)
+
+    @property
+    def maps(self):
+        """The block's linear maps, first to last."""
+        return [getattr(self, f"map_{i}") for i in range(self.num_layers)]
+
+    @property
+    def norms(self):
+        """The BatchNorm layers after each map (empty unless ``batch_norm="after"``)."""
+        if self.batch_norm != "after":
+            return []
+        return [getattr(self, f"bn_{i}") for i in range(self.num_layers)]
 
     def call(self, inputs, training=None):
         x = inputs
         if self.batch_norm == "before":
             x = self.input_norm(x, training=training)
+        norms = self.norms
         for i, layer in enumerate(self.maps):
             x = layer(x)
-            if self.batch_norm == "after":
-                x = self.norms[i](x, training=training)
+            if norms:
+                x = norms[i](x, training=training)
             if i < self.num_layers - 1:
                 x = self.activation(x)
         if self.residual:

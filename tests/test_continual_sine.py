@@ -1,0 +1,171 @@
+"""Continual sine regression (App. J): task generator, Eq. 23 weights and meta-gradient, trainer."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import warpgrad_tf as wg
+from trainers import continual_sine
+from warpgrad_tf import artifacts, continual
+from warpgrad_tf.tasks.continual_sine import ContinualSineFamily
+
+
+def test_target_is_sigmoid_gated_mix_of_two_sines():
+    f = ContinualSineFamily.function
+    amplitudes, phases, offset = (2.0, 3.0), (0.0, math.pi / 2), 1.0
+    # At x = −o the gate is σ(0) = 1/2.
+    x = -1.0
+    expected = 0.5 * 2.0 * math.sin(x) + 0.5 * 3.0 * math.sin(x - math.pi / 2)
+    assert f(x, amplitudes, phases, offset) == pytest.approx(expected, rel=1e-12)
+    # At x = 0.5: σ(1.5) gates the first sine.
+    x, gate = 0.5, 1.0 / (1.0 + math.exp(-1.5))
+    expected = gate * 2.0 * math.sin(x) + (1 - gate) * 3.0 * math.sin(x - math.pi / 2)
+    assert f(x, amplitudes, phases, offset) == pytest.approx(expected, rel=1e-12)
+    # Far right the gate is ~1 (first sine only), far left ~0 (second sine only).
+    assert f(40.0, amplitudes, phases, -30.0) == pytest.approx(2.0 * math.sin(40.0), abs=1e-3)
+    assert f(-40.0, amplitudes, phases, 30.0) == pytest.approx(3.0 * math.sin(-40.0 - math.pi / 2), abs=1e-3)
+
+
+def test_sampled_sequence_follows_app_j():
+    family = ContinualSineFamily()
+    assert family.num_steps == 100
+    np.testing.assert_allclose(family.boundaries, [-5, -3, -1, 1, 3, 5])
+    task = family.sample(7)
+    assert task.train_x.shape == (5, 20, 5, 1) and task.eval_x.shape == (5, 25, 1)
+    assert all(0.1 <= a <= 5 for a in task.amplitudes)
+    assert all(0 <= b <= math.pi for b in task.phases)
+    assert -5 <= task.offset <= 5
+    for j in range(5):
+        lo, hi = -5 + 2 * j, -3 + 2 * j
+        assert task.train_x[j].min() >= lo and task.train_x[j].max() <= hi
+        assert task.eval_x[j].min() >= lo and task.eval_x[j].max() <= hi
+    np.testing.assert_allclose(task.train_y, family.function(task.train_x, task.amplitudes, task.phases,
+                                                             task.offset), rtol=1e-5, atol=1e-6)
+    again = family.sample(7)
+    np.testing.assert_array_equal(task.train_x, again.train_x)
+    assert family.sample(8).offset != task.offset
+
+
+def test_eq23_weights_normalise_by_appearances():
+    n, t = 20, 5
+    w = continual.subtask_weights(t, n)
+    assert w.shape == (t, t)
+    assert np.all(np.triu(w, k=1) == 0)  # no weight on sub-tasks not seen yet
+    assert w[0, 0] == pytest.approx(1 / (n * t))  # the first sub-task appears n·T times
+    assert w[t - 1, t - 1] == pytest.approx(1 / n)  # the last appears n times
+    # Summed over the n·T parameterisations (n per row), every sub-task has total weight one.
+    np.testing.assert_allclose(n * w.sum(axis=0), np.ones(t))
+    assert n * w.sum() == pytest.approx(t)
+
+
+def test_sequence_batches_follow_the_presentation_order():
+    family = ContinualSineFamily(steps_per_subtask=3, batch_size=2, eval_size=4)
+    task = family.sample(0)
+    order = [1, 3, 4, 2, 0]
+    batches = continual.sequence_batches(task.train_x, task.train_y, order)
+    for k in (0, 2, 3, 7, 14):
+        x, y = batches(tf.constant(k))
+        np.testing.assert_array_equal(x.numpy(), task.train_x[order[k // 3], k % 3])
+        np.testing.assert_array_equal(y.numpy(), task.train_y[order[k // 3], k % 3])
+    x, _ = batches(tf.constant(15))  # θ_K's extra evaluation stays on the last sub-task
+    np.testing.assert_array_equal(x.numpy(), task.train_x[0, 0])
+
+
+def _small(use_warp=True, init_seed=3):
+    model = continual_sine.build_model(hidden_units=8, num_layers=3, use_warp=use_warp, warp_hidden_units=6,
+                                       init_seed=init_seed)
+    return wg.WarpedModel(model)
+
+
+def test_eq23_meta_gradient_matches_a_direct_computation():
+    family = ContinualSineFamily(num_subtasks=3, steps_per_subtask=4, batch_size=5, eval_size=6)
+    task = family.sample(1)
+    warped = _small()
+    rng = np.random.default_rng(0)
+    for var in warped.variables("warp").values():  # move off the identity so the warp matters
+        var.assign(var.numpy() + 0.3 * rng.standard_normal(var.shape))
+    rule = wg.sgd(0.05)
+    order = [2, 0, 1]
+    batches = continual.sequence_batches(task.train_x, task.train_y, order)
+    theta0, warp = warped.values("task"), warped.values("warp")
+    trajectory = wg.unroll(warped, theta0, warp, rule, batches, wg.losses.half_mse, family.num_steps)
+    points = [1, 9]
+    result = continual.eq23_meta_gradient(warped, warp, trajectory, rule, batches, task.eval_x, task.eval_y,
+                                          order, points, 4)
+
+    weights = continual.subtask_weights(3, 4)
+    expected_loss, expected_grads = 0.0, {k: 0.0 for k in warp}
+    for k in points:
+        theta_k, _ = trajectory.point(k)
+        xb, yb = batches(k)
+        with tf.GradientTape() as outer:
+            outer.watch(warp)
+            with tf.GradientTape() as inner:
+                inner.watch(theta_k)
+                loss = wg.losses.half_mse(yb, warped.apply(theta_k, warp, xb)[0])
+            grads = inner.gradient(loss, theta_k)
+            stepped = {name: theta_k[name] - 0.05 * grads[name] for name in theta_k}
+            meta = 0.0
+            for i in range(k // 4 + 1):  # current and earlier sub-tasks, by presentation position
+                sub = order[i]
+                meta += weights[k // 4, i] * wg.losses.half_mse(task.eval_y[sub],
+                                                                warped.apply(stepped, warp, task.eval_x[sub])[0])
+        g = outer.gradient(meta, warp)
+        expected_loss += float(meta) / len(points)
+        expected_grads = {name: expected_grads[name] + g[name].numpy() / len(points) for name in warp}
+    assert float(result.meta_loss) == pytest.approx(expected_loss, rel=1e-4)
+    for name in warp:
+        np.testing.assert_allclose(result.grads[name].numpy(), expected_grads[name], rtol=2e-3, atol=1e-6)
+    assert any(np.abs(g).max() > 0 for g in expected_grads.values())
+
+
+def test_identity_warp_is_plain_sgd_from_the_same_initialisation():
+    family = ContinualSineFamily(num_subtasks=2, steps_per_subtask=3, batch_size=5, eval_size=6)
+    task = family.sample(2)
+    rule = wg.sgd(0.01)
+    curves = []
+    for use_warp in (True, False):
+        warped = _small(use_warp=use_warp)
+        batches = continual.sequence_batches(task.train_x, task.train_y, [0, 1])
+        curves.append(continual.loss_curves(warped, warped.values("task"), warped.values("warp"), rule, batches,
+                                            task.eval_x, task.eval_y, family.num_steps).numpy())
+    assert curves[0].shape == (7, 2)
+    np.testing.assert_allclose(curves[0], curves[1], rtol=1e-5)
+    assert curves[0][-1].mean() < curves[0][0].mean()  # the learner does learn
+
+
+TINY = dict(num_subtasks=2, steps_per_subtask=3, eval_size=4, hidden_units=8, num_layers=3, warp_hidden_units=6,
+            meta_batch_size=2, points_per_sequence=2, eval_sequences=2, log_every=1, checkpoint_every=1)
+
+
+def test_trainer_runs_one_meta_step_saves_and_resumes(tmp_path):
+    root = str(tmp_path / "warp")
+    results = continual_sine.train_eval(root, meta_steps=1, eval_orders=(("training", (0, 1)),
+                                                                         ("random", (1, 0))), **TINY)
+    assert results["method"] == "warpgrad" and results["meta_steps"] == 1
+    with open(os.path.join(root, "results.json")) as f:
+        saved = json.load(f)
+    table = saved["results"]["warpgrad"]["random"]
+    assert table["order"] == [1, 0] and len(table["final_loss_per_subtask"]) == 2
+    assert table["final_loss_current"] == table["final_loss_per_subtask"][0]
+    assert set(saved["results"]) == {"warpgrad", "sgd"}
+    for name in ("continual.png", "curves.npz"):
+        assert os.path.getsize(os.path.join(root, name)) > 0
+    assert os.path.exists(os.path.join(root, "operative_config.gin"))
+    assert os.listdir(os.path.join(root, "train")) and os.listdir(os.path.join(root, "eval"))
+    warped, rule, spec = artifacts.load(root)
+    assert spec.loss == "half_mse" and spec.steps == 6 and spec.method == "warpgrad"
+    assert rule.learning_rate == pytest.approx(0.001) and warped.names["warp"]
+    resumed = continual_sine.train_eval(root, meta_steps=2, eval_orders=(("training", (0, 1)),), **TINY)
+    assert resumed["meta_steps"] == 2  # continued from the checkpoint at step 1
+
+
+def test_sgd_baseline_has_no_warp_and_no_meta_training(tmp_path):
+    results = continual_sine.train_eval(str(tmp_path), use_warp=False, meta_steps=5,
+                                        eval_orders=(("training", (0, 1)),), **TINY)
+    assert results["method"] == "sgd" and results["meta_steps"] == 0
+    assert set(results["results"]) == {"sgd"}

@@ -1,0 +1,178 @@
+"""Initialisation objectives C(θ0) against closed forms on linear regression (Eq. 1, 16–17, Reptile)."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import warpgrad_tf as wg
+from warpgrad_tf import algorithms, initialisation
+
+
+def _linear(d=3, seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((d,)), keras.layers.Dense(1, use_bias=False, name="lin")])
+    return wg.WarpedModel(model)
+
+
+def _task(d=3, n=8, m=6, seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((d, 1))
+    x, xq = rng.standard_normal((n, d)), rng.standard_normal((m, d))
+    return x, x @ w + 0.1 * rng.standard_normal((n, 1)), xq, xq @ w
+
+
+def _by_hand(theta0, x, y, lr, steps):
+    """θ_k, L_k and ∇L_k of K steps of gradient descent on the mean squared error (closed form)."""
+    thetas, losses, grads = [theta0], [], []
+    for k in range(steps + 1):
+        r = x @ thetas[k] - y
+        losses.append(float(np.mean(r ** 2)))
+        grads.append(2.0 / len(x) * x.T @ r)
+        if k < steps:
+            thetas.append(thetas[k] - lr * grads[k])
+    return thetas, losses, grads
+
+
+def _eq17(thetas, losses, grads, stabilizer):
+    total = np.zeros_like(thetas[0])
+    for k in range(1, len(thetas)):
+        d_theta, d_loss = thetas[k] - thetas[k - 1], losses[k] - losses[k - 1]
+        if stabilizer and d_loss > 0:
+            d_loss = -d_loss
+        norm = np.sqrt(np.sum(d_theta ** 2) + d_loss ** 2)
+        total -= (d_loss * grads[k - 1] + d_theta) / norm
+    return total
+
+
+def _run(warped, init, lr, steps, task, seed=0):
+    learner = algorithms.meta_learner(wg.sgd(lr), wg.losses.mse, steps, init=init, objective=None)
+    theta0 = warped.values("task")
+    return algorithms.run_task(warped, learner, warped.values("warp"), theta0, tuple(map(tf.constant, task)),
+                               tf.constant(seed, tf.int64), accumulate_warp=False)
+
+
+@pytest.mark.parametrize("lr", [0.05, 0.75])  # 0.75 overshoots: the loss rises on some segments
+@pytest.mark.parametrize("stabilizer", [True, False])
+def test_leap_gradient_equals_eq17_by_hand(float64, lr, stabilizer):
+    warped = _linear()
+    x, y, xq, yq = _task()
+    name, theta0 = next(iter(warped.values("task").items()))
+    thetas, losses, grads = _by_hand(theta0.numpy(), x, y, lr, steps=4)
+    if lr > 0.5:
+        assert any(b > a for a, b in zip(losses, losses[1:])), "test needs a rising segment"
+    expected = _eq17(thetas, losses, grads, stabilizer)
+    run = _run(warped, initialisation.leap(stabilizer=stabilizer), lr, 4, (x, y, xq, yq))
+    np.testing.assert_allclose(run.init.grads[name], expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(run.losses, losses, rtol=1e-12)
+    # The same objective evaluated on a stored trajectory (adaptation.unroll) agrees.
+    traj = wg.unroll(warped, warped.values("task"), {}, wg.sgd(lr), wg.minibatches(x, y), wg.losses.mse, 4)
+    task_grads = {name: tf.constant(np.stack(grads))}
+    inputs = initialisation.TaskInputs(warped, {}, warped.values("task"), None, wg.sgd(lr), None, None,
+                                       wg.losses.mse, wg.losses.mse, 4)
+    offline = initialisation.gradient(initialisation.leap(stabilizer=stabilizer), inputs, traj, task_grads)
+    np.testing.assert_allclose(offline.grads[name], expected, rtol=1e-5)  # trajectory losses are float32
+
+
+def test_leap_energy_and_parameter_only_variants(float64):
+    warped = _linear()
+    x, y, xq, yq = _task()
+    name, theta0 = next(iter(warped.values("task").items()))
+    thetas, _, _ = _by_hand(theta0.numpy(), x, y, 0.1, steps=3)
+    run = _run(warped, initialisation.leap(norm=False, include_loss=False), 0.1, 3, (x, y, xq, yq))
+    # d₂ without the loss: −Σ Δθ_k = θ0 − θ_K.
+    np.testing.assert_allclose(run.init.grads[name], thetas[0] - thetas[-1], rtol=1e-10)
+
+
+def test_reptile_gradient_and_update_equal_theta_k_minus_theta0(float64):
+    warped = _linear()
+    x, y, xq, yq = _task()
+    name, theta0 = next(iter(warped.values("task").items()))
+    thetas, _, _ = _by_hand(theta0.numpy(), x, y, 0.1, steps=5)
+    run = _run(warped, "reptile", 0.1, 5, (x, y, xq, yq))
+    np.testing.assert_allclose(run.init.grads[name], thetas[0] - thetas[-1], rtol=1e-10)
+    # One Algorithm-1 meta-step with SGD(ε = 0.5), λ = 1: θ0 ← θ0 + ε (θ_K − θ0).
+    learner = algorithms.meta_learner(wg.sgd(0.1), wg.losses.mse, 5, init="reptile", objective=None)
+    step = algorithms.online_step(warped, learner, algorithms.meta_optimizers(init=0.5))
+    step(tuple(a[None] for a in (x, y, xq, yq)), [0])
+    np.testing.assert_allclose(warped.values("task")[name], thetas[0] + 0.5 * (thetas[-1] - thetas[0]),
+                               rtol=1e-10)
+
+
+def test_fomaml_equals_gradient_at_theta_k(float64):
+    warped = _linear()
+    x, y, xq, yq = _task()
+    name, theta0 = next(iter(warped.values("task").items()))
+    thetas, _, _ = _by_hand(theta0.numpy(), x, y, 0.1, steps=4)
+    run = _run(warped, "fomaml", 0.1, 4, (x, y, xq, yq))
+    expected = 2.0 / len(xq) * xq.T @ (xq @ thetas[-1] - yq)
+    np.testing.assert_allclose(run.init.grads[name], expected, rtol=1e-10)
+
+
+def test_multitask_equals_task_gradient_at_theta0(float64):
+    warped = _linear()
+    x, y, xq, yq = _task()
+    name, theta0 = next(iter(warped.values("task").items()))
+    run = _run(warped, "multitask", 0.1, 2, (x, y, xq, yq))
+    np.testing.assert_allclose(run.init.grads[name], 2.0 / len(x) * x.T @ (x @ theta0.numpy() - y), rtol=1e-10)
+    none = _run(warped, "none", 0.1, 2, (x, y, xq, yq))
+    assert float(tf.reduce_sum(tf.abs(none.init.grads[name]))) == 0.0
+
+
+def _nonlinear_warped(seed=2):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input((2,)), keras.layers.Dense(3, name="h"),
+        wg.WarpBlock("dense", num_layers=2, hidden_units=3, activation="tanh", name="w"),
+        keras.layers.Activation("tanh"), keras.layers.Dense(1, name="out")])
+    warped = wg.WarpedModel(model)
+    rng = np.random.default_rng(seed)
+    for v in warped.variables("warp").values():
+        v.assign(v.numpy() + 0.3 * rng.standard_normal(v.shape))
+    return warped
+
+
+def test_maml_second_order_matches_finite_difference_through_three_steps(float64):
+    warped = _nonlinear_warped()
+    rng = np.random.default_rng(5)
+    task = (rng.standard_normal((6, 2)), rng.standard_normal((6, 1)), rng.standard_normal((5, 2)),
+            rng.standard_normal((5, 1)))
+    theta0 = warped.values("task")
+    lr = tf.Variable(0.4, dtype=tf.float64)  # also meta-learn α: its gradient is checked too
+    run = _run(warped, "maml", 0.4, 3, task)
+    learner = algorithms.meta_learner(wg.sgd(0.4), wg.losses.mse, 3, init="maml", objective=None)
+    with_lr = algorithms.run_task(warped, learner, warped.values("warp"), theta0, tuple(map(tf.constant, task)),
+                                  tf.constant(0, tf.int64), learning_rate=lr, accumulate_warp=False)
+
+    def meta_loss(theta, alpha=0.4):
+        adapted = wg.adapt(warped, theta, warped.values("warp"), wg.sgd(0.4), wg.minibatches(task[0], task[1]),
+                           wg.losses.mse, 3, learning_rate=alpha).task
+        out, _ = warped.apply(adapted, warped.values("warp"), tf.constant(task[2]), training=True)
+        return float(wg.losses.mse(task[3], out))
+
+    eps = 1e-6
+    fo = _run(warped, "fomaml", 0.4, 3, task)
+    diff_fo = 0.0
+    for name, value in theta0.items():
+        flat = value.numpy().reshape(-1)
+        fd = np.zeros_like(flat)
+        for i in range(flat.size):
+            for sign in (1, -1):
+                bumped = flat.copy()
+                bumped[i] += sign * eps
+                fd[i] += sign * meta_loss(dict(theta0, **{name: tf.constant(bumped.reshape(value.shape))})) / (2 * eps)
+        np.testing.assert_allclose(run.init.grads[name].numpy().reshape(-1), fd, rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(with_lr.init.grads[name], run.init.grads[name], rtol=1e-12)
+        diff_fo += float(np.sum((fo.init.grads[name].numpy().reshape(-1) - fd) ** 2))
+    assert diff_fo > 1e-8, "second-order terms should matter on this model"
+    fd_lr = (meta_loss(theta0, 0.4 + eps) - meta_loss(theta0, 0.4 - eps)) / (2 * eps)
+    np.testing.assert_allclose(float(with_lr.init.learning_rate_grad), fd_lr, rtol=1e-5)
+
+
+def test_unknown_objective_names_are_errors_listing_choices():
+    with pytest.raises(ValueError, match="leap"):
+        initialisation.get("lep")
+    with pytest.raises(ValueError, match="reptile"):
+        algorithms.meta_learner(wg.sgd(0.1), wg.losses.mse, 3, init="repitle")
+    with pytest.raises(ValueError, match="exact"):
+        algorithms.meta_learner(wg.sgd(0.1), wg.losses.mse, 3, objective="second_order")

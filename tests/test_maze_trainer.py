@@ -1,0 +1,117 @@
+"""The maze trainer: one iteration per gin config, Algorithm 3's warp-update period, resume, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import gin  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from tests.conftest import REPO  # noqa: E402
+from trainers import common  # noqa: E402
+from trainers import maze as trainer  # noqa: E402
+from warpgrad_tf.layers.rnn import CELLS  # noqa: E402
+
+TINY = dict(batch_size=2, episode_length=6, maze_size=5, units=8, log_every=1, checkpoint_every=1)
+SELECTOR = "trainers.maze.train_eval"  # other trainers also define train_eval: qualify the gin selector
+
+
+def _parse_config_file(name, extra=()):
+    """Apply configs/maze/<name>.gin under the qualified selector (unambiguous inside pytest)."""
+    with open(os.path.join(REPO, "configs", "maze", f"{name}.gin")) as f:
+        lines = [ln for ln in f.read().splitlines() if ln.strip() and not ln.startswith("#")]
+    gin.parse_config([ln.replace("train_eval.", f"{SELECTOR}.", 1) for ln in lines] + list(extra))
+
+
+@pytest.fixture(autouse=True)
+def _clean_gin():
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+def _checkpoint_value(root, name):
+    reader = tf.train.load_checkpoint(os.path.join(root, "checkpoints"))
+    return reader.get_tensor(f"{name}/.ATTRIBUTES/VARIABLE_VALUE")
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_one_iteration_per_config(tmp_path, name):
+    _parse_config_file(name, [f"{SELECTOR}.{k} = {v!r}" for k, v in TINY.items()]
+                       + [f"{SELECTOR}.meta_units = 4", f"{SELECTOR}.num_iterations = 1"])
+    root = str(tmp_path / name)
+    summary = trainer.train_eval(root)
+    assert summary["cell"] == name and summary["iterations"] == 1 and summary["episodes"] == 2
+    assert np.isfinite(summary["last_fifth_mean_return"])
+    for path in ("returns.json", "returns.png", "operative_config.gin", "checkpoints/checkpoint"):
+        assert os.path.exists(os.path.join(root, path)), path
+    assert os.listdir(os.path.join(root, "train"))  # TensorBoard events
+    assert f"cell = '{name}'" in open(os.path.join(root, "operative_config.gin")).read()
+
+
+def test_resume_continues_exactly_and_warps_update_every_warp_period(tmp_path):
+    kwargs = dict(cell="warp_rnn", warp_period=2, meta_units=4, plot=False, **TINY)
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    straight = trainer.train_eval(a, num_iterations=3, **kwargs)
+    # Algorithm 3: three task updates, one warp update (after the 2nd), the 3rd meta-gradient held back.
+    assert int(_checkpoint_value(a, "task_optimizer/_iterations")) == 3
+    assert int(_checkpoint_value(a, "warp_optimizer/_iterations")) == 1
+    assert int(_checkpoint_value(a, "warp_accumulator/updates")) == 1
+    assert int(_checkpoint_value(a, "warp_accumulator/count")) == 1
+    assert np.any(_checkpoint_value(a, "warp_accumulator/sums/3") != 0)
+    # Stop after one iteration (accumulator half full), then resume to three.
+    trainer.train_eval(b, num_iterations=1, **kwargs)
+    resumed = trainer.train_eval(b, num_iterations=3, **kwargs)
+    assert resumed == straight
+    ha, hb = (json.load(open(os.path.join(d, "returns.json")))["history"] for d in (a, b))
+    assert ha == hb and [h["iteration"] for h in hb] == [0, 1, 2]
+    for name in ("task_optimizer/_trainable_variables/0", "warp_optimizer/_trainable_variables/3",
+                 "warp_accumulator/sums/3"):
+        np.testing.assert_array_equal(_checkpoint_value(a, name), _checkpoint_value(b, name))
+
+
+def test_returns_figure_collects_sibling_runs(tmp_path):
+    rng = np.random.default_rng(0)
+    for cell, seed in (("rnn", 0), ("rnn", 1), ("warp_rnn", 0)):
+        run = tmp_path / f"{cell}_s{seed}"
+        run.mkdir()
+        history = [{"iteration": i, "episodes": 30 * (i + 1), "mean_return": float(rng.uniform(0, 50))}
+                   for i in range(40)]
+        common.write_json(str(run / "returns.json"), {"cell": cell, "seed": seed, "history": history})
+    (tmp_path / "not_a_run").mkdir()
+    runs = trainer.plot_returns(str(tmp_path), str(tmp_path / "returns.png"))
+    assert {c: len(r) for c, r in runs.items()} == {"rnn": 2, "warp_rnn": 1}
+    assert os.path.getsize(tmp_path / "returns.png") > 1000
+    assert trainer.last_fifth_mean(runs["warp_rnn"][0]["history"]) == pytest.approx(
+        np.mean([h["mean_return"] for h in runs["warp_rnn"][0]["history"][-8:]]))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(cell="lstm"), r"Unknown RNN cell 'lstm' in train_eval.cell; choose one of \['hyper_rnn'"),
+    (dict(batch_size=0), "maze batch_size must be an integer >= 1; got 0"),
+    (dict(maze_size=10), "maze size must be an odd integer >= 3"),
+    (dict(warp_period=0), "train_eval.warp_period must be an integer >= 1"),
+    (dict(discount=2.0), "discount must lie in"),
+])
+def test_bad_input_is_a_clear_error(tmp_path, kwargs, match):
+    args = dict(TINY, num_iterations=1, plot=False)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        trainer.train_eval(str(tmp_path), **args)
+
+
+def test_cli_reports_an_unknown_cell_binding_in_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainers.maze", f"--root_dir={tmp_path}", "--gin_file=configs/maze/rnn.gin",
+         "--gin_param=train_eval.cell='lstm'"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert proc.returncode == 2
+    assert "error: Unknown RNN cell 'lstm' in train_eval.cell; choose one of" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not os.path.exists(tmp_path / "checkpoints")

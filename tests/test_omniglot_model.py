@@ -1,0 +1,145 @@
+"""The Omniglot task learner with warp layers (App. E, Table 3 variants)."""
+
+import gin
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from warpgrad_tf import WarpedModel, adapt, losses, update_rules
+from warpgrad_tf.layers import TaskFiLM, WarpBlock
+from warpgrad_tf.models import WARP_VARIANTS, FiLMWarpBlock, FusedBatchNormalization, omniglot_convnet
+
+
+def images(n=8, seed=0):
+    return tf.random.stateless_uniform([n, 28, 28, 1], seed=[seed, 1])
+
+
+def test_paper_architecture_and_roles():
+    model = omniglot_convnet()
+    assert model.output_shape == (None, 20)
+    names = [layer.name for layer in model.layers]
+    for i in range(1, 5):
+        block = names[names.index(f"conv{i}"):names.index(f"warp{i}") + 1]
+        assert block == [f"conv{i}", f"pool{i}", f"bn{i}", f"relu{i}", f"warp{i}"]
+        assert model.get_layer(f"conv{i}").kernel.shape[:2] == (3, 3)
+        assert model.get_layer(f"conv{i}").filters == 64
+        assert isinstance(model.get_layer(f"warp{i}"), WarpBlock)
+    assert model.get_layer("warp4").input.shape[1:] == (1, 1, 64)  # 28 -> 14 -> 7 -> 3 -> 1
+    warped = WarpedModel(model)
+    assert all(p.startswith("warp") for p in warped.names["warp"]) and len(warped.names["warp"]) == 8
+    assert not any(p.startswith("warp") for p in warped.names["task"])
+    assert {p.split("/")[0] for p in warped.names["task"]} == {
+        "conv1", "conv2", "conv3", "conv4", "bn1", "bn2", "bn3", "bn4", "head"}
+    assert sorted(warped.state_names) == sorted(
+        f"bn{i}/{s}" for i in range(1, 5) for s in ("moving_mean", "moving_variance"))
+    # 4 task convs (1→64, 3×64→64), 4 BN (γ, β), head; 4 warp convs 64→64.
+    assert warped.num_parameters("task") == (9 * 64 + 64) + 3 * (9 * 64 * 64 + 64) + 4 * 128 + 64 * 20 + 20
+    assert warped.num_parameters("warp") == 4 * (9 * 64 * 64 + 64)
+
+
+@pytest.mark.parametrize("variant", sorted(WARP_VARIANTS))
+def test_every_table3_variant_builds_and_adapts(variant):
+    model = omniglot_convnet(warp=variant)
+    warped = WarpedModel(model)
+    assert warped.num_parameters("warp") > 0
+    x, y = images(16), tf.range(16) % 20
+    task, warp = warped.values("task"), warped.values("warp")
+    result = adapt(warped, task, warp, update_rules.sgd(0.1), lambda k: (x, y), losses.softmax_cross_entropy, 3)
+    assert result.losses.shape == (3,) and np.all(np.isfinite(result.losses.numpy()))
+    assert result.losses[-1] < result.losses[0]
+
+
+def test_linear_identity_warps_leave_the_learner_unchanged():
+    plain = omniglot_convnet(warp=None)
+    for variant in ("conv3x3", "conv1x1", "scale"):
+        warped = omniglot_convnet(warp=variant)
+        for layer in plain.layers:
+            if layer.weights:
+                warped.get_layer(layer.name).set_weights(layer.get_weights())
+        x = images(4, seed=3)
+        np.testing.assert_allclose(warped(x, training=False).numpy(), plain(x, training=False).numpy(),
+                                   atol=1e-5)
+
+
+def test_film_variant_roles():
+    warped = WarpedModel(omniglot_convnet(warp="film"))
+    for i in range(1, 5):
+        assert isinstance(warped.model.get_layer(f"warp{i}"), FiLMWarpBlock)
+        assert f"warp{i}/film/embedding" in warped.names["task"]
+        assert f"warp{i}/film/gamma_kernel" in warped.names["warp"]
+        assert f"warp{i}/map_0/kernel" in warped.names["warp"]
+        hidden = warped.model.get_layer(f"warp{i}").conv_in.kernel.shape
+        assert hidden == (3, 3, 64, 128)
+    assert any(isinstance(layer, TaskFiLM) for layer in warped.model._flatten_layers())
+
+
+def test_variant_overrides_and_errors():
+    model = omniglot_convnet(warp="bn_res_relu", warp_kwargs={"kernel_size": 1})
+    block = model.get_layer("warp1")
+    assert block.kernel_size == 1 and block.residual and block.batch_norm == "after"
+    with pytest.raises(ValueError, match="Unknown Omniglot warp variant 'conv5x5'"):
+        omniglot_convnet(warp="conv5x5")
+    head = WarpedModel(omniglot_convnet(warp_head=True))
+    assert "warp_head/map_0/kernel" in head.names["warp"]
+
+
+def test_gin_selects_the_variant():
+    with gin.unlock_config():
+        gin.parse_config(["omniglot_convnet.warp = 'scale'", "omniglot_convnet.num_classes = 5"])
+    try:
+        model = omniglot_convnet()
+    finally:
+        gin.clear_config()
+    assert model.output_shape == (None, 5)
+    assert model.get_layer("warp2").kind == "scale"
+
+
+def test_batchnorm_with_apply_training():
+    warped = WarpedModel(omniglot_convnet())
+    task, warp, state = warped.values("task"), warped.values("warp"), warped.values("state")
+    x = images(32, seed=5)
+    logits, new_state = warped.apply(task, warp, x, state=state, training=True)
+    # Moving statistics follow the PyTorch convention momentum 0.1: new = 0.9 old + 0.1 batch statistic.
+    pool1 = keras.Model(warped.model.inputs, warped.model.get_layer("pool1").output)(x)
+    mean, var = tf.nn.moments(pool1, axes=[0, 1, 2])
+    np.testing.assert_allclose(new_state["bn1/moving_mean"].numpy(), 0.1 * mean.numpy(), atol=1e-5)
+    np.testing.assert_allclose(new_state["bn1/moving_variance"].numpy(), 0.9 + 0.1 * var.numpy(),
+                               rtol=1e-3, atol=1e-5)
+    for name, value in state.items():  # nothing written back
+        np.testing.assert_array_equal(warped.variables("state")[name].numpy(), value.numpy())
+    # Batch statistics: an example's logits depend on the rest of the batch in training mode only.
+    alone, _ = warped.apply(task, warp, x[:4], state=state, training=True)
+    assert not np.allclose(alone.numpy(), logits.numpy()[:4], atol=1e-4)
+    infer_all, same_state = warped.apply(task, warp, x, state=state, training=False)
+    infer_4, _ = warped.apply(task, warp, x[:4], state=state, training=False)
+    np.testing.assert_allclose(infer_4.numpy(), infer_all.numpy()[:4], atol=1e-5)
+    for name in state:
+        np.testing.assert_array_equal(same_state[name].numpy(), state[name].numpy())
+
+
+def test_fused_batch_norm_matches_keras():
+    fused = WarpedModel(omniglot_convnet(fused_batch_norm=True))
+    plain = WarpedModel(omniglot_convnet(fused_batch_norm=False))
+    assert isinstance(fused.model.get_layer("bn1"), FusedBatchNormalization)
+    assert type(plain.model.get_layer("bn1")) is keras.layers.BatchNormalization
+    assert fused.names == plain.names and fused.state_names == plain.state_names
+    task, warp = fused.values("task"), fused.values("warp")
+    state = {k: v + 0.5 for k, v in fused.values("state").items()}  # non-trivial moving statistics
+    x, y = images(16, seed=2), tf.range(16) % 20
+
+    def run(warped, training):
+        with tf.GradientTape() as tape:
+            tape.watch(task)
+            logits, new_state = warped.apply(task, warp, x, state=state, training=training)
+            loss = losses.softmax_cross_entropy(y, logits)
+        return logits, new_state, tape.gradient(loss, task)
+
+    for training in (True, False):
+        a, b = run(fused, training), run(plain, training)
+        np.testing.assert_allclose(a[0].numpy(), b[0].numpy(), rtol=1e-4, atol=1e-4)
+        for name in state:
+            np.testing.assert_allclose(a[1][name].numpy(), b[1][name].numpy(), rtol=1e-4, atol=1e-5)
+        for name in task:  # float32 rounding (max-pool near-ties) moves conv1's gradient by ~1e-3
+            diff = np.linalg.norm(a[2][name].numpy() - b[2][name].numpy())
+            assert diff <= 1e-2 * np.linalg.norm(b[2][name].numpy()) + 1e-4, name  # conv biases: 0 ± noise

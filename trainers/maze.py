@@ -1,0 +1,299 @@
+"""Maze navigation meta-RL with a Warp-RNN (Sec. 4.3 (c.1), App. I, Eq. 20) and Algorithm 3.
+
+Usage::
+
+    python -m trainers.maze --gin_file=configs/maze/warp_rnn.gin --root_dir=runs/maze/warp_rnn_s0
+    python -m trainers.maze --gin_file=configs/maze/rnn.gin --root_dir=runs/maze/rnn_s0 \\
+        --gin_param=train_eval.seed=1
+
+Every iteration plays one batch of ``batch_size`` (30) maze episodes of ``episode_length`` (200) steps with
+the current policy (each episode a new task: a new goal) and computes the advantage actor-critic loss
+(:mod:`warpgrad_tf.rl.a2c`) on it. Cells (``train_eval.cell``):
+
+* ``rnn`` — the basic tanh RNN (100 units): all parameters are task parameters, Adam 1e-3 every batch.
+* ``warp_rnn`` — :class:`~warpgrad_tf.layers.rnn.WarpHyperRNNCell` (Eq. 20): task parameters (W, V, b and
+  the policy / value heads) are updated with Adam on every batch; warp parameters (meta-LSTM and P) are
+  meta-learned with **Algorithm 3** (continual meta-training): the meta-gradient is accumulated on every
+  batch and applied (mean over the period, Adam ``warp_learning_rate``) on every ``warp_period``-th (30th)
+  task update.
+* ``hyper_rnn`` — the HyperRNN control: the same network with the meta-LSTM trained every batch as a task
+  parameter.
+* ``tnets_rnn`` — linear T-Nets warps, meta-learned like ``warp_rnn``.
+
+**The meta-objective (Eq. 12, approximate).** In a stream of batches the task parameters of batch k,
+θ_k = U(θ_{k−1}, ∇L_task), are the result of one task update; the approximate objective is the A2C loss
+at sg[θ_k] on a batch the update did not see — the k-th batch, played with θ_k (on-policy). So one
+backward pass through batch k's A2C loss gives both the task gradient ∇_θ (for the task update of θ_k)
+and the warp meta-gradient ∇_φ L_meta(sg[θ_k]; φ) that Algorithm 3 accumulates (line 6). U is Adam, the
+task optimiser; Eq. 12 needs only the stepped values, never a derivative through U. The multi-task term C
+of Alg. 3 is this same A2C loss, so "θ ← θ − λβ g_θ" is the task update itself. This is implemented here
+rather than with :func:`warpgrad_tf.algorithms.continual_step`, whose tasks are supervised batches
+(``train_x, train_y, query_x, query_y``) that an RL stream does not have.
+
+Writes ``R/train`` (TensorBoard: ``mean_episode_return`` against episodes, loss terms, episodes/s),
+``R/checkpoints`` (resumable: model, both optimisers, the warp accumulator and the step; episode seeds are
+derived from ``(seed, iteration)``, so a resumed run continues exactly), ``R/returns.json`` (per-iteration
+mean return) and ``R/returns.png``: return against episodes for every run found under R's parent
+directory, grouped by cell.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import gin  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import logging  # noqa: E402
+
+from trainers import common  # noqa: E402
+from warpgrad_tf.envs import MazeEnv  # noqa: E402
+from warpgrad_tf.layers.rnn import CELLS, make_cell  # noqa: E402
+from warpgrad_tf.model import WarpedModel  # noqa: E402
+from warpgrad_tf.rl import a2c, build_agent, evaluate, rollout  # noqa: E402
+
+#: Episode-batch seeds of a run are ``seed * SEED_STRIDE + iteration``.
+SEED_STRIDE = 10**7
+RETURNS_FILE = "returns.json"
+
+
+class WarpAccumulator(tf.Module):
+    """Algorithm 3's running meta-gradient g_φ and batch count i, held in variables so they checkpoint."""
+
+    def __init__(self, warp_variables):
+        super().__init__(name="warp_accumulator")
+        self.sums = [tf.Variable(tf.zeros_like(v), trainable=False, name=f"g_{i}")
+                     for i, v in enumerate(warp_variables)]
+        self.count = tf.Variable(0, dtype=tf.int64, trainable=False, name="count")
+        self.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="updates")
+
+    def add(self, grads):
+        for acc, g in zip(self.sums, grads):
+            acc.assign_add(g)
+        self.count.assign_add(1)
+
+    def pop_mean(self):
+        """The mean accumulated gradient; resets the accumulator and counts a warp update."""
+        n = tf.cast(self.count, self.sums[0].dtype)
+        mean = [tf.convert_to_tensor(acc) / n for acc in self.sums]
+        for acc in self.sums:
+            acc.assign(tf.zeros_like(acc))
+        self.count.assign(0)
+        self.updates.assign_add(1)
+        return mean
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"train_eval.{name} must be an integer >= 1; got {value!r}.")
+    return int(value)
+
+
+def make_train_step(warped, env, *, discount, value_coef, entropy_coef, jit_compile=False):
+    """``step(seed) -> (metrics, task_grads, warp_grads)``: play a batch, A2C loss, one backward pass.
+
+    Gradients are lists ordered like ``warped.variables("task")`` / ``("warp")``.
+    """
+    a2c.check_coefficients(discount, value_coef, entropy_coef)
+
+    @tf.function(jit_compile=jit_compile)
+    def step(seed):
+        task, warp = warped.values("task"), warped.values("warp")
+        episodes = rollout(warped, task, warp, env, seed)
+        with tf.GradientTape() as tape:
+            tape.watch((task, warp))
+            logits, values = evaluate(warped, task, warp, episodes.observations)
+            loss = a2c.a2c_loss(logits, values, episodes.actions, episodes.rewards, discount=discount,
+                                value_coef=value_coef, entropy_coef=entropy_coef)
+        grads_task, grads_warp = tape.gradient(loss.loss, (task, warp),
+                                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        metrics = dict(loss._asdict(), mean_episode_return=tf.reduce_mean(tf.reduce_sum(episodes.rewards, 1)))
+        return metrics, list(grads_task.values()), list(grads_warp.values())
+
+    return step
+
+
+@gin.configurable
+def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, episode_length=200, maze_size=11,
+               units=100, meta_units=64, seed=0, learning_rate=1e-3, warp_learning_rate=1e-3, warp_period=30,
+               discount=0.9, value_coef=0.1, entropy_coef=0.03, grad_clip=4.0, log_every=10,
+               checkpoint_every=100, plot=True, jit_compile=False):
+    """Train a recurrent A2C agent on the maze, meta-learning warps with Algorithm 3 where the cell has them.
+
+    Args:
+      root_dir: run directory.
+      cell: ``"rnn"``, ``"warp_rnn"``, ``"hyper_rnn"`` or ``"tnets_rnn"``.
+      num_iterations: task updates (batches of episodes); the paper runs 200 000.
+      batch_size, episode_length, maze_size: episodes per batch (30), steps per episode (200), maze (11).
+      units, meta_units: task RNN width (100) and meta-LSTM width (hyper-network cells only).
+      seed: initialisation and episode seed.
+      learning_rate: Adam step size of the task parameters (1e-3).
+      warp_learning_rate, warp_period: Adam step size of the warp parameters and the period η (30) of
+        Algorithm 3's warp updates.
+      discount, value_coef, entropy_coef: A2C constants.
+      grad_clip: global-norm clip of each gradient before Adam (0 disables).
+      log_every, checkpoint_every: iterations between summaries / checkpoints.
+      plot: write ``returns.png``.
+      jit_compile: XLA-compile the rollout + gradient step.
+
+    Returns:
+      A summary dict (also written into ``returns.json``).
+    """
+    if cell not in CELLS:
+        raise ValueError(f"Unknown RNN cell {cell!r} in train_eval.cell; choose one of {sorted(CELLS)}.")
+    num_iterations = _check_positive_int("num_iterations", num_iterations)
+    warp_period = _check_positive_int("warp_period", warp_period)
+    log_every = _check_positive_int("log_every", log_every)
+    checkpoint_every = _check_positive_int("checkpoint_every", checkpoint_every)
+    a2c.check_coefficients(discount, value_coef, entropy_coef)
+    env = MazeEnv(size=maze_size, batch_size=batch_size, episode_length=episode_length)
+    os.makedirs(root_dir, exist_ok=True)
+    common.write_operative_config(root_dir)
+
+    keras.utils.set_random_seed(seed)
+    cell_kwargs = {"meta_units": meta_units} if cell in ("warp_rnn", "hyper_rnn") else {}
+    warped = WarpedModel(build_agent(make_cell(cell, units=units, **cell_kwargs), env.observation_size,
+                                     env.num_actions))
+    task_vars = list(warped.variables("task").values())
+    warp_vars = list(warped.variables("warp").values())
+    clip = {"global_clipnorm": float(grad_clip)} if grad_clip else {}
+    task_optimizer = keras.optimizers.Adam(learning_rate, **clip)
+    task_optimizer.build(task_vars)
+    warp_optimizer = keras.optimizers.Adam(warp_learning_rate, **clip)
+    trackables = dict(model=warped.model, task_optimizer=task_optimizer)
+    accumulator = None
+    if warp_vars:
+        warp_optimizer.build(warp_vars)
+        accumulator = WarpAccumulator(warp_vars)
+        trackables.update(warp_optimizer=warp_optimizer, warp_accumulator=accumulator)
+    checkpointer = common.Checkpointer(root_dir, **trackables)
+    start = checkpointer.restore()
+    writers = common.SummaryWriters(root_dir)
+    train_step = make_train_step(warped, env, discount=discount, value_coef=value_coef,
+                                 entropy_coef=entropy_coef, jit_compile=jit_compile)
+
+    history = [h for h in _load_history(root_dir) if h["iteration"] < start]
+    step = start
+    tic, tic_step, interrupted = time.time(), start, False
+    logging.info("%s: %s; %d episodes per batch", cell, warped, batch_size)
+    with common.Interrupt() as interrupt:
+        bar = common.progress(num_iterations, initial=min(start, num_iterations), desc=f"maze {cell}")
+        while step < num_iterations and not interrupt.requested:
+            metrics, grads_task, grads_warp = train_step(tf.constant(seed * SEED_STRIDE + step, tf.int64))
+            task_optimizer.apply_gradients(zip(grads_task, task_vars))
+            if accumulator is not None:  # Algorithm 3: accumulate g_φ, update φ every η-th task update
+                accumulator.add(grads_warp)
+                if int(accumulator.count) == warp_period:
+                    warp_optimizer.apply_gradients(zip(accumulator.pop_mean(), warp_vars))
+            step += 1
+            history.append({"iteration": step - 1, "episodes": step * batch_size,
+                            "mean_return": float(metrics["mean_episode_return"])})
+            bar.update(1)
+            if step % log_every == 0 or step == num_iterations:
+                elapsed = max(time.time() - tic, 1e-9)
+                values = {k: float(v) for k, v in metrics.items()}
+                values["episodes_per_sec"] = (step - tic_step) * batch_size / elapsed
+                values["recent_mean_return"] = float(np.mean([h["mean_return"] for h in history[-log_every:]]))
+                if accumulator is not None:
+                    values["warp_updates"] = int(accumulator.updates)
+                writers.scalars(writers.train, step * batch_size, values)
+                bar.set_postfix(ret=f"{values['recent_mean_return']:.1f}", eps=f"{values['episodes_per_sec']:.0f}")
+                tic, tic_step = time.time(), step
+            if step % checkpoint_every == 0:
+                checkpointer.save(step)
+                _write_history(root_dir, cell, seed, batch_size, history)
+        bar.close()
+        interrupted = interrupt.requested
+    if step > start:
+        checkpointer.save(step)
+    summary = _write_history(root_dir, cell, seed, batch_size, history)
+    if plot:
+        plot_returns(os.path.dirname(os.path.abspath(root_dir)), os.path.join(root_dir, "returns.png"))
+    if interrupted:
+        logging.warning("Interrupted at iteration %d; rerun with the same --root_dir to resume.", step)
+    logging.info("Summary: %s", summary)
+    return summary
+
+
+def _load_history(root_dir):
+    path = os.path.join(root_dir, RETURNS_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return json.load(f)["history"]
+
+
+def last_fifth_mean(history):
+    """Mean return over the last fifth of the iterations (at least one)."""
+    if not history:
+        return float("nan")
+    n = max(1, len(history) // 5)
+    return float(np.mean([h["mean_return"] for h in history[-n:]]))
+
+
+def _write_history(root_dir, cell, seed, batch_size, history):
+    summary = {"cell": cell, "seed": seed, "batch_size": batch_size, "iterations": len(history),
+               "episodes": len(history) * batch_size, "last_fifth_mean_return": last_fifth_mean(history)}
+    common.write_json(os.path.join(root_dir, RETURNS_FILE), dict(summary, history=history))
+    return summary
+
+
+def collect_runs(parent_dir):
+    """``{cell: [run dict from returns.json, ...]}`` for every run directly under ``parent_dir``."""
+    runs = {}
+    for path in sorted(glob.glob(os.path.join(parent_dir, "*", RETURNS_FILE))):
+        with open(path) as f:
+            run = json.load(f)
+        run["root_dir"] = os.path.dirname(path)
+        runs.setdefault(run["cell"], []).append(run)
+    return runs
+
+
+def plot_returns(parent_dir, path, smooth=20):
+    """Plot mean episode return against episodes for every run under ``parent_dir`` (one colour per cell:
+    thin lines per run, a thick line for the mean over runs), smoothed over ``smooth`` batches."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = collect_runs(parent_dir)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (cell, group) in enumerate(sorted(runs.items())):
+        colour = f"C{i}"
+        curves = []
+        for run in group:
+            hist = run["history"]
+            if not hist:
+                continue
+            x = np.array([h["episodes"] for h in hist])
+            y = np.array([h["mean_return"] for h in hist])
+            k = max(1, min(smooth, len(y)))
+            y = np.convolve(y, np.ones(k) / k, mode="valid")
+            x = x[k - 1:]
+            ax.plot(x, y, color=colour, alpha=0.3, linewidth=0.8)
+            curves.append((x, y))
+        if curves:
+            n = min(len(c[1]) for c in curves)
+            mean = np.mean([c[1][:n] for c in curves], axis=0)
+            ax.plot(curves[0][0][:n], mean, color=colour, linewidth=2.0, label=f"{cell} ({len(curves)} runs)")
+    ax.set_xlabel("episodes")
+    ax.set_ylabel("mean episode return")
+    ax.set_title("Maze navigation (App. I)")
+    ax.grid(alpha=0.3)
+    if runs:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return runs
+
+
+if __name__ == "__main__":
+    common.run_main(train_eval)

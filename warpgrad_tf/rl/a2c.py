@@ -1,0 +1,71 @@
+"""Advantage actor-critic (A2C) loss for the maze task learner (App. I; Wang et al. 2016; Miconi et al. 2019).
+
+For a batch of episodes with per-step policy logits, value estimates, actions and rewards (``[B, T]``)::
+
+    R_t = r_t + γ R_{t+1},  R_T = 0                    discounted return (episodes end: no bootstrap)
+    A_t = sg[R_t − V_t]                                 advantage, held constant
+    policy  = −mean_{b,t} log π(a_t | s_t) A_t
+    value   =  mean_{b,t} (R_t − V_t)²
+    entropy =  mean_{b,t} H(π(· | s_t))
+    loss    = policy + value_coef · value − entropy_coef · entropy
+
+Defaults follow Miconi et al. (2019): γ = 0.9, value_coef = 0.1, entropy_coef = 0.03. The same loss is the
+task loss and (Eq. 12) the meta loss of the Warp-RNN.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import tensorflow as tf
+
+
+class A2CLoss(NamedTuple):
+    """The A2C loss and its terms (scalars)."""
+
+    loss: tf.Tensor
+    policy: tf.Tensor
+    value: tf.Tensor
+    entropy: tf.Tensor
+
+
+def check_coefficients(discount, value_coef, entropy_coef):
+    """Validate A2C constants; returns them as floats."""
+    discount, value_coef, entropy_coef = float(discount), float(value_coef), float(entropy_coef)
+    if not 0.0 <= discount <= 1.0:
+        raise ValueError(f"A2C discount must lie in [0, 1]; got {discount}.")
+    if value_coef < 0 or entropy_coef < 0:
+        raise ValueError(f"A2C coefficients must be >= 0; got value_coef={value_coef}, entropy_coef={entropy_coef}.")
+    return discount, value_coef, entropy_coef
+
+
+def discounted_returns(rewards, discount):
+    """``R_t = r_t + γ R_{t+1}`` with ``R_T = 0`` for ``rewards`` of shape ``[B, T]``."""
+    rewards = tf.convert_to_tensor(rewards)
+    reversed_time = tf.reverse(tf.transpose(rewards), axis=[0])  # [T, B], last step first
+    returns = tf.scan(lambda acc, r: r + discount * acc, reversed_time, initializer=tf.zeros_like(rewards[:, 0]))
+    return tf.transpose(tf.reverse(returns, axis=[0]))
+
+
+def a2c_loss(logits, values, actions, rewards, *, discount=0.9, value_coef=0.1, entropy_coef=0.03) -> A2CLoss:
+    """The A2C loss of a batch of episodes.
+
+    Args:
+      logits: ``[B, T, A]`` policy logits.
+      values: ``[B, T]`` value estimates V(s_t).
+      actions: ``[B, T]`` int actions taken.
+      rewards: ``[B, T]`` reward received after each action.
+      discount, value_coef, entropy_coef: γ and the weights of the value loss and entropy bonus.
+    """
+    discount, value_coef, entropy_coef = check_coefficients(discount, value_coef, entropy_coef)
+    logits = tf.convert_to_tensor(logits)
+    rewards = tf.cast(rewards, logits.dtype)
+    returns = discounted_returns(rewards, discount)
+    log_probs = tf.nn.log_softmax(logits, axis=-1)
+    taken = tf.gather(log_probs, tf.cast(actions, tf.int32), axis=-1, batch_dims=2)
+    advantage = tf.stop_gradient(returns - values)
+    policy = -tf.reduce_mean(taken * advantage)
+    value = tf.reduce_mean(tf.square(returns - values))
+    entropy = tf.reduce_mean(-tf.reduce_sum(tf.exp(log_probs) * log_probs, axis=-1))
+    loss = policy + value_coef * value - entropy_coef * entropy
+    return A2CLoss(loss, policy, value, entropy)

@@ -1,0 +1,106 @@
+"""A recurrent actor-critic for the maze, run functionally under given task / warp parameters (App. I).
+
+:func:`build_agent` makes a one-step Keras model ``[obs, *cell_state] -> [logits, value, *new_state]``: a
+recurrent cell (:mod:`warpgrad_tf.layers.rnn`) whose output feeds two linear heads, ``policy`` and
+``value`` (task parameters). Wrapped in a :class:`~warpgrad_tf.WarpedModel`, its variables split into task
+θ (W, V, b and the heads) and warp φ (the cell's warp variables).
+
+:func:`rollout` plays a batch of episodes in a ``tf.while_loop`` (no gradients: the environment is not
+differentiable and actions are sampled), and :func:`evaluate` replays the recorded observations through the
+same step model with ``tf.scan`` under a gradient tape. Both call :meth:`WarpedModel.apply` with parameter
+*tensors*, so nothing is assigned into a variable on the differentiated path and the same episodes can be
+scored under any (θ, φ) — which is what the warp objective (Eq. 12) needs.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import keras
+import tensorflow as tf
+
+
+class Episodes(NamedTuple):
+    """A batch of recorded episodes.
+
+    Attributes:
+      observations: ``[B, T, obs]`` float32.
+      actions: ``[B, T]`` int32.
+      rewards: ``[B, T]`` float32, the reward after each action.
+    """
+
+    observations: tf.Tensor
+    actions: tf.Tensor
+    rewards: tf.Tensor
+
+
+def build_agent(cell, observation_size, num_actions, name="maze_agent"):
+    """The one-step actor-critic model around ``cell`` (built on ``observation_size`` inputs)."""
+    obs = keras.Input((int(observation_size),), name="observation")
+    states = [keras.Input((int(s),), name=f"state_{i}") for i, s in enumerate(cell.state_size)]
+    output, new_states = cell(obs, states)
+    logits = keras.layers.Dense(int(num_actions), name="policy")(output)
+    value = keras.layers.Dense(1, name="value")(output)
+    return keras.Model([obs, *states], [logits, value, *new_states], name=name)
+
+
+def _split(warped, outputs):
+    logits, value, *state = outputs
+    return logits, value[:, 0], state
+
+
+def initial_state(warped, batch_size):
+    """Zero recurrent state for ``batch_size`` episodes."""
+    model = warped.model
+    return [tf.zeros([batch_size, int(s.shape[-1])], model.inputs[0].dtype) for s in model.inputs[1:]]
+
+
+def rollout(warped, task, warp, env, seed, *, greedy=False) -> Episodes:
+    """Play ``env.batch_size`` episodes of ``env.episode_length`` steps, sampling actions from the policy.
+
+    Episode goals and teleports are keyed by ``seed`` (see :class:`~warpgrad_tf.envs.MazeEnv`); action
+    sampling by ``seed`` too (a different stream). Call inside ``tf.function``.
+    """
+    b, steps = env.batch_size, env.episode_length
+    env_state = env.reset(seed)
+    key = tf.random.experimental.stateless_fold_in(env.key(seed), 977)
+    obs_ta = tf.TensorArray(tf.float32, size=steps)
+    act_ta = tf.TensorArray(tf.int32, size=steps)
+    rew_ta = tf.TensorArray(tf.float32, size=steps)
+
+    def body(t, env_state, rnn_state, obs_ta, act_ta, rew_ta):
+        obs = env.observe(env_state)
+        logits, _, rnn_state = _split(warped, warped.apply(task, warp, [obs, *rnn_state])[0])
+        if greedy:
+            action = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        else:
+            sample_key = tf.random.experimental.stateless_fold_in(key, t)
+            action = tf.cast(tf.random.stateless_categorical(logits, 1, sample_key)[:, 0], tf.int32)
+        env_state, reward = env.step(env_state, action)
+        return (t + 1, env_state, rnn_state, obs_ta.write(t, obs), act_ta.write(t, action),
+                rew_ta.write(t, reward))
+
+    loop = tf.while_loop(lambda t, *_: t < steps, body,
+                         (tf.constant(0), env_state, initial_state(warped, b), obs_ta, act_ta, rew_ta),
+                         maximum_iterations=steps)
+    _, _, _, obs_ta, act_ta, rew_ta = loop
+    swap = lambda x: tf.transpose(x, [1, 0] + list(range(2, x.shape.rank)))  # noqa: E731
+    return Episodes(swap(obs_ta.stack()), swap(act_ta.stack()), swap(rew_ta.stack()))
+
+
+def evaluate(warped, task, warp, observations):
+    """Replay ``observations`` ``[B, T, obs]`` under (θ, φ): returns ``(logits [B, T, A], values [B, T])``."""
+    observations = tf.convert_to_tensor(observations)
+    time_major = tf.transpose(observations, [1, 0, 2])
+
+    def step(carry, obs):
+        _, _, state = carry
+        logits, value, state = _split(warped, warped.apply(task, warp, [obs, *state])[0])
+        return logits, value, state
+
+    b = tf.shape(observations)[0]
+    num_actions = int(warped.model.outputs[0].shape[-1])
+    init = (tf.zeros([b, num_actions], observations.dtype), tf.zeros([b], observations.dtype),
+            initial_state(warped, b))
+    logits, values, _ = tf.scan(step, time_major, initializer=init)
+    return tf.transpose(logits, [1, 0, 2]), tf.transpose(values)

@@ -40,13 +40,19 @@ def omniglot_dir():
 
 @pytest.fixture
 def float64():
-    """Run a test with Keras' float type set to float64 (for finite-difference checks)."""
-    previous = keras.config.floatx()
+    """Run a test with Keras' float type *and* dtype policy set to float64 (for finite-difference checks).
+
+    Keras 3 fixes its global dtype policy the first time a layer is built, after which ``set_floatx`` alone
+    no longer changes new layers; so both are set here and both restored afterwards.
+    """
+    previous_floatx, previous_policy = keras.config.floatx(), keras.config.dtype_policy()
     keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
     try:
         yield
     finally:
-        keras.config.set_floatx(previous)
+        keras.config.set_floatx(previous_floatx)
+        keras.config.set_dtype_policy(previous_policy)
 
 
 @pytest.fixture(autouse=True)

@@ -145,8 +145,10 @@ TINY = dict(num_subtasks=2, steps_per_subtask=3, eval_size=4, hidden_units=8, nu
 def test_trainer_runs_one_meta_step_saves_and_resumes(tmp_path):
     root = str(tmp_path / "warp")
     results = continual_sine.train_eval(root, meta_steps=1, eval_orders=(("training", (0, 1)),
-                                                                         ("random", (1, 0))), **TINY)
+                                                                         ("random", (1, 0))),
+                                        eval_every=1, eval_every_sequences=1, select_best=True, **TINY)
     assert results["method"] == "warpgrad" and results["meta_steps"] == 1
+    assert results["selected_meta_step"] == 1  # the only validated warp
     with open(os.path.join(root, "results.json")) as f:
         saved = json.load(f)
     table = saved["results"]["warpgrad"]["random"]

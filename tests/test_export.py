@@ -344,7 +344,7 @@ def test_export_refuses_to_replace_a_folder_that_is_not_a_saved_model(runs, tmp_
     assert (tmp_path / "notes.txt").read_text() == "keep me"
 
 
-def test_checkpoint_without_model_weights_is_an_error(runs, tmp_path):
+def test_checkpoint_restore_and_checkpoint_without_model_weights(runs, tmp_path):
     warped, _, _ = artifacts.load(str(runs["root"] / "omni"))
     prefix = tf.train.Checkpoint(step=tf.Variable(1, dtype=tf.int64), other=tf.Variable(1.0)).save(
         str(tmp_path / "ckpt"))
@@ -352,11 +352,15 @@ def test_checkpoint_without_model_weights_is_an_error(runs, tmp_path):
         serving.restore_checkpoint(warped, prefix)
     with pytest.raises(FileNotFoundError):
         serving.restore_checkpoint(warped, str(tmp_path / "missing"))
-    # Keras 3 + tf.train.Checkpoint(model=...) silently skips WarpBlock's list-held maps: refused.
-    prefix = tf.train.Checkpoint(step=tf.Variable(1, dtype=tf.int64), model=warped.model).save(
+    # A whole-model checkpoint reaches every warp variable (WarpBlock keeps its maps as attributes).
+    expected = [v.numpy().copy() for v in warped.model.variables]
+    prefix = tf.train.Checkpoint(step=tf.Variable(7, dtype=tf.int64), model=warped.model).save(
         str(tmp_path / "model_ckpt"))
-    with pytest.raises(ValueError, match=r"cannot reach \['warp_0/map_0/kernel'"):
-        serving.restore_checkpoint(warped, prefix)
+    for v in warped.model.variables:
+        v.assign(tf.zeros_like(v))
+    assert serving.restore_checkpoint(warped, prefix) == 7
+    for before, v in zip(expected, warped.model.variables):
+        np.testing.assert_array_equal(before, v.numpy())
 
 
 def test_sequential_model_round_trips_through_artifacts(tmp_path):

@@ -13,6 +13,7 @@ binding, and writes the operative gin config to ``root_dir/operative_config.gin`
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import signal
@@ -36,6 +37,11 @@ def define_flags(data_dir=False):
         flags.DEFINE_multi_string("gin_param", [], "Gin bindings, e.g. 'train_eval.meta_steps=10'.")
     if data_dir and "data_dir" not in FLAGS:
         flags.DEFINE_string("data_dir", None, "Data folder (or comma-separated folders).")
+    if "strategy" not in FLAGS:
+        flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker", "tpu"],
+                          "tf.distribute strategy for meta-training (warpgrad_tf.distribute.make_strategy); "
+                          "multi_worker reads TF_CONFIG.")
+        flags.DEFINE_integer("cpu_replicas", None, "With --strategy=mirrored and no GPU: logical CPU devices.")
 
 
 class ConfigError(ValueError):
@@ -55,7 +61,11 @@ def parse_gin(gin_files, gin_params):
 
 
 def run_main(train_eval, data_dir=False):
-    """Entry point for ``python -m trainers.X``: flags → gin → ``train_eval(root_dir=..., [data_dir=...])``."""
+    """Entry point for ``python -m trainers.X``: flags → gin → ``train_eval(root_dir=..., [data_dir=...])``.
+
+    A ``train_eval`` with a ``strategy`` parameter receives the ``tf.distribute.Strategy`` named by
+    ``--strategy`` (made before any TensorFlow op, so ``--cpu_replicas`` can still split the CPU).
+    """
     define_flags(data_dir=data_dir)
 
     def main(argv):
@@ -68,6 +78,12 @@ def run_main(train_eval, data_dir=False):
             kwargs = {"root_dir": FLAGS.root_dir}
             if data_dir:
                 kwargs["data_dir"] = FLAGS.data_dir
+            if "strategy" in inspect.signature(train_eval).parameters:
+                from warpgrad_tf import distribute
+
+                kwargs["strategy"] = distribute.make_strategy(FLAGS.strategy, num_cpu_replicas=FLAGS.cpu_replicas)
+            elif FLAGS.strategy != "default":
+                raise ConfigError(f"this trainer does not support --strategy={FLAGS.strategy} yet.")
             train_eval(**kwargs)
         except (ConfigError, ValueError, FileNotFoundError) as e:
             _fail(str(e))

@@ -43,8 +43,10 @@ from warpgrad_tf.tasks.continual_sine import ContinualSineFamily  # noqa: E402
 
 TRAINING_ORDER = "training"
 RANDOM_ORDER = "random"
-#: Seeds of held-out sequences start here; meta-training sequences use seeds below it.
+#: Seeds of held-out test sequences start here; meta-training sequences use seeds below VALIDATION_SEED_OFFSET.
 EVAL_SEED_OFFSET = 10**9
+#: Seeds of validation sequences (periodic evaluation and ``select_best``), disjoint from training and test.
+VALIDATION_SEED_OFFSET = 5 * 10**8
 
 
 def build_model(hidden_units=200, num_layers=4, use_warp=True, warp_hidden_units=100, warp_layers=2,
@@ -167,6 +169,7 @@ def train_eval(
     eval_orders=(("training", (0, 1, 2, 3, 4)), ("random", (1, 3, 4, 2, 0))),
     eval_every=0,
     eval_every_sequences=10,
+    select_best=False,
     log_every=10,
     checkpoint_every=100,
 ):
@@ -186,7 +189,10 @@ def train_eval(
       seed: seed of meta-training sequences and sampled points (derived per step, so resume is exact).
       eval_sequences: held-out sequences of the final evaluation (100 in Fig. 12).
       eval_orders: ``(name, order)`` pairs; orders are permutations of the sub-tasks.
-      eval_every: evaluate every this many meta steps on ``eval_every_sequences`` sequences (0: never).
+      eval_every: every this many meta steps (and after the last), evaluate on ``eval_every_sequences``
+        validation sequences (disjoint from the test sequences; 0: never).
+      select_best: keep the warp with the lowest validation loss (mean over ``eval_orders`` of the mean
+        final loss) instead of the last one; the choice is checkpointed and reported.
       log_every, checkpoint_every: meta steps between train summaries / checkpoints.
 
     Returns:
@@ -211,7 +217,11 @@ def train_eval(
     warp_vars = list(warped.variables("warp").values())
     if meta_learning:
         optimizer.build(warp_vars)
-    checkpointer = common.Checkpointer(root_dir, model=warped.model, optimizer=optimizer)
+    best = tf.Module()
+    best.warp = [tf.Variable(v, trainable=False) for v in warp_vars]
+    best.score = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
+    best.step = tf.Variable(-1, dtype=tf.int64, trainable=False)
+    checkpointer = common.Checkpointer(root_dir, model=warped.model, optimizer=optimizer, best=best)
     start = checkpointer.restore()
     writers = common.SummaryWriters(root_dir)
     training_order = list(range(num_subtasks))
@@ -239,7 +249,7 @@ def train_eval(
     def sample_step(step):
         rng = np.random.default_rng([seed, step])
         seeds = [seed * 10**7 + step * meta_batch_size + i for i in range(meta_batch_size)]
-        if seeds[-1] >= EVAL_SEED_OFFSET:
+        if seeds[-1] >= VALIDATION_SEED_OFFSET:
             raise ValueError("meta-training seeds would overlap the held-out range; lower seed or meta_steps.")
         data = family.sample_batch(seeds)
         num = steps if points_per_sequence is None else int(points_per_sequence)
@@ -248,15 +258,27 @@ def train_eval(
 
     curves_fn = curves_function(warped, rule, steps)
 
-    def run_eval(step, num_sequences, methods):
-        seeds = [EVAL_SEED_OFFSET + i for i in range(num_sequences)]
+    def run_eval(step, num_sequences, methods, validation=False):
+        offset = VALIDATION_SEED_OFFSET if validation else EVAL_SEED_OFFSET
+        seeds = [offset + i for i in range(num_sequences)]
         out = {}
         for method, warp in methods.items():
             out[method] = {name: evaluate(curves_fn, warped.values("task"), warp, family, seeds, order)
                            for name, order in orders.items()}
+            prefix = "validation/" if validation else ""
             writers.scalars(writers.eval, step, {
-                f"{method}/{name}/final_loss_mean": float(np.mean(c[-1])) for name, c in out[method].items()})
+                f"{prefix}{method}/{name}/final_loss_mean": float(np.mean(c[-1]))
+                for name, c in out[method].items()})
         return out
+
+    def validate(step):
+        curves = run_eval(step, eval_every_sequences, {method: warped.values("warp")}, validation=True)[method]
+        score = float(np.mean([np.mean(c[-1]) for c in curves.values()]))
+        if score < float(best.score):
+            best.score.assign(score)
+            best.step.assign(step)
+            for b, v in zip(best.warp, warp_vars):
+                b.assign(v)
 
     method = "warpgrad" if warped.names["warp"] else "sgd"
     total_steps = meta_steps if meta_learning else 0
@@ -277,8 +299,8 @@ def train_eval(
                     "steps_per_sec": log_every / max(time.time() - tic, 1e-9)})
                 bar.set_postfix(meta_loss=f"{float(meta_loss):.4f}")
                 tic = time.time()
-            if eval_every and step % eval_every == 0:
-                run_eval(step, eval_every_sequences, {method: warped.values("warp")})
+            if eval_every and (step % eval_every == 0 or step == total_steps):
+                validate(step)
             if step % checkpoint_every == 0:
                 checkpointer.save(step)
         bar.close()
@@ -288,6 +310,12 @@ def train_eval(
             logging.warning("Interrupted at meta step %d; rerun with the same --root_dir to resume.", step)
             return None
 
+    selected = step
+    if select_best and int(best.step) >= 0:
+        selected = int(best.step)
+        for b, v in zip(best.warp, warp_vars):
+            v.assign(b)
+        logging.info("Selected the warp of meta step %d (validation loss %.4f).", selected, float(best.score))
     methods = {method: warped.values("warp")}
     if warped.names["warp"]:
         methods["sgd"] = identity_warp
@@ -295,6 +323,7 @@ def train_eval(
     results = {
         "method": method,
         "meta_steps": step,
+        "selected_meta_step": selected,
         "eval_sequences": eval_sequences,
         "inner_learning_rate": inner_learning_rate,
         "steps": steps,

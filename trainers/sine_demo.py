@@ -30,7 +30,7 @@ import tensorflow as tf
 
 import warpgrad_tf as wg
 from trainers import common
-from warpgrad_tf import algorithms
+from warpgrad_tf import algorithms, distribute
 
 # ---------------------------------------------------------------------------------------------- model
 
@@ -63,12 +63,14 @@ class Trained(NamedTuple):
 class Problem:
     """What every method shares: the task family, the model, the inner rule and the protocol."""
 
-    def __init__(self, family, warped, rule, inner_steps, seed):
+    def __init__(self, family, warped, rule, inner_steps, seed, strategy=None):
         self.family = family
         self.warped = warped
         self.rule = rule
         self.inner_steps = inner_steps
         self.seed = seed
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.distributed = self.strategy is not tf.distribute.get_strategy()  # meta-batches over replicas
         self.init_task = warped.values("task")  # the fixed random initialisation θ0
         self.init_warp = warped.values("warp")  # identity warps
 
@@ -98,9 +100,10 @@ def meta_train_warp(problem, writers, checkpoint_dir, meta_steps, meta_batch_siz
                     log_every):
     """WarpGrad with a fixed initialisation: Adam on φ with the trajectory-averaged meta-gradient."""
     warp_vars = problem.warped.warp_variables
-    optimizer = keras.optimizers.Adam(meta_lr)
-    optimizer.build(list(warp_vars.values()))
-    ckpt = common.Checkpointer(checkpoint_dir, warp=list(warp_vars.values()), optimizer=optimizer)
+    with problem.strategy.scope():
+        optimizer = keras.optimizers.Adam(meta_lr)
+        optimizer.build(list(warp_vars.values()))
+    ckpt = _checkpointer(problem, checkpoint_dir, warp=list(warp_vars.values()), optimizer=optimizer)
     start = ckpt.restore()
 
     @tf.function
@@ -115,6 +118,16 @@ def meta_train_warp(problem, writers, checkpoint_dir, meta_steps, meta_batch_siz
             task_loss += losses[-1] / meta_batch_size
         optimizer.apply([total[k] / meta_batch_size for k in warp_vars], list(warp_vars.values()))
         return meta_loss, task_loss
+
+    if problem.distributed:  # the same estimator (Eq. 11 over every trajectory point), tasks split over replicas
+        learner = algorithms.meta_learner(problem.rule, wg.losses.mse, problem.inner_steps, init="none",
+                                          objective=objective)
+        step_fn = distribute.distributed_online_step(problem.strategy, problem.warped, learner,
+                                                     algorithms.meta_optimizers(warp=optimizer))
+
+        def meta_step(*batch):  # whole support / query sets every step: the seeds key nothing
+            metrics = step_fn(batch, list(range(meta_batch_size)))
+            return metrics["meta_loss"], metrics["task_loss_last"]
 
     bar = common.progress(meta_steps, initial=start, desc="meta-train warp")
     with common.Interrupt() as interrupt:
@@ -135,6 +148,12 @@ def meta_train_warp(problem, writers, checkpoint_dir, meta_steps, meta_batch_siz
     return Trained(problem.init_task, problem.warped.values("warp"), meta_steps)
 
 
+def _checkpointer(problem, checkpoint_dir, **trackables):
+    if problem.distributed:  # every worker saves, only the chief into checkpoint_dir
+        return distribute.WorkerCheckpointer(problem.strategy, checkpoint_dir, **trackables)
+    return common.Checkpointer(checkpoint_dir, **trackables)
+
+
 @gin.configurable
 def warp_method(problem, writers, root_dir, meta_steps=300, meta_batch_size=4, meta_lr=5e-3,
                 objective="exact", log_every=10):
@@ -153,17 +172,20 @@ def meta_train_init(problem, writers, checkpoint_dir, method, meta_steps, meta_b
     warped = problem.warped
     learner = algorithms.methods.meta_learner_for(method, problem.rule, wg.losses.mse, problem.inner_steps)
     task_vars, warp_vars = list(warped.task_variables.values()), list(warped.warp_variables.values())
-    init_opt = keras.optimizers.Adam(init_lr)
-    init_opt.build(task_vars)
-    trackables = {"task": task_vars, "init_optimizer": init_opt}
-    warp_opt = None
-    if learner.objective is not None:
-        warp_opt = keras.optimizers.Adam(warp_lr)
-        warp_opt.build(warp_vars)
-        trackables.update(warp=warp_vars, warp_optimizer=warp_opt)
-    ckpt = common.Checkpointer(checkpoint_dir, **trackables)
+    with problem.strategy.scope():
+        init_opt = keras.optimizers.Adam(init_lr)
+        init_opt.build(task_vars)
+        trackables = {"task": task_vars, "init_optimizer": init_opt}
+        warp_opt = None
+        if learner.objective is not None:
+            warp_opt = keras.optimizers.Adam(warp_lr)
+            warp_opt.build(warp_vars)
+            trackables.update(warp=warp_vars, warp_optimizer=warp_opt)
+    ckpt = _checkpointer(problem, checkpoint_dir, **trackables)
     start = ckpt.restore()
-    step_fn = algorithms.online_step(warped, learner, algorithms.meta_optimizers(warp=warp_opt, init=init_opt))
+    optimizers = algorithms.meta_optimizers(warp=warp_opt, init=init_opt)
+    step_fn = (distribute.distributed_online_step(problem.strategy, warped, learner, optimizers)
+               if problem.distributed else algorithms.online_step(warped, learner, optimizers))
 
     bar = common.progress(meta_steps, initial=start, desc=f"meta-train {method}")
     with common.Interrupt() as interrupt:
@@ -257,8 +279,12 @@ def plot_curves(path, curves, inner_steps):
 @gin.configurable
 def train_eval(root_dir, methods=("sgd", "warp", "leap", "reptile", "maml", "warp_leap"),
                inner_steps=10, inner_lr=0.01, inner_rule="sgd", shots=10,
-               query=50, eval_tasks=100, seed=0):
-    """Meta-train each method on the sine family, evaluate on held-out tasks, write the table and plot."""
+               query=50, eval_tasks=100, seed=0, strategy=None):
+    """Meta-train each method on the sine family, evaluate on held-out tasks, write the table and plot.
+
+    ``strategy`` (``--strategy``): a ``tf.distribute.Strategy`` whose replicas share each meta-batch
+    (``meta_batch_size`` must be a multiple of the replica count); None or the default runs on one device.
+    """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"Unknown method(s) {unknown} in train_eval.methods; choose from {sorted(METHODS)}.")
@@ -272,8 +298,9 @@ def train_eval(root_dir, methods=("sgd", "warp", "leap", "reptile", "maml", "war
 
     curves, seconds = {}, {}
     for name in methods:
-        warped = wg.WarpedModel(build_model())  # every method starts from the same seeded initialisation
-        problem = Problem(family, warped, rule, inner_steps, seed)
+        with (strategy or tf.distribute.get_strategy()).scope():  # variables mirrored over the replicas
+            warped = wg.WarpedModel(build_model())  # every method starts from the same seeded initialisation
+        problem = Problem(family, warped, rule, inner_steps, seed, strategy)
         start = time.time()
         trained = METHODS[name](problem, writers, root_dir)
         seconds[name] = time.time() - start

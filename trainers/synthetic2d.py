@@ -22,9 +22,9 @@ Writes ``R/train`` / ``R/eval`` TensorBoard logs, ``R/checkpoints`` (resumable),
 pairs in two ways: (1) both from the same parameter initialisation ``x0`` (the App. D protocol; WarpGrad's
 native point is then ``ω(x0)``), and (2) WarpGrad from ``z0 = ω⁻¹(x0)`` (:func:`invert_warp`), so both
 start at the same *native* point and only the geometry differs. The figure (Fig. 7) shows three held-out
-surfaces, using (2) where the inversion converges: top, the warped space ``f_τ(ω(z))`` with the WarpGrad
-path ``z_k``; bottom, the native surface ``f_τ(x)`` with the gradient-descent path ``x_k`` and the WarpGrad
-path in native coordinates ``ω(z_k)``.
+surfaces: top, the warped space ``f_τ(ω(z))`` with the WarpGrad paths ``z_k``; bottom, the native surface
+``f_τ(x)`` with the gradient-descent path ``x_k`` and the WarpGrad paths in native coordinates ``ω(z_k)``,
+for both starts (1) and (2).
 """
 
 from __future__ import annotations
@@ -157,13 +157,18 @@ def _newton_inverse(warp_layer, targets, iterations, max_step):
 
 
 def plot(path, panels, warp_layer):
-    """Fig. 7: per surface, the warped space (top) and the native surface with both paths (bottom)."""
+    """Fig. 7: per surface, the warped space (top) and the native surface with all paths (bottom).
+
+    WarpGrad is drawn from the same parameter initialisation x0 as gradient descent (dashed, orange; its
+    native start is ω(x0)) and, where ω could be inverted, from z0 = ω⁻¹(x0), the same native start
+    (solid, magenta).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(panels), figsize=(4.6 * len(panels), 8.6), squeeze=False)
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.8 * len(panels), 9.0), squeeze=False)
     grid = np.linspace(-3.5, 3.5, 141, dtype=np.float32)
     g1, g2 = np.meshgrid(grid, grid)
     flat = np.stack([g1.ravel(), g2.ravel()], axis=1)
@@ -174,26 +179,27 @@ def plot(path, panels, warp_layer):
         warped_view = synthetic2d.SurfaceFamily.value(task, warped_flat[:, 0], warped_flat[:, 1]).reshape(g1.shape)
         top, bottom = axes[0][c], axes[1][c]
         top.contourf(g1, g2, warped_view, levels=30, cmap="viridis")
-        top.plot(p["warp_path"][:, 0], p["warp_path"][:, 1], "-", color="magenta", lw=1.8, label="WarpGrad")
-        top.plot(*p["warp_path"][0], "o", color="magenta", mec="k",
-                 label="start ω⁻¹(x0)" if p["native_start"] else "start x0")
-        top.set_title(f"warped space f(ω(z)); surface {c}", fontsize=10)
         bottom.contourf(g1, g2, native, levels=30, cmap="viridis")
         bottom.plot(p["gd_path"][:, 0], p["gd_path"][:, 1], "-", color="black", lw=1.8,
-                    label=f"GD (final {p['gd_final']:.2f})")
-        native_path = p["warp_native_path"]
-        bottom.plot(native_path[:, 0], native_path[:, 1], "-", color="magenta", lw=1.8,
-                    label=f"WarpGrad ω(x_k) (final {p['warp_final']:.2f})")
-        bottom.plot(*p["start"], "o", color="white", mec="k", label="start x0")
-        if not p["native_start"]:
-            bottom.plot(*native_path[0], "s", color="magenta", mec="k", ms=5, label="ω(x0)")
+                    label=f"GD from x0 (final {p['gd_final']:.2f})")
+        runs = [("param", "orange", "--", "x0")]
+        if p["native"] is not None:
+            runs.append(("native", "magenta", "-", "ω⁻¹(x0)"))
+        for key, color, style, start_name in runs:
+            run = p[key]
+            top.plot(run["z"][:, 0], run["z"][:, 1], style, color=color, lw=1.8, label=f"WarpGrad from z0={start_name}")
+            top.plot(*run["z"][0], "o", color=color, mec="k")
+            bottom.plot(run["x"][:, 0], run["x"][:, 1], style, color=color, lw=1.8,
+                        label=f"WarpGrad ω(z_k), z0={start_name} (final {run['final']:.2f})")
+            bottom.plot(*run["x"][0], "s", color=color, mec="k", ms=5)
+        bottom.plot(*p["start"], "o", color="white", mec="k", label="x0")
+        top.set_title(f"warped space f(ω(z)), surface {c}", fontsize=10)
         bottom.set_title("native surface f(x)", fontsize=10)
         for ax in (top, bottom):
             ax.set_xlim(grid[0], grid[-1])
             ax.set_ylim(grid[0], grid[-1])
             ax.set_aspect("equal")
-        bottom.legend(fontsize=7, loc="lower left")
-    axes[0][0].legend(fontsize=7, loc="lower left")
+            ax.legend(fontsize=6.5, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -381,20 +387,24 @@ def train_eval(
         chosen = int(np.argmax(final_fn(identity_warp, constants, candidates).numpy()[:plot_candidates]))
         starts = np.tile(candidates[chosen], (starts_per_task, 1))
         gd_path = unroll_fn(identity_warp, constants, starts).numpy()[:, 0]
+
+        def warp_run(z_start, constants=constants, task=task):
+            z = unroll_fn(warp, constants, np.tile(z_start, (starts_per_task, 1))).numpy()[:, 0]
+            x = np.asarray(warp_layer(z))
+            return {"z": z, "x": x, "final": float(family.value(task, *x[-1]))}
+
         z0, residual = invert_warp(warp_layer, starts[:1])
-        native_start = bool(residual[0] < INVERSION_TOLERANCE)
-        warp_start = np.tile(z0, (starts_per_task, 1)) if native_start else starts
-        warp_path = unroll_fn(warp, constants, warp_start).numpy()[:, 0]
-        native_path = np.asarray(warp_layer(warp_path))
         panels.append({
-            "surface": task, "start": candidates[chosen], "gd_path": gd_path, "warp_path": warp_path,
-            "warp_native_path": native_path, "native_start": native_start,
+            "surface": task, "start": candidates[chosen], "gd_path": gd_path,
             "gd_final": float(family.value(task, *gd_path[-1])),
-            "warp_final": float(family.value(task, *native_path[-1])),
+            "param": warp_run(candidates[chosen]),
+            "native": warp_run(z0[0]) if residual[0] < INVERSION_TOLERANCE else None,
         })
-    results["plotted"] = [{"surface": p["surface"]._asdict(), "start": p["start"], "gd_final": p["gd_final"],
-                           "warpgrad_final": p["warp_final"], "same_native_start": p["native_start"]}
-                          for p in panels]
+    results["plotted"] = [{
+        "surface": p["surface"]._asdict(), "start": p["start"], "gd_final": p["gd_final"],
+        "warpgrad_final": p["param"]["final"],
+        "warpgrad_native_start_final": None if p["native"] is None else p["native"]["final"],
+    } for p in panels]
     common.write_json(os.path.join(root_dir, "results.json"), results)
     plot(os.path.join(root_dir, "trajectories.png"), panels, warp_layer)
     logging.info("Results: %s", results)

@@ -62,6 +62,43 @@ def collector(warped, learner, *, learning_rate=None, frozen=None, jit_compile=F
     return run_fn
 
 
+def replay_meta_gradient_sums(warped, learner: base.MetaLearner, warp, batch: replay_lib.Batch, task_data,
+                              seeds, *, weights=None, learning_rate=None, frozen=None, state=None):
+    """Weighted sums ``Σ_i w_i ∇L(φ; θ_i)`` over the samples of one buffer mini-batch (w_i = 1 by default).
+
+    The sums behind :func:`replay_meta_gradient` (same arguments, plus ``weights``: ``[η]``, 0 for padding
+    samples that must not count). Returns ``(warp_sums, learning_rate_sums or None, meta_loss_sum)``.
+    """
+    train_x, train_y, query_x, query_y = task_data
+    n = tf.shape(batch.step)[0]
+    first = next(iter(batch.task.values()))
+    dtype = first.dtype
+    weights = tf.ones([n], dtype) if weights is None else tf.cast(weights, dtype)
+    lr_vars = learning_rate is not None and not isinstance(learning_rate, (int, float)) \
+        and learner.objective == "exact"
+    lr0 = tf.nest.map_structure(lambda v: tf.zeros(v.shape, v.dtype), learning_rate) if lr_vars else ()
+
+    def body(i, acc_w, acc_lr, loss):
+        j, k, w = batch.task_index[i], batch.step[i], weights[i]
+        theta = {p: t[i] for p, t in batch.task.items()}
+        opt = tf.nest.map_structure(lambda t: t[i], batch.opt_state)
+        tb = base.task_batches(learner, train_x[j], train_y[j], seeds[j])(k)
+        mb = base.meta_batches(learner, query_x[j], query_y[j], seeds[j])(k)
+        mg = warp_objective(warped, warp, theta, opt, learner.rule, tb, mb, learner.loss_fn,
+                            objective=learner.objective, meta_loss_fn=learner.meta_loss_fn, frozen=frozen,
+                            state=state, training=learner.training, learning_rate=learning_rate)
+        acc_w = {p: acc_w[p] + tf.cast(w, mg.grads[p].dtype) * mg.grads[p] for p in acc_w}
+        if lr_vars and mg.learning_rate_grad is not None:
+            acc_lr = tf.nest.map_structure(lambda a, g: a + tf.cast(w * tf.cast(g, dtype), a.dtype), acc_lr,
+                                           mg.learning_rate_grad)
+        return i + 1, acc_w, acc_lr, loss + w * tf.cast(mg.meta_loss, dtype)
+
+    zeros = {p: tf.zeros_like(v) for p, v in warp.items()}
+    _, acc_w, acc_lr, loss = tf.while_loop(lambda i, *_: i < n, body,
+                                           (tf.constant(0), zeros, lr0, tf.zeros([], dtype)))
+    return acc_w, (acc_lr if lr_vars else None), loss
+
+
 def replay_meta_gradient(warped, learner: base.MetaLearner, warp, batch: replay_lib.Batch, task_data, seeds, *,
                          learning_rate=None, frozen=None, state=None):
     """Mean warp meta-gradient over the samples of one buffer mini-batch (Alg. 2, line 15).
@@ -73,34 +110,11 @@ def replay_meta_gradient(warped, learner: base.MetaLearner, warp, batch: replay_
 
     Returns ``(warp_grads, learning_rate_grad or None, mean meta loss)``.
     """
-    train_x, train_y, query_x, query_y = task_data
-    n = tf.shape(batch.step)[0]
-    first = next(iter(batch.task.values()))
-    dtype = first.dtype
-    lr_vars = learning_rate is not None and not isinstance(learning_rate, (int, float)) \
-        and learner.objective == "exact"
-    lr0 = tf.nest.map_structure(lambda v: tf.zeros(v.shape, v.dtype), learning_rate) if lr_vars else ()
-
-    def body(i, acc_w, acc_lr, loss):
-        j, k = batch.task_index[i], batch.step[i]
-        theta = {p: t[i] for p, t in batch.task.items()}
-        opt = tf.nest.map_structure(lambda t: t[i], batch.opt_state)
-        tb = base.task_batches(learner, train_x[j], train_y[j], seeds[j])(k)
-        mb = base.meta_batches(learner, query_x[j], query_y[j], seeds[j])(k)
-        mg = warp_objective(warped, warp, theta, opt, learner.rule, tb, mb, learner.loss_fn,
-                            objective=learner.objective, meta_loss_fn=learner.meta_loss_fn, frozen=frozen,
-                            state=state, training=learner.training, learning_rate=learning_rate)
-        acc_w = {p: acc_w[p] + mg.grads[p] for p in acc_w}
-        if lr_vars and mg.learning_rate_grad is not None:
-            acc_lr = tf.nest.map_structure(lambda a, g: a + tf.cast(g, a.dtype), acc_lr, mg.learning_rate_grad)
-        return i + 1, acc_w, acc_lr, loss + tf.cast(mg.meta_loss, dtype)
-
-    zeros = {p: tf.zeros_like(v) for p, v in warp.items()}
-    _, acc_w, acc_lr, loss = tf.while_loop(lambda i, *_: i < n, body,
-                                           (tf.constant(0), zeros, lr0, tf.zeros([], dtype)))
-    count = tf.cast(n, dtype)
+    acc_w, acc_lr, loss = replay_meta_gradient_sums(warped, learner, warp, batch, task_data, seeds,
+                                                    learning_rate=learning_rate, frozen=frozen, state=state)
+    count = tf.cast(tf.shape(batch.step)[0], loss.dtype)
     grads = {p: g / tf.cast(count, g.dtype) for p, g in acc_w.items()}
-    lr_grad = tf.nest.map_structure(lambda g: g / tf.cast(count, g.dtype), acc_lr) if lr_vars else None
+    lr_grad = None if acc_lr is None else tf.nest.map_structure(lambda g: g / tf.cast(count, g.dtype), acc_lr)
     return grads, lr_grad, loss / count
 
 

@@ -18,23 +18,41 @@ Example::
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import tensorflow as tf
 
 from warpgrad_tf.algorithms import base
 
 
-def online_meta_gradient(warped, learner: base.MetaLearner, warp, theta0, tasks, seeds, *, learning_rate=None,
-                         frozen=None, state=None) -> base.MetaGradients:
-    """Meta-gradients of one meta-batch under Algorithm 1 (a pure function of its arguments).
+class MetaGradientSums(NamedTuple):
+    """Un-normalised sums of Algorithm 1's meta-gradient terms over a set of tasks.
 
-    Args:
-      warped: the :class:`~warpgrad_tf.WarpedModel`.
-      learner: the :class:`~warpgrad_tf.algorithms.MetaLearner`.
-      warp: φ as ``{path: tensor}``; theta0: θ0 as ``{path: tensor}``.
-      tasks: :class:`~warpgrad_tf.algorithms.Tasks` with a leading task axis.
-      seeds: ``[T]`` integer seeds keying each task's mini-batches.
-      learning_rate: inner step size override (a learned rate's ``rates()``), or None for the rule's own.
+    Sums add across disjoint task sets (the shards of a distributed meta-batch); :func:`normalise` turns
+    the total into the :class:`~warpgrad_tf.algorithms.MetaGradients` of the whole meta-batch.
+
+    Attributes:
+      warp: ``{path: tensor}`` Σ over tasks and steps of ∇L(φ; θ_k).
+      init: ``{path: tensor}`` Σ over tasks of each task's ∇C.
+      learning_rate_warp, learning_rate_init: Σ of the learning-rate gradients of each term, or None.
+      meta_loss, task_loss_first, task_loss_last, init_value: scalar sums for the metrics.
+      num_tasks: the number of tasks summed over (a scalar tensor).
     """
+
+    warp: dict
+    init: dict
+    learning_rate_warp: Any
+    learning_rate_init: Any
+    meta_loss: tf.Tensor
+    task_loss_first: tf.Tensor
+    task_loss_last: tf.Tensor
+    init_value: tf.Tensor
+    num_tasks: tf.Tensor
+
+
+def online_meta_gradient_sums(warped, learner: base.MetaLearner, warp, theta0, tasks, seeds, *,
+                              learning_rate=None, frozen=None, state=None) -> MetaGradientSums:
+    """The sums behind :func:`online_meta_gradient` (same arguments), before normalisation."""
     tasks = base.Tasks(*tasks)
     seeds = tf.convert_to_tensor(seeds, tf.int64)
     num_tasks = tf.shape(seeds)[0]
@@ -63,18 +81,43 @@ def online_meta_gradient(warped, learner: base.MetaLearner, warp, theta0, tasks,
     _, acc_w, acc_t, acc_lr_w, acc_lr_c, meta_loss, first, last, c_val = tf.while_loop(
         lambda i, *_: i < num_tasks, body,
         (tf.constant(0), zeros_w, zeros_t, lr0, lr0, zero, zero, zero, tf.zeros([], tf.float32)))
-    n_tasks = tf.cast(num_tasks, dtype)
+    none_if_empty = lambda acc: None if isinstance(acc, tuple) else acc  # noqa: E731
+    return MetaGradientSums(acc_w, acc_t, none_if_empty(acc_lr_w), none_if_empty(acc_lr_c), meta_loss, first,
+                            last, c_val, num_tasks)
+
+
+def normalise(learner: base.MetaLearner, sums: MetaGradientSums) -> base.MetaGradients:
+    """Algorithm 1's normalisation (module docstring): g_φ over (task, step) samples, g_θ0 over tasks."""
+    dtype = sums.meta_loss.dtype
+    n_tasks = tf.cast(sums.num_tasks, dtype)
     n_samples = n_tasks * learner.steps
-    warp_grads = {k: v / tf.cast(n_samples, v.dtype) for k, v in acc_w.items()}
-    init_grads = {k: v / tf.cast(n_tasks, v.dtype) for k, v in acc_t.items()}
+    warp_grads = {k: v / tf.cast(n_samples, v.dtype) for k, v in sums.warp.items()}
+    init_grads = {k: v / tf.cast(n_tasks, v.dtype) for k, v in sums.init.items()}
     lr_grads = None
-    if not isinstance(acc_lr_w, tuple):  # dL/dα + λ dC/dα, each normalised like its term
+    if sums.learning_rate_warp is not None:  # dL/dα + λ dC/dα, each normalised like its term
         lr_grads = tf.nest.map_structure(
             lambda w, c: w / tf.cast(n_samples, w.dtype) + learner.init_weight * c / tf.cast(n_tasks, c.dtype),
-            acc_lr_w, acc_lr_c)
-    metrics = {"meta_loss": meta_loss / n_samples, "task_loss_first": first / n_tasks,
-               "task_loss_last": last / n_tasks, "init_value": c_val / tf.cast(n_tasks, tf.float32)}
+            sums.learning_rate_warp, sums.learning_rate_init)
+    metrics = {"meta_loss": sums.meta_loss / n_samples, "task_loss_first": sums.task_loss_first / n_tasks,
+               "task_loss_last": sums.task_loss_last / n_tasks,
+               "init_value": sums.init_value / tf.cast(n_tasks, tf.float32)}
     return base.MetaGradients(warp_grads, init_grads, lr_grads, metrics)
+
+
+def online_meta_gradient(warped, learner: base.MetaLearner, warp, theta0, tasks, seeds, *, learning_rate=None,
+                         frozen=None, state=None) -> base.MetaGradients:
+    """Meta-gradients of one meta-batch under Algorithm 1 (a pure function of its arguments).
+
+    Args:
+      warped: the :class:`~warpgrad_tf.WarpedModel`.
+      learner: the :class:`~warpgrad_tf.algorithms.MetaLearner`.
+      warp: φ as ``{path: tensor}``; theta0: θ0 as ``{path: tensor}``.
+      tasks: :class:`~warpgrad_tf.algorithms.Tasks` with a leading task axis.
+      seeds: ``[T]`` integer seeds keying each task's mini-batches.
+      learning_rate: inner step size override (a learned rate's ``rates()``), or None for the rule's own.
+    """
+    return normalise(learner, online_meta_gradient_sums(warped, learner, warp, theta0, tasks, seeds,
+                                                        learning_rate=learning_rate, frozen=frozen, state=state))
 
 
 def online_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimizers, *, learned_rate=None,

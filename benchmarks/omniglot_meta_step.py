@@ -1,0 +1,110 @@
+"""Wall time and peak memory of one full Warp-Leap meta-step on Omniglot (Alg. 2), run by hand.
+
+The authors' released configuration: task batch 128, the 4-block 64-filter learner with a 3×3 conv warp
+after every block, 100 inner SGD steps (lr 0.1), meta-batch 20, offline replay with η = 1 and the exact
+objective (Eq. 11): one meta-step collects 20 × 100 task steps and takes 2000 warp updates. Targets:
+≤ 350 s per meta-step, ≤ 1.5 GB peak resident memory.
+
+A warm-up meta-step on ``--warmup_tasks`` tasks traces every function first; the timed meta-step then runs
+``--tasks`` tasks. ``--tasks`` below 20 times a smaller meta-batch, and the full figure is extrapolated
+linearly (collection and replay both scale with tasks × steps) and printed as such. Peak memory is the
+process' maximum resident set size (``getrusage``), which includes TensorFlow itself.
+
+Usage::
+
+    python -m benchmarks.omniglot_meta_step                       # synthetic 20-way data, full config
+    python -m benchmarks.omniglot_meta_step --tasks=2             # quicker: 2 tasks, extrapolated to 20
+    python -m benchmarks.omniglot_meta_step --data_dir=../shared/data/omniglot
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import warpgrad_tf as wg  # noqa: E402
+from warpgrad_tf import algorithms  # noqa: E402
+from warpgrad_tf.models import omniglot_convnet  # noqa: E402
+
+
+def task_data(args, n, seed):
+    if args.data_dir:
+        from warpgrad_tf.data import omniglot as og
+
+        data = og.OmniglotTasks(args.data_dir, num_train_alphabets=0, num_val_alphabets=0, num_test_alphabets=0)
+        names = data.usable_alphabets
+        xs = [data.task(names[i % len(names)]) for i in range(n)]
+        x = np.stack([t.train_images for t in xs])
+        y = np.stack([t.train_labels for t in xs])
+    else:
+        rng = np.random.default_rng(seed)
+        x = rng.random((n, 300, 28, 28, 1), dtype=np.float32)
+        y = np.tile(np.repeat(np.arange(20, dtype=np.int32), 15), (n, 1))
+    return algorithms.Tasks(tf.constant(x), tf.constant(y), tf.constant(x), tf.constant(y))
+
+
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", type=int, default=20, help="meta-batch size of the timed step")
+    p.add_argument("--warmup_tasks", type=int, default=1)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--filters", type=int, default=64)
+    p.add_argument("--eta", type=int, default=1)
+    p.add_argument("--objective", default="exact", choices=["exact", "approx"])
+    p.add_argument("--data_dir", default=None)
+    p.add_argument("--json", default=None, help="also write the figures here")
+    args = p.parse_args(argv)
+
+    keras.utils.set_random_seed(0)
+    warped = wg.WarpedModel(omniglot_convnet(filters=args.filters, warp="conv3x3"))
+    rule = wg.sgd(0.1)
+    learner = algorithms.methods.meta_learner_for("warp_leap", rule, wg.losses.softmax_cross_entropy, args.steps,
+                                                  objective=args.objective, batch_size=args.batch,
+                                                  meta_batch_size=args.batch)
+    step = algorithms.offline_step(warped, learner, algorithms.meta_optimizers(warp=0.1, init=0.1), args.eta)
+    load0 = os.getloadavg()[0]
+
+    t = time.perf_counter()
+    step(task_data(args, args.warmup_tasks, 1), list(range(args.warmup_tasks)), 0)
+    warmup = time.perf_counter() - t
+    tasks = task_data(args, args.tasks, 2)
+    t = time.perf_counter()
+    metrics = step(tasks, [100 + i for i in range(args.tasks)], 1)
+    seconds = time.perf_counter() - t
+    full = seconds * 20 / args.tasks
+    samples = args.tasks * args.steps
+    out = {
+        "config": vars(args), "meta_step_seconds": seconds, "meta_step_seconds_at_20_tasks": full,
+        "extrapolated": args.tasks != 20, "seconds_per_sample": seconds / samples,
+        "warp_updates": int(metrics["meta_steps"]), "warmup_seconds": warmup, "peak_rss_mb": peak_mb(),
+        "buffer_bytes": {k: v for k, v in metrics.items() if "bytes" in k},
+        "load_average_1min": [load0, os.getloadavg()[0]], "cpus": os.cpu_count(),
+    }
+    print(f"Warp-Leap meta-step (offline η={args.eta}, {args.objective}, task batch {args.batch}, "
+          f"{args.filters} filters, K={args.steps}): {args.tasks} tasks in {seconds:.1f} s "
+          f"({1000 * seconds / samples:.1f} ms per (task, step) sample: collection + replay); "
+          f"{'extrapolated ' if args.tasks != 20 else ''}20 tasks: {full:.0f} s (target ≤ 350 s); "
+          f"peak RSS {out['peak_rss_mb']:.0f} MB (target ≤ 1536 MB); load {load0:.1f} → {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} CPUs")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+    return out
+
+
+if __name__ == "__main__":
+    main()

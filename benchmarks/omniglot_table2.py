@@ -1,0 +1,120 @@
+"""A reduced Table 2 (Sec. 4.2): held-out Omniglot accuracy after 100 steps, several methods × rotations.
+
+For every seed ``s`` the usable alphabets (sorted) are rotated: alphabet ``s mod n`` is held out for testing
+and the others (``--num_train`` of them) are meta-trained on; every method runs the trainer
+(``python -m trainers.omniglot``) with its gin file from ``configs/omniglot/`` plus ``--gin_param`` bindings
+shared by all methods (the reduced budget). Runs live in ``--out/<method>/seed<s>`` and resume: a finished
+run (``results.json`` present) is read, not re-run; an interrupted one continues from its checkpoint.
+
+Prints a table like Table 2 (mean ± standard error over rotations of the held-out accuracy after
+``eval_steps`` steps and of the AUC) and writes it, with every run's numbers, to ``--out/table2.json``.
+
+Usage::
+
+    python -m benchmarks.omniglot_table2 --data_dir=../shared/data/omniglot --out=runs/table2 \
+        --methods=warp_leap,leap,reptile --seeds=0,1,2 --jobs=2 \
+        --gin_param=train_eval.meta_steps=30 --gin_param=omniglot_convnet.filters=16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def alphabets(data_dir):
+    from warpgrad_tf.data import omniglot as og
+
+    return og.OmniglotTasks(data_dir, num_train_alphabets=0, num_val_alphabets=0, num_test_alphabets=0)\
+        .usable_alphabets
+
+
+def run_one(method, seed, test_alphabet, train_alphabets, args):
+    root = os.path.join(args.out, method, f"seed{seed}")
+    results = os.path.join(root, "results.json")
+    if not os.path.exists(results):
+        os.makedirs(root, exist_ok=True)
+        cmd = [sys.executable, "-m", "trainers.omniglot", f"--gin_file=configs/omniglot/{method}.gin",
+               f"--data_dir={args.data_dir}", f"--root_dir={root}",
+               f"--gin_param=OmniglotTasks.test_alphabets=['{test_alphabet}']",
+               f"--gin_param=OmniglotTasks.train_alphabets={train_alphabets!r}",
+               "--gin_param=OmniglotTasks.val_alphabets=[]",
+               f"--gin_param=train_eval.seed={seed}"] + [f"--gin_param={p}" for p in args.gin_param]
+        start = time.time()
+        with open(os.path.join(root, "log.txt"), "a") as log:
+            rc = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        if rc != 0:
+            raise RuntimeError(f"{method} seed {seed} failed (exit {rc}); see {root}/log.txt")
+        print(f"  {method:<18} seed {seed} ({test_alphabet}) done in {time.time() - start:.0f}s", flush=True)
+    with open(results) as f:
+        return json.load(f)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--methods", default="warp_leap,leap,reptile")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--num_train", type=int, default=None, help="meta-training alphabets (default: the rest)")
+    parser.add_argument("--jobs", type=int, default=1, help="trainer processes at once")
+    parser.add_argument("--gin_param", action="append", default=[])
+    args = parser.parse_args(argv)
+    methods = [m for m in args.methods.split(",") if m]
+    for m in methods:
+        if not os.path.exists(os.path.join(REPO, "configs", "omniglot", f"{m}.gin")):
+            raise SystemExit(f"error: no gin file configs/omniglot/{m}.gin for method {m!r}.")
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    names = alphabets(args.data_dir)
+    if len(names) < 2:
+        raise SystemExit(f"error: need >= 2 usable alphabets in {args.data_dir!r}; found {names}.")
+    os.makedirs(args.out, exist_ok=True)
+
+    jobs = []
+    for s in seeds:
+        test = names[s % len(names)]
+        rest = [a for a in names if a != test]
+        train = rest[:args.num_train] if args.num_train else rest
+        jobs += [(m, s, test, train) for m in methods]
+    print(f"{len(jobs)} runs: methods {methods}, seeds {seeds}, alphabets {names}", flush=True)
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        results = list(pool.map(lambda j: run_one(*j, args), jobs))
+
+    table = {}
+    for (m, s, test, _), r in zip(jobs, results):
+        row = table.setdefault(m, {"label": r["label"], "runs": []})
+        row["runs"].append({"seed": s, "test_alphabet": test, "accuracy": r["held_out_accuracy"]["mean"],
+                            "auc": r["auc"]["mean"], "best_step": r["best_step"],
+                            "meta_train_seconds": r["meta_train_seconds_this_run"]})
+    for row in table.values():
+        for key in ("accuracy", "auc"):
+            v = np.array([run[key] for run in row["runs"]]) * 100
+            row[key] = {"mean": float(v.mean()), "stderr": float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1
+                        else 0.0}
+    payload = {"methods": table, "seeds": seeds, "gin_params": args.gin_param, "alphabets": names}
+    with open(os.path.join(args.out, "table2.json"), "w") as f:
+        json.dump(payload, f, indent=2)
+
+    n_train = args.num_train or len(names) - 1
+    print(f"\nOmniglot, held-out alphabet rotated over seeds {seeds} ({n_train} meta-training alphabets): "
+          "accuracy (%) after the evaluation steps, AUC (%)")
+    print(f"{'method':<22}{'accuracy':>16}{'AUC':>16}   per seed")
+    for row in table.values():
+        per = " ".join(f"{100 * run['accuracy']:.1f}" for run in row["runs"])
+        print(f"{row['label']:<22}{row['accuracy']['mean']:>9.1f} ± {row['accuracy']['stderr']:<4.1f}"
+              f"{row['auc']['mean']:>9.1f} ± {row['auc']['stderr']:<4.1f}   {per}")
+    print(f"\ntable: {os.path.join(args.out, 'table2.json')}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""The Omniglot trainer (trainers/omniglot.py): every gin file runs, resume is exact, bad input is one line.
+
+Tiny budgets throughout (2 inner steps, 4-filter convnet, meta-batch 2), so the module runs in well under
+two minutes on shared CPU cores. The tfds cache is built once per session in a temporary folder.
+"""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import REPO
+from trainers import omniglot as trainer
+
+GIN_FILES = sorted(glob.glob(os.path.join(REPO, "configs", "omniglot", "*.gin")))
+TINY = [
+    "train_eval.meta_steps = 1", "train_eval.inner_steps = 2", "train_eval.meta_batch_size = 2",
+    "train_eval.task_batch_size = 8", "train_eval.eval_steps = 2", "train_eval.val_steps = 1",
+    "omniglot_convnet.filters = 4",
+    "OmniglotTasks.train_alphabets = ['Greek', 'Latin']", "OmniglotTasks.test_alphabets = ['Early_Aramaic']",
+    "OmniglotTasks.val_alphabets = []",
+]
+
+
+@pytest.fixture(scope="session")
+def tfds_cache(tmp_path_factory, omniglot_dir):
+    path = str(tmp_path_factory.mktemp("tfds_trainer"))
+    from warpgrad_tf.data import omniglot as og
+
+    og.load_images(omniglot_dir, cache_dir=path)  # build once; every run below reads it
+    return path
+
+
+SELECTOR = "trainers.omniglot.train_eval"  # other trainers also define train_eval: qualify the gin selector
+
+
+def _qualify(lines):
+    return [ln.replace("train_eval.", f"{SELECTOR}.", 1) if ln.startswith("train_eval.") else ln for ln in lines]
+
+
+def run(root, data_dir, cache, gin_file=None, params=()):
+    gin.clear_config()
+    lines = open(gin_file).read().splitlines() if gin_file else []
+    gin.parse_config(_qualify(lines + TINY + [f"OmniglotTasks.cache_dir = '{cache}'"] + list(params)))
+    try:
+        return trainer.train_eval(root_dir=str(root), data_dir=data_dir)
+    finally:
+        gin.clear_config()
+
+
+def test_every_method_has_a_gin_file():
+    names = {os.path.basename(p)[:-4] for p in GIN_FILES}
+    assert names == set(trainer.PRESETS)
+
+
+@pytest.mark.parametrize("gin_file", GIN_FILES, ids=lambda p: os.path.basename(p)[:-4])
+def test_one_meta_step_per_gin_file(gin_file, tmp_path, omniglot_dir, tfds_cache):
+    preset = os.path.basename(gin_file)[:-4]
+    results = run(tmp_path, omniglot_dir, tfds_cache, gin_file)
+    assert results["preset"] == preset
+    assert results["alphabets"]["test"] == ["Early_Aramaic"]
+    expected_steps = 0 if preset == "sgd" else 1
+    assert results["meta_steps"] == expected_steps
+    if preset.startswith("warp_leap"):
+        assert results["warp_parameters"] > 0
+        assert results["algorithm"] == ("online" if preset == "warp_leap_online" else "offline")
+        assert results["objective"] == ("approx" if preset == "warp_leap_approx" else "exact")
+        # offline, eta = 1: one warp update per (task, step) sample
+        assert results["last_train_metrics"].get("meta_steps", 1) == (2 * 2 if results["algorithm"] == "offline"
+                                                                      else 1)
+    else:
+        assert results["warp_parameters"] == 0
+    with open(tmp_path / "results.json") as f:
+        saved = json.load(f)
+    acc = saved["held_out_accuracy"]
+    assert set(acc["per_alphabet"]) == {"Early_Aramaic"} and 0.0 <= acc["mean"] <= 1.0
+    assert len(saved["learning_curves"]["held_out_accuracy_mean"]) == 3  # steps 0..2
+    assert 0.0 <= saved["auc"]["mean"] <= 1.0
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    assert glob.glob(str(tmp_path / "train" / "events.*")) and glob.glob(str(tmp_path / "eval" / "events.*"))
+    assert os.path.exists(tmp_path / "model" / "model.keras")
+    if expected_steps:
+        assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-1")
+
+
+class _StopAfter:
+    """Stands in for common.Interrupt: reports a signal after ``n`` polled meta-steps."""
+
+    def __init__(self, n):
+        self.n, self.polls = n, 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @property
+    def requested(self):
+        self.polls += 1
+        return self.polls >= self.n
+
+
+def _checkpoint_values(root):
+    path = tf.train.latest_checkpoint(os.path.join(root, "checkpoints"))
+    reader = tf.train.load_checkpoint(path)
+    keys = [k for k in reader.get_variable_to_shape_map() if k.startswith(("model/", "warp_optimizer/",
+                                                                          "init_optimizer/", "step"))]
+    return path, {k: reader.get_tensor(k) for k in keys}
+
+
+def test_resume_after_interruption_reproduces_the_run(tmp_path, omniglot_dir, tfds_cache, monkeypatch):
+    params = ["train_eval.meta_steps = 4", "train_eval.eval_every = 2", "train_eval.checkpoint_every = 3",
+              "train_eval.deterministic = True", "train_eval.augment = True"]
+    full = run(tmp_path / "full", omniglot_dir, tfds_cache, os.path.join(REPO, "configs/omniglot/warp_leap.gin"),
+               params)
+
+    with monkeypatch.context() as m:
+        m.setattr(trainer.common, "Interrupt", lambda: _StopAfter(2))
+        with pytest.raises(KeyboardInterrupt, match="meta-step 2"):
+            run(tmp_path / "resumed", omniglot_dir, tfds_cache,
+                os.path.join(REPO, "configs/omniglot/warp_leap.gin"), params)
+    assert tf.train.latest_checkpoint(str(tmp_path / "resumed" / "checkpoints")).endswith("ckpt-2")
+    resumed = run(tmp_path / "resumed", omniglot_dir, tfds_cache,
+                  os.path.join(REPO, "configs/omniglot/warp_leap.gin"), params)
+
+    path_a, a = _checkpoint_values(tmp_path / "full")
+    path_b, b = _checkpoint_values(tmp_path / "resumed")
+    assert path_a.endswith("ckpt-4") and path_b.endswith("ckpt-4")
+    assert sorted(a) == sorted(b) and any(k.startswith("model/") for k in a)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-7, err_msg=k)
+    # the meta-parameters moved: the comparison is not between two untouched initialisations
+    fresh = run(tmp_path / "fresh", omniglot_dir, tfds_cache, os.path.join(REPO, "configs/omniglot/warp_leap.gin"),
+                ["train_eval.meta_steps = 1", "train_eval.deterministic = True"])
+    assert fresh["meta_steps"] == 1
+    _, c = _checkpoint_values(tmp_path / "fresh")
+    assert any(not np.allclose(a[k], c[k]) for k in a if k.startswith("model/"))
+    assert resumed["best_step"] == full["best_step"]
+    assert resumed["held_out_accuracy"] == full["held_out_accuracy"]
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def test_unknown_method_lists_choices(tmp_path, omniglot_dir, tfds_cache):
+    with pytest.raises(ValueError, match="Unknown method 'wrap_leap'.*warp_leap"):
+        run(tmp_path, omniglot_dir, tfds_cache, params=["train_eval.method = 'wrap_leap'"])
+
+
+def test_too_few_alphabets_and_corrupt_zip(tmp_path, omniglot_dir, tfds_cache):
+    with pytest.raises(ValueError, match="asks for 9 train .* has only 3 more usable alphabets"):
+        run(tmp_path / "few", omniglot_dir, tfds_cache,
+            params=["OmniglotTasks.train_alphabets = None", "OmniglotTasks.num_train_alphabets = 9"])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "images_background.zip").write_bytes(b"this is not a zip file")
+    with pytest.raises(ValueError, match="Corrupt or unreadable Omniglot zip .*images_background.zip"):
+        run(tmp_path / "corrupt", str(bad), str(tmp_path / "cache"))
+
+
+def _cli(args, tmp_path, cache):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", WARPGRAD_TFDS_DIR=cache)
+    return subprocess.run([sys.executable, "-m", "trainers.omniglot", f"--root_dir={tmp_path / 'run'}"] + args,
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_empty_data_dir_and_unknown_alphabet_are_one_line(tmp_path, omniglot_dir, tfds_cache):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = _cli(["--gin_file=configs/omniglot/leap.gin", f"--data_dir={empty}"], tmp_path, tfds_cache)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(empty) in errors[0] and "Omniglot" in errors[0], proc.stderr[-2000:]
+
+    proc = _cli(["--gin_file=configs/omniglot/leap.gin", f"--data_dir={omniglot_dir}",
+                 "--gin_param=OmniglotTasks.test_alphabets=['Klingon']"], tmp_path, tfds_cache)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "'Klingon'" in errors[0] and "Latin" in errors[0], proc.stderr[-2000:]

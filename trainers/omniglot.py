@@ -1,0 +1,381 @@
+"""Multi-shot Omniglot (Sec. 4.2, App. E/F, Table 2): meta-train one method, evaluate on held-out alphabets.
+
+    python -m trainers.omniglot --gin_file=configs/omniglot/warp_leap.gin --data_dir=D --root_dir=R \
+        [--gin_param=train_eval.meta_steps=100 ...]
+
+Protocol. Every usable alphabet (>= 20 characters) is one 20-way task with 15 training and 5 held-out
+drawings per character (:class:`~warpgrad_tf.data.omniglot.OmniglotTasks`, split by the gin-configurable
+``OmniglotTasks.*`` bindings). A meta-step samples ``meta_batch_size`` meta-training alphabets (with
+replacement, when there are fewer alphabets than tasks), adapts each for ``inner_steps`` task steps of
+``task_batch_size`` from the shared initialisation θ0 with the warps φ fixed, and updates θ0 and φ with the
+method's objectives (:mod:`warpgrad_tf.algorithms.methods`; Alg. 2 offline replay with η for the warped
+methods, Alg. 1 otherwise). Each sampled task sees its training drawings under one random affine transform
+per drawing (App. E augmentation, keyed by the task's seed); L_task and L_meta are computed on different
+mini-batches of those drawings, so the held-out drawings are never trained on.
+
+Meta-validation. Every ``eval_every`` meta-steps the current θ0, φ adapt for ``val_steps`` on each
+validation alphabet and are scored on its held-out drawings; the best checkpoint (by mean accuracy) is
+kept and used for the final evaluation. The validation alphabets are the ``val`` split when it is not
+empty; otherwise (e.g. 4 meta-train + 1 test alphabets of the 5-alphabet background subset) the
+meta-training alphabets themselves, scored on their held-out drawings — drawings never used in
+meta-training, but of characters that were.
+
+Evaluation. On every test alphabet, adapt θ0 for ``eval_steps`` (100) steps with φ fixed (the task
+batches augmented per step, as in training), ``eval_repeats`` times with different mini-batch seeds, and
+record after every step the accuracy on the 5 held-out drawings per character; the training-batch accuracy
+gives the area under the training curve (AUC: the mean training accuracy over the steps, in [0, 1]).
+BatchNorm uses batch statistics throughout (the task learner is never put in inference mode, as in the
+authors' code).
+
+Outputs under ``root_dir``: ``results.json``, ``curves.png``, TensorBoard logs in ``train/`` and ``eval/``,
+``checkpoints/`` (resume: re-run the same command), ``best/`` (the chosen meta-parameters) and the
+exportable model in ``model/``. Resume is exact: every random choice is derived from ``(seed, step)``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import gin
+import keras
+import numpy as np
+import tensorflow as tf
+
+import warpgrad_tf as wg
+from trainers import common
+from warpgrad_tf import algorithms
+from warpgrad_tf.algorithms import methods as methods_lib
+from warpgrad_tf.data import omniglot as og
+from warpgrad_tf.models import omniglot_convnet
+
+#: gin-file name → (method of :mod:`warpgrad_tf.algorithms.methods`, algorithm, warp objective override).
+PRESETS = ("warp_leap", "warp_leap_online", "warp_leap_approx", "leap", "reptile", "fomaml", "maml", "finetune",
+           "sgd")
+ALGORITHMS = ("offline", "online")
+LABELS = {"warp_leap": "Warp-Leap", "leap": "Leap", "reptile": "Reptile", "fomaml": "FOMAML", "maml": "MAML",
+          "finetune": "Fine-tune", "sgd": "SGD", "warp_maml": "Warp-MAML", "warpgrad": "WarpGrad",
+          "tnets": "T-Nets"}
+
+
+def _optimizer(name, learning_rate):
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate)
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    raise ValueError(f"Unknown meta optimizer {name!r}; choose 'sgd' or 'adam'.")
+
+
+def _task_seed(seed, step, i, meta_batch_size):
+    return int(seed) * 1_000_003 + int(step) * int(meta_batch_size) + i
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+def make_evaluator(warped, rule, steps, batch_size, augment):
+    """``run(θ0, φ, train_x, train_y, test_x, test_y, seed) -> (train_acc [K], held_out_acc [K+1])``."""
+
+    @tf.function(reduce_retracing=True)
+    def run(theta0, warp, tx, ty, ex, ey, seed):
+        batches = og.augmented_minibatches(tx, ty, batch_size, seed, augment)
+        state = warped.values("state")
+
+        def held_out(theta):
+            out, _ = warped.apply(theta, warp, ex, state=state, training=True)
+            return wg.losses.accuracy(ey, out)
+
+        def body(k, theta, opt, train_acc, test_acc):
+            test_acc = test_acc.write(k, held_out(theta))
+            x, y = batches(k)
+            with tf.GradientTape() as tape:
+                tape.watch(theta)
+                out, _ = warped.apply(theta, warp, x, state=state, training=True)
+                loss = wg.losses.softmax_cross_entropy(y, out)
+            grads = tape.gradient(loss, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            train_acc = train_acc.write(k, wg.losses.accuracy(y, out))
+            theta, opt = rule.update(grads, opt, theta)
+            return k + 1, theta, opt, train_acc, test_acc
+
+        ta = lambda n: tf.TensorArray(tf.float32, size=n, element_shape=[])  # noqa: E731
+        _, theta, _, train_acc, test_acc = tf.while_loop(
+            lambda k, *_: k < steps, body, (tf.constant(0), theta0, rule.init(theta0), ta(steps), ta(steps + 1)))
+        test_acc = test_acc.write(steps, held_out(theta))
+        return train_acc.stack(), test_acc.stack()
+
+    return run
+
+
+def evaluate(evaluator, warped, tasks, repeats, seed, bar=None):
+    """``{alphabet: (train_acc [R, K], held_out_acc [R, K+1])}`` from the model's current θ0, φ."""
+    theta0, warp = warped.values("task"), warped.values("warp")
+    out = {}
+    for task in tasks:
+        train, test = [], []
+        for r in range(repeats):
+            s = tf.constant(10**9 + int(seed) * 10_007 + r, tf.int64)
+            a, b = evaluator(theta0, warp, task.train_images, task.train_labels, task.test_images,
+                             task.test_labels, s)
+            train.append(a.numpy())
+            test.append(b.numpy())
+            if bar is not None:
+                bar.update(1)
+        out[task.alphabet] = (np.stack(train), np.stack(test))
+    return out
+
+
+def plot_curves(path, curves, label, eval_steps):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = np.arange(eval_steps + 1)
+    for alphabet, c in curves.items():
+        ax.plot(steps, 100 * c.mean(0), alpha=0.5, lw=1, label=alphabet)
+    mean = np.mean([c.mean(0) for c in curves.values()], axis=0)
+    ax.plot(steps, 100 * mean, color="k", lw=2, label="mean")
+    ax.set_xlabel("adaptation step")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"Omniglot, held-out alphabets: {label}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------- train_eval
+
+
+def _check_config(preset, method, algorithm, objective, inner_steps, meta_steps, eta, meta_batch_size,
+                  checkpoint_every, eval_every):
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"Unknown train_eval.preset {preset!r}; choose one of {list(PRESETS)}.")
+    methods_lib.get(method)
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"Unknown train_eval.algorithm {algorithm!r}; choose one of {list(ALGORITHMS)}.")
+    if objective not in (None, "exact", "approx"):
+        raise ValueError(f"train_eval.objective must be None, 'exact' or 'approx'; got {objective!r}.")
+    for name, value, low in (("inner_steps", inner_steps, 1), ("meta_steps", meta_steps, 0), ("eta", eta, 1),
+                             ("meta_batch_size", meta_batch_size, 1), ("checkpoint_every", checkpoint_every, 1),
+                             ("eval_every", eval_every, 1)):
+        if int(value) < low:
+            raise ValueError(f"train_eval.{name} must be >= {low}; got {value}.")
+
+
+@gin.configurable(denylist=["root_dir", "data_dir"])
+def train_eval(root_dir, data_dir,
+               # method
+               method="warp_leap", preset=None, algorithm="offline", objective=None, eta=1,
+               # task adaptation (inner loop)
+               inner_steps=100, inner_lr=0.1, inner_rule="sgd", task_batch_size=20, augment=True,
+               # meta-training (outer loop)
+               meta_steps=1000, meta_batch_size=20, warp_lr=0.1, init_lr=0.1, meta_optimizer="sgd",
+               init_weight=1.0,
+               # model
+               warp="conv3x3",
+               # evaluation and meta-validation
+               eval_steps=100, eval_repeats=1, eval_every=100, val_steps=None,
+               # bookkeeping
+               checkpoint_every=50, log_every=10, seed=0, deterministic=False):
+    """Meta-train ``method`` on Omniglot alphabets, meta-validate, evaluate on held-out alphabets.
+
+    Args:
+      root_dir: run directory (re-running with the same one resumes).
+      data_dir: folder(s) with the Omniglot zips or extracted folders.
+      method: a name of :data:`warpgrad_tf.algorithms.methods.METHODS` (``warp_leap``, ``leap``, ...).
+      preset: the gin file's name (for results; informational).
+      algorithm: ``"offline"`` (Alg. 2, replay in mini-batches of ``eta``) or ``"online"`` (Alg. 1); only
+        methods that meta-learn warps use it, the others always run Alg. 1 (no warp replay needed).
+      objective: warp objective override (``"exact"`` Eq. 11, ``"approx"`` Eq. 12) or None (the method's).
+      eta: offline replay mini-batch size η.
+      inner_steps, inner_lr, inner_rule, task_batch_size, augment: task adaptation (100, 0.1, SGD, 20).
+      meta_steps, meta_batch_size: meta-training length and tasks per meta-step (0 steps: no meta-training).
+      warp_lr, init_lr, meta_optimizer, init_weight: meta-optimisers of φ and θ0 (β; SGD 0.1 as in the
+        authors' code) and λ.
+      warp: warp variant of :func:`~warpgrad_tf.models.omniglot_convnet` for methods that meta-learn warps;
+        methods that do not run the same network without warp layers (identical to identity warps).
+      eval_steps, eval_repeats: adaptation steps on held-out alphabets and repeats with other seeds.
+      eval_every, val_steps: meta-validation period (meta-steps) and its adaptation steps (default
+        ``eval_steps``).
+      checkpoint_every, log_every: checkpoint and TensorBoard periods in meta-steps.
+      seed: model initialisation and every random choice of the run.
+      deterministic: enable TensorFlow op determinism (bit-exact resume).
+    """
+    _check_config(preset, method, algorithm, objective, inner_steps, meta_steps, eta, meta_batch_size,
+                  checkpoint_every, eval_every)
+    m = methods_lib.get(method)
+    if m.learned_rate is not None:
+        raise ValueError(f"method {method!r} meta-learns the inner learning rate; not supported by this trainer.")
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if data_dir is None:
+        raise ValueError("--data_dir is required: a folder with the Omniglot zips or extracted folders.")
+    learns_warp = (objective or m.objective) is not None
+    meta_steps = int(meta_steps) if m.init != "none" or learns_warp else 0  # sgd: nothing to meta-learn
+    val_steps = int(val_steps or eval_steps)
+
+    data = og.OmniglotTasks(data_dir)
+    split = data.split_alphabets
+    if not split["test"]:
+        raise ValueError("The Omniglot split has no test alphabets (OmniglotTasks.num_test_alphabets).")
+    if meta_steps and not split["train"]:
+        raise ValueError("The Omniglot split has no meta-training alphabets (OmniglotTasks.num_train_alphabets).")
+    train_tasks, test_tasks = data.tasks("train"), data.tasks("test")
+    val_tasks = data.tasks("val") or train_tasks
+    val_source = "val alphabets" if split["val"] else "held-out drawings of the meta-training alphabets"
+
+    keras.utils.set_random_seed(int(seed))
+    model = omniglot_convnet(num_classes=data.num_classes, warp=warp if learns_warp else None)
+    warped = wg.WarpedModel(model)
+    rule = wg.update_rules.get(inner_rule, inner_lr)
+    loss_fn = wg.losses.softmax_cross_entropy
+    label = LABELS.get(method, method) + ("" if preset in (None, method) else f" ({preset})")
+
+    os.makedirs(root_dir, exist_ok=True)
+    common.write_operative_config(root_dir)
+    writers = common.SummaryWriters(root_dir)
+    evaluator = make_evaluator(warped, rule, int(eval_steps), task_batch_size, augment)
+    val_evaluator = evaluator if val_steps == int(eval_steps) else make_evaluator(
+        warped, rule, val_steps, task_batch_size, augment)
+
+    # --- meta-training state: every variable of the model, both optimisers, step, best validation score
+    model_vars = list(model.variables)
+    task_vars, warp_vars = list(warped.task_variables.values()), list(warped.warp_variables.values())
+    init_opt = _optimizer(meta_optimizer, init_lr) if m.init != "none" else None
+    warp_opt = _optimizer(meta_optimizer, warp_lr) if learns_warp and warp_vars else None
+    trackables = {"model": model_vars}
+    for name, opt, variables in (("init_optimizer", init_opt, task_vars), ("warp_optimizer", warp_opt, warp_vars)):
+        if opt is not None:
+            opt.build(variables)
+            trackables[name] = opt
+    best_score = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_score")
+    best_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_step")
+    ckpt = common.Checkpointer(root_dir, best_score=best_score, best_step=best_step, **trackables)
+    best = tf.train.Checkpoint(model=model_vars)
+    best_dir = os.path.join(root_dir, "best")
+    start = ckpt.restore()
+
+    learner = methods_lib.meta_learner_for(method, rule, loss_fn, int(inner_steps), objective=objective,
+                                           init_weight=init_weight, batch_size=task_batch_size,
+                                           meta_batch_size=task_batch_size)
+    optimizers = algorithms.meta_optimizers(warp=warp_opt, init=init_opt)
+    offline = learns_warp and algorithm == "offline"
+    step_fn = (algorithms.offline_step(warped, learner, optimizers, int(eta)) if offline
+               else algorithms.online_step(warped, learner, optimizers))
+
+    def meta_batch(step):
+        rng = np.random.default_rng([int(seed), int(step), 17])
+        names = [split["train"][i] for i in rng.integers(len(split["train"]), size=int(meta_batch_size))]
+        seeds = [_task_seed(seed, step, i, meta_batch_size) for i in range(int(meta_batch_size))]
+        xs, ys = [], []
+        for name, s in zip(names, seeds):
+            task = data.task(name)
+            x = tf.convert_to_tensor(task.train_images)
+            if augment:
+                x = og.random_affine(x, tf.constant([s, -2], tf.int64))
+            xs.append(x)
+            ys.append(task.train_labels)
+        x, y = tf.stack(xs), tf.constant(np.stack(ys))
+        return algorithms.Tasks(x, y, x, y), seeds, names
+
+    def validate(step):
+        scores = evaluate(val_evaluator, warped, val_tasks, 1, seed + 1)
+        per = {a: float(test[:, -1].mean()) for a, (_, test) in scores.items()}
+        score = float(np.mean(list(per.values())))
+        writers.scalars(writers.eval, step, {"val/accuracy": score, **{f"val/accuracy/{a}": v
+                                                                       for a, v in per.items()}})
+        if score > float(best_score.numpy()):
+            best_score.assign(score)
+            best_step.assign(int(step))
+            best.write(os.path.join(best_dir, "best"))
+        return score
+
+    t0 = time.time()
+    if meta_steps and start == 0:
+        validate(0)  # the initial meta-parameters are a candidate too
+    bar = common.progress(meta_steps, initial=min(start, meta_steps), desc=f"meta-train {label}")
+    last = {}
+    with common.Interrupt() as interrupt:
+        for step in range(start, meta_steps):
+            tasks, seeds, names = meta_batch(step)
+            if offline:
+                metrics = step_fn(tasks, seeds, _task_seed(seed, step, -1, meta_batch_size) % 2**31)
+            else:
+                metrics = step_fn(tasks, seeds)
+            last = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+            bar.update(1)
+            done = step + 1
+            if done % log_every == 0 or done == meta_steps:
+                bar.set_postfix(task_loss=f"{last.get('task_loss_last', float('nan')):.3f}")
+                keep = ("meta_loss", "task_loss_first", "task_loss_last", "init_value", "meta_steps")
+                writers.scalars(writers.train, done, {f"train/{k}": last[k] for k in keep if k in last})
+                writers.histograms(writers.train, done, {f"warp/{k}": v for k, v in warped.warp_variables.items()})
+            if done % eval_every == 0 or done == meta_steps:
+                bar.set_postfix(val_acc=f"{validate(done):.3f}")
+            if done % checkpoint_every == 0 or done == meta_steps:
+                ckpt.save(done)
+            if interrupt.requested:
+                ckpt.save(done)
+                bar.close()
+                raise KeyboardInterrupt(f"interrupted at meta-step {done}: checkpoint saved, re-run to resume")
+    bar.close()
+    train_seconds = time.time() - t0
+    if meta_steps and start >= meta_steps and int(best_step.numpy()) < 0:
+        validate(meta_steps)
+    if int(best_step.numpy()) >= 0:  # evaluate the meta-validated choice
+        best.read(os.path.join(best_dir, "best")).assert_consumed()
+
+    # --- evaluation on held-out alphabets
+    bar = common.progress(len(test_tasks) * int(eval_repeats), desc=f"evaluate {label}")
+    scores = evaluate(evaluator, warped, test_tasks, int(eval_repeats), seed, bar=bar)
+    bar.close()
+    curves = {a: test for a, (_, test) in scores.items()}
+    per_alphabet = {a: {"accuracy": float(test[:, -1].mean()), "auc": float(train.mean()),
+                        "held_out_auc": float(test.mean()), "held_out_curve": test.mean(0),
+                        "train_curve": train.mean(0)} for a, (train, test) in scores.items()}
+    accuracy = float(np.mean([v["accuracy"] for v in per_alphabet.values()]))
+    auc = float(np.mean([v["auc"] for v in per_alphabet.values()]))
+    mean_curve = np.mean([c.mean(0) for c in curves.values()], axis=0)
+    final_step = max(meta_steps, 0)
+    writers.curve(writers.eval, "test/held_out_accuracy_by_step", mean_curve)
+    writers.curve(writers.eval, "test/train_accuracy_by_step",
+                  np.mean([v["train_curve"] for v in per_alphabet.values()], axis=0))
+    writers.scalars(writers.eval, final_step, {"test/accuracy": accuracy, "test/auc": auc})
+    if warped.warp_variables:
+        writers.histograms(writers.eval, final_step, {f"warp/{k}": v for k, v in warped.warp_variables.items()})
+
+    wg.artifacts.save(root_dir, warped, rule, loss="softmax_cross_entropy", steps=int(eval_steps),
+                      batch_size=task_batch_size, method=method, training_step=int(max(best_step.numpy(), 0)),
+                      task_family="omniglot", training=True)
+    results = {
+        "task": "omniglot", "method": method, "preset": preset, "label": label,
+        "algorithm": ("offline" if offline else "online") if meta_steps else None,
+        "objective": learner.objective, "eta": int(eta) if offline else None,
+        "alphabets": split, "validation": val_source, "seed": int(seed),
+        "inner_steps": int(inner_steps), "inner_lr": float(inner_lr), "inner_rule": inner_rule,
+        "task_batch_size": int(task_batch_size), "meta_batch_size": int(meta_batch_size),
+        "meta_steps": meta_steps, "best_step": int(best_step.numpy()), "best_val_accuracy": float(best_score.numpy()),
+        "eval_steps": int(eval_steps), "eval_repeats": int(eval_repeats),
+        "held_out_accuracy": {"mean": accuracy, "per_alphabet": {a: v["accuracy"] for a, v in per_alphabet.items()}},
+        "auc": {"mean": auc, "per_alphabet": {a: v["auc"] for a, v in per_alphabet.items()}},
+        "learning_curves": {"held_out_accuracy_mean": mean_curve,
+                            "per_alphabet": {a: {"held_out_accuracy": v["held_out_curve"],
+                                                 "train_accuracy": v["train_curve"]}
+                                             for a, v in per_alphabet.items()}},
+        "last_train_metrics": last, "meta_train_seconds_this_run": train_seconds,
+        "warp_parameters": warped.num_parameters("warp"), "task_parameters": warped.num_parameters("task"),
+    }
+    common.write_json(os.path.join(root_dir, "results.json"), results)
+    plot_curves(os.path.join(root_dir, "curves.png"), curves, label, int(eval_steps))
+    print(f"\n{label}: held-out accuracy after {eval_steps} steps {100 * accuracy:.1f}% "
+          f"(AUC {100 * auc:.1f}) on {', '.join(split['test'])}; best meta-step {int(best_step.numpy())}"
+          f"\nresults: {os.path.join(root_dir, 'results.json')}\nplot:    {os.path.join(root_dir, 'curves.png')}"
+          f"\nTensorBoard: tensorboard --logdir {root_dir}")
+    return results
+
+
+if __name__ == "__main__":
+    common.run_main(train_eval, data_dir=True)

@@ -114,6 +114,21 @@ def _assert_finite(loss, k):
     )
 
 
+def _checked_step(warped, warp, rule, batches, loss_fn, frozen, training, learning_rate, check_finite):
+    """The loop body shared by :func:`adapt` and :func:`unroll`: one task step, its loss logged and checked."""
+
+    def step(k, task, opt_state, state, losses):
+        new_task, new_opt, new_state, loss = task_step(
+            warped, task, warp, opt_state, state, batches(k), rule, loss_fn,
+            frozen=frozen, training=training, learning_rate=learning_rate)
+        deps = [_assert_finite(loss, k)] if check_finite else []
+        with tf.control_dependencies(deps):
+            losses = losses.write(k, tf.cast(loss, tf.float32))
+        return new_task, new_opt, new_state, losses
+
+    return step
+
+
 def _prepare(warped, task, warp, rule, opt_state, state):
     warped.check("task", task)
     warped.check("warp", warp)
@@ -149,13 +164,10 @@ def adapt(warped, task, warp, rule, batches: Callable, loss_fn: Callable, steps,
     opt_state, state = _prepare(warped, task, warp, rule, opt_state, state)
     losses = tf.TensorArray(tf.float32, size=steps, element_shape=[])
 
+    step = _checked_step(warped, warp, rule, batches, loss_fn, frozen, training, learning_rate, check_finite)
+
     def body(k, task, opt_state, state, losses):
-        new_task, new_opt, new_state, loss = task_step(
-            warped, task, warp, opt_state, state, batches(k), rule, loss_fn,
-            frozen=frozen, training=training, learning_rate=learning_rate)
-        deps = [_assert_finite(loss, k)] if check_finite else []
-        with tf.control_dependencies(deps):
-            losses = losses.write(k, tf.cast(loss, tf.float32))
+        new_task, new_opt, new_state, losses = step(k, task, opt_state, state, losses)
         return k + 1, new_task, new_opt, new_state, losses
 
     _, task, opt_state, state, losses = tf.while_loop(
@@ -183,15 +195,12 @@ def unroll(warped, task, warp, rule, batches: Callable, loss_fn: Callable, steps
     def write(tas, k, values):
         return tf.nest.map_structure(lambda ta, v: ta.write(k, tf.stop_gradient(v)), tas, values)
 
+    step = _checked_step(warped, warp, rule, batches, loss_fn, frozen, training, learning_rate, check_finite)
+
     def body(k, task, opt_state, state, task_ta, opt_ta, losses):
         task_ta = write(task_ta, k, task)
         opt_ta = write(opt_ta, k, opt_state)
-        new_task, new_opt, new_state, loss = task_step(
-            warped, task, warp, opt_state, state, batches(k), rule, loss_fn,
-            frozen=frozen, training=training, learning_rate=learning_rate)
-        deps = [_assert_finite(loss, k)] if check_finite else []
-        with tf.control_dependencies(deps):
-            losses = losses.write(k, tf.cast(loss, tf.float32))
+        new_task, new_opt, new_state, losses = step(k, task, opt_state, state, losses)
         return k + 1, new_task, new_opt, new_state, task_ta, opt_ta, losses
 
     _, task, opt_state, state, task_ta, opt_ta, losses = tf.while_loop(

@@ -22,6 +22,8 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from warpgrad_tf.adaptation import task_step
+
 EXACT = "exact"
 APPROX = "approx"
 OBJECTIVES = (EXACT, APPROX)
@@ -75,16 +77,14 @@ def warp_objective(warped, warp, task_k, opt_state_k, rule, task_batch, meta_bat
     meta_loss_fn = meta_loss_fn or loss_fn
     task_k = tf.nest.map_structure(tf.stop_gradient, task_k)
     opt_state_k = tf.nest.map_structure(tf.stop_gradient, opt_state_k)
-    (xt, yt), (xm, ym) = task_batch, meta_batch
+    xm, ym = meta_batch
     lr_vars = None if learning_rate is None or isinstance(learning_rate, (int, float)) else learning_rate
     with tf.GradientTape() as outer:
         outer.watch(warp)
-        with tf.GradientTape() as inner:
-            inner.watch(task_k)
-            outputs, new_state = warped.apply(task_k, warp, xt, frozen=frozen, state=state, training=training)
-            task_loss = loss_fn(yt, outputs)
-        task_grads = inner.gradient(task_loss, task_k, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        stepped, _ = rule.update(task_grads, opt_state_k, task_k, learning_rate)
+        # The task step records on the outer tape: its gradient ∇_θ L_task(θ_k; φ) depends on φ (Eq. 11).
+        stepped, _, new_state, task_loss = task_step(
+            warped, task_k, warp, opt_state_k, state, task_batch, rule, loss_fn, frozen=frozen,
+            training=training, learning_rate=learning_rate)
         if objective == APPROX:
             stepped = tf.nest.map_structure(tf.stop_gradient, stepped)
         meta_state = new_state if training else state

@@ -41,6 +41,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _maxrss_mb():
+    """Peak resident memory of this process image (``VmHWM``).
+
+    Not ``ru_maxrss``: Linux carries that over ``fork`` + ``exec``, so a child started by a process that
+    already holds TensorFlow would report its parent's peak.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -212,15 +221,18 @@ def main(argv=None):
         _, alg, k, tasks, hidden, repeats, replicas = args.child
         _meta_step_child(alg, int(k), int(tasks), int(hidden), int(repeats), int(replicas))
         return 0
-    import tensorflow as tf
-
-    results = {"quick": args.quick, "tensorflow": tf.__version__, "load_before": os.getloadavg()[0]}
-    for name, fn in (("task_step", task_step), ("meta_steps", meta_steps), ("online_memory", online_memory),
-                     ("replicas", replica_speedup), ("export", export_latency)):
+    results = {"quick": args.quick, "load_before": os.getloadavg()[0]}
+    # The sections that start child processes run first, while this process is still small: Linux carries
+    # ru_maxrss over fork + exec, which algorithm_memory's children read.
+    for name, fn in (("meta_steps", meta_steps), ("online_memory", online_memory), ("replicas", replica_speedup),
+                     ("task_step", task_step), ("export", export_latency)):
         start = time.perf_counter()
         results[name] = fn(args.quick)
         print(f"[{name}: {time.perf_counter() - start:.0f} s]", file=sys.stderr, flush=True)
     results["load_after"] = os.getloadavg()[0]
+    import tensorflow as tf
+
+    results["tensorflow"] = tf.__version__
     text = table(results)
     print(text)
     results["table"] = text

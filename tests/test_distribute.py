@@ -70,6 +70,7 @@ def run_steps(strategy, root_dir=None, offline=True):
     metrics = distribute.distributed_online_step(strategy, warped, learner, opts)(tasks, seeds)
     out.update({f"online/{k}": v for k, v in _values(warped).items()})
     out["online_meta_loss"] = float(metrics["meta_loss"])
+    out["replicas"] = strategy.num_replicas_in_sync
     if root_dir is not None:
         ckpt = distribute.WorkerCheckpointer(strategy, root_dir, warp=list(warped.variables("warp").values()),
                                              task=list(warped.variables("task").values()))
@@ -83,7 +84,6 @@ def run_steps(strategy, root_dir=None, offline=True):
     out.update({f"offline/{k}": v for k, v in _values(warped).items()})
     out["offline_meta_steps"] = metrics["meta_steps"]
     out["bytes_in_memory_per_replica"] = metrics["bytes_in_memory_per_replica"]
-    out["replicas"] = strategy.num_replicas_in_sync
     try:
         distribute.distributed_online_step(strategy, warped, learner, opts)(
             tuple(t[:3] for t in tasks), seeds[:3])

@@ -16,7 +16,10 @@ Writes ``R/train`` and ``R/eval`` TensorBoard logs, ``R/checkpoints`` (resumable
 :mod:`warpgrad_tf.artifacts`), ``R/results.json`` (final losses on 100 held-out sequences in training
 order and in the random order [1, 3, 4, 2, 0]) and ``R/continual.png`` (per-sub-task loss curves, Fig. 12).
 A warped run also reports plain SGD from the same θ0: a freshly built warp is the identity, so adapting
-under it is exactly SGD on the unwarped MLP.
+under it is exactly SGD on the unwarped MLP. With ``eval_every`` the warp is scored periodically on
+validation sequences (disjoint from the test sequences); ``select_best=True`` then evaluates and saves the
+best-scoring warp rather than the last (the reduced-budget config does this, since short meta-training
+runs fluctuate).
 """
 
 from __future__ import annotations

@@ -200,7 +200,8 @@ def train_eval(root_dir, data_dir,
       eval_steps, eval_repeats: adaptation steps on held-out alphabets and repeats with other seeds.
       eval_every, val_steps: meta-validation period (meta-steps) and its adaptation steps (default
         ``eval_steps``).
-      checkpoint_every, log_every: checkpoint and TensorBoard periods in meta-steps.
+      checkpoint_every, log_every: checkpoint and TensorBoard periods in meta-steps (a checkpoint is also
+        written after every meta-validation and on SIGTERM / Ctrl-C).
       seed: model initialisation and every random choice of the run.
       deterministic: enable TensorFlow op determinism (bit-exact resume).
     """
@@ -313,9 +314,10 @@ def train_eval(root_dir, data_dir,
                 keep = ("meta_loss", "task_loss_first", "task_loss_last", "init_value", "meta_steps")
                 writers.scalars(writers.train, done, {f"train/{k}": last[k] for k in keep if k in last})
                 writers.histograms(writers.train, done, {f"warp/{k}": v for k, v in warped.warp_variables.items()})
-            if done % eval_every == 0 or done == meta_steps:
+            validated = done % eval_every == 0 or done == meta_steps
+            if validated:
                 bar.set_postfix(val_acc=f"{validate(done):.3f}")
-            if done % checkpoint_every == 0 or done == meta_steps:
+            if done % checkpoint_every == 0 or validated:  # best/ and best_score stay in step
                 ckpt.save(done)
             if interrupt.requested:
                 ckpt.save(done)

@@ -25,3 +25,34 @@ def perturb_warps(warped, scale=0.3, seed=1):
     rng = np.random.default_rng(seed)
     for var in warped.variables("warp").values():
         var.assign(var.numpy() + scale * rng.standard_normal(var.shape))
+
+
+def dense_warped_mlp(seed=2, width=4, activation="tanh", scale=0.3):
+    """Dense task layer → two-layer dense warp (``activation``; None: linear) → tanh → dense head, wrapped in a
+    :class:`~warpgrad_tf.WarpedModel` with the warps moved off the identity (``perturb_warps``)."""
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input((2,)), keras.layers.Dense(width, name="h"),
+        wg.WarpBlock("dense", num_layers=2, hidden_units=width, activation=activation, name="w"),
+        keras.layers.Activation("tanh"), keras.layers.Dense(1, name="out")])
+    warped = wg.WarpedModel(model)
+    perturb_warps(warped, scale=scale, seed=seed)
+    return warped
+
+
+def central_difference(loss, params, eps=1e-6):
+    """``{name: flat ∂loss/∂params[name]}`` by central finite differences; ``loss(dict) -> float``."""
+    import numpy as np
+    import tensorflow as tf
+
+    grads = {}
+    for name, value in params.items():
+        flat = np.asarray(value).reshape(-1)
+        fd = np.zeros_like(flat)
+        for i in range(flat.size):
+            for sign in (1, -1):
+                bumped = flat.copy()
+                bumped[i] += sign * eps
+                fd[i] += sign * float(loss(dict(params, **{name: tf.constant(bumped.reshape(np.shape(value)))})))
+        grads[name] = fd / (2 * eps)
+    return grads

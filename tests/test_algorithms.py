@@ -1,28 +1,18 @@
 """Algorithms 1–3 (App. B), the replay buffer, learned learning rates and method configurations."""
 
 import gin
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import warpgrad_tf as wg
+from tests.helpers import dense_warped_mlp
 from warpgrad_tf import algorithms, learned_lr, replay
 from warpgrad_tf.algorithms import methods
 
 
 def _warped(seed=2, linear=False):
-    keras.utils.set_random_seed(seed)
-    activation = None if linear else "tanh"
-    model = keras.Sequential([
-        keras.Input((2,)), keras.layers.Dense(4, name="h"),
-        wg.WarpBlock("dense", num_layers=2, hidden_units=4, activation=activation, name="w"),
-        keras.layers.Activation("tanh"), keras.layers.Dense(1, name="out")])
-    warped = wg.WarpedModel(model)
-    rng = np.random.default_rng(seed)
-    for v in warped.variables("warp").values():
-        v.assign(v.numpy() + 0.3 * rng.standard_normal(v.shape))
-    return warped
+    return dense_warped_mlp(seed, width=4, activation=None if linear else "tanh")
 
 
 def _tasks(num=3, n=10, m=7, seed=0):

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 import warpgrad_tf as wg
+from tests.helpers import central_difference, dense_warped_mlp
 from warpgrad_tf import algorithms, initialisation
 
 
@@ -120,16 +121,7 @@ def test_multitask_equals_task_gradient_at_theta0(float64):
 
 
 def _nonlinear_warped(seed=2):
-    keras.utils.set_random_seed(seed)
-    model = keras.Sequential([
-        keras.Input((2,)), keras.layers.Dense(3, name="h"),
-        wg.WarpBlock("dense", num_layers=2, hidden_units=3, activation="tanh", name="w"),
-        keras.layers.Activation("tanh"), keras.layers.Dense(1, name="out")])
-    warped = wg.WarpedModel(model)
-    rng = np.random.default_rng(seed)
-    for v in warped.variables("warp").values():
-        v.assign(v.numpy() + 0.3 * rng.standard_normal(v.shape))
-    return warped
+    return dense_warped_mlp(seed, width=3, activation="tanh")
 
 
 def test_maml_second_order_matches_finite_difference_through_three_steps(float64):
@@ -153,14 +145,7 @@ def test_maml_second_order_matches_finite_difference_through_three_steps(float64
     eps = 1e-6
     fo = _run(warped, "fomaml", 0.4, 3, task)
     diff_fo = 0.0
-    for name, value in theta0.items():
-        flat = value.numpy().reshape(-1)
-        fd = np.zeros_like(flat)
-        for i in range(flat.size):
-            for sign in (1, -1):
-                bumped = flat.copy()
-                bumped[i] += sign * eps
-                fd[i] += sign * meta_loss(dict(theta0, **{name: tf.constant(bumped.reshape(value.shape))})) / (2 * eps)
+    for name, fd in central_difference(meta_loss, theta0, eps).items():
         np.testing.assert_allclose(run.init.grads[name].numpy().reshape(-1), fd, rtol=1e-5, atol=1e-9)
         np.testing.assert_allclose(with_lr.init.grads[name], run.init.grads[name], rtol=1e-12)
         diff_fo += float(np.sum((fo.init.grads[name].numpy().reshape(-1) - fd) ** 2))

@@ -1,5 +1,6 @@
 """The maze trainer: one iteration per gin config, Algorithm 3's warp-update period, resume, bad input."""
 
+import glob
 import json
 import os
 import subprocess
@@ -50,7 +51,9 @@ def test_one_iteration_per_config(tmp_path, name):
     assert np.isfinite(summary["last_fifth_mean_return"])
     for path in ("returns.json", "returns.png", "operative_config.gin", "checkpoints/checkpoint"):
         assert os.path.exists(os.path.join(root, path)), path
-    assert os.listdir(os.path.join(root, "train"))  # TensorBoard events
+    tags = {v.tag for path in glob.glob(os.path.join(root, "train", "events.*"))
+            for e in tf.compat.v1.train.summary_iterator(path) for v in e.summary.value}
+    assert {"mean_episode_return", "episodes_per_sec", "loss", "entropy"} <= tags  # TensorBoard
     assert f"cell = '{name}'" in open(os.path.join(root, "operative_config.gin")).read()
 
 
@@ -64,10 +67,18 @@ def test_resume_continues_exactly_and_warps_update_every_warp_period(tmp_path):
     assert int(_checkpoint_value(a, "warp_accumulator/updates")) == 1
     assert int(_checkpoint_value(a, "warp_accumulator/count")) == 1
     assert np.any(_checkpoint_value(a, "warp_accumulator/sums/3") != 0)
-    # Stop after one iteration (accumulator half full), then resume to three.
-    trainer.train_eval(b, num_iterations=1, **kwargs)
-    resumed = trainer.train_eval(b, num_iterations=3, **kwargs)
+    # Stop after one iteration (accumulator half full), then resume to two and to three.
+    task0, warp0 = "task_optimizer/_trainable_variables/0", "warp_optimizer/_trainable_variables/3"
+    snapshots = []
+    for n in (1, 2, 3):
+        resumed = trainer.train_eval(b, num_iterations=n, **kwargs)
+        snapshots.append({k: _checkpoint_value(b, k) for k in (task0, warp0)})
     assert resumed == straight
+    # Task parameters move on every batch; warp parameters only on the warp_period-th (2nd) task update.
+    assert not np.array_equal(snapshots[0][task0], snapshots[1][task0])
+    assert not np.array_equal(snapshots[1][task0], snapshots[2][task0])
+    assert not np.array_equal(snapshots[0][warp0], snapshots[1][warp0])
+    np.testing.assert_array_equal(snapshots[1][warp0], snapshots[2][warp0])
     ha, hb = (json.load(open(os.path.join(d, "returns.json")))["history"] for d in (a, b))
     assert ha == hb and [h["iteration"] for h in hb] == [0, 1, 2]
     for name in ("task_optimizer/_trainable_variables/0", "warp_optimizer/_trainable_variables/3",

@@ -84,8 +84,27 @@ def test_trainer_runs_one_meta_step_and_resumes(tmp_path):
         saved = json.load(f)
     assert np.isfinite(saved["warpgrad_final_loss_mean"]) and np.isfinite(saved["gd_final_loss_mean"])
     assert saved["warpgrad_final_loss_mean"] != saved["gd_final_loss_mean"]  # the warp moved off the identity
+    # Wins, losses and ties (both at the same minimum) of WarpGrad against GD partition the 8 pairs.
+    assert 0 <= saved["fraction_pairs_warpgrad_lower"] + saved["fraction_pairs_gd_lower"] <= 1
+    assert saved["native_start"]["inverted_pairs"] <= 8
     assert len(saved["plotted"]) == 1
     assert os.path.getsize(os.path.join(root, "trajectories.png")) > 0
     assert os.listdir(os.path.join(root, "train")) and os.listdir(os.path.join(root, "eval"))
     resumed = trainer.train_eval(root, meta_steps=2, **kwargs)
     assert resumed["meta_steps"] == 2
+
+
+def test_loop_sum_adds_structured_terms_in_a_graph():
+    from trainers import common
+
+    @tf.function
+    def total(n):
+        zeros = (tf.constant(0.0), {"w": tf.zeros([2])})
+        return common.loop_sum(n, lambda i: (tf.cast(i, tf.float32), {"w": tf.ones([2]) * tf.cast(i, tf.float32)}),
+                               zeros)
+
+    scalar, tree = total(tf.constant(5))
+    assert float(scalar) == pytest.approx(10.0)  # 0 + 1 + 2 + 3 + 4
+    np.testing.assert_allclose(tree["w"].numpy(), [10.0, 10.0])
+    scalar, _ = total(tf.constant(0))
+    assert float(scalar) == 0.0

@@ -208,3 +208,64 @@ def write_json(path, payload):
     with open(tmp, "w") as f:
         json.dump(payload, f, indent=2, default=default)
     os.replace(tmp, path)
+
+
+def loop_sum(count, fn, initial):
+    """``initial + Σ_{i < count} fn(i)`` as one ``tf.while_loop`` (for use inside ``tf.function``).
+
+    The meta-gradient estimators of the trainers sum per-task (Alg. 1: per-step) terms — meta-losses and
+    gradient dicts — over a meta-batch; this keeps the graph small whatever ``count`` is.
+
+    Args:
+      count: number of terms (int or scalar int tensor).
+      fn: ``fn(i) -> structure`` of tensors matching ``initial`` (``tf.nest``).
+      initial: the starting structure, usually zeros shaped like the terms.
+    """
+
+    def body(i, total):
+        return i + 1, tf.nest.map_structure(tf.add, total, fn(i))
+
+    _, total = tf.while_loop(lambda i, _: i < count, body, (tf.constant(0), initial))
+    return total
+
+
+def meta_train(step_fn, start, total_steps, checkpointer, writers, *, log_every=10, checkpoint_every=100,
+               after_step=None, desc="meta-train", postfix="meta_loss"):
+    """The meta-training loop of a single-process trainer: progress bar, summaries, checkpoints, interruption.
+
+    Runs ``step_fn(step)`` for ``step = start, …, total_steps − 1``. ``step_fn`` performs one meta step and
+    returns a dict of scalar summaries; every ``log_every`` steps (and at the last) they are written to
+    ``writers.train`` with ``steps_per_sec``. ``after_step(step)`` (1-based count of completed steps) runs after
+    each step, e.g. for periodic validation. A checkpoint is saved every ``checkpoint_every`` steps and when
+    the loop ends; SIGINT / SIGTERM stop it cleanly after the current step (:class:`Interrupt`).
+
+    Returns:
+      ``(step, interrupted)``: the number of completed steps and whether a signal stopped the loop.
+    """
+    import time
+
+    step = int(start)
+    total_steps = int(total_steps)
+    with Interrupt() as interrupt:
+        bar = progress(total_steps, initial=min(step, total_steps), desc=desc)
+        tic = time.time()
+        while step < total_steps and not interrupt.requested:
+            summaries = step_fn(step)
+            step += 1
+            bar.update(1)
+            if step % log_every == 0 or step == total_steps:
+                summaries = dict(summaries, steps_per_sec=log_every / max(time.time() - tic, 1e-9))
+                writers.scalars(writers.train, step, summaries)
+                if postfix in summaries:
+                    bar.set_postfix({postfix: f"{float(summaries[postfix]):.4f}"})
+                tic = time.time()
+            if after_step is not None:
+                after_step(step)
+            if step % checkpoint_every == 0:
+                checkpointer.save(step)
+        bar.close()
+        if step > start:
+            checkpointer.save(step)
+    if interrupt.requested:
+        logging.warning("Interrupted at meta step %d; rerun with the same --root_dir to resume.", step)
+    return step, interrupt.requested

@@ -25,7 +25,6 @@ runs fluctuate).
 from __future__ import annotations
 
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -114,8 +113,11 @@ def summarise(curves, order):
     }
 
 
-def plot(path, curves_by_method, orders, steps_per_subtask):
-    """Fig. 12: per-sub-task held-out log-loss over the K continual steps, one panel per method and order."""
+def plot(path, curves_by_method, orders, steps_per_subtask, num_sequences=None):
+    """Fig. 12: per-sub-task held-out log-loss over the K continual steps, one panel per method and order.
+
+    Dashed vertical lines mark the switches to the next sub-task of the order (every ``steps_per_subtask``).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,6 +141,8 @@ def plot(path, curves_by_method, orders, steps_per_subtask):
                 ax.set_ylabel("held-out loss (Eq. 22)")
             ax.grid(alpha=0.3, which="both")
     axes[0][0].legend(fontsize=8)
+    if num_sequences:
+        fig.suptitle(f"mean held-out loss per sub-task over {num_sequences} held-out task sequences", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -189,7 +193,8 @@ def train_eval(
       meta_learning_rate: Adam step size.
       objective: ``"exact"`` (Eq. 11) or ``"approx"`` (Eq. 12) one-step meta-gradient.
       points_per_sequence: θ_k sampled per sequence for the meta-gradient (``None``: all K, as Alg. 1).
-      seed: seed of meta-training sequences and sampled points (derived per step, so resume is exact).
+      seed: seed of the warp initialisation, meta-training sequences and sampled points (derived per step,
+        so resume is exact).
       eval_sequences: held-out sequences of the final evaluation (100 in Fig. 12).
       eval_orders: ``(name, order)`` pairs; orders are permutations of the sub-tasks.
       eval_every: every this many meta steps (and after the last), evaluate on ``eval_every_sequences``
@@ -211,6 +216,9 @@ def train_eval(
         raise ValueError(f"points_per_sequence must lie in [1, {steps}] or be None; got {points_per_sequence}.")
     model_kwargs = dict(hidden_units=hidden_units, num_layers=num_layers, use_warp=use_warp,
                         warp_hidden_units=warp_hidden_units, warp_layers=warp_layers, init_seed=init_seed)
+    # Seeds the warp blocks' hidden-layer initialisation (their output maps start at zero, so the initial warp is
+    # the identity whatever the seed); θ0 depends on init_seed only.
+    keras.utils.set_random_seed(seed)
     warped = WarpedModel(build_model(**model_kwargs))
     rule = update_rules.sgd(inner_learning_rate)
     meta_learning = bool(warped.names["warp"]) and meta_steps > 0
@@ -234,18 +242,16 @@ def train_eval(
         """Mean over the meta-batch of the Eq. 23 meta-gradient (unroll each sequence, then one-step terms)."""
         theta0 = warped.values("task")
 
-        def body(s, meta_total, task_total, grads):
+        def one_sequence(s):
             batches = continual.sequence_batches(train_x[s], train_y[s], training_order)
             trajectory = unroll(warped, theta0, warp, rule, batches, half_mse, steps, training=False)
             result = continual.eq23_meta_gradient(
                 warped, warp, trajectory, rule, batches, eval_x[s], eval_y[s], training_order, points[s],
                 steps_per_subtask, objective=objective)
-            grads = {n: grads[n] + result.grads[n] for n in grads}
-            return s + 1, meta_total + result.meta_loss, task_total + tf.reduce_mean(trajectory.losses), grads
+            return result.meta_loss, tf.reduce_mean(trajectory.losses), result.grads
 
-        zeros = {n: tf.zeros_like(v) for n, v in warp.items()}
-        _, meta_total, task_total, grads = tf.while_loop(
-            lambda s, *_: s < meta_batch_size, body, (tf.constant(0), tf.constant(0.0), tf.constant(0.0), zeros))
+        zeros = (tf.constant(0.0), tf.constant(0.0), {n: tf.zeros_like(v) for n, v in warp.items()})
+        meta_total, task_total, grads = common.loop_sum(meta_batch_size, one_sequence, zeros)
         return (meta_total / meta_batch_size, task_total / meta_batch_size,
                 {n: g / meta_batch_size for n, g in grads.items()})
 
@@ -283,35 +289,24 @@ def train_eval(
             for b, v in zip(best.warp, warp_vars):
                 b.assign(v)
 
+    def train_step(step):
+        (train_x, train_y, eval_x, eval_y), points = sample_step(step)
+        meta_loss, task_loss, grads = meta_gradient(warped.values("warp"), train_x, train_y, eval_x, eval_y,
+                                                    points)
+        optimizer.apply_gradients([(grads[v.path], v) for v in warp_vars])
+        return {"meta_loss": meta_loss, "task_loss": task_loss}
+
+    def after_step(step):
+        if eval_every and (step % eval_every == 0 or step == total_steps):
+            validate(step)
+
     method = "warpgrad" if warped.names["warp"] else "sgd"
     total_steps = meta_steps if meta_learning else 0
-    step = start
-    with common.Interrupt() as interrupt:
-        bar = common.progress(total_steps, initial=min(start, total_steps), desc="meta-train")
-        tic = time.time()
-        while step < total_steps and not interrupt.requested:
-            (train_x, train_y, eval_x, eval_y), points = sample_step(step)
-            meta_loss, task_loss, grads = meta_gradient(warped.values("warp"), train_x, train_y, eval_x, eval_y,
-                                                        points)
-            optimizer.apply_gradients([(grads[v.path], v) for v in warp_vars])
-            step += 1
-            bar.update(1)
-            if step % log_every == 0 or step == total_steps:
-                writers.scalars(writers.train, step, {
-                    "meta_loss": meta_loss, "task_loss": task_loss,
-                    "steps_per_sec": log_every / max(time.time() - tic, 1e-9)})
-                bar.set_postfix(meta_loss=f"{float(meta_loss):.4f}")
-                tic = time.time()
-            if eval_every and (step % eval_every == 0 or step == total_steps):
-                validate(step)
-            if step % checkpoint_every == 0:
-                checkpointer.save(step)
-        bar.close()
-        if step > start:
-            checkpointer.save(step)
-        if interrupt.requested:
-            logging.warning("Interrupted at meta step %d; rerun with the same --root_dir to resume.", step)
-            return None
+    step, interrupted = common.meta_train(train_step, start, total_steps, checkpointer, writers,
+                                          log_every=log_every, checkpoint_every=checkpoint_every,
+                                          after_step=after_step)
+    if interrupted:
+        return None
 
     selected = step
     if select_best and int(best.step) >= 0:
@@ -340,7 +335,7 @@ def train_eval(
     common.write_json(os.path.join(root_dir, "results.json"), results)
     np.savez(os.path.join(root_dir, "curves.npz"),
              **{f"{m}_{name}": c for m, by_order in curves.items() for name, c in by_order.items()})
-    plot(os.path.join(root_dir, "continual.png"), curves, orders, steps_per_subtask)
+    plot(os.path.join(root_dir, "continual.png"), curves, orders, steps_per_subtask, num_sequences=eval_sequences)
     artifacts.save(root_dir, warped, rule, loss="half_mse", steps=steps, batch_size=batch_size, method=method,
                    training_step=step, task_family="continual_sine",
                    extra={"num_subtasks": num_subtasks, "steps_per_subtask": steps_per_subtask,

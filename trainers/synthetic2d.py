@@ -30,7 +30,6 @@ for both starts (1) and (2).
 from __future__ import annotations
 
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -53,6 +52,8 @@ from warpgrad_tf.tasks import synthetic2d  # noqa: E402
 EVAL_SEED_OFFSET = 10**9
 #: ``‖ω(z0) − x0‖`` below which a start counts as inverted (same native start as gradient descent).
 INVERSION_TOLERANCE = 1e-3
+#: Final losses closer than this count as a tie (both runs reached the same minimum) in the pair fractions.
+TIE_TOLERANCE = 1e-3
 
 
 @keras.saving.register_keras_serializable(package="warpgrad_tf")
@@ -168,7 +169,7 @@ def plot(path, panels, warp_layer):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(panels), figsize=(4.8 * len(panels), 9.0), squeeze=False)
+    fig, axes = plt.subplots(2, len(panels), figsize=(5.4 * len(panels), 9.6), squeeze=False)
     grid = np.linspace(-3.5, 3.5, 141, dtype=np.float32)
     g1, g2 = np.meshgrid(grid, grid)
     flat = np.stack([g1.ravel(), g2.ravel()], axis=1)
@@ -178,8 +179,8 @@ def plot(path, panels, warp_layer):
         native = synthetic2d.SurfaceFamily.value(task, g1, g2)
         warped_view = synthetic2d.SurfaceFamily.value(task, warped_flat[:, 0], warped_flat[:, 1]).reshape(g1.shape)
         top, bottom = axes[0][c], axes[1][c]
-        top.contourf(g1, g2, warped_view, levels=30, cmap="viridis")
-        bottom.contourf(g1, g2, native, levels=30, cmap="viridis")
+        top_fill = top.contourf(g1, g2, warped_view, levels=30, cmap="viridis")
+        bottom_fill = bottom.contourf(g1, g2, native, levels=30, cmap="viridis")
         bottom.plot(p["gd_path"][:, 0], p["gd_path"][:, 1], "-", color="black", lw=1.8,
                     label=f"GD from x0 (final {p['gd_final']:.2f})")
         runs = [("param", "orange", "--", "x0")]
@@ -193,8 +194,14 @@ def plot(path, panels, warp_layer):
                         label=f"WarpGrad ω(z_k), z0={start_name} (final {run['final']:.2f})")
             bottom.plot(*run["x"][0], "s", color=color, mec="k", ms=5)
         bottom.plot(*p["start"], "o", color="white", mec="k", label="x0")
-        top.set_title(f"warped space f(ω(z)), surface {c}", fontsize=10)
-        bottom.set_title("native surface f(x)", fontsize=10)
+        top.set_title(f"surface {c}: warped space f(ω(z))", fontsize=10)
+        bottom.set_title(f"surface {c}: native surface f(x)", fontsize=10)
+        top.set_xlabel("z1 (task parameter)")
+        top.set_ylabel("z2 (task parameter)")
+        bottom.set_xlabel("x1 = ω(z)1")
+        bottom.set_ylabel("x2 = ω(z)2")
+        fig.colorbar(top_fill, ax=top, fraction=0.046, pad=0.04, label="f(ω(z))")
+        fig.colorbar(bottom_fill, ax=bottom, fraction=0.046, pad=0.04, label="f(x)")
         for ax in (top, bottom):
             ax.set_xlim(grid[0], grid[-1])
             ax.set_ylim(grid[0], grid[-1])
@@ -281,15 +288,14 @@ def train_eval(
         trajectory = unroll(warped, {point_path: starts}, warp, rule, lambda k: batch, surface_sum, steps,
                             training=False)
 
-        def body(k, meta_total, grads):
+        def one_step(k):
             theta_k, opt_k = trajectory.point(k)
             result = warp_objective(warped, warp, theta_k, opt_k, rule, batch, batch, surface_sum,
                                     objective=objective, training=False)
-            return k + 1, meta_total + result.meta_loss, {n: grads[n] + result.grads[n] for n in grads}
+            return result.meta_loss, result.grads
 
-        zeros = {n: tf.zeros_like(v) for n, v in warp.items()}
-        _, meta_total, grads = tf.while_loop(lambda k, *_: k < steps, body, (tf.constant(0), tf.constant(0.0),
-                                                                             zeros))
+        zeros = (tf.constant(0.0), {n: tf.zeros_like(v) for n, v in warp.items()})
+        meta_total, grads = common.loop_sum(steps, one_step, zeros)
         scale = 1.0 / (steps * starts_per_task)
         final = trajectory.losses[-1] / starts_per_task
         return meta_total * scale, final, {n: g * scale for n, g in grads.items()}
@@ -317,33 +323,20 @@ def train_eval(
             residuals.append(residual)
         return np.concatenate(finals), np.concatenate(residuals)
 
-    step = start
-    with common.Interrupt() as interrupt:
-        bar = common.progress(meta_steps, initial=min(start, meta_steps), desc="meta-train")
-        tic = time.time()
-        while step < meta_steps and not interrupt.requested:
-            task = family.sample(seed * 10**7 + step)
-            constants = np.tile(task.constants(), (starts_per_task, 1))
-            starts = family.starts(seed * 10**7 + step, starts_per_task)
-            if native_starts:
-                starts, _ = invert_warp(warp_layer, starts)
-            meta_loss, final, grads = meta_gradient(warped.values("warp"), constants, starts)
-            optimizer.apply_gradients([(grads[v.path], v) for v in warp_vars])
-            step += 1
-            bar.update(1)
-            if step % log_every == 0 or step == meta_steps:
-                writers.scalars(writers.train, step, {"meta_loss": meta_loss, "final_task_loss": final,
-                                                      "steps_per_sec": log_every / max(time.time() - tic, 1e-9)})
-                bar.set_postfix(meta_loss=f"{float(meta_loss):.3f}")
-                tic = time.time()
-            if step % checkpoint_every == 0:
-                checkpointer.save(step)
-        bar.close()
-        if step > start:
-            checkpointer.save(step)
-        if interrupt.requested:
-            logging.warning("Interrupted at meta step %d; rerun with the same --root_dir to resume.", step)
-            return None
+    def train_step(step):
+        task = family.sample(seed * 10**7 + step)
+        constants = np.tile(task.constants(), (starts_per_task, 1))
+        starts = family.starts(seed * 10**7 + step, starts_per_task)
+        if native_starts:
+            starts, _ = invert_warp(warp_layer, starts)
+        meta_loss, final, grads = meta_gradient(warped.values("warp"), constants, starts)
+        optimizer.apply_gradients([(grads[v.path], v) for v in warp_vars])
+        return {"meta_loss": meta_loss, "final_task_loss": final}
+
+    step, interrupted = common.meta_train(train_step, start, meta_steps, checkpointer, writers,
+                                          log_every=log_every, checkpoint_every=checkpoint_every)
+    if interrupted:
+        return None
 
     warp = warped.values("warp")
     warp_final, _ = eval_pairs_fn(warp, eval_pairs)
@@ -360,13 +353,16 @@ def train_eval(
         "gd_final_loss_mean": float(np.mean(gd_final)),
         "warpgrad_final_loss_median": float(np.median(warp_final)),
         "gd_final_loss_median": float(np.median(gd_final)),
-        "fraction_pairs_warpgrad_lower": float(np.mean(warp_final < gd_final)),
+        "fraction_pairs_warpgrad_lower": float(np.mean(warp_final < gd_final - TIE_TOLERANCE)),
+        "fraction_pairs_gd_lower": float(np.mean(gd_final < warp_final - TIE_TOLERANCE)),
         # WarpGrad from z0 = ω⁻¹(x0), i.e. the same native point as GD, on the pairs where ω was inverted.
         "native_start": {
             "inverted_pairs": int(inverted.sum()),
             "warpgrad_final_loss_mean": float(np.mean(native_final[inverted])) if inverted.any() else None,
             "gd_final_loss_mean": float(np.mean(gd_final[inverted])) if inverted.any() else None,
-            "fraction_pairs_warpgrad_lower": float(np.mean(native_final[inverted] < gd_final[inverted]))
+            "fraction_pairs_warpgrad_lower": float(np.mean(native_final[inverted] < gd_final[inverted] - TIE_TOLERANCE))
+            if inverted.any() else None,
+            "fraction_pairs_gd_lower": float(np.mean(gd_final[inverted] < native_final[inverted] - TIE_TOLERANCE))
             if inverted.any() else None,
         },
     }

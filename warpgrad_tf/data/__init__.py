@@ -25,3 +25,13 @@ __all__ = [
     "load_images",
     "random_affine",
 ]
+
+from warpgrad_tf.data.fewshot import (  # noqa: E402  (few-shot episodes, Sec. 4.1 / App. H)
+    ClassSplit,
+    Episode,
+    FewShotDataError,
+    FewShotEpisodes,
+    FewShotNotFoundError,
+)
+
+__all__ += ["ClassSplit", "Episode", "FewShotDataError", "FewShotEpisodes", "FewShotNotFoundError"]

@@ -4,3 +4,7 @@ from warpgrad_tf.models.fused_batch_norm import FusedBatchNormalization
 from warpgrad_tf.models.omniglot import WARP_VARIANTS, FiLMWarpBlock, omniglot_convnet, warp_layer
 
 __all__ = ["WARP_VARIANTS", "FiLMWarpBlock", "FusedBatchNormalization", "omniglot_convnet", "warp_layer"]
+
+from warpgrad_tf.models.fewshot import fewshot_convnet, partition  # noqa: E402  (App. H few-shot learner)
+
+__all__ += ["fewshot_convnet", "partition"]

@@ -1,0 +1,291 @@
+"""Few-shot image classification (Sec. 4.1, App. H, Table 1): Warp-MAML and its baselines on N-way K-shot episodes.
+
+    python -m trainers.fewshot --gin_file=configs/fewshot/miniimagenet_warp_maml.gin --data_dir=D --root_dir=R \
+        [--gin_param=train_eval.meta_steps=100 ...]
+
+Protocol. Episodes come from :class:`~warpgrad_tf.data.fewshot.FewShotEpisodes` (miniImageNet /
+tieredImageNet pickles or image folders, or Omniglot characters of disjoint alphabets). A meta-step draws
+``meta_batch_size`` training episodes (App. H: one), adapts θ0 for ``inner_steps`` (5) SGD steps on each
+support set with φ fixed, and takes one Adam step on θ0 and φ with the method's objectives: Warp-MAML is
+Eq. 14, ``J = L(φ) + λ C_MAML(θ0)``, the warp objective (Eq. 11) accumulated at every inner step with the
+query set as L_meta's data, trained online (Algorithm 1, :func:`~warpgrad_tf.algorithms.online_step`).
+Baselines from the same pieces (:mod:`warpgrad_tf.algorithms.methods`): MAML, FOMAML, Reptile, Meta-SGD
+(per-parameter inner rates meta-learned through MAML, :mod:`warpgrad_tf.learned_lr`) and T-Nets (linear
+warps).
+
+Model (App. H, :mod:`warpgrad_tf.models.fewshot`): four conv blocks; the last three blocks, their BatchNorm
+scales / offsets and the head adapt; linear 3×3 conv warps follow the last three blocks; block 1 is held
+fixed and meta-learned with the warp objective (``first_block="warp"``). Methods that meta-learn no warps
+run the network without warp layers and, by default, adapt block 1 too (the classic MAML learner).
+BatchNorm always normalises with the batch's statistics (support batch while adapting, the query batch
+when scoring), as in MAML.
+
+Meta-validation every ``eval_every`` meta-steps on ``val_episodes`` validation episodes keeps the best
+meta-parameters; the final evaluation adapts them on ``eval_episodes`` (600) test episodes for
+``eval_inner_steps`` steps and reports the mean query accuracy with a 95 % confidence interval
+(1.96 · std / √n) in ``R/results.json``. TensorBoard logs go to ``R/train`` and ``R/eval``; ``R/checkpoints``
+resumes an interrupted run exactly (episodes are a function of ``(seed, episode number)``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import gin
+import keras
+import numpy as np
+import tensorflow as tf
+
+import warpgrad_tf as wg
+from trainers import common
+from warpgrad_tf import algorithms, learned_lr
+from warpgrad_tf.algorithms import methods as methods_lib
+from warpgrad_tf.data import fewshot as fs
+from warpgrad_tf.models import fewshot as fm
+
+METHODS = ("warp_maml", "maml", "fomaml", "meta_sgd", "tnets", "reptile")
+LABELS = {"warp_maml": "Warp-MAML", "maml": "MAML", "fomaml": "FOMAML", "meta_sgd": "Meta-SGD",
+          "tnets": "T-Nets", "reptile": "Reptile"}
+
+
+def _optimizer(name, learning_rate):
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate)
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    raise ValueError(f"Unknown train_eval.meta_optimizer {name!r}; choose 'sgd' or 'adam'.")
+
+
+def make_evaluator(warped, rule, steps, rates=None):
+    """``run(θ0, φ, support_x, support_y, query_x, query_y) -> (query accuracy, query loss)`` after ``steps``."""
+    loss_fn = wg.losses.softmax_cross_entropy
+
+    @tf.function(reduce_retracing=True)
+    def run(theta0, warp, sx, sy, qx, qy):
+        result = wg.adapt(warped, theta0, warp, rule, wg.minibatches(sx, sy), loss_fn, steps, training=True,
+                          learning_rate=rates, check_finite=False)
+        out, _ = warped.apply(result.task, warp, qx, training=True)
+        return wg.losses.accuracy(qy, out), loss_fn(qy, out)
+
+    return run
+
+
+def evaluate(evaluator, warped, episodes, split, num_episodes, bar=None):
+    """Query accuracies ``[num_episodes]`` of episodes ``0..num_episodes-1`` of ``split``."""
+    theta0, warp = warped.values("task"), warped.values("warp")
+    accs = []
+    for ep in episodes.as_dataset(split, num_episodes):
+        acc, _ = evaluator(theta0, warp, ep.support_x, ep.support_y, ep.query_x, ep.query_y)
+        accs.append(float(acc))
+        if bar is not None:
+            bar.update(1)
+    return np.asarray(accs)
+
+
+def confidence_interval(values):
+    """``(mean, 95 % half-width)`` = ``(mean, 1.96 · std / √n)`` (the convention of Table 1)."""
+    values = np.asarray(values, np.float64)
+    if values.size < 2:
+        return float(values.mean()), float("nan")
+    return float(values.mean()), float(1.96 * values.std(ddof=1) / np.sqrt(values.size))
+
+
+def _check(method, ways, shots, queries, inner_steps, meta_steps, meta_batch_size, eval_episodes, val_episodes,
+           eval_every, checkpoint_every, first_block):
+    if method not in METHODS:
+        raise ValueError(f"Unknown train_eval.method {method!r}; choose one of {list(METHODS)}.")
+    for name, value, low in (("ways", ways, 2), ("shots", shots, 1), ("queries", queries, 1),
+                             ("inner_steps", inner_steps, 1), ("meta_steps", meta_steps, 0),
+                             ("meta_batch_size", meta_batch_size, 1), ("eval_episodes", eval_episodes, 1),
+                             ("val_episodes", val_episodes, 0), ("eval_every", eval_every, 1),
+                             ("checkpoint_every", checkpoint_every, 1)):
+        if isinstance(value, bool) or int(value) < low:
+            raise ValueError(f"train_eval.{name} must be an int >= {low}; got {value!r}.")
+    if first_block not in (None, *fm.FIRST_BLOCK_ROLES):
+        raise ValueError(f"train_eval.first_block must be None or one of {fm.FIRST_BLOCK_ROLES}; "
+                         f"got {first_block!r}.")
+
+
+@gin.configurable(denylist=["root_dir", "data_dir"])
+def train_eval(root_dir, data_dir,
+               # data
+               dataset="omniglot", ways=5, shots=1, queries=15, train_shots=None,
+               # method
+               method="warp_maml", preset=None, objective=None, first_block=None, warp="conv3x3",
+               # task adaptation
+               inner_steps=5, inner_lr=0.4, eval_inner_steps=None,
+               # meta-training
+               meta_steps=60000, meta_batch_size=1, meta_optimizer="adam", init_lr=1e-3, warp_lr=1e-3,
+               init_weight=1.0, lr_meta_lr=1e-3, lr_clip=None,
+               # evaluation and bookkeeping
+               eval_episodes=600, val_episodes=100, eval_every=1000, checkpoint_every=100, log_every=10,
+               max_train_cpu_seconds=None, seed=0):
+    """Meta-train ``method`` on few-shot episodes, meta-validate, evaluate on ``eval_episodes`` test episodes.
+
+    Args:
+      root_dir: run directory (re-running with the same one resumes).
+      data_dir: the data set's folder (see :mod:`warpgrad_tf.data.fewshot`).
+      dataset: ``"omniglot"``, ``"miniimagenet"`` or ``"tieredimagenet"``.
+      ways, shots, queries: N, K and L of the evaluation episodes; ``train_shots``: K while meta-training
+        (App. H meta-trains 1-shot learners on 5-shot episodes; default ``shots``).
+      method: one of ``METHODS`` (names of :mod:`warpgrad_tf.algorithms.methods`).
+      preset: the gin file's name (informational).
+      objective: warp objective override (``"exact"`` Eq. 11 / ``"approx"`` Eq. 12) or None (the method's).
+      first_block: block 1's role (:func:`warpgrad_tf.models.fewshot.partition`); None: ``"warp"`` for
+        methods that meta-learn warps (App. H), ``"task"`` otherwise.
+      warp: warp variant for methods that meta-learn warps (``conv3x3``: App. H; ``conv1x1``: T-Nets).
+      inner_steps, inner_lr: K = 5 SGD steps and α; ``eval_inner_steps`` for evaluation (default K).
+      meta_steps, meta_batch_size: meta-training length and episodes per meta-step.
+      meta_optimizer, init_lr, warp_lr, init_weight: Adam (App. H) for θ0 and φ, and λ.
+      lr_meta_lr, lr_clip: Meta-SGD: meta learning rate and clip of the per-parameter inner rates.
+      eval_episodes, val_episodes, eval_every: test episodes (600), validation episodes and period.
+      checkpoint_every, log_every: checkpoint and TensorBoard periods (meta-steps).
+      max_train_cpu_seconds: stop meta-training once the process has used this much CPU time (all threads,
+        validation included; checkpointing first) — a budget that does not depend on other load.
+      seed: model initialisation, episodes and the Omniglot alphabet split.
+    """
+    _check(method, ways, shots, queries, inner_steps, meta_steps, meta_batch_size, eval_episodes, val_episodes,
+           eval_every, checkpoint_every, first_block)
+    m = methods_lib.get(method)
+    learns_warp = (objective or m.objective) is not None
+    first_block = first_block or ("warp" if learns_warp else "task")
+    eval_inner_steps = int(eval_inner_steps or inner_steps)
+    meta_batch_size = int(meta_batch_size)
+
+    episodes = fs.FewShotEpisodes(data_dir, dataset, ways, shots, queries, seed=seed)
+    train_episodes = episodes
+    if train_shots is not None and int(train_shots) != int(shots):
+        train_episodes = fs.FewShotEpisodes(data_dir, dataset, ways, int(train_shots), queries, seed=seed,
+                                            splits=("train",))
+    shape = episodes.image_shape
+
+    keras.utils.set_random_seed(int(seed))
+    # Meta-SGD: FusedBatchNormalization inside Algorithm 1's task loop with learned-rate variables makes
+    # TensorFlow report "nodes in a cycle"; Keras' BatchNormalization gives the same results without it.
+    fused = {"fused_batch_norm": False} if m.learned_rate else {}
+    model = fm.fewshot_convnet(num_classes=int(ways), image_size=shape[0], channels=shape[2],
+                               warp=warp if learns_warp else None, **fused)
+    warped = fm.partition(model, first_block)
+    methods_lib.check_model(method, warped)
+    rule = wg.sgd(inner_lr)
+    loss_fn = wg.losses.softmax_cross_entropy
+    rate = learned_lr.learned_rate(warped, inner_lr, m.learned_rate) if m.learned_rate else None
+    rates = rate.rates() if rate is not None else None
+    label = LABELS[method] + ("" if preset in (None, method) else f" ({preset})")
+
+    os.makedirs(root_dir, exist_ok=True)
+    common.write_operative_config(root_dir)
+    writers = common.SummaryWriters(root_dir)
+    evaluator = make_evaluator(warped, rule, eval_inner_steps, rates)
+
+    task_vars, warp_vars = list(warped.task_variables.values()), list(warped.warp_variables.values())
+    init_opt = _optimizer(meta_optimizer, init_lr) if m.init != "none" else None
+    warp_opt = _optimizer(meta_optimizer, warp_lr) if learns_warp and warp_vars else None
+    lr_opt = keras.optimizers.Adam(lr_meta_lr) if rate is not None else None
+    trackables = {"model": list(model.variables)}
+    for name, opt, variables in (("init_optimizer", init_opt, task_vars), ("warp_optimizer", warp_opt, warp_vars),
+                                 ("lr_optimizer", lr_opt, list(rate.variables.values()) if rate else [])):
+        if opt is not None:
+            opt.build(variables)
+            trackables[name] = opt
+    if rate is not None:
+        trackables["inner_rates"] = list(rate.variables.values())
+    best_score = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_score")
+    best_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_step")
+    ckpt = common.Checkpointer(root_dir, best_score=best_score, best_step=best_step, **trackables)
+    best = tf.train.Checkpoint(model=list(model.variables), **({"inner_rates": trackables["inner_rates"]}
+                                                                 if rate is not None else {}))
+    best_dir = os.path.join(root_dir, "best")
+    start = ckpt.restore()
+
+    learner = methods_lib.meta_learner_for(method, rule, loss_fn, int(inner_steps), objective=objective,
+                                           init_weight=init_weight)
+    optimizers = algorithms.meta_optimizers(warp=warp_opt, init=init_opt, learning_rate=lr_opt)
+    step_fn = algorithms.online_step(warped, learner, optimizers, learned_rate=rate, clip=lr_clip)
+
+    def validate(step):
+        if not int(val_episodes):
+            return float("nan")
+        accs = evaluate(evaluator, warped, episodes, "val", int(val_episodes))
+        score, ci = confidence_interval(accs)
+        writers.scalars(writers.eval, step, {"val/accuracy": score, "val/ci95": ci})
+        if score > float(best_score.numpy()):
+            best_score.assign(score)
+            best_step.assign(int(step))
+            best.write(os.path.join(best_dir, "best"))
+        return score
+
+    t0, cpu0 = time.time(), time.process_time()
+    if meta_steps and start == 0:
+        validate(0)
+    bar = common.progress(int(meta_steps), initial=min(start, int(meta_steps)), desc=f"meta-train {label}")
+    data = iter(train_episodes.as_dataset("train", max(int(meta_steps) - start, 0) * meta_batch_size,
+                                          start=start * meta_batch_size, batch_size=meta_batch_size))
+    last, stopped_at = {}, None
+    with common.Interrupt() as interrupt:
+        for step in range(start, int(meta_steps)):
+            ep = next(data)
+            seeds = tf.range(step * meta_batch_size, (step + 1) * meta_batch_size, dtype=tf.int64) + seed * 10**9
+            metrics = step_fn(algorithms.Tasks(ep.support_x, ep.support_y, ep.query_x, ep.query_y), seeds)
+            last = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+            bar.update(1)
+            done = step + 1
+            if done % log_every == 0 or done == meta_steps:
+                bar.set_postfix(query_loss=f"{last.get('init_value', float('nan')):.3f}")
+                writers.scalars(writers.train, done, {f"train/{k}": v for k, v in last.items()})
+            out_of_time = (max_train_cpu_seconds is not None
+                           and time.process_time() - cpu0 > float(max_train_cpu_seconds))
+            validated = done % eval_every == 0 or done == meta_steps or out_of_time
+            if validated:
+                bar.set_postfix(val_acc=f"{validate(done):.3f}")
+            if done % checkpoint_every == 0 or validated:
+                ckpt.save(done)
+            if interrupt.requested:
+                ckpt.save(done)
+                bar.close()
+                raise KeyboardInterrupt(f"interrupted at meta-step {done}: checkpoint saved, re-run to resume")
+            if out_of_time:
+                stopped_at = done
+                break
+    bar.close()
+    train_seconds, train_cpu_seconds = time.time() - t0, time.process_time() - cpu0
+    cpu1 = time.process_time()
+    if int(best_step.numpy()) >= 0:
+        best.read(os.path.join(best_dir, "best")).assert_consumed()
+
+    bar = common.progress(int(eval_episodes), desc=f"evaluate {label}")
+    accs = evaluate(evaluator, warped, episodes, "test", int(eval_episodes), bar=bar)
+    bar.close()
+    mean, ci = confidence_interval(accs)
+    eval_cpu_seconds = time.process_time() - cpu1
+    final_step = stopped_at or int(meta_steps)
+    writers.scalars(writers.eval, final_step, {"test/accuracy": mean, "test/ci95": ci})
+    wg.artifacts.save(root_dir, warped, rule, loss="softmax_cross_entropy", steps=eval_inner_steps, batch_size=None,
+                      method=method, training_step=int(max(best_step.numpy(), 0)), task_family=f"fewshot/{dataset}",
+                      extra={"ways": int(ways), "shots": int(shots), "learned_rate": rate is not None})
+    results = {
+        "task": f"fewshot/{dataset}", "method": method, "preset": preset, "label": label,
+        "algorithm": "online" if meta_steps else None, "objective": learner.objective,
+        "data_format": episodes.data_format, "alphabets": episodes.alphabets,
+        "classes": {s: len(episodes.classes(s).names) for s in fs.SPLITS},
+        "ways": int(ways), "shots": int(shots), "queries": int(queries),
+        "train_shots": int(train_shots or shots), "first_block": first_block, "warp": warp if learns_warp else None,
+        "inner_steps": int(inner_steps), "eval_inner_steps": eval_inner_steps, "inner_lr": float(inner_lr),
+        "meta_steps": int(meta_steps), "meta_steps_done": final_step, "meta_batch_size": meta_batch_size,
+        "meta_optimizer": meta_optimizer, "init_lr": float(init_lr), "warp_lr": float(warp_lr),
+        "best_step": int(best_step.numpy()), "best_val_accuracy": float(best_score.numpy()),
+        "test": {"episodes": int(accs.size), "accuracy": mean, "ci95": ci},
+        "last_train_metrics": last, "meta_train_seconds_this_run": train_seconds,
+        "meta_train_cpu_seconds_this_run": train_cpu_seconds, "eval_cpu_seconds": eval_cpu_seconds, "seed": int(seed),
+        "task_parameters": warped.num_parameters("task"), "warp_parameters": warped.num_parameters("warp"),
+    }
+    common.write_json(os.path.join(root_dir, "results.json"), results)
+    print(f"\n{label}: {int(ways)}-way {int(shots)}-shot test accuracy {100 * mean:.2f} ± {100 * ci:.2f}% "
+          f"({accs.size} episodes); best meta-step {int(best_step.numpy())}\n"
+          f"results: {os.path.join(root_dir, 'results.json')}\nTensorBoard: tensorboard --logdir {root_dir}")
+    return results
+
+
+if __name__ == "__main__":
+    common.run_main(train_eval, data_dir=True)

@@ -30,11 +30,20 @@ authors' code).
 Outputs under ``root_dir``: ``results.json``, ``curves.png``, TensorBoard logs in ``train/`` and ``eval/``,
 ``checkpoints/`` (resume: re-run the same command), ``best/`` (the chosen meta-parameters) and the
 exportable model in ``model/``. Resume is exact: every random choice is derived from ``(seed, step)``.
+
+Scale-out. ``--strategy=mirrored`` (every local GPU, or ``--cpu_replicas=N`` logical CPU devices),
+``--strategy=multi_worker`` (one process per worker, ``TF_CONFIG``) or ``--strategy=tpu`` shard each
+meta-batch over the replicas (:mod:`warpgrad_tf.distribute`): every replica adapts its own tasks and, offline,
+replays only its own trajectories; the meta-gradient sums are all-reduced, so a distributed meta-step equals
+the single-device one. The meta-batch must divide evenly over the replicas. Only the chief writes
+``root_dir``; the other workers write to scratch folders and resume from the chief's checkpoints.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import tempfile
 import time
 
 import gin
@@ -44,7 +53,7 @@ import tensorflow as tf
 
 import warpgrad_tf as wg
 from trainers import common
-from warpgrad_tf import algorithms
+from warpgrad_tf import algorithms, distribute
 from warpgrad_tf.algorithms import methods as methods_lib
 from warpgrad_tf.data import omniglot as og
 from warpgrad_tf.models import omniglot_convnet
@@ -179,7 +188,7 @@ def train_eval(root_dir, data_dir,
                # evaluation and meta-validation
                eval_steps=100, eval_repeats=1, eval_every=100, val_steps=None,
                # bookkeeping
-               checkpoint_every=50, log_every=10, seed=0, deterministic=False):
+               checkpoint_every=50, log_every=10, seed=0, deterministic=False, strategy=None):
     """Meta-train ``method`` on Omniglot alphabets, meta-validate, evaluate on held-out alphabets.
 
     Args:
@@ -204,6 +213,8 @@ def train_eval(root_dir, data_dir,
         written after every meta-validation and on SIGTERM / Ctrl-C).
       seed: model initialisation and every random choice of the run.
       deterministic: enable TensorFlow op determinism (bit-exact resume).
+      strategy: a ``tf.distribute.Strategy`` (``--strategy``) whose replicas share every meta-batch; None:
+        the default (single-device) strategy.
     """
     _check_config(preset, method, algorithm, objective, inner_steps, meta_steps, eta, meta_batch_size,
                   checkpoint_every, eval_every)
@@ -217,6 +228,13 @@ def train_eval(root_dir, data_dir,
     learns_warp = (objective or m.objective) is not None
     meta_steps = int(meta_steps) if m.init != "none" or learns_warp else 0  # sgd: nothing to meta-learn
     val_steps = int(val_steps or eval_steps)
+    strategy = strategy or tf.distribute.get_strategy()
+    distributed = strategy is not tf.distribute.get_strategy()
+    run_dir = root_dir  # checkpoints: the chief's, read by every worker
+    if distributed:
+        distribute.shard_size(strategy, int(meta_batch_size))  # an indivisible meta-batch fails here, early
+        if not distribute.is_chief(strategy):  # the other workers write their logs and results to scratch
+            root_dir = tempfile.mkdtemp(prefix="warpgrad_omniglot_worker_")
 
     data = og.OmniglotTasks(data_dir)
     split = data.split_alphabets
@@ -229,8 +247,9 @@ def train_eval(root_dir, data_dir,
     val_source = "val alphabets" if split["val"] else "held-out drawings of the meta-training alphabets"
 
     keras.utils.set_random_seed(int(seed))
-    model = omniglot_convnet(num_classes=data.num_classes, warp=warp if learns_warp else None)
-    warped = wg.WarpedModel(model)
+    with strategy.scope():  # φ, θ0, BatchNorm state and optimiser slots mirrored over the replicas
+        model = omniglot_convnet(num_classes=data.num_classes, warp=warp if learns_warp else None)
+        warped = wg.WarpedModel(model)
     rule = wg.update_rules.get(inner_rule, inner_lr)
     loss_fn = wg.losses.softmax_cross_entropy
     label = LABELS.get(method, method) + ("" if preset in (None, method) else f" ({preset})")
@@ -245,16 +264,19 @@ def train_eval(root_dir, data_dir,
     # --- meta-training state: every variable of the model, both optimisers, step, best validation score
     model_vars = list(model.variables)
     task_vars, warp_vars = list(warped.task_variables.values()), list(warped.warp_variables.values())
-    init_opt = _optimizer(meta_optimizer, init_lr) if m.init != "none" else None
-    warp_opt = _optimizer(meta_optimizer, warp_lr) if learns_warp and warp_vars else None
     trackables = {"model": model_vars}
-    for name, opt, variables in (("init_optimizer", init_opt, task_vars), ("warp_optimizer", warp_opt, warp_vars)):
-        if opt is not None:
-            opt.build(variables)
-            trackables[name] = opt
+    with strategy.scope():
+        init_opt = _optimizer(meta_optimizer, init_lr) if m.init != "none" else None
+        warp_opt = _optimizer(meta_optimizer, warp_lr) if learns_warp and warp_vars else None
+        for name, opt, variables in (("init_optimizer", init_opt, task_vars),
+                                     ("warp_optimizer", warp_opt, warp_vars)):
+            if opt is not None:
+                opt.build(variables)
+                trackables[name] = opt
     best_score = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_score")
     best_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_step")
-    ckpt = common.Checkpointer(root_dir, best_score=best_score, best_step=best_step, **trackables)
+    checkpointer = functools.partial(distribute.WorkerCheckpointer, strategy) if distributed else common.Checkpointer
+    ckpt = checkpointer(run_dir, best_score=best_score, best_step=best_step, **trackables)
     best = tf.train.Checkpoint(model=model_vars)
     best_dir = os.path.join(root_dir, "best")
     start = ckpt.restore()
@@ -264,8 +286,12 @@ def train_eval(root_dir, data_dir,
                                            meta_batch_size=task_batch_size)
     optimizers = algorithms.meta_optimizers(warp=warp_opt, init=init_opt)
     offline = learns_warp and algorithm == "offline"
-    step_fn = (algorithms.offline_step(warped, learner, optimizers, int(eta)) if offline
-               else algorithms.online_step(warped, learner, optimizers))
+    if distributed:
+        step_fn = (distribute.distributed_offline_step(strategy, warped, learner, optimizers, int(eta)) if offline
+                   else distribute.distributed_online_step(strategy, warped, learner, optimizers))
+    else:
+        step_fn = (algorithms.offline_step(warped, learner, optimizers, int(eta)) if offline
+                   else algorithms.online_step(warped, learner, optimizers))
 
     def meta_batch(step):
         rng = np.random.default_rng([int(seed), int(step), 17])
@@ -368,6 +394,7 @@ def train_eval(root_dir, data_dir,
                                                  "train_accuracy": v["train_curve"]}
                                              for a, v in per_alphabet.items()}},
         "last_train_metrics": last, "meta_train_seconds_this_run": train_seconds,
+        "replicas": int(strategy.num_replicas_in_sync),
         "warp_parameters": warped.num_parameters("warp"), "task_parameters": warped.num_parameters("task"),
     }
     common.write_json(os.path.join(root_dir, "results.json"), results)

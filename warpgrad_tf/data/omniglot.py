@@ -292,11 +292,18 @@ def load_images(data_dir, cache_dir=None, image_size=28):
     used = sorted({order: source for _, order, source in choice.values()}.items())
     used_sources = [source for _, source in used]
 
-    builder = OmniglotAlphabets(sources=used_sources, image_size=image_size,
-                                data_dir=cache_dir or _default_cache_dir())
+    def make_builder():
+        return OmniglotAlphabets(sources=used_sources, image_size=image_size,
+                                 data_dir=cache_dir or _default_cache_dir())
+
+    builder = make_builder()
     try:
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    except FileExistsError:
+        # Another process (e.g. a second worker of a multi-worker run) finished the same cache first:
+        # tfds' final rename found the folder in place. Read that cache.
+        builder = make_builder()
     except Exception as e:
         cause = _find_cause(e, OmniglotDataError)
         if cause is not None:

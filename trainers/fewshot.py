@@ -25,11 +25,17 @@ meta-parameters; the final evaluation adapts them on ``eval_episodes`` (600) tes
 ``eval_inner_steps`` steps and reports the mean query accuracy with a 95 % confidence interval
 (1.96 · std / √n) in ``R/results.json``. TensorBoard logs go to ``R/train`` and ``R/eval``; ``R/checkpoints``
 resumes an interrupted run exactly (episodes are a function of ``(seed, episode number)``).
+
+Scale-out: ``--strategy=mirrored|multi_worker|tpu`` shards each meta-batch of episodes over the replicas
+(:func:`warpgrad_tf.distribute.distributed_online_step`; the meta-batch must divide evenly); only the chief
+writes ``root_dir``, the other workers log to scratch and resume from the chief's checkpoints.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import tempfile
 import time
 
 import gin
@@ -39,7 +45,7 @@ import tensorflow as tf
 
 import warpgrad_tf as wg
 from trainers import common
-from warpgrad_tf import algorithms, learned_lr
+from warpgrad_tf import algorithms, distribute, learned_lr
 from warpgrad_tf.algorithms import methods as methods_lib
 from warpgrad_tf.data import fewshot as fs
 from warpgrad_tf.models import fewshot as fm
@@ -120,7 +126,7 @@ def train_eval(root_dir, data_dir,
                init_weight=1.0, lr_meta_lr=1e-3, lr_clip=None,
                # evaluation and bookkeeping
                eval_episodes=600, val_episodes=100, eval_every=1000, checkpoint_every=100, log_every=10,
-               max_train_cpu_seconds=None, seed=0):
+               max_train_cpu_seconds=None, seed=0, strategy=None):
     """Meta-train ``method`` on few-shot episodes, meta-validate, evaluate on ``eval_episodes`` test episodes.
 
     Args:
@@ -144,6 +150,8 @@ def train_eval(root_dir, data_dir,
       max_train_cpu_seconds: stop meta-training once the process has used this much CPU time (all threads,
         validation included; checkpointing first) — a budget that does not depend on other load.
       seed: model initialisation, episodes and the Omniglot alphabet split.
+      strategy: a ``tf.distribute.Strategy`` (``--strategy``) whose replicas share every meta-batch; None:
+        the default (single-device) strategy.
     """
     _check(method, ways, shots, queries, inner_steps, meta_steps, meta_batch_size, eval_episodes, val_episodes,
            eval_every, checkpoint_every, first_block)
@@ -152,6 +160,13 @@ def train_eval(root_dir, data_dir,
     first_block = first_block or ("warp" if learns_warp else "task")
     eval_inner_steps = int(eval_inner_steps or inner_steps)
     meta_batch_size = int(meta_batch_size)
+    strategy = strategy or tf.distribute.get_strategy()
+    distributed = strategy is not tf.distribute.get_strategy()
+    run_dir = root_dir  # checkpoints: the chief's, read by every worker
+    if distributed:
+        distribute.shard_size(strategy, meta_batch_size)  # an indivisible meta-batch fails here, early
+        if not distribute.is_chief(strategy):
+            root_dir = tempfile.mkdtemp(prefix="warpgrad_fewshot_worker_")
 
     episodes = fs.FewShotEpisodes(data_dir, dataset, ways, shots, queries, seed=seed)
     train_episodes = episodes
@@ -164,13 +179,14 @@ def train_eval(root_dir, data_dir,
     # Meta-SGD: FusedBatchNormalization inside Algorithm 1's task loop with learned-rate variables makes
     # TensorFlow report "nodes in a cycle"; Keras' BatchNormalization gives the same results without it.
     fused = {"fused_batch_norm": False} if m.learned_rate else {}
-    model = fm.fewshot_convnet(num_classes=int(ways), image_size=shape[0], channels=shape[2],
-                               warp=warp if learns_warp else None, **fused)
-    warped = fm.partition(model, first_block)
+    with strategy.scope():  # θ0, φ, learned rates and optimiser slots mirrored over the replicas
+        model = fm.fewshot_convnet(num_classes=int(ways), image_size=shape[0], channels=shape[2],
+                                   warp=warp if learns_warp else None, **fused)
+        warped = fm.partition(model, first_block)
+        rate = learned_lr.learned_rate(warped, inner_lr, m.learned_rate) if m.learned_rate else None
     methods_lib.check_model(method, warped)
     rule = wg.sgd(inner_lr)
     loss_fn = wg.losses.softmax_cross_entropy
-    rate = learned_lr.learned_rate(warped, inner_lr, m.learned_rate) if m.learned_rate else None
     rates = rate.rates() if rate is not None else None
     label = LABELS[method] + ("" if preset in (None, method) else f" ({preset})")
 
@@ -180,20 +196,23 @@ def train_eval(root_dir, data_dir,
     evaluator = make_evaluator(warped, rule, eval_inner_steps, rates)
 
     task_vars, warp_vars = list(warped.task_variables.values()), list(warped.warp_variables.values())
-    init_opt = _optimizer(meta_optimizer, init_lr) if m.init != "none" else None
-    warp_opt = _optimizer(meta_optimizer, warp_lr) if learns_warp and warp_vars else None
-    lr_opt = keras.optimizers.Adam(lr_meta_lr) if rate is not None else None
     trackables = {"model": list(model.variables)}
-    for name, opt, variables in (("init_optimizer", init_opt, task_vars), ("warp_optimizer", warp_opt, warp_vars),
-                                 ("lr_optimizer", lr_opt, list(rate.variables.values()) if rate else [])):
-        if opt is not None:
-            opt.build(variables)
-            trackables[name] = opt
+    with strategy.scope():
+        init_opt = _optimizer(meta_optimizer, init_lr) if m.init != "none" else None
+        warp_opt = _optimizer(meta_optimizer, warp_lr) if learns_warp and warp_vars else None
+        lr_opt = keras.optimizers.Adam(lr_meta_lr) if rate is not None else None
+        for name, opt, variables in (("init_optimizer", init_opt, task_vars),
+                                     ("warp_optimizer", warp_opt, warp_vars),
+                                     ("lr_optimizer", lr_opt, list(rate.variables.values()) if rate else [])):
+            if opt is not None:
+                opt.build(variables)
+                trackables[name] = opt
     if rate is not None:
         trackables["inner_rates"] = list(rate.variables.values())
     best_score = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_score")
     best_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_step")
-    ckpt = common.Checkpointer(root_dir, best_score=best_score, best_step=best_step, **trackables)
+    checkpointer = functools.partial(distribute.WorkerCheckpointer, strategy) if distributed else common.Checkpointer
+    ckpt = checkpointer(run_dir, best_score=best_score, best_step=best_step, **trackables)
     best = tf.train.Checkpoint(model=list(model.variables), **({"inner_rates": trackables["inner_rates"]}
                                                                  if rate is not None else {}))
     best_dir = os.path.join(root_dir, "best")
@@ -202,7 +221,11 @@ def train_eval(root_dir, data_dir,
     learner = methods_lib.meta_learner_for(method, rule, loss_fn, int(inner_steps), objective=objective,
                                            init_weight=init_weight)
     optimizers = algorithms.meta_optimizers(warp=warp_opt, init=init_opt, learning_rate=lr_opt)
-    step_fn = algorithms.online_step(warped, learner, optimizers, learned_rate=rate, clip=lr_clip)
+    if distributed:
+        step_fn = distribute.distributed_online_step(strategy, warped, learner, optimizers, learned_rate=rate,
+                                                     clip=lr_clip)
+    else:
+        step_fn = algorithms.online_step(warped, learner, optimizers, learned_rate=rate, clip=lr_clip)
 
     def validate(step):
         if not int(val_episodes):
@@ -279,6 +302,7 @@ def train_eval(root_dir, data_dir,
         "last_train_metrics": last, "meta_train_seconds_this_run": train_seconds,
         "meta_train_cpu_seconds_this_run": train_cpu_seconds, "eval_cpu_seconds": eval_cpu_seconds, "seed": int(seed),
         "task_parameters": warped.num_parameters("task"), "warp_parameters": warped.num_parameters("warp"),
+        "replicas": int(strategy.num_replicas_in_sync),
     }
     common.write_json(os.path.join(root_dir, "results.json"), results)
     print(f"\n{label}: {int(ways)}-way {int(shots)}-shot test accuracy {100 * mean:.2f} ± {100 * ci:.2f}% "

@@ -10,6 +10,15 @@ values::
     query_outputs = model.adapt_and_predict(support_x, support_y, query_x)      # spec's default steps
     params = model.adapt(support_x, support_y, steps=100)   # {parameter name: adapted tensor}
     outputs = model.predict(x, params)
+
+A maze agent export (``trainers/maze.py``; signatures ``initial_state``, ``act``, ``adapt``, ``metadata``)
+loads as an :class:`AdaptiveAgent`::
+
+    agent = load("runs/maze/warp_rnn_s0/saved_model")
+    state = agent.initial_state(30)
+    logits, value, state = agent.act(observation, state)                 # exported θ
+    params = agent.adapt(observations, actions, rewards, steps=1)        # one trainer task update
+    logits, value, state = agent.act(observation, state, params)
 """
 
 from __future__ import annotations
@@ -23,6 +32,16 @@ def _invalid(message):
     return tf.errors.InvalidArgumentError(None, None, message)
 
 
+def _integer(value, arg, minimum=0):
+    """``value`` as an int32 tensor, or an error naming ``arg`` if it is not an integer."""
+    if isinstance(value, bool):
+        raise _invalid(f"{arg} must be an integer >= {minimum}; got {value!r}.")
+    value = tf.convert_to_tensor(value)
+    if not value.dtype.is_integer:
+        raise _invalid(f"{arg} must be an integer >= {minimum}; got dtype {value.dtype.name}.")
+    return tf.saturate_cast(value, tf.int32)
+
+
 class AdaptiveModel:
     """A loaded adaptive SavedModel.
 
@@ -33,9 +52,9 @@ class AdaptiveModel:
         ``training_step``, ``version``, ``parameter_names`` ({signature name: variable path}), ...
     """
 
-    def __init__(self, export_dir):
+    def __init__(self, export_dir, saved_model=None):
         self.export_dir = export_dir
-        self.saved_model = tf.saved_model.load(export_dir)
+        self.saved_model = tf.saved_model.load(export_dir) if saved_model is None else saved_model
         for name in ("adapt", "predict", "adapt_and_predict", "metadata"):
             if name not in self.saved_model.signatures:
                 raise ValueError(f"{export_dir} is not an adaptive SavedModel: it has no {name!r} signature "
@@ -73,13 +92,7 @@ class AdaptiveModel:
         return tf.cast(value, tf.float32)
 
     def _steps(self, steps):
-        steps = self.steps if steps is None else steps
-        if isinstance(steps, bool):
-            raise _invalid(f"steps must be an integer >= 0; got {steps!r}.")
-        steps = tf.convert_to_tensor(steps)
-        if not steps.dtype.is_integer:
-            raise _invalid(f"steps must be an integer >= 0; got dtype {steps.dtype.name}.")
-        return tf.saturate_cast(steps, tf.int32)
+        return _integer(self.steps if steps is None else steps, "steps")
 
     # ------------------------------------------------------------------ the three calls
     def adapt(self, support_x, support_y, steps=None):
@@ -104,6 +117,66 @@ class AdaptiveModel:
             self._features(query_x, "query_x"), self._steps(steps))["outputs"]
 
 
+class AdaptiveAgent:
+    """A loaded maze agent SavedModel (``warpgrad_tf.serving_rl``): act, and adapt on logged episodes.
+
+    Attributes:
+      saved_model: the object returned by ``tf.saved_model.load``.
+      metadata: the export description as Python values (``observation_shape``, ``num_actions``, ``cell``,
+        ``state_names``, ``rule``, ``learning_rate``, ``discount``, ``training_step``, ``parameter_names``...).
+    """
+
+    def __init__(self, export_dir, saved_model=None):
+        self.export_dir = export_dir
+        self.saved_model = tf.saved_model.load(export_dir) if saved_model is None else saved_model
+        for name in ("initial_state", "act", "adapt", "metadata"):
+            if name not in self.saved_model.signatures:
+                raise ValueError(f"{export_dir} is not an agent SavedModel: it has no {name!r} signature.")
+        self.metadata = json.loads(self.saved_model.metadata()["spec_json"].numpy().decode())
+
+    @property
+    def initial_parameters(self):
+        """The exported task parameters θ as ``{parameter name: tensor}``."""
+        return {name: tf.convert_to_tensor(v) for name, v in self.saved_model.task.items()}
+
+    def initial_state(self, batch_size):
+        """The zero recurrent state ``{state name: [batch_size, size]}``."""
+        return self.saved_model.initial_state(_integer(batch_size, "batch_size", 1))
+
+    def act(self, observation, state, task_parameters=None):
+        """``(logits [B, A], value [B], next state)`` of one step under ``task_parameters`` (default θ)."""
+        params = self.initial_parameters if task_parameters is None else dict(task_parameters)
+        expected = set(self.metadata["parameter_names"])
+        if set(params) != expected:
+            raise _invalid(f"task_parameters must have exactly the keys {sorted(expected)}; missing "
+                           f"{sorted(expected - set(params))}, unexpected {sorted(set(params) - expected)}.")
+        names = self.metadata["state_names"]
+        if set(state) != set(names):
+            raise _invalid(f"state must have exactly the keys {names}; got {sorted(state)}.")
+        out = self.saved_model.act(AdaptiveModel._features(observation, "observation"),
+                                   {k: AdaptiveModel._features(state[k], k) for k in names},
+                                   {k: AdaptiveModel._features(v, k) for k, v in params.items()})
+        return out["logits"], out["value"], {k: out[k] for k in names}
+
+    def adapt(self, observations, actions, rewards, mask=None, steps=1):
+        """Task parameters after ``steps`` A2C + Adam updates on logged episodes (mask: 1 = step taken)."""
+        observations = AdaptiveModel._features(observations, "observations")
+        actions = tf.convert_to_tensor(actions)
+        if not actions.dtype.is_integer:
+            raise _invalid(f"actions must hold integer actions in [0, {self.metadata['num_actions']}); got "
+                           f"dtype {actions.dtype.name}.")
+        rewards = tf.convert_to_tensor(rewards)
+        if not (rewards.dtype.is_floating or rewards.dtype.is_integer):
+            raise _invalid(f"rewards must hold numeric rewards; got dtype {rewards.dtype.name}.")
+        mask = tf.ones(tf.shape(actions), tf.float32) if mask is None else tf.convert_to_tensor(mask)
+        if not (mask.dtype.is_floating or mask.dtype.is_integer or mask.dtype.is_bool):
+            raise _invalid(f"mask must hold 0 / 1 values; got dtype {mask.dtype.name}.")
+        return self.saved_model.adapt(observations, tf.saturate_cast(actions, tf.int32), tf.cast(rewards, tf.float32),
+                                      tf.cast(mask, tf.float32), _integer(steps, "steps"))
+
+
 def load(export_dir):
-    """Load an adaptive SavedModel (see :class:`AdaptiveModel`)."""
-    return AdaptiveModel(export_dir)
+    """Load an adaptive SavedModel (:class:`AdaptiveModel`, or :class:`AdaptiveAgent` for a maze agent)."""
+    saved_model = tf.saved_model.load(export_dir)
+    kind = AdaptiveAgent if "act" in saved_model.signatures else AdaptiveModel
+    return kind(export_dir, saved_model)

@@ -4,7 +4,9 @@ r"""Export the trained model of a run as a SavedModel that adapts on its own.
 
 Reads ``R/model`` (written by every trainer through :mod:`warpgrad_tf.artifacts`) and writes a SavedModel
 with the signatures ``adapt``, ``predict``, ``adapt_and_predict`` and ``metadata`` (see
-:mod:`warpgrad_tf.serving`). ``--checkpoint`` takes the weights from a training checkpoint instead of
+:mod:`warpgrad_tf.serving`). A maze agent run (``R/model/agent.json``, ``trainers/maze.py``) is detected and
+exported with ``initial_state``, ``act``, ``adapt`` and ``metadata`` instead (see :mod:`warpgrad_tf.serving_rl`).
+``--checkpoint`` takes the weights from a training checkpoint instead of
 ``R/model/model.keras`` (``latest`` = newest under ``R/checkpoints``). Load the result with TensorFlow alone:
 ``tf.saved_model.load(OUT)`` or :func:`export.load.load`.
 
@@ -25,7 +27,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m export.saved_model",
                                      description="Export a trained warped model as an adaptive SavedModel.")
     parser.add_argument("--root_dir", required=True,
-                        help="run directory holding model/model.keras and model/warpgrad.json")
+                        help="run directory holding model/model.keras and model/warpgrad.json (or "
+                             "model/agent.json for a maze agent)")
     parser.add_argument("--output", required=True,
                         help="SavedModel folder to write (an existing SavedModel there is replaced)")
     parser.add_argument("--checkpoint", default=None,
@@ -59,7 +62,12 @@ def main(argv=None):
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(summary(path, d))
+    if d.get("kind") == "maze_agent":
+        from warpgrad_tf import serving_rl
+
+        print(serving_rl.summary(path, d))
+    else:
+        print(summary(path, d))
     return 0
 
 

@@ -34,7 +34,9 @@ Writes ``R/train`` (TensorBoard: ``mean_episode_return`` against episodes, loss 
 ``R/checkpoints`` (resumable: model, both optimisers, the warp accumulator and the step; episode seeds are
 derived from ``(seed, iteration)``, so a resumed run continues exactly), ``R/returns.json`` (per-iteration
 mean return) and ``R/returns.png``: return against episodes for every run found under R's parent
-directory, grouped by cell.
+directory, grouped by cell. At the end of a run, ``R/model`` holds the agent, its A2C constants and the task
+optimiser's state (:func:`warpgrad_tf.serving_rl.save_agent`), which ``python -m export.saved_model
+--root_dir=R --output=OUT`` exports as a SavedModel that adapts on its own.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from warpgrad_tf.envs import MazeEnv  # noqa: E402
 from warpgrad_tf.layers.rnn import CELLS, make_cell  # noqa: E402
 from warpgrad_tf.model import WarpedModel  # noqa: E402
 from warpgrad_tf.rl import a2c, build_agent, evaluate, rollout  # noqa: E402
+from warpgrad_tf.serving_rl import is_agent_run, save_agent  # noqa: E402
 
 #: Episode-batch seeds of a run are ``seed * SEED_STRIDE + iteration``.
 SEED_STRIDE = 10**7
@@ -212,6 +215,12 @@ def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, ep
         interrupted = interrupt.requested
     if step > start:
         checkpointer.save(step)
+    if step > start or not is_agent_run(root_dir):  # what export needs (R/model), at the checkpoint's step
+        save_agent(root_dir, warped, task_optimizer, cell=cell, discount=discount, value_coef=value_coef,
+                   entropy_coef=entropy_coef, training_step=step,
+                   extra=dict(maze_size=maze_size, episode_length=episode_length, batch_size=batch_size,
+                              units=units, seed=seed, warp_learning_rate=warp_learning_rate,
+                              warp_period=warp_period, **cell_kwargs))
     summary = _write_history(root_dir, cell, seed, batch_size, history)
     if plot:
         plot_returns(os.path.dirname(os.path.abspath(root_dir)), os.path.join(root_dir, "returns.png"))

@@ -69,13 +69,15 @@ def signature_name(path):
     return name
 
 
-def parameter_names(paths):
-    """``{signature name: variable path}`` for ``paths`` (order kept), unique and clear of input names."""
+def parameter_names(paths, reserved=None):
+    """``{signature name: variable path}`` for ``paths`` (order kept), unique and clear of input names
+    (``reserved``; default: this module's signature inputs)."""
+    reserved = _RESERVED if reserved is None else set(reserved)
     mapping = {}
     for path in paths:
         base = signature_name(path)
         name, i = base, 1
-        while name in mapping or name in _RESERVED:
+        while name in mapping or name in reserved:
             name, i = f"{base}_{i}", i + 1
         mapping[name] = path
     return mapping
@@ -428,9 +430,13 @@ def export(root_dir, output, checkpoint=None, seed=None, overwrite=True):
 
     Returns:
       ``(output folder, description dict)``.
-    """
-    from warpgrad_tf import artifacts
 
+    A maze agent run (``R/model/agent.json``) is exported by :func:`warpgrad_tf.serving_rl.export` instead.
+    """
+    from warpgrad_tf import artifacts, serving_rl
+
+    if serving_rl.is_agent_run(root_dir):
+        return serving_rl.export(root_dir, output, checkpoint=checkpoint, seed=seed, overwrite=overwrite)
     _check_output(output, overwrite)  # before the (slow) tracing
     warped, rule, spec = artifacts.load(root_dir)
     if checkpoint:

@@ -1,0 +1,509 @@
+r"""Export a trained maze agent (Sec. 4.3 (c.1), App. I) as a SavedModel that adapts on its own.
+
+The recurrent actor-critic of :mod:`warpgrad_tf.rl.agent` — e.g. the Warp-RNN of Eq. 20, whose meta-LSTM
+and projection P are warp parameters φ and whose W, V, b and policy / value heads are task parameters θ —
+is exported like the supervised models of :mod:`warpgrad_tf.serving`: a bare :class:`tf.Module` holding
+plain ``tf.Variable``\ s (θ at the end of training, φ, and the task optimiser's state) and
+``tf.function``\ s traced from explicit specs. Loading needs TensorFlow only.
+
+Run directory (written by :func:`save_agent` at the end of ``trainers/maze.py``)::
+
+    R/model/model.keras          the one-step Keras model [observation, *state] -> [logits, value, *state]
+    R/model/agent.json           kind "maze_agent": cell, A2C constants, task optimiser, roles, step
+    R/model/task_optimizer.npz   the task optimiser's (Adam's) state: step count, m and v per parameter
+
+Signatures:
+
+``initial_state(batch_size)``
+    ``{"state_0": ..., "state_k": ...}``: the zero recurrent state (``[h]``, or ``[h, z, c]`` for the
+    hyper-network cells) of ``batch_size`` episodes.
+``act(observation, state_0, …, **task_parameters)``
+    ``{"logits" [B, A], "value" [B], "state_0", …}``: one step of the agent under θ (e.g. the output of
+    ``adapt``) and the exported φ. The signature takes flat keyword arguments; the loaded object's
+    ``act(observation, state_dict, parameter_dict)`` takes the state and θ as dicts of named tensors
+    (as the supervised ``predict``).
+``adapt(observations, actions, rewards, mask, steps)``
+    ``{parameter name: θ_K}`` after K = ``steps`` task updates on the given logged episodes with φ fixed —
+    exactly the trainer's task update (Alg. 3, the "θ ← θ − λβ g_θ" line; App. I): replay the episodes
+    from the zero state (:func:`~warpgrad_tf.rl.agent.evaluate`), A2C loss (:mod:`warpgrad_tf.rl.a2c`; the
+    ``mask`` form of :func:`masked_a2c_loss`), gradient with respect to θ, global-norm clip
+    (``grad_clip``), then one Adam step (:func:`adam`, Keras' Adam formula) whose state *continues from the
+    trainer's* (its step count, m and v at export time). The episodes are the same for every step (a
+    logged batch, not new rollouts). ``adapt`` is a pure function: every call starts from the exported θ
+    and Adam state and assigns nothing.
+``metadata()``
+    observation shape, number of actions, cell, state sizes, update rule and its hyperparameters
+    (learning rate, β1, β2, ε, clip), A2C discount and coefficients, training step, package version,
+    parameter names and paths, and everything as JSON (``spec_json``).
+
+Episode tensors: ``observations [B, T, obs]`` float32, ``actions [B, T]`` int32 in ``[0, A)``,
+``rewards [B, T]`` float32 (the reward after each action), ``mask [B, T]`` float32 — 1 for the steps of
+an episode, 0 for padding after its end (per row a run of ones then zeros; all ones = the trainer's
+fixed-length episodes). Bad input raises ``InvalidArgumentError`` naming the argument.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import NamedTuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from warpgrad_tf import serving, update_rules
+from warpgrad_tf.model import WarpedModel
+from warpgrad_tf.rl import a2c
+from warpgrad_tf.rl.agent import evaluate
+from warpgrad_tf.version import __version__
+
+KIND = "maze_agent"
+AGENT_FILE = "agent.json"
+MODEL_FILE = "model.keras"
+OPTIMIZER_FILE = "task_optimizer.npz"
+SIGNATURES = ("initial_state", "act", "adapt", "metadata")
+_INPUTS = {"batch_size", "observation", "observations", "actions", "rewards", "mask", "steps", "logits", "value"}
+# Keras optimiser options the exported Adam does not reproduce; a run that used one is refused.
+_UNSUPPORTED = ("weight_decay", "clipnorm", "clipvalue", "use_ema", "loss_scale_factor",
+                "gradient_accumulation_steps", "amsgrad")
+
+
+# ---------------------------------------------------------------------------------------- the task update
+class AdamState(NamedTuple):
+    """Adam's explicit state: ``count`` (int64, updates taken so far) and the moments ``m``, ``v``."""
+
+    count: tf.Tensor
+    m: dict
+    v: dict
+
+
+def adam(learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+    """Adam as an :class:`~warpgrad_tf.update_rules.UpdateRule` with explicit state, Keras 3's formula::
+
+        t = count + 1;  m ← m + (1 − β1)(g − m);  v ← v + (1 − β2)(g² − v)
+        θ ← θ − α_t m / (√v + ε),   α_t = lr √(1 − β2^t) / (1 − β1^t)
+
+    (ε outside the square root, bias correction folded into the step size, as ``keras.optimizers.Adam``.)
+    """
+    lr0 = float(learning_rate)
+    if not lr0 > 0:
+        raise ValueError(f"Adam learning_rate must be > 0; got {learning_rate}.")
+    beta_1, beta_2, epsilon = float(beta_1), float(beta_2), float(epsilon)
+
+    def init(params):
+        zeros = {k: tf.zeros_like(v) for k, v in params.items()}
+        return AdamState(tf.constant(0, tf.int64), zeros, dict(zeros))
+
+    def update(grads, state, params, learning_rate=None):
+        new, m, v = {}, {}, {}
+        for k, p in params.items():
+            dtype = p.dtype
+            t = tf.cast(state.count + 1, dtype)
+            alpha = (update_rules._rate(learning_rate, lr0, k, p) * tf.sqrt(1 - tf.pow(tf.cast(beta_2, dtype), t))
+                     / (1 - tf.pow(tf.cast(beta_1, dtype), t)))
+            g = tf.cast(grads[k], dtype)
+            m[k] = state.m[k] + (g - state.m[k]) * (1 - beta_1)
+            v[k] = state.v[k] + (tf.square(g) - state.v[k]) * (1 - beta_2)
+            new[k] = p - (m[k] * alpha) / (tf.sqrt(v[k]) + epsilon)
+        return new, AdamState(state.count + 1, m, v)
+
+    hp = {"learning_rate": lr0, "beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon}
+    return update_rules.UpdateRule("adam", lr0, init, update, hp)
+
+
+def clip_by_global_norm(grads, clip):
+    """Keras' global-norm clip of a ``{name: gradient}`` dict (``clip`` falsy: unchanged)."""
+    if not clip:
+        return grads
+    norm = tf.sqrt(tf.reduce_sum(tf.stack([tf.reduce_sum(tf.square(g)) for g in grads.values()])))
+    scale = clip * tf.minimum(1.0 / norm, 1.0 / clip) + (norm - norm)  # NaN for a non-finite norm
+    return {k: g * scale for k, g in grads.items()}
+
+
+def masked_a2c_loss(logits, values, actions, rewards, mask, *, discount, value_coef, entropy_coef):
+    """:func:`warpgrad_tf.rl.a2c.a2c_loss` over the steps where ``mask`` is 1 (padding after an episode's end
+    earns no reward and is left out of the means). With an all-ones mask it is the trainer's loss."""
+    mask = tf.cast(mask, logits.dtype)
+    count = tf.reduce_sum(mask)
+    returns = a2c.discounted_returns(tf.cast(rewards, logits.dtype) * mask, discount)
+    log_probs = tf.nn.log_softmax(logits, axis=-1)
+    taken = tf.gather(log_probs, tf.cast(actions, tf.int32), axis=-1, batch_dims=2)
+    advantage = tf.stop_gradient(returns - values)
+    mean = lambda x: tf.reduce_sum(x * mask) / count  # noqa: E731
+    policy = -mean(taken * advantage)
+    value = mean(tf.square(returns - values))
+    entropy = mean(-tf.reduce_sum(tf.exp(log_probs) * log_probs, axis=-1))
+    return a2c.A2CLoss(policy + value_coef * value - entropy_coef * entropy, policy, value, entropy)
+
+
+# ---------------------------------------------------------------------------------------- run directory
+class AgentSpec(NamedTuple):
+    """What ``R/model/agent.json`` holds: how the agent acts and how its task parameters are updated."""
+
+    cell: str
+    observation_size: int
+    num_actions: int
+    state_sizes: list
+    discount: float
+    value_coef: float
+    entropy_coef: float
+    optimizer: dict  # {"name": "adam", "learning_rate", "beta_1", "beta_2", "epsilon", "global_clipnorm"}
+    training_step: int
+    roles: dict
+    extra: dict = {}
+    kind: str = KIND
+
+
+def _model_dir(root_dir):
+    return root_dir if os.path.exists(os.path.join(root_dir, AGENT_FILE)) else os.path.join(root_dir, "model")
+
+
+def is_agent_run(root_dir):
+    """Whether ``root_dir`` (a run directory or its ``model/`` folder) holds a saved agent."""
+    return os.path.exists(os.path.join(_model_dir(root_dir), AGENT_FILE))
+
+
+def optimizer_config(optimizer):
+    """The Adam hyperparameters of a Keras optimiser; anything the export would not reproduce is refused."""
+    config = optimizer.get_config()
+    if type(optimizer) is not keras.optimizers.Adam:
+        raise ValueError(f"Only a keras.optimizers.Adam task optimiser can be exported; got "
+                         f"{type(optimizer).__name__}.")
+    used = [k for k in _UNSUPPORTED if config.get(k)]
+    if used:
+        raise ValueError(f"The task optimiser uses {used}, which the exported Adam does not reproduce.")
+    return {"name": "adam", "learning_rate": float(np.float32(config["learning_rate"])),
+            "beta_1": float(config["beta_1"]), "beta_2": float(config["beta_2"]),
+            "epsilon": float(config["epsilon"]), "global_clipnorm": float(config["global_clipnorm"] or 0.0)}
+
+
+def keras_adam_state(optimizer, variables):
+    """The :class:`AdamState` of a built ``keras.optimizers.Adam`` for ``{path: variable}``."""
+    index = lambda v: optimizer._get_variable_index(v)  # noqa: E731
+    return AdamState(tf.convert_to_tensor(optimizer.iterations),
+                     {p: tf.convert_to_tensor(optimizer._momentums[index(v)]) for p, v in variables.items()},
+                     {p: tf.convert_to_tensor(optimizer._velocities[index(v)]) for p, v in variables.items()})
+
+
+def save_agent(root_dir, warped: WarpedModel, optimizer, *, cell, discount, value_coef, entropy_coef,
+               training_step, extra=None):
+    """Write ``R/model/{model.keras, agent.json, task_optimizer.npz}`` (each via a temp file + rename).
+
+    ``optimizer`` is the built Keras Adam of the task parameters (in ``warped.variables("task")`` order).
+    """
+    out = os.path.join(root_dir, "model")
+    os.makedirs(out, exist_ok=True)
+    model = warped.model
+    spec = AgentSpec(cell=cell, observation_size=int(model.inputs[0].shape[-1]),
+                     num_actions=int(model.outputs[0].shape[-1]),
+                     state_sizes=[int(s.shape[-1]) for s in model.inputs[1:]],
+                     discount=float(discount), value_coef=float(value_coef), entropy_coef=float(entropy_coef),
+                     optimizer=optimizer_config(optimizer), training_step=int(training_step),
+                     roles=warped.role_map(), extra=dict(extra or {}))
+    state = keras_adam_state(optimizer, warped.variables("task"))
+    arrays = {"count": state.count.numpy()}
+    arrays.update({f"m/{p}": t.numpy() for p, t in state.m.items()})
+    arrays.update({f"v/{p}": t.numpy() for p, t in state.v.items()})
+    tmp = os.path.join(out, "tmp-" + OPTIMIZER_FILE)
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, os.path.join(out, OPTIMIZER_FILE))
+    tmp = os.path.join(out, "tmp-" + MODEL_FILE)
+    model.save(tmp)
+    os.replace(tmp, os.path.join(out, MODEL_FILE))
+    tmp = os.path.join(out, "tmp-" + AGENT_FILE)
+    with open(tmp, "w") as f:
+        json.dump(dict(spec._asdict(), version=__version__), f, indent=2)
+    os.replace(tmp, os.path.join(out, AGENT_FILE))
+    return out
+
+
+def load_agent(root_dir):
+    """``(WarpedModel, AdamState, AgentSpec)`` of a saved agent (run directory or its ``model/`` folder)."""
+    from warpgrad_tf import artifacts
+
+    folder = _model_dir(root_dir)
+    with open(os.path.join(folder, AGENT_FILE)) as f:
+        payload = json.load(f)
+    payload.pop("version", None)
+    spec = AgentSpec(**payload)
+    import warpgrad_tf.layers  # noqa: F401  (registers the RNN cells for deserialisation)
+
+    model = keras.saving.load_model(os.path.join(folder, MODEL_FILE), compile=False)
+    spec = spec._replace(roles=artifacts._match_paths(spec.roles, model))
+    warped = WarpedModel(model, variable_roles=spec.roles)
+    saved_paths = artifacts._match_paths({p: p for p in payload["roles"]}, model)  # {reloaded: saved}
+    with np.load(os.path.join(folder, OPTIMIZER_FILE)) as arrays:
+        state = AdamState(tf.constant(arrays["count"], tf.int64),
+                          {p: tf.constant(arrays[f"m/{saved_paths[p]}"]) for p in warped.names["task"]},
+                          {p: tf.constant(arrays[f"v/{saved_paths[p]}"]) for p in warped.names["task"]})
+    return warped, state, spec
+
+
+def restore_checkpoint(warped, spec, checkpoint):
+    """``(AdamState, step)`` from a maze trainer checkpoint, whose model weights are restored into ``warped``."""
+    path = tf.train.latest_checkpoint(checkpoint) if os.path.isdir(checkpoint) else checkpoint
+    if not path or not tf.io.gfile.glob(path + ".index"):
+        raise FileNotFoundError(f"No checkpoint at {checkpoint!r}.")
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()  # variables may be keyed under other objects
+    graph.ParseFromString(tf.train.load_checkpoint(path).get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    top = {child.local_name for child in graph.nodes[0].children}
+    if not {"model", "task_optimizer"} <= top:
+        raise ValueError(f"Checkpoint {path} is not a maze trainer checkpoint (its objects are {sorted(top)}); "
+                         "expected 'model' and 'task_optimizer'.")
+    hp = spec.optimizer
+    clip = {"global_clipnorm": hp["global_clipnorm"]} if hp["global_clipnorm"] else {}
+    optimizer = keras.optimizers.Adam(hp["learning_rate"], beta_1=hp["beta_1"], beta_2=hp["beta_2"],
+                                      epsilon=hp["epsilon"], **clip)
+    task = warped.variables("task")
+    optimizer.build(list(task.values()))
+    step = tf.Variable(0, dtype=tf.int64, trainable=False)
+    status = tf.train.Checkpoint(step=step, model=warped.model, task_optimizer=optimizer).restore(path)
+    status.expect_partial()
+    status.assert_existing_objects_matched()
+    return keras_adam_state(optimizer, task), int(step.numpy())
+
+
+# ---------------------------------------------------------------------------------------- the export
+def _check_finite(tensor, arg, what):
+    return tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(tensor)), [f"{arg} holds non-finite {what}"],
+                               name=f"{arg}_finite")
+
+
+class AgentSaver:
+    """Build the adaptation-only export of a recurrent A2C agent (signatures in the module docstring).
+
+    Args:
+      warped: the agent as a :class:`~warpgrad_tf.WarpedModel`; its current values are exported.
+      adam_state: the task optimiser's :class:`AdamState` (from :func:`load_agent` or the trainer).
+      spec: the run's :class:`AgentSpec`.
+    """
+
+    def __init__(self, warped, adam_state, spec: AgentSpec):
+        model = warped.model
+        if len(model.inputs) != 1 + len(spec.state_sizes) or len(model.outputs) != 2 + len(spec.state_sizes):
+            raise ValueError(f"{model.name!r} is not a one-step actor-critic [observation, *state] -> "
+                             "[logits, value, *state] (warpgrad_tf.rl.build_agent).")
+        if warped.names["frozen"] or warped.state_names:
+            raise ValueError(f"{model.name!r} has frozen or non-trainable variables; an agent export holds task "
+                             "and warp parameters only.")
+        self._warped, self._spec = warped, spec
+        hp = spec.optimizer
+        if hp["name"] != "adam":
+            raise ValueError(f"Unknown task optimiser {hp['name']!r} in {AGENT_FILE}; only 'adam' is exported.")
+        self._rule = adam(hp["learning_rate"], hp["beta_1"], hp["beta_2"], hp["epsilon"])
+        self._clip = float(hp["global_clipnorm"] or 0.0)
+        self._obs, self._num_actions = int(spec.observation_size), int(spec.num_actions)
+        self._state_names = [f"state_{i}" for i in range(len(spec.state_sizes))]
+        self.names = serving.parameter_names(warped.names["task"], reserved=_INPUTS | set(self._state_names))
+
+        module = tf.Module(name="adaptive_agent")
+        task_values = warped.values("task")
+        module.task = {n: tf.Variable(task_values[p], trainable=False, name=n) for n, p in self.names.items()}
+        module.warp = [tf.Variable(v, trainable=False, name=serving.signature_name(p))
+                       for p, v in warped.values("warp").items()]
+        self._optimizer_step = int(adam_state.count)
+        module.adam_count = tf.Variable(tf.cast(adam_state.count, tf.int64), trainable=False, name="adam_count")
+        module.adam_m = {n: tf.Variable(adam_state.m[p], trainable=False, name=f"m_{n}") for n, p in self.names.items()}
+        module.adam_v = {n: tf.Variable(adam_state.v[p], trainable=False, name=f"v_{n}") for n, p in self.names.items()}
+        self.module = module
+
+        f32 = lambda name: tf.TensorSpec(None, tf.float32, name=name)  # noqa: E731
+        params = {n: tf.TensorSpec(None, v.dtype, name=n) for n, v in module.task.items()}
+        states = {n: f32(n) for n in self._state_names}
+        module.initial_state = tf.function(self._initial_state,
+                                           input_signature=[tf.TensorSpec(None, tf.int32, name="batch_size")])
+        module.act = tf.function(self._act, input_signature=[f32("observation"), states, params])
+        module.adapt = tf.function(self._adapt, input_signature=[
+            f32("observations"), tf.TensorSpec(None, tf.int32, name="actions"), f32("rewards"), f32("mask"),
+            tf.TensorSpec(None, tf.int32, name="steps")])
+        module.metadata = tf.function(self._metadata, input_signature=[])
+        self.signatures = {name: getattr(module, name).get_concrete_function() for name in SIGNATURES}
+
+    # ------------------------------------------------------------------ description
+    def description(self):
+        """Everything ``metadata()`` reports, as a JSON-friendly dict."""
+        s = self._spec
+        return {
+            "kind": KIND, "cell": s.cell, "observation_shape": [self._obs], "num_actions": self._num_actions,
+            "state_names": list(self._state_names), "state_sizes": [int(n) for n in s.state_sizes],
+            "rule": self._rule.name, "learning_rate": float(self._rule.learning_rate),
+            "rule_hyperparameters": dict(self._rule.hyperparameters, global_clipnorm=self._clip),
+            "optimizer_step": self._optimizer_step,
+            "discount": float(s.discount), "value_coef": float(s.value_coef),
+            "entropy_coef": float(s.entropy_coef), "loss": "a2c", "training_step": int(s.training_step),
+            "version": __version__, "parameter_names": dict(self.names),
+            "parameter_shapes": {n: v.shape.as_list() for n, v in self.module.task.items()},
+            "roles": dict(s.roles), "extra": dict(s.extra), "signatures": list(SIGNATURES),
+        }
+
+    def _metadata(self):
+        d = self.description()
+        c = tf.constant
+        return {
+            "kind": c(d["kind"]), "cell": c(d["cell"]), "observation_shape": c(d["observation_shape"], tf.int32),
+            "num_actions": c(d["num_actions"], tf.int32), "state_sizes": c(d["state_sizes"], tf.int32),
+            "rule": c(d["rule"]), "learning_rate": c(d["learning_rate"], tf.float32),
+            "rule_hyperparameters": c(json.dumps(d["rule_hyperparameters"], sort_keys=True)),
+            "optimizer_step": c(d["optimizer_step"], tf.int64), "discount": c(d["discount"], tf.float32),
+            "value_coef": c(d["value_coef"], tf.float32), "entropy_coef": c(d["entropy_coef"], tf.float32),
+            "training_step": c(d["training_step"], tf.int64), "version": c(d["version"]),
+            "parameter_names": c(list(d["parameter_names"]), tf.string),
+            "parameter_paths": c(list(d["parameter_names"].values()), tf.string),
+            "spec_json": c(json.dumps(d, sort_keys=True)),
+        }
+
+    # ------------------------------------------------------------------ input checks
+    def _check_batch(self, tensor, trailing, arg, batch=None, what=""):
+        """``tensor`` of shape ``[n, *trailing]`` (``n >= 1``, equal to ``batch`` if given)."""
+        tensor = serving._shape_assert(tensor, trailing, arg, what)
+        if batch is None:
+            return tensor
+        check = tf.debugging.Assert(
+            tf.reduce_all(tf.equal(tf.shape(tensor)[:batch.shape[0]], batch)),
+            [f"{arg} must have the same leading dimensions as the observations; got shape", tf.shape(tensor),
+             "for", batch], name=f"{arg}_batch")
+        return serving._after(check, tensor, tensor.shape.as_list())
+
+    def _check_episodes(self, observations, actions, rewards, mask):
+        observations = self._check_batch(observations, [None, self._obs], "observations")
+        bt = tf.shape(observations)[:2]
+        actions = self._check_batch(actions, [None], "actions", bt, " of integer actions")
+        rewards = self._check_batch(rewards, [None], "rewards", bt)
+        mask = self._check_batch(mask, [None], "mask", bt)
+        a = self._num_actions
+        checks = [
+            tf.debugging.Assert(tf.reduce_all((actions >= 0) & (actions < a)),
+                                [f"actions holds actions outside [0, {a}) (the agent has {a} actions); min and "
+                                 "max action:", tf.reduce_min(actions), tf.reduce_max(actions)],
+                                name="actions_range"),
+            _check_finite(rewards, "rewards", "rewards"),
+            tf.debugging.Assert(tf.reduce_all((mask == 0.0) | (mask == 1.0)),
+                                ["mask must hold only 0 and 1"], name="mask_binary"),
+            tf.debugging.Assert(tf.reduce_all(mask[:, 1:] <= mask[:, :-1]),
+                                ["mask must be 1 for each episode's steps, then 0 (padding after its end): "
+                                 "non-increasing along time"], name="mask_prefix"),
+            tf.debugging.Assert(tf.reduce_sum(mask) > 0, ["mask must mark at least one step"], name="mask_steps"),
+        ]
+        with tf.control_dependencies(checks):
+            return tuple(tf.identity(t) for t in (observations, actions, rewards, mask))
+
+    def _check_parameters(self, task_parameters):
+        task = {}
+        for name, path in self.names.items():
+            expected = self.module.task[name].shape.as_list()
+            value = task_parameters[name]
+            check = tf.debugging.Assert(
+                serving._shape_ok(tf.shape(value, out_type=tf.int32), expected),
+                [f"task parameter {name} must have shape {expected}; got shape", tf.shape(value)],
+                name=f"{name}_shape")
+            task[path] = serving._after(check, value, expected)
+        return task
+
+    # ------------------------------------------------------------------ traced bodies
+    def _values(self):
+        m = self.module
+        task = {self.names[n]: tf.convert_to_tensor(v) for n, v in m.task.items()}
+        warp = {p: tf.convert_to_tensor(v) for p, v in zip(self._warped.names["warp"], m.warp)}
+        return task, warp
+
+    def _initial_state(self, batch_size):
+        check = tf.debugging.Assert(tf.equal(tf.rank(batch_size), 0),
+                                    ["batch_size must be a scalar int32; got shape", tf.shape(batch_size)],
+                                    name="batch_size_scalar")
+        with tf.control_dependencies([check]):
+            b = tf.reshape(batch_size, [-1])[0]
+            check = tf.debugging.Assert(b >= 1, ["batch_size must be >= 1; got", b], name="batch_size_positive")
+        with tf.control_dependencies([check]):
+            b = tf.identity(b)
+        return {n: tf.zeros([b, int(s)], tf.float32, name=n) for n, s in zip(self._state_names, self._spec.state_sizes)}
+
+    def _act(self, observation, state, task_parameters):
+        observation = self._check_batch(observation, [self._obs], "observation")
+        batch = tf.shape(observation)[:1]
+        states = [self._check_batch(state[n], [int(s)], n, batch)
+                  for n, s in zip(self._state_names, self._spec.state_sizes)]
+        task = self._check_parameters(task_parameters)
+        _, warp = self._values()
+        (logits, value, *new_state), _ = self._warped.apply(task, warp, [observation, *states])
+        out = {"logits": logits, "value": value[:, 0]}
+        out.update({n: tf.identity(s, name=n) for n, s in zip(self._state_names, new_state)})
+        return out
+
+    def _adapt(self, observations, actions, rewards, mask, steps):
+        observations, actions, rewards, mask = self._check_episodes(observations, actions, rewards, mask)
+        steps = serving.AdaptiveModelSaver._check_steps(steps)
+        task, warp = self._values()
+        m = self.module
+        opt_state = AdamState(tf.convert_to_tensor(m.adam_count),
+                              {self.names[n]: tf.convert_to_tensor(v) for n, v in m.adam_m.items()},
+                              {self.names[n]: tf.convert_to_tensor(v) for n, v in m.adam_v.items()})
+        s = self._spec
+
+        def body(k, task, opt_state):
+            with tf.GradientTape() as tape:  # θ as tensors: functional calls, nothing assigned (φ fixed)
+                tape.watch(task)
+                logits, values = evaluate(self._warped, task, warp, observations)
+                loss = masked_a2c_loss(logits, values, actions, rewards, mask, discount=s.discount,
+                                       value_coef=s.value_coef, entropy_coef=s.entropy_coef).loss
+            grads = tape.gradient(loss, task, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            task, opt_state = self._rule.update(clip_by_global_norm(grads, self._clip), opt_state, task)
+            return k + 1, task, opt_state
+
+        _, task, _ = tf.while_loop(lambda k, *_: k < steps, body, (tf.constant(0), task, opt_state))
+        return {n: tf.identity(task[p], name=n) for n, p in self.names.items()}
+
+    # ------------------------------------------------------------------ saving
+    def save(self, export_dir, overwrite=True):
+        """Write the SavedModel to ``export_dir`` (temporary folder + rename, as :mod:`warpgrad_tf.serving`)."""
+        export_dir = serving._check_output(export_dir, overwrite)
+        parent = os.path.dirname(export_dir)
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".tmp-saved_model-", dir=parent)
+        try:
+            tf.saved_model.save(self.module, tmp, signatures=self.signatures)
+            if os.path.exists(export_dir):
+                shutil.rmtree(export_dir)
+            os.replace(tmp, export_dir)
+        finally:
+            if os.path.exists(tmp):
+                shutil.rmtree(tmp)
+        return export_dir
+
+
+def export(root_dir, output, checkpoint=None, seed=None, overwrite=True):
+    """Export the agent of maze run ``root_dir`` to the SavedModel folder ``output``.
+
+    ``checkpoint`` (a prefix, a folder, or ``"latest"`` = newest under ``R/checkpoints``) takes the model
+    weights and the task optimiser's state from a training checkpoint instead of ``R/model``.
+
+    Returns:
+      ``(output folder, description dict)``.
+    """
+    if seed is not None:
+        raise ValueError("--seed sets the mini-batch seed of supervised exports; an agent's adapt uses the "
+                         "whole logged batch and has no seed.")
+    serving._check_output(output, overwrite)
+    warped, state, spec = load_agent(root_dir)
+    if checkpoint:
+        if checkpoint == "latest":
+            checkpoint = os.path.join(root_dir, "checkpoints")
+        state, step = restore_checkpoint(warped, spec, checkpoint)
+        spec = spec._replace(training_step=step)
+    saver = AgentSaver(warped, state, spec)
+    return saver.save(output, overwrite=overwrite), saver.description()
+
+
+def summary(path, d):
+    """A few lines describing an agent export (``d`` is :meth:`AgentSaver.description`)."""
+    hp = ", ".join(f"{k}={v}" for k, v in d["rule_hyperparameters"].items())
+    return (f"Exported maze agent ({d['cell']}, training step {d['training_step']}) to {path}\n"
+            f"  observation {d['observation_shape']} -> {d['num_actions']} actions, state sizes {d['state_sizes']}\n"
+            f"  adaptation: A2C (discount={d['discount']}, value_coef={d['value_coef']}, "
+            f"entropy_coef={d['entropy_coef']}), {d['rule']}({hp}) from optimiser step {d['optimizer_step']}\n"
+            f"  signatures: {', '.join(d['signatures'])}; {len(d['parameter_names'])} task parameters")

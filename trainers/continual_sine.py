@@ -20,11 +20,22 @@ under it is exactly SGD on the unwarped MLP. With ``eval_every`` the warp is sco
 validation sequences (disjoint from the test sequences); ``select_best=True`` then evaluates and saves the
 best-scoring warp rather than the last (the reduced-budget config does this, since short meta-training
 runs fluctuate).
+
+Scale-out. ``--strategy=mirrored`` (every local GPU, or ``--cpu_replicas=N`` logical CPU devices),
+``--strategy=multi_worker`` (one process per worker, ``TF_CONFIG``) or ``--strategy=tpu`` split the task
+sequences of every meta step over the replicas
+(:func:`warpgrad_tf.distribute.sharded_mean_gradient`): each replica sums the Eq. 23 meta-gradients of its
+sequences, the sums are all-reduced and divided by ``meta_batch_size``, and one Adam update follows — so a
+distributed meta step equals the single-device one. ``meta_batch_size`` must divide evenly over the replicas.
+Only the chief writes ``root_dir``; the other workers write to scratch folders and resume from the chief's
+checkpoints. Evaluation runs on one replica.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -35,7 +46,7 @@ import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
 from trainers import common  # noqa: E402
-from warpgrad_tf import artifacts, continual, update_rules  # noqa: E402
+from warpgrad_tf import artifacts, continual, distribute, update_rules  # noqa: E402
 from warpgrad_tf.adaptation import unroll  # noqa: E402
 from warpgrad_tf.layers import WarpBlock  # noqa: E402
 from warpgrad_tf.losses import half_mse  # noqa: E402
@@ -179,6 +190,7 @@ def train_eval(
     select_best=False,
     log_every=10,
     checkpoint_every=100,
+    strategy=None,
 ):
     """Meta-train warps for continual sine regression (Eq. 23) and evaluate on held-out sequences.
 
@@ -202,11 +214,21 @@ def train_eval(
       select_best: keep the warp with the lowest validation loss (mean over ``eval_orders`` of the mean
         final loss) instead of the last one; the choice is checkpointed and reported.
       log_every, checkpoint_every: meta steps between train summaries / checkpoints.
+      strategy: a ``tf.distribute.Strategy`` (``--strategy``) whose replicas share the task sequences of every
+        meta step; None: the default (single-device) strategy.
 
     Returns:
       The results dict written to ``root_dir/results.json``.
     """
     check_objective(objective)
+    strategy = strategy or tf.distribute.get_strategy()
+    distributed = strategy is not tf.distribute.get_strategy()
+    run_dir = root_dir  # checkpoints: the chief's, read by every worker
+    if distributed:
+        if use_warp and meta_steps > 0:
+            distribute.shard_size(strategy, int(meta_batch_size))  # an indivisible meta-batch fails here, early
+        if not distribute.is_chief(strategy):  # the other workers write their logs and results to scratch
+            root_dir = tempfile.mkdtemp(prefix="warpgrad_continual_sine_worker_")
     os.makedirs(root_dir, exist_ok=True)
     common.write_operative_config(root_dir)
     family = ContinualSineFamily(num_subtasks, steps_per_subtask, batch_size, eval_size)
@@ -219,28 +241,31 @@ def train_eval(
     # Seeds the warp blocks' hidden-layer initialisation (their output maps start at zero, so the initial warp is
     # the identity whatever the seed); θ0 depends on init_seed only.
     keras.utils.set_random_seed(seed)
-    warped = WarpedModel(build_model(**model_kwargs))
+    with strategy.scope():  # φ, θ0 and the optimiser's slots mirrored over the replicas
+        warped = WarpedModel(build_model(**model_kwargs))
     rule = update_rules.sgd(inner_learning_rate)
     meta_learning = bool(warped.names["warp"]) and meta_steps > 0
     # The identity warp of a freshly built learner: adapting under it is plain SGD from the same θ0.
     identity_warp = WarpedModel(build_model(**model_kwargs)).values("warp")
-    optimizer = keras.optimizers.Adam(meta_learning_rate)
     warp_vars = list(warped.variables("warp").values())
-    if meta_learning:
-        optimizer.build(warp_vars)
-    best = tf.Module()
-    best.warp = [tf.Variable(v, trainable=False) for v in warp_vars]
-    best.score = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
-    best.step = tf.Variable(-1, dtype=tf.int64, trainable=False)
-    checkpointer = common.Checkpointer(root_dir, model=warped.model, optimizer=optimizer, best=best)
+    with strategy.scope():
+        optimizer = keras.optimizers.Adam(meta_learning_rate)
+        if meta_learning:
+            optimizer.build(warp_vars)
+        best = tf.Module()
+        best.warp = [tf.Variable(v, trainable=False) for v in warp_vars]
+        best.score = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
+        best.step = tf.Variable(-1, dtype=tf.int64, trainable=False)
+    checkpointer = functools.partial(distribute.WorkerCheckpointer, strategy) if distributed else common.Checkpointer
+    checkpointer = checkpointer(run_dir, model=warped.model, optimizer=optimizer, best=best)
     start = checkpointer.restore()
     writers = common.SummaryWriters(root_dir)
     training_order = list(range(num_subtasks))
 
-    @tf.function
-    def meta_gradient(warp, train_x, train_y, eval_x, eval_y, points):
-        """Mean over the meta-batch of the Eq. 23 meta-gradient (unroll each sequence, then one-step terms)."""
-        theta0 = warped.values("task")
+    def meta_gradient_sums(shard):
+        """Sums over a shard of task sequences of the Eq. 23 meta-gradient (unroll each, then one-step terms)."""
+        train_x, train_y, eval_x, eval_y, points = shard
+        theta0, warp = warped.values("task"), warped.values("warp")
 
         def one_sequence(s):
             batches = continual.sequence_batches(train_x[s], train_y[s], training_order)
@@ -251,9 +276,10 @@ def train_eval(
             return result.meta_loss, tf.reduce_mean(trajectory.losses), result.grads
 
         zeros = (tf.constant(0.0), tf.constant(0.0), {n: tf.zeros_like(v) for n, v in warp.items()})
-        meta_total, task_total, grads = common.loop_sum(meta_batch_size, one_sequence, zeros)
-        return (meta_total / meta_batch_size, task_total / meta_batch_size,
-                {n: g / meta_batch_size for n, g in grads.items()})
+        return common.loop_sum(tf.shape(points)[0], one_sequence, zeros)
+
+    # The mean over the meta-batch, its sequences split over the replicas (one device: the whole meta-batch).
+    meta_gradient = distribute.sharded_mean_gradient(strategy, meta_gradient_sums)
 
     def sample_step(step):
         rng = np.random.default_rng([seed, step])
@@ -291,8 +317,7 @@ def train_eval(
 
     def train_step(step):
         (train_x, train_y, eval_x, eval_y), points = sample_step(step)
-        meta_loss, task_loss, grads = meta_gradient(warped.values("warp"), train_x, train_y, eval_x, eval_y,
-                                                    points)
+        meta_loss, task_loss, grads = meta_gradient((train_x, train_y, eval_x, eval_y, points))
         optimizer.apply_gradients([(grads[v.path], v) for v in warp_vars])
         return {"meta_loss": meta_loss, "task_loss": task_loss}
 
@@ -325,6 +350,7 @@ def train_eval(
         "eval_sequences": eval_sequences,
         "inner_learning_rate": inner_learning_rate,
         "steps": steps,
+        "replicas": int(strategy.num_replicas_in_sync),
         "results": {m: {name: summarise(c, orders[name]) for name, c in by_order.items()}
                     for m, by_order in curves.items()},
     }

@@ -25,11 +25,22 @@ start at the same *native* point and only the geometry differs. The figure (Fig.
 surfaces: top, the warped space ``f_τ(ω(z))`` with the WarpGrad paths ``z_k``; bottom, the native surface
 ``f_τ(x)`` with the gradient-descent path ``x_k`` and the WarpGrad paths in native coordinates ``ω(z_k)``,
 for both starts (1) and (2).
+
+Scale-out. ``--strategy=mirrored`` (every local GPU, or ``--cpu_replicas=N`` logical CPU devices),
+``--strategy=multi_worker`` (one process per worker, ``TF_CONFIG``) or ``--strategy=tpu`` split the
+``starts_per_task`` (surface, start) runs of every meta step over the replicas
+(:func:`warpgrad_tf.distribute.sharded_mean_gradient`; the runs are independent rows, so each replica unrolls
+and differentiates only its own): the meta-gradient sums are all-reduced and divided by the global count, and
+one Adam update follows — a distributed meta step equals the single-device one. ``starts_per_task`` must
+divide evenly over the replicas. Only the chief writes ``root_dir``; the other workers write to scratch
+folders and resume from the chief's checkpoints. Evaluation runs on one replica.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -41,7 +52,7 @@ from absl import logging  # noqa: E402
 from keras import ops  # noqa: E402
 
 from trainers import common  # noqa: E402
-from warpgrad_tf import update_rules  # noqa: E402
+from warpgrad_tf import distribute, update_rules  # noqa: E402
 from warpgrad_tf.adaptation import adapt, unroll  # noqa: E402
 from warpgrad_tf.layers import WarpBlock  # noqa: E402
 from warpgrad_tf.model import WarpedModel  # noqa: E402
@@ -235,6 +246,7 @@ def train_eval(
     plot_candidates=10,
     log_every=10,
     checkpoint_every=25,
+    strategy=None,
 ):
     """Meta-train a 2-D warp on random App. D surfaces; compare WarpGrad with gradient descent.
 
@@ -255,6 +267,8 @@ def train_eval(
         ``plot_candidates`` random starts on which gradient descent ends highest (App. D: "chosen such that
         standard gradient descent struggles").
       log_every, checkpoint_every: meta steps between train summaries / checkpoints.
+      strategy: a ``tf.distribute.Strategy`` (``--strategy``) whose replicas share the ``starts_per_task`` runs
+        of every meta step; None: the default (single-device) strategy.
 
     Returns:
       The results dict written to ``root_dir/results.json``.
@@ -265,40 +279,61 @@ def train_eval(
     if not 1 <= plot_candidates <= starts_per_task:
         raise ValueError(f"plot_candidates must lie in [1, starts_per_task={starts_per_task}]; "
                          f"got {plot_candidates}.")
+    strategy = strategy or tf.distribute.get_strategy()
+    distributed = strategy is not tf.distribute.get_strategy()
+    run_dir = root_dir  # checkpoints: the chief's, read by every worker
+    runs_per_replica = starts_per_task
+    if meta_steps > 0:  # an indivisible batch of runs fails here, early
+        runs_per_replica = distribute.shard_size(strategy, int(starts_per_task))
+    if distributed and not distribute.is_chief(strategy):  # the other workers write logs and results to scratch
+        root_dir = tempfile.mkdtemp(prefix="warpgrad_synthetic2d_worker_")
     os.makedirs(root_dir, exist_ok=True)
     common.write_operative_config(root_dir)
     family = synthetic2d.SurfaceFamily()
     model_kwargs = dict(num_points=starts_per_task, warp_hidden_units=warp_hidden_units, warp_layers=warp_layers,
                         residual=residual, seed=seed)
-    warped = WarpedModel(build_model(**model_kwargs))
+    with strategy.scope():  # φ and the optimiser's slots mirrored over the replicas
+        warped = WarpedModel(build_model(**model_kwargs))
     (point_path,) = warped.names["task"]
     rule = update_rules.sgd(inner_learning_rate)
     identity_warp = WarpedModel(build_model(**model_kwargs)).values("warp")
+    # The learner of one replica's runs: the same layers (so the same variable paths) with runs_per_replica
+    # rows; only its structure is used — every parameter is passed in, φ from ``warped``.
+    shard_warped = warped if runs_per_replica == starts_per_task else WarpedModel(
+        build_model(**dict(model_kwargs, num_points=runs_per_replica)))
     warp_vars = list(warped.variables("warp").values())
-    optimizer = keras.optimizers.Adam(meta_learning_rate)
-    optimizer.build(warp_vars)
-    checkpointer = common.Checkpointer(root_dir, model=warped.model, optimizer=optimizer)
+    with strategy.scope():
+        optimizer = keras.optimizers.Adam(meta_learning_rate)
+        optimizer.build(warp_vars)
+    checkpointer = functools.partial(distribute.WorkerCheckpointer, strategy) if distributed else common.Checkpointer
+    checkpointer = checkpointer(run_dir, model=warped.model, optimizer=optimizer)
     start = checkpointer.restore()
     writers = common.SummaryWriters(root_dir)
 
-    @tf.function
-    def meta_gradient(warp, constants, starts):
-        """Alg. 1 on one surface: unroll, then accumulate the one-step warp gradient at every θ_k."""
+    def meta_gradient_sums(shard):
+        """Alg. 1 on a shard of runs: unroll, then accumulate the one-step warp gradient at every θ_k.
+
+        Returns sums over the shard's runs (rows are independent: ``surface_sum`` adds them) of the per-step
+        mean meta-loss, the final task loss and the per-step mean warp gradient.
+        """
+        constants, starts = shard
+        warp = warped.values("warp")
         batch = _batch(constants)
-        trajectory = unroll(warped, {point_path: starts}, warp, rule, lambda k: batch, surface_sum, steps,
+        trajectory = unroll(shard_warped, {point_path: starts}, warp, rule, lambda k: batch, surface_sum, steps,
                             training=False)
 
         def one_step(k):
             theta_k, opt_k = trajectory.point(k)
-            result = warp_objective(warped, warp, theta_k, opt_k, rule, batch, batch, surface_sum,
+            result = warp_objective(shard_warped, warp, theta_k, opt_k, rule, batch, batch, surface_sum,
                                     objective=objective, training=False)
             return result.meta_loss, result.grads
 
         zeros = (tf.constant(0.0), {n: tf.zeros_like(v) for n, v in warp.items()})
         meta_total, grads = common.loop_sum(steps, one_step, zeros)
-        scale = 1.0 / (steps * starts_per_task)
-        final = trajectory.losses[-1] / starts_per_task
-        return meta_total * scale, final, {n: g * scale for n, g in grads.items()}
+        return meta_total / steps, trajectory.losses[-1], {n: g / steps for n, g in grads.items()}
+
+    # The mean over the starts_per_task runs, split over the replicas (one device: all of them).
+    meta_gradient = distribute.sharded_mean_gradient(strategy, meta_gradient_sums)
 
     final_fn = tf.function(lambda warp, constants, starts: final_values(warped, warp, constants, starts, rule,
                                                                         steps))
@@ -329,7 +364,7 @@ def train_eval(
         starts = family.starts(seed * 10**7 + step, starts_per_task)
         if native_starts:
             starts, _ = invert_warp(warp_layer, starts)
-        meta_loss, final, grads = meta_gradient(warped.values("warp"), constants, starts)
+        meta_loss, final, grads = meta_gradient((constants.astype(np.float32), np.asarray(starts, np.float32)))
         optimizer.apply_gradients([(grads[v.path], v) for v in warp_vars])
         return {"meta_loss": meta_loss, "final_task_loss": final}
 
@@ -348,6 +383,7 @@ def train_eval(
         "eval_pairs": eval_pairs,
         "steps": steps,
         "inner_learning_rate": inner_learning_rate,
+        "replicas": int(strategy.num_replicas_in_sync),
         # Both from the same parameter initialisation x0 (App. D): WarpGrad's loss is f(ω(x_K)).
         "warpgrad_final_loss_mean": float(np.mean(warp_final)),
         "gd_final_loss_mean": float(np.mean(gd_final)),

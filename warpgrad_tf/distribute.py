@@ -458,3 +458,54 @@ class WorkerCheckpointer:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return None
+
+
+# ---------------------------------------------------------------------------------------------- generic means
+
+
+def sharded_mean_gradient(strategy, fn):
+    """A traced ``mean(batch)``: the mean of per-example terms over a batch whose examples are split over replicas.
+
+    The generic form of the meta-step of the trainers whose meta-gradient is a plain mean over a batch of
+    independent units (continual task sequences, (surface, start) runs of the 2-D study): replica g receives
+    examples ``[g·P, (g+1)·P)`` of the batch (P = N / replicas), ``fn`` returns the *sums* of the terms over
+    those examples (meta-losses, ``{path: gradient}`` dicts — any nest of float tensors), the sums are
+    all-reduced (``ReduceOp.SUM``) and divided by the global count N. So the result equals
+    ``fn(batch) / N`` on one device, up to the order of floating-point additions, on any strategy (the
+    default one included). Apply the result with the optimiser in cross-replica context, outside
+    ``strategy.scope()`` (see :func:`_apply`), so each mirrored variable receives it once.
+
+    Args:
+      strategy: the ``tf.distribute.Strategy``; the variables ``fn`` reads must have been created in its scope.
+      fn: ``fn(shard) -> nest of tensors``, traced in replica context; ``shard`` is a nest like ``batch``
+        whose leaves hold this replica's P examples (leading axis). ``fn`` reads the current meta-parameters
+        itself (e.g. ``warped.values("warp")``), which gives every replica its own mirrored copy.
+
+    Returns:
+      ``mean(batch)``: ``batch`` is a nest of arrays / tensors sharing the leading axis N (a multiple of
+      the number of replicas, else the ValueError of :func:`shard_size`); returns ``fn``'s nest of plain
+      tensors divided by N. Call it with batches of one shape to trace once.
+    """
+    local_ids = _replica_ids(strategy)
+
+    @tf.function
+    def compute(shard, count):
+        def replica(shard):
+            sums = _all_reduce(fn(shard))
+            return tf.nest.map_structure(lambda t: t / tf.cast(count, t.dtype), sums)
+
+        return strategy.run(replica, args=(shard,))
+
+    def mean(batch):
+        batch = tf.nest.map_structure(tf.convert_to_tensor, batch)
+        sizes = {int(t.shape[0]) for t in tf.nest.flatten(batch)}
+        if len(sizes) != 1:
+            raise ValueError(f"the leaves of the batch must share their leading axis; got sizes {sorted(sizes)}.")
+        (num,) = sizes
+        per = shard_size(strategy, num)
+        shard = _per_replica(strategy, local_ids, lambda g: tf.nest.map_structure(
+            lambda t: t[g * per:(g + 1) * per], batch))
+        return _first_local(strategy, compute(shard, tf.constant(num)))
+
+    mean.compute = compute
+    return mean

@@ -31,19 +31,32 @@ rather than with :func:`warpgrad_tf.algorithms.continual_step`, whose tasks are 
 (``train_x, train_y, query_x, query_y``) that an RL stream does not have.
 
 Writes ``R/train`` (TensorBoard: ``mean_episode_return`` against episodes, loss terms, episodes/s),
-``R/checkpoints`` (resumable: model, both optimisers, the warp accumulator and the step; episode seeds are
-derived from ``(seed, iteration)``, so a resumed run continues exactly), ``R/returns.json`` (per-iteration
-mean return) and ``R/returns.png``: return against episodes for every run found under R's parent
-directory, grouped by cell. At the end of a run, ``R/model`` holds the agent, its A2C constants and the task
+``R/checkpoints`` (resumable: model, both optimisers, the warp accumulator and the step; every episode is
+fixed by ``(seed, iteration, episode index)`` — its row of the batch's stateless draws, batch seed
+``seed * SEED_STRIDE + iteration`` — so a resumed run continues exactly), ``R/returns.json`` (per-iteration
+mean return, and ``replicas``) and ``R/returns.png``: return against episodes for every run found under R's
+parent directory, grouped by cell. At the end of a run, ``R/model`` holds the agent, its A2C constants and the task
 optimiser's state (:func:`warpgrad_tf.serving_rl.save_agent`), which ``python -m export.saved_model
 --root_dir=R --output=OUT`` exports as a SavedModel that adapts on its own.
+
+Scale-out. ``--strategy=mirrored`` (every local GPU, or ``--cpu_replicas=N`` logical CPU devices),
+``--strategy=multi_worker`` (one process per worker, ``TF_CONFIG``) or ``--strategy=tpu`` shard each batch of
+episodes over the replicas: replica g plays and differentiates episodes ``[g·P, (g+1)·P)`` (P = batch_size /
+replicas) with the seeds they have on one device; the sums over episodes of the A2C terms, returns and task
+and warp gradients are all-reduced and divided by ``batch_size``, and the Adam task update (clipped once, on
+the whole batch's gradient) and Algorithm 3's accumulation run once — so a distributed run equals the
+single-device run. ``batch_size`` must divide evenly over the replicas. Only the chief writes ``R``
+(checkpoints, ``returns.json``, ``R/model``); the other workers write to scratch folders and resume from the
+chief's checkpoints.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -55,6 +68,7 @@ import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
 from trainers import common  # noqa: E402
+from warpgrad_tf import distribute  # noqa: E402
 from warpgrad_tf.envs import MazeEnv  # noqa: E402
 from warpgrad_tf.layers.rnn import CELLS, make_cell  # noqa: E402
 from warpgrad_tf.model import WarpedModel  # noqa: E402
@@ -98,27 +112,73 @@ def _check_positive_int(name, value):
     return int(value)
 
 
-def make_train_step(warped, env, *, discount, value_coef, entropy_coef, jit_compile=False):
+def _weighted_terms(warped, env, seed, weight, *, episodes=None, discount, value_coef, entropy_coef):
+    """Play (a shard of) a batch, differentiate ``weight ×`` its A2C loss: ``(metrics, task_grads, warp_grads)``.
+
+    The A2C loss is a mean over the played (episode, step) pairs and the metrics (its terms and the mean
+    episode return) are means over the played episodes, all multiplied by ``weight``. With ``weight = 1``
+    that is the batch's loss; with ``weight`` = the number of played episodes every term is a *sum over
+    episodes* of per-episode terms, so the sums of all shards divided by the batch size reproduce the
+    one-device batch loss, metrics and gradients, up to the order of additions.
+    """
+    task, warp = warped.values("task"), warped.values("warp")
+    played = rollout(warped, task, warp, env, seed, episodes=episodes)
+    with tf.GradientTape() as tape:
+        tape.watch((task, warp))
+        logits, values = evaluate(warped, task, warp, played.observations)
+        loss = a2c.a2c_loss(logits, values, played.actions, played.rewards, discount=discount,
+                            value_coef=value_coef, entropy_coef=entropy_coef)
+        objective = loss.loss if weight is None else loss.loss * weight
+    grads_task, grads_warp = tape.gradient(objective, (task, warp),
+                                           unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    metrics = dict(loss._asdict(), mean_episode_return=tf.reduce_mean(tf.reduce_sum(played.rewards, 1)))
+    if weight is not None:
+        metrics = {k: v * weight for k, v in metrics.items()}
+    return metrics, list(grads_task.values()), list(grads_warp.values())
+
+
+def make_train_step(warped, env, *, discount, value_coef, entropy_coef, jit_compile=False, strategy=None):
     """``step(seed) -> (metrics, task_grads, warp_grads)``: play a batch, A2C loss, one backward pass.
 
     Gradients are lists ordered like ``warped.variables("task")`` / ``("warp")``.
+
+    Args:
+      strategy: None — one device. A ``tf.distribute.Strategy`` (the model's variables created in its
+        scope) — replica g plays and differentiates episodes ``[g·P, (g+1)·P)`` of the batch (P = batch /
+        replicas; every episode keeps the seed it has on one device, see :func:`~warpgrad_tf.rl.rollout`);
+        the per-replica sums of the loss terms, returns and gradients are all-reduced and divided by the
+        batch size, so the step returns the one-device metrics and gradients. Apply them once, in
+        cross-replica context outside ``strategy.scope()``; a global-norm clip in the optimiser then sees
+        the whole batch's gradient. A batch that does not divide evenly over the replicas is a ValueError.
     """
     a2c.check_coefficients(discount, value_coef, entropy_coef)
+    constants = dict(discount=discount, value_coef=value_coef, entropy_coef=entropy_coef)
 
-    @tf.function(jit_compile=jit_compile)
+    if strategy is None:
+        return tf.function(lambda seed: _weighted_terms(warped, env, seed, None, **constants),
+                           jit_compile=jit_compile)
+
+    per = distribute.shard_size(strategy, env.batch_size)
+    local_ids = distribute._replica_ids(strategy)
+    starts = distribute._per_replica(strategy, local_ids, lambda g: tf.constant(g * per, tf.int32))
+    shard_sums = lambda seed, start: _weighted_terms(warped, env, seed, float(per),  # noqa: E731
+                                                     episodes=(start, per), **constants)
+    if jit_compile:  # XLA for the rollout and backward pass; the all-reduce stays outside the cluster
+        shard_sums = tf.function(shard_sums, jit_compile=True)
+
+    @tf.function
+    def compute(seed, starts):
+        def replica(start):
+            sums = distribute._all_reduce(shard_sums(seed, start))
+            return tf.nest.map_structure(lambda t: t / float(env.batch_size), sums)
+
+        return strategy.run(replica, args=(starts,))
+
     def step(seed):
-        task, warp = warped.values("task"), warped.values("warp")
-        episodes = rollout(warped, task, warp, env, seed)
-        with tf.GradientTape() as tape:
-            tape.watch((task, warp))
-            logits, values = evaluate(warped, task, warp, episodes.observations)
-            loss = a2c.a2c_loss(logits, values, episodes.actions, episodes.rewards, discount=discount,
-                                value_coef=value_coef, entropy_coef=entropy_coef)
-        grads_task, grads_warp = tape.gradient(loss.loss, (task, warp),
-                                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        metrics = dict(loss._asdict(), mean_episode_return=tf.reduce_mean(tf.reduce_sum(episodes.rewards, 1)))
-        return metrics, list(grads_task.values()), list(grads_warp.values())
+        metrics, grads_task, grads_warp = distribute._first_local(strategy, compute(seed, starts))
+        return metrics, list(grads_task), list(grads_warp)
 
+    step.compute = compute
     return step
 
 
@@ -126,7 +186,7 @@ def make_train_step(warped, env, *, discount, value_coef, entropy_coef, jit_comp
 def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, episode_length=200, maze_size=11,
                units=100, meta_units=64, seed=0, learning_rate=1e-3, warp_learning_rate=1e-3, warp_period=30,
                discount=0.9, value_coef=0.1, entropy_coef=0.03, grad_clip=4.0, log_every=10,
-               checkpoint_every=100, plot=True, jit_compile=False):
+               checkpoint_every=100, plot=True, jit_compile=False, strategy=None):
     """Train a recurrent A2C agent on the maze, meta-learning warps with Algorithm 3 where the cell has them.
 
     Args:
@@ -144,6 +204,8 @@ def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, ep
       log_every, checkpoint_every: iterations between summaries / checkpoints.
       plot: write ``returns.png``.
       jit_compile: XLA-compile the rollout + gradient step.
+      strategy: a ``tf.distribute.Strategy`` (``--strategy``) whose replicas share every batch of episodes
+        (``batch_size`` must divide evenly over them); None: the default (single-device) strategy.
 
     Returns:
       A summary dict (also written into ``returns.json``).
@@ -156,35 +218,51 @@ def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, ep
     checkpoint_every = _check_positive_int("checkpoint_every", checkpoint_every)
     a2c.check_coefficients(discount, value_coef, entropy_coef)
     env = MazeEnv(size=maze_size, batch_size=batch_size, episode_length=episode_length)
+    strategy = strategy or tf.distribute.get_strategy()
+    distributed = strategy is not tf.distribute.get_strategy()
+    replicas = int(strategy.num_replicas_in_sync)
+    run_dir = root_dir  # checkpoints: the chief's, read by every worker
+    if distributed:
+        try:  # an indivisible batch fails here, early
+            distribute.shard_size(strategy, batch_size)
+        except ValueError:
+            raise ValueError(f"the batch of {batch_size} episodes does not divide evenly over {replicas} replicas; "
+                             f"choose a train_eval.batch_size that is a multiple of {replicas}.") from None
+        if not distribute.is_chief(strategy):  # the other workers write their logs and results to scratch
+            root_dir = tempfile.mkdtemp(prefix="warpgrad_maze_worker_")
     os.makedirs(root_dir, exist_ok=True)
     common.write_operative_config(root_dir)
 
     keras.utils.set_random_seed(seed)
     cell_kwargs = {"meta_units": meta_units} if cell in ("warp_rnn", "hyper_rnn") else {}
-    warped = WarpedModel(build_agent(make_cell(cell, units=units, **cell_kwargs), env.observation_size,
-                                     env.num_actions))
-    task_vars = list(warped.variables("task").values())
-    warp_vars = list(warped.variables("warp").values())
     clip = {"global_clipnorm": float(grad_clip)} if grad_clip else {}
-    task_optimizer = keras.optimizers.Adam(learning_rate, **clip)
-    task_optimizer.build(task_vars)
-    warp_optimizer = keras.optimizers.Adam(warp_learning_rate, **clip)
-    trackables = dict(model=warped.model, task_optimizer=task_optimizer)
-    accumulator = None
-    if warp_vars:
-        warp_optimizer.build(warp_vars)
-        accumulator = WarpAccumulator(warp_vars)
-        trackables.update(warp_optimizer=warp_optimizer, warp_accumulator=accumulator)
-    checkpointer = common.Checkpointer(root_dir, **trackables)
+    with strategy.scope():  # θ, φ, both optimisers' slots and Alg. 3's accumulator mirrored over the replicas
+        warped = WarpedModel(build_agent(make_cell(cell, units=units, **cell_kwargs), env.observation_size,
+                                         env.num_actions))
+        task_vars = list(warped.variables("task").values())
+        warp_vars = list(warped.variables("warp").values())
+        task_optimizer = keras.optimizers.Adam(learning_rate, **clip)
+        task_optimizer.build(task_vars)
+        warp_optimizer = keras.optimizers.Adam(warp_learning_rate, **clip)
+        trackables = dict(model=warped.model, task_optimizer=task_optimizer)
+        accumulator = None
+        if warp_vars:
+            warp_optimizer.build(warp_vars)
+            accumulator = WarpAccumulator(warp_vars)
+            trackables.update(warp_optimizer=warp_optimizer, warp_accumulator=accumulator)
+    checkpointer = (functools.partial(distribute.WorkerCheckpointer, strategy) if distributed
+                    else common.Checkpointer)(run_dir, **trackables)
     start = checkpointer.restore()
     writers = common.SummaryWriters(root_dir)
-    train_step = make_train_step(warped, env, discount=discount, value_coef=value_coef,
-                                 entropy_coef=entropy_coef, jit_compile=jit_compile)
+    # Distributed: gradients and metrics come back all-reduced; the updates below run once, in cross-replica
+    # context outside strategy.scope(), so each mirrored variable gets them once (and the clip sees them whole).
+    train_step = make_train_step(warped, env, discount=discount, value_coef=value_coef, entropy_coef=entropy_coef,
+                                 jit_compile=jit_compile, strategy=strategy if distributed else None)
 
     history = [h for h in _load_history(root_dir) if h["iteration"] < start]
     step = start
     tic, tic_step, interrupted = time.time(), start, False
-    logging.info("%s: %s; %d episodes per batch", cell, warped, batch_size)
+    logging.info("%s: %s; %d episodes per batch over %d replica(s)", cell, warped, batch_size, replicas)
     with common.Interrupt() as interrupt:
         bar = common.progress(num_iterations, initial=min(start, num_iterations), desc=f"maze {cell}")
         while step < num_iterations and not interrupt.requested:
@@ -192,7 +270,7 @@ def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, ep
             task_optimizer.apply_gradients(zip(grads_task, task_vars))
             if accumulator is not None:  # Algorithm 3: accumulate g_φ, update φ every η-th task update
                 accumulator.add(grads_warp)
-                if int(accumulator.count) == warp_period:
+                if int(accumulator.count.numpy()) == warp_period:
                     warp_optimizer.apply_gradients(zip(accumulator.pop_mean(), warp_vars))
             step += 1
             history.append({"iteration": step - 1, "episodes": step * batch_size,
@@ -204,13 +282,13 @@ def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, ep
                 values["episodes_per_sec"] = (step - tic_step) * batch_size / elapsed
                 values["recent_mean_return"] = float(np.mean([h["mean_return"] for h in history[-log_every:]]))
                 if accumulator is not None:
-                    values["warp_updates"] = int(accumulator.updates)
+                    values["warp_updates"] = int(accumulator.updates.numpy())
                 writers.scalars(writers.train, step * batch_size, values)
                 bar.set_postfix(ret=f"{values['recent_mean_return']:.1f}", eps=f"{values['episodes_per_sec']:.0f}")
                 tic, tic_step = time.time(), step
             if step % checkpoint_every == 0:
                 checkpointer.save(step)
-                _write_history(root_dir, cell, seed, batch_size, history)
+                _write_history(root_dir, cell, seed, batch_size, replicas, history)
         bar.close()
         interrupted = interrupt.requested
     if step > start:
@@ -221,7 +299,7 @@ def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, ep
                    extra=dict(maze_size=maze_size, episode_length=episode_length, batch_size=batch_size,
                               units=units, seed=seed, warp_learning_rate=warp_learning_rate,
                               warp_period=warp_period, **cell_kwargs))
-    summary = _write_history(root_dir, cell, seed, batch_size, history)
+    summary = _write_history(root_dir, cell, seed, batch_size, replicas, history)
     if plot:
         plot_returns(os.path.dirname(os.path.abspath(root_dir)), os.path.join(root_dir, "returns.png"))
     if interrupted:
@@ -246,8 +324,8 @@ def last_fifth_mean(history):
     return float(np.mean([h["mean_return"] for h in history[-n:]]))
 
 
-def _write_history(root_dir, cell, seed, batch_size, history):
-    summary = {"cell": cell, "seed": seed, "batch_size": batch_size, "iterations": len(history),
+def _write_history(root_dir, cell, seed, batch_size, replicas, history):
+    summary = {"cell": cell, "seed": seed, "batch_size": batch_size, "replicas": replicas, "iterations": len(history),
                "episodes": len(history) * batch_size, "last_fifth_mean_return": last_fifth_mean(history)}
     common.write_json(os.path.join(root_dir, RETURNS_FILE), dict(summary, history=history))
     return summary

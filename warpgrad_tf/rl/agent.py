@@ -55,33 +55,56 @@ def initial_state(warped, batch_size):
     return [tf.zeros([batch_size, int(s.shape[-1])], model.inputs[0].dtype) for s in model.inputs[1:]]
 
 
-def rollout(warped, task, warp, env, seed, *, greedy=False) -> Episodes:
+def rollout(warped, task, warp, env, seed, *, greedy=False, episodes=None) -> Episodes:
     """Play ``env.batch_size`` episodes of ``env.episode_length`` steps, sampling actions from the policy.
 
     Episode goals and teleports are keyed by ``seed`` (see :class:`~warpgrad_tf.envs.MazeEnv`); action
-    sampling by ``seed`` too (a different stream). Call inside ``tf.function``.
+    sampling by ``seed`` too (a different stream). Every random draw of episode ``i`` is row ``i`` of a
+    batch-wide stateless draw, so an episode is fixed by ``(seed, i)`` whichever other episodes are played
+    with it. Call inside ``tf.function``.
+
+    Args:
+      episodes: ``(start, count)`` to play only episodes ``[start, start + count)`` of the batch (one
+        replica's shard; ``start`` may be a scalar int tensor, ``count`` is a Python int). The environment
+        still steps the whole batch (cheap), but the policy runs on those ``count`` episodes only, and their
+        goals, starts, teleports and sampled actions are exactly those of the full batch's rows. None: all.
+
+    Returns:
+      :class:`Episodes` with ``count`` (default ``env.batch_size``) rows.
     """
     b, steps = env.batch_size, env.episode_length
+    start, count = (0, b) if episodes is None else episodes
+    count = int(count)
+    if count < 1 or (isinstance(start, int) and not 0 <= start <= b - count):
+        raise ValueError(f"rollout episodes ({start}, {count}) must lie within the batch of {b} episodes.")
+    sharded = episodes is not None and count != b
+    start = tf.cast(start, tf.int32)
     env_state = env.reset(seed)
     key = tf.random.experimental.stateless_fold_in(env.key(seed), 977)
     obs_ta = tf.TensorArray(tf.float32, size=steps)
     act_ta = tf.TensorArray(tf.int32, size=steps)
     rew_ta = tf.TensorArray(tf.float32, size=steps)
+    rows = (lambda x: tf.ensure_shape(x[start:start + count], [count, *x.shape[1:]])  # noqa: E731
+            ) if sharded else (lambda x: x)
+    pad = [[start, b - start - count], [0, 0]]
 
     def body(t, env_state, rnn_state, obs_ta, act_ta, rew_ta):
-        obs = env.observe(env_state)
+        obs = rows(env.observe(env_state))
         logits, _, rnn_state = _split(warped, warped.apply(task, warp, [obs, *rnn_state])[0])
         if greedy:
             action = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        else:
+            batch_action = tf.pad(action[:, None], pad)[:, 0] if sharded else action
+        else:  # rows of a stateless categorical draw are independent: sample the whole batch, keep ours
             sample_key = tf.random.experimental.stateless_fold_in(key, t)
-            action = tf.cast(tf.random.stateless_categorical(logits, 1, sample_key)[:, 0], tf.int32)
-        env_state, reward = env.step(env_state, action)
+            batch_logits = tf.pad(logits, pad) if sharded else logits
+            batch_action = tf.cast(tf.random.stateless_categorical(batch_logits, 1, sample_key)[:, 0], tf.int32)
+            action = rows(batch_action)
+        env_state, reward = env.step(env_state, tf.ensure_shape(batch_action, [b]))
         return (t + 1, env_state, rnn_state, obs_ta.write(t, obs), act_ta.write(t, action),
-                rew_ta.write(t, reward))
+                rew_ta.write(t, rows(reward)))
 
     loop = tf.while_loop(lambda t, *_: t < steps, body,
-                         (tf.constant(0), env_state, initial_state(warped, b), obs_ta, act_ta, rew_ta),
+                         (tf.constant(0), env_state, initial_state(warped, count), obs_ta, act_ta, rew_ta),
                          maximum_iterations=steps)
     _, _, _, obs_ta, act_ta, rew_ta = loop
     swap = lambda x: tf.transpose(x, [1, 0] + list(range(2, x.shape.rank)))  # noqa: E731

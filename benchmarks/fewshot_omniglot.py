@@ -80,13 +80,13 @@ def main(argv=None):
 
     print(f"\nOmniglot 5-way 1-shot, {args.eval_episodes} test episodes of held-out alphabets; "
           f"{args.train_cpu_seconds:.0f} CPU-s of meta-training per run")
-    print(f"{'method':<12}{'seed':>5}{'test alphabets':>22}{'meta-steps':>12}{'best':>6}{'val acc':>9}"
+    print(f"{'method':<32}{'seed':>5}{'test alphabets':>22}{'meta-steps':>12}{'best':>6}{'val acc':>9}"
           f"{'test accuracy (95% CI)':>26}")
     table = {}
     for m, runs in rows.items():
         for r in runs:
             t = r["test"]
-            print(f"{r['label']:<12}{r['seed']:>5}{','.join(r['alphabets']['test']):>22}{r['meta_steps_done']:>12}"
+            print(f"{r['label']:<32}{r['seed']:>5}{','.join(r['alphabets']['test']):>22}{r['meta_steps_done']:>12}"
                   f"{r['best_step']:>6}{100 * r['best_val_accuracy']:>8.1f}%"
                   f"{100 * t['accuracy']:>17.2f} ± {100 * t['ci95']:.2f}%")
         acc = np.array([r["test"]["accuracy"] for r in runs])

@@ -56,3 +56,43 @@ def central_difference(loss, params, eps=1e-6):
                 fd[i] += sign * float(loss(dict(params, **{name: tf.constant(bumped.reshape(np.shape(value)))})))
         grads[name] = fd / (2 * eps)
     return grads
+
+
+# ---------------------------------------------------------------------------------------------- trainer CLIs
+
+
+def run_module(module, *args, env=None, timeout=300):
+    """``python -m module *args`` from the repository root (a fresh process: logical devices can be set)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1", **(env or {}))
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def checkpoint_values(root, prefixes=None):
+    """``(path, {name: array})`` of the variables in ``root/checkpoints``' latest checkpoint (optionally only
+    the names starting with one of ``prefixes``)."""
+    import os
+
+    import numpy as np
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(os.path.join(str(root), "checkpoints"))
+    assert latest, f"no checkpoint under {root}"
+    reader = tf.train.load_checkpoint(latest)
+    names = [n for n in reader.get_variable_to_shape_map() if n.endswith("VARIABLE_VALUE")
+             and (prefixes is None or n.startswith(tuple(prefixes)))]
+    return latest, {n: np.asarray(reader.get_tensor(n)) for n in names}
+
+
+def assert_one_line_error(out, message):
+    """A CLI failed with exit status 2 and a last stderr line containing ``message``, without a traceback."""
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
+    assert message in lines[-1], lines[-1]
+    assert "Traceback" not in out.stderr

@@ -6,15 +6,11 @@ Warp-MAML checks θ0 and φ; Meta-SGD also checks the learned per-parameter inne
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from tests.conftest import REPO
+from tests.helpers import assert_one_line_error, checkpoint_values, run_module
 from tests.test_fewshot_data import SIZE, write_mini_pickles
 
 TINY = ["train_eval.meta_steps=2", "train_eval.meta_batch_size=2", "train_eval.inner_steps=1",
@@ -29,20 +25,15 @@ def mini(tmp_path_factory):
 
 
 def cli(root, data_dir, method, *extra, params=()):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_DETERMINISTIC_OPS="1")
-    args = [sys.executable, "-m", "trainers.fewshot", f"--gin_file=configs/fewshot/miniimagenet_{method}.gin",
-            f"--data_dir={data_dir}", f"--root_dir={root}", *extra]
-    args += [f"--gin_param={p}" for p in TINY + list(params)]
-    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return run_module("trainers.fewshot", f"--gin_file=configs/fewshot/miniimagenet_{method}.gin",
+                      f"--data_dir={data_dir}", f"--root_dir={root}", *extra,
+                      *(f"--gin_param={p}" for p in TINY + list(params)), env={"TF_DETERMINISTIC_OPS": "1"})
 
 
 def checkpoint(root):
-    latest = tf.train.latest_checkpoint(os.path.join(str(root), "checkpoints"))
-    assert latest and latest.endswith("ckpt-2"), latest
-    reader = tf.train.load_checkpoint(latest)
-    names = [n for n in reader.get_variable_to_shape_map()
-             if n.startswith(("model/", "inner_rates/")) and n.endswith("VARIABLE_VALUE")]
-    return {n: reader.get_tensor(n) for n in names}
+    latest, values = checkpoint_values(root, prefixes=["model/", "inner_rates/"])
+    assert latest.endswith("ckpt-2"), latest
+    return values
 
 
 @pytest.mark.parametrize("method", ["warp_maml", "meta_sgd"])
@@ -69,7 +60,4 @@ def test_mirrored_two_replicas_equals_single_device(method, tmp_path, mini):
 def test_meta_batch_that_does_not_divide_is_one_line(tmp_path, mini):
     out = cli(tmp_path / "bad", mini, "maml", "--strategy=mirrored", "--cpu_replicas=2",
               params=["train_eval.meta_batch_size=3"])
-    assert out.returncode == 2
-    lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
-    assert "meta-batch of 3 tasks does not divide evenly over 2 replicas" in lines[-1]
-    assert "Traceback" not in out.stderr
+    assert_one_line_error(out, "meta-batch of 3 tasks does not divide evenly over 2 replicas")

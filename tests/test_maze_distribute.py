@@ -8,8 +8,6 @@ a minute on two loaded cores.
 
 import json
 import os
-import subprocess
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -18,7 +16,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tests.conftest import REPO  # noqa: E402
+from tests.helpers import assert_one_line_error, checkpoint_values, run_module  # noqa: E402
 from warpgrad_tf.envs import MazeEnv  # noqa: E402
 from warpgrad_tf.layers.rnn import make_cell  # noqa: E402
 from warpgrad_tf.model import WarpedModel  # noqa: E402
@@ -30,18 +28,8 @@ TINY = dict(batch_size=4, episode_length=6, maze_size=5, units=8, meta_units=4, 
 
 def cli(root, *extra, **overrides):
     params = dict(TINY, **overrides)
-    args = [sys.executable, "-m", "trainers.maze", "--gin_file=configs/maze/warp_rnn.gin", f"--root_dir={root}",
-            *extra, *(f"--gin_param=train_eval.{k}={v!r}" for k, v in params.items())]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1")
-    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-
-
-def checkpoint_values(root):
-    latest = tf.train.latest_checkpoint(os.path.join(str(root), "checkpoints"))
-    assert latest, f"no checkpoint under {root}"
-    reader = tf.train.load_checkpoint(latest)
-    names = [n for n in reader.get_variable_to_shape_map() if n.endswith("VARIABLE_VALUE")]
-    return latest, {n: np.asarray(reader.get_tensor(n)) for n in names}
+    return run_module("trainers.maze", "--gin_file=configs/maze/warp_rnn.gin", f"--root_dir={root}", *extra,
+                      *(f"--gin_param=train_eval.{k}={v!r}" for k, v in params.items()))
 
 
 def tiny_agent(seed=0):
@@ -110,8 +98,5 @@ def test_mirrored_two_replicas_equals_single_device(tmp_path):
 
 def test_batch_that_does_not_divide_is_one_line(tmp_path):
     out = cli(tmp_path / "bad", "--strategy=mirrored", "--cpu_replicas=2", batch_size=3)
-    assert out.returncode == 2
-    lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
-    assert "batch of 3 episodes does not divide evenly over 2 replicas" in lines[-1]
-    assert "Traceback" not in out.stderr
+    assert_one_line_error(out, "batch of 3 episodes does not divide evenly over 2 replicas")
     assert not os.path.exists(tmp_path / "bad" / "checkpoints")

@@ -269,3 +269,14 @@ def meta_train(step_fn, start, total_steps, checkpointer, writers, *, log_every=
     if interrupt.requested:
         logging.warning("Interrupted at meta step %d; rerun with the same --root_dir to resume.", step)
     return step, interrupt.requested
+
+
+def meta_optimizer(name, learning_rate, flag="train_eval.meta_optimizer"):
+    """The Keras meta-optimiser ``name`` (``"sgd"`` or ``"adam"``); an unknown name is an error naming ``flag``."""
+    import keras
+
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate)
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    raise ValueError(f"Unknown {flag} {name!r}; choose 'sgd' or 'adam'.")

@@ -55,14 +55,6 @@ LABELS = {"warp_maml": "Warp-MAML", "maml": "MAML", "fomaml": "FOMAML", "meta_sg
           "tnets": "T-Nets", "reptile": "Reptile"}
 
 
-def _optimizer(name, learning_rate):
-    if name == "sgd":
-        return keras.optimizers.SGD(learning_rate)
-    if name == "adam":
-        return keras.optimizers.Adam(learning_rate)
-    raise ValueError(f"Unknown train_eval.meta_optimizer {name!r}; choose 'sgd' or 'adam'.")
-
-
 def make_evaluator(warped, rule, steps, rates=None):
     """``run(θ0, φ, support_x, support_y, query_x, query_y) -> (query accuracy, query loss)`` after ``steps``."""
     loss_fn = wg.losses.softmax_cross_entropy
@@ -198,8 +190,8 @@ def train_eval(root_dir, data_dir,
     task_vars, warp_vars = list(warped.task_variables.values()), list(warped.warp_variables.values())
     trackables = {"model": list(model.variables)}
     with strategy.scope():
-        init_opt = _optimizer(meta_optimizer, init_lr) if m.init != "none" else None
-        warp_opt = _optimizer(meta_optimizer, warp_lr) if learns_warp and warp_vars else None
+        init_opt = common.meta_optimizer(meta_optimizer, init_lr) if m.init != "none" else None
+        warp_opt = common.meta_optimizer(meta_optimizer, warp_lr) if learns_warp and warp_vars else None
         lr_opt = keras.optimizers.Adam(lr_meta_lr) if rate is not None else None
         for name, opt, variables in (("init_optimizer", init_opt, task_vars),
                                      ("warp_optimizer", warp_opt, warp_vars),

@@ -67,14 +67,6 @@ LABELS = {"warp_leap": "Warp-Leap", "leap": "Leap", "reptile": "Reptile", "fomam
           "tnets": "T-Nets"}
 
 
-def _optimizer(name, learning_rate):
-    if name == "sgd":
-        return keras.optimizers.SGD(learning_rate)
-    if name == "adam":
-        return keras.optimizers.Adam(learning_rate)
-    raise ValueError(f"Unknown meta optimizer {name!r}; choose 'sgd' or 'adam'.")
-
-
 def _task_seed(seed, step, i, meta_batch_size):
     return int(seed) * 1_000_003 + int(step) * int(meta_batch_size) + i
 
@@ -266,8 +258,8 @@ def train_eval(root_dir, data_dir,
     task_vars, warp_vars = list(warped.task_variables.values()), list(warped.warp_variables.values())
     trackables = {"model": model_vars}
     with strategy.scope():
-        init_opt = _optimizer(meta_optimizer, init_lr) if m.init != "none" else None
-        warp_opt = _optimizer(meta_optimizer, warp_lr) if learns_warp and warp_vars else None
+        init_opt = common.meta_optimizer(meta_optimizer, init_lr) if m.init != "none" else None
+        warp_opt = common.meta_optimizer(meta_optimizer, warp_lr) if learns_warp and warp_vars else None
         for name, opt, variables in (("init_optimizer", init_opt, task_vars),
                                      ("warp_optimizer", warp_opt, warp_vars)):
             if opt is not None:

@@ -349,19 +349,7 @@ class AdaptiveModelSaver:
         An existing ``export_dir`` is replaced only if it is a SavedModel (or empty) and ``overwrite`` is
         true; anything else there is an error, so a mistyped path never deletes unrelated files.
         """
-        export_dir = _check_output(export_dir, overwrite)
-        parent = os.path.dirname(export_dir)
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".tmp-saved_model-", dir=parent)
-        try:
-            tf.saved_model.save(self.module, tmp, signatures=self.signatures)
-            if os.path.exists(export_dir):
-                shutil.rmtree(export_dir)
-            os.replace(tmp, export_dir)
-        finally:
-            if os.path.exists(tmp):
-                shutil.rmtree(tmp)
-        return export_dir
+        return save_module(self.module, self.signatures, export_dir, overwrite)
 
 
 def _check_output(export_dir, overwrite):
@@ -372,6 +360,26 @@ def _check_output(export_dir, overwrite):
             raise FileExistsError(
                 f"{export_dir} exists and is {'a SavedModel' if is_saved_model else 'not a SavedModel'}; "
                 "choose another --output" + (" or pass overwrite=True" if is_saved_model else "") + ".")
+    return export_dir
+
+
+def save_module(module, signatures, export_dir, overwrite=True):
+    """``tf.saved_model.save`` into ``export_dir`` through a temporary folder and a rename (never half-written).
+
+    An existing ``export_dir`` is replaced only if it is a SavedModel (or empty) and ``overwrite`` is true.
+    """
+    export_dir = _check_output(export_dir, overwrite)
+    parent = os.path.dirname(export_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-saved_model-", dir=parent)
+    try:
+        tf.saved_model.save(module, tmp, signatures=signatures)
+        if os.path.exists(export_dir):
+            shutil.rmtree(export_dir)
+        os.replace(tmp, export_dir)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
     return export_dir
 
 

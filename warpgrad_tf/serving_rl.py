@@ -46,8 +46,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from typing import NamedTuple
 
 import keras
@@ -461,19 +459,7 @@ class AgentSaver:
     # ------------------------------------------------------------------ saving
     def save(self, export_dir, overwrite=True):
         """Write the SavedModel to ``export_dir`` (temporary folder + rename, as :mod:`warpgrad_tf.serving`)."""
-        export_dir = serving._check_output(export_dir, overwrite)
-        parent = os.path.dirname(export_dir)
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".tmp-saved_model-", dir=parent)
-        try:
-            tf.saved_model.save(self.module, tmp, signatures=self.signatures)
-            if os.path.exists(export_dir):
-                shutil.rmtree(export_dir)
-            os.replace(tmp, export_dir)
-        finally:
-            if os.path.exists(tmp):
-                shutil.rmtree(tmp)
-        return export_dir
+        return serving.save_module(self.module, self.signatures, export_dir, overwrite)
 
 
 def export(root_dir, output, checkpoint=None, seed=None, overwrite=True):

@@ -18,13 +18,11 @@ Usage::
 The reduced 2-core budget of ``configs/omniglot/budgets/reduced_cpu.gin`` (32 filters, meta-batch 5, 20 inner steps in
 meta-training, 40 meta-steps, 100 evaluation steps; paper learning rates shared by all methods)::
 
-    python -m benchmarks.omniglot_table2 --data_dir=../shared/data/omniglot --out=runs/omni/table2 \
-        --methods=warp_leap,leap,reptile --seeds=0,1,2 \
-        --gin_param=omniglot_convnet.filters=32 --gin_param=train_eval.meta_batch_size=5 \
-        --gin_param=train_eval.inner_steps=20 --gin_param=train_eval.meta_steps=40 \
-        --gin_param=train_eval.eval_every=20
+    python -m benchmarks.omniglot_table2 --data_dir=../shared/data/omniglot --out=runs/table2 \
+        --methods=warp_leap,leap,reptile --seeds=0,1,2 --gin_file=configs/omniglot/budgets/reduced_cpu.gin
 
-Measured cost: a Warp-Leap run ~6 CPU-minutes, a Leap run ~1-1.5 wall-minutes.
+Measured (2-core CPU): all nine runs 37.5 CPU-minutes; Warp-Leap 47.3 ± 6.8 %, Leap 30.7 ± 5.8 %,
+Reptile 20.7 ± 1.9 % held-out accuracy after 100 steps (mean ± s.e. over the three held-out alphabets).
 """
 
 from __future__ import annotations
@@ -59,7 +57,8 @@ def run_one(method, seed, test_alphabet, train_alphabets, args):
                f"--gin_param=OmniglotTasks.test_alphabets=['{test_alphabet}']",
                f"--gin_param=OmniglotTasks.train_alphabets={train_alphabets!r}",
                "--gin_param=OmniglotTasks.val_alphabets=[]",
-               f"--gin_param=train_eval.seed={seed}"] + [f"--gin_param={p}" for p in args.gin_param]
+               f"--gin_param=train_eval.seed={seed}"] + [f"--gin_file={g}" for g in args.gin_file] \
+            + [f"--gin_param={p}" for p in args.gin_param]
         start = time.time()
         with open(os.path.join(root, "log.txt"), "a") as log:
             rc = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
@@ -78,9 +77,14 @@ def main(argv=None):
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--num_train", type=int, default=None, help="meta-training alphabets (default: the rest)")
     parser.add_argument("--jobs", type=int, default=1, help="trainer processes at once")
+    parser.add_argument("--gin_file", action="append", default=[],
+                        help="extra gin file(s) after the method's, e.g. configs/omniglot/budgets/reduced_cpu.gin")
     parser.add_argument("--gin_param", action="append", default=[])
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
+    for g in args.gin_file:
+        if not os.path.exists(os.path.join(REPO, g)):
+            raise SystemExit(f"error: --gin_file {g!r} does not exist (paths are relative to the repository).")
     for m in methods:
         if not os.path.exists(os.path.join(REPO, "configs", "omniglot", f"{m}.gin")):
             raise SystemExit(f"error: no gin file configs/omniglot/{m}.gin for method {m!r}.")

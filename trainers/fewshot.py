@@ -247,7 +247,9 @@ def train_eval(root_dir, data_dir,
             bar.update(1)
             done = step + 1
             if done % log_every == 0 or done == meta_steps:
-                bar.set_postfix(query_loss=f"{last.get('init_value', float('nan')):.3f}")
+                budget = ({} if max_train_cpu_seconds is None else  # the CPU budget, not the step count, ends it
+                          {"cpu_s": f"{time.process_time() - cpu0:.0f}/{float(max_train_cpu_seconds):.0f}"})
+                bar.set_postfix(query_loss=f"{last.get('init_value', float('nan')):.3f}", **budget)
                 writers.scalars(writers.train, done, {f"train/{k}": v for k, v in last.items()})
             out_of_time = (max_train_cpu_seconds is not None
                            and time.process_time() - cpu0 > float(max_train_cpu_seconds))

@@ -1,6 +1,5 @@
-"""trainers/fewshot.py: a gin file per dataset and method, the 95 % CI, resume and bad input; the helpers that
-test_fewshot_trainer_{omniglot,mini,tiered}.py use to run one meta-step per gin file (split so that each module
-stays under a minute)."""
+"""trainers/fewshot.py: a gin file per dataset and method (one meta-step each), the 95 % CI, resume and bad
+input."""
 
 import glob
 import json
@@ -22,22 +21,14 @@ TINY = ["train_eval.meta_steps = 1", "train_eval.inner_steps = 1", "train_eval.q
         f"FewShotEpisodes.image_size = {SIZE}"]
 
 
-def make_data(tmp_path_factory, omniglot_dir):
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, omniglot_dir):
     """Fixture folders in the miniImageNet and tieredImageNet pickle formats, plus the shared Omniglot zips."""
     root = tmp_path_factory.mktemp("fewshot_data")
     os.makedirs(root / "mini")
     os.makedirs(root / "tiered")
     return {"miniimagenet": write_mini_pickles(root / "mini"), "tieredimagenet": write_tiered_pickles(root / "tiered"),
             "omniglot": omniglot_dir, "cache": str(root / "tfds")}
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory, omniglot_dir):
-    return make_data(tmp_path_factory, omniglot_dir)
-
-
-def gin_files(dataset):
-    return [p for p in GIN_FILES if os.path.basename(p).startswith(dataset + "_")]
 
 
 def run(root, data, gin_file, params=()):
@@ -79,6 +70,11 @@ def check_one_meta_step(gin_file, tmp_path, data):
         assert json.load(f)["test"]["accuracy"] == results["test"]["accuracy"]
     assert glob.glob(str(tmp_path / "train" / "events.*")) and glob.glob(str(tmp_path / "eval" / "events.*"))
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-1")
+
+
+@pytest.mark.parametrize("gin_file", GIN_FILES, ids=lambda p: os.path.basename(p)[:-4])
+def test_one_meta_step_per_gin_file(gin_file, tmp_path, data):
+    check_one_meta_step(gin_file, tmp_path, data)
 
 
 def test_resume_continues_from_the_checkpoint(tmp_path, data):

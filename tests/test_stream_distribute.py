@@ -108,6 +108,16 @@ def _assert_one_line_error(child, num):
     assert lines[-1].startswith("error: ") and "Traceback" not in stderr
 
 
+def _mirrored_results(tmp, children, name, single):
+    """The mirrored run's results.json, once its process exited cleanly; replica counts 1 (single) vs 2."""
+    code, stderr = _wait(children[name])
+    assert code == 0, stderr[-3000:]
+    mirrored = json.load(open(tmp / f"{name}_mirrored" / "results.json"))
+    assert (single["replicas"], mirrored["replicas"]) == (1, 2)
+    assert mirrored["meta_steps"] == 2
+    return mirrored
+
+
 def test_continual_sine_mirrored_equals_single_device(runs):
     import keras
 
@@ -116,11 +126,8 @@ def test_continual_sine_mirrored_equals_single_device(runs):
 
     tmp, children = runs
     single = continual_sine.train_eval(str(tmp / "continual_single"), **CONTINUAL)
-    code, stderr = _wait(children["continual"])
-    assert code == 0, stderr[-3000:]
-    mirrored = json.load(open(tmp / "continual_mirrored" / "results.json"))
-    assert (single["replicas"], mirrored["replicas"]) == (1, 2)
-    assert mirrored["meta_steps"] == 2 and mirrored["method"] == "warpgrad"
+    mirrored = _mirrored_results(tmp, children, "continual", single)
+    assert mirrored["method"] == "warpgrad"
     np.testing.assert_allclose(mirrored["results"]["warpgrad"]["training"]["final_loss_per_subtask"],
                                single["results"]["warpgrad"]["training"]["final_loss_per_subtask"], rtol=1e-5)
     keras.utils.set_random_seed(0)  # as train_eval(seed=0) builds it
@@ -135,11 +142,7 @@ def test_synthetic2d_mirrored_equals_single_device(runs):
 
     tmp, children = runs
     single = synthetic2d.train_eval(str(tmp / "synthetic2d_single"), **SYNTHETIC)
-    code, stderr = _wait(children["synthetic2d"])
-    assert code == 0, stderr[-3000:]
-    mirrored = json.load(open(tmp / "synthetic2d_mirrored" / "results.json"))
-    assert (single["replicas"], mirrored["replicas"]) == (1, 2)
-    assert mirrored["meta_steps"] == 2
+    mirrored = _mirrored_results(tmp, children, "synthetic2d", single)
     assert mirrored["warpgrad_final_loss_mean"] == pytest.approx(single["warpgrad_final_loss_mean"], rel=1e-5,
                                                                  abs=1e-6)
     model = synthetic2d.build_model(num_points=4)  # seeds itself (seed=0)

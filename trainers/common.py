@@ -18,6 +18,8 @@ import json
 import os
 import signal
 import sys
+import tempfile
+from typing import NamedTuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -156,6 +158,41 @@ class Interrupt:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         return False
+
+
+class Placement(NamedTuple):
+    """Where a (possibly multi-worker) run keeps its files.
+
+    ``run_dir`` is the run directory the user named: the chief's checkpoints live there and every worker
+    resumes from them. ``out_dir`` is where this process writes logs and results: ``run_dir`` on the chief,
+    a private scratch folder on the other workers (the TensorFlow multi-worker convention).
+    """
+
+    strategy: tf.distribute.Strategy
+    distributed: bool
+    run_dir: str
+    out_dir: str
+
+    def checkpointer(self, **trackables):
+        """A :class:`Checkpointer` (one device) or a ``distribute.WorkerCheckpointer`` over ``run_dir``."""
+        if not self.distributed:
+            return Checkpointer(self.run_dir, **trackables)
+        from warpgrad_tf import distribute
+
+        return distribute.WorkerCheckpointer(self.strategy, self.run_dir, **trackables)
+
+
+def place_run(strategy, root_dir, name):
+    """:class:`Placement` of a trainer's run under ``strategy`` (None: the default, single-device strategy)."""
+    strategy = strategy or tf.distribute.get_strategy()
+    distributed = strategy is not tf.distribute.get_strategy()
+    out_dir = root_dir
+    if distributed:
+        from warpgrad_tf import distribute
+
+        if not distribute.is_chief(strategy):
+            out_dir = tempfile.mkdtemp(prefix=f"warpgrad_{name}_worker_")
+    return Placement(strategy, distributed, root_dir, out_dir)
 
 
 class Checkpointer:

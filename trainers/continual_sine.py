@@ -33,9 +33,7 @@ checkpoints. Evaluation runs on one replica.
 
 from __future__ import annotations
 
-import functools
 import os
-import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -221,14 +219,10 @@ def train_eval(
       The results dict written to ``root_dir/results.json``.
     """
     check_objective(objective)
-    strategy = strategy or tf.distribute.get_strategy()
-    distributed = strategy is not tf.distribute.get_strategy()
-    run_dir = root_dir  # checkpoints: the chief's, read by every worker
-    if distributed:
-        if use_warp and meta_steps > 0:
-            distribute.shard_size(strategy, int(meta_batch_size))  # an indivisible meta-batch fails here, early
-        if not distribute.is_chief(strategy):  # the other workers write their logs and results to scratch
-            root_dir = tempfile.mkdtemp(prefix="warpgrad_continual_sine_worker_")
+    run = common.place_run(strategy, root_dir, "continual_sine")
+    strategy, distributed, root_dir = run.strategy, run.distributed, run.out_dir
+    if distributed and use_warp and meta_steps > 0:
+        distribute.shard_size(strategy, int(meta_batch_size))  # an indivisible meta-batch fails here, early
     os.makedirs(root_dir, exist_ok=True)
     common.write_operative_config(root_dir)
     family = ContinualSineFamily(num_subtasks, steps_per_subtask, batch_size, eval_size)
@@ -256,8 +250,7 @@ def train_eval(
         best.warp = [tf.Variable(v, trainable=False) for v in warp_vars]
         best.score = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
         best.step = tf.Variable(-1, dtype=tf.int64, trainable=False)
-    checkpointer = functools.partial(distribute.WorkerCheckpointer, strategy) if distributed else common.Checkpointer
-    checkpointer = checkpointer(run_dir, model=warped.model, optimizer=optimizer, best=best)
+    checkpointer = run.checkpointer(model=warped.model, optimizer=optimizer, best=best)
     start = checkpointer.restore()
     writers = common.SummaryWriters(root_dir)
     training_order = list(range(num_subtasks))

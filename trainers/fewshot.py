@@ -33,9 +33,7 @@ writes ``root_dir``, the other workers log to scratch and resume from the chief'
 
 from __future__ import annotations
 
-import functools
 import os
-import tempfile
 import time
 
 import gin
@@ -152,13 +150,10 @@ def train_eval(root_dir, data_dir,
     first_block = first_block or ("warp" if learns_warp else "task")
     eval_inner_steps = int(eval_inner_steps or inner_steps)
     meta_batch_size = int(meta_batch_size)
-    strategy = strategy or tf.distribute.get_strategy()
-    distributed = strategy is not tf.distribute.get_strategy()
-    run_dir = root_dir  # checkpoints: the chief's, read by every worker
+    run = common.place_run(strategy, root_dir, "fewshot")
+    strategy, distributed, root_dir = run.strategy, run.distributed, run.out_dir
     if distributed:
         distribute.shard_size(strategy, meta_batch_size)  # an indivisible meta-batch fails here, early
-        if not distribute.is_chief(strategy):
-            root_dir = tempfile.mkdtemp(prefix="warpgrad_fewshot_worker_")
 
     episodes = fs.FewShotEpisodes(data_dir, dataset, ways, shots, queries, seed=seed)
     train_episodes = episodes
@@ -203,8 +198,7 @@ def train_eval(root_dir, data_dir,
         trackables["inner_rates"] = list(rate.variables.values())
     best_score = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_score")
     best_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_step")
-    checkpointer = functools.partial(distribute.WorkerCheckpointer, strategy) if distributed else common.Checkpointer
-    ckpt = checkpointer(run_dir, best_score=best_score, best_step=best_step, **trackables)
+    ckpt = run.checkpointer(best_score=best_score, best_step=best_step, **trackables)
     best = tf.train.Checkpoint(model=list(model.variables), **({"inner_rates": trackables["inner_rates"]}
                                                                  if rate is not None else {}))
     best_dir = os.path.join(root_dir, "best")

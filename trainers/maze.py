@@ -52,11 +52,9 @@ chief's checkpoints.
 
 from __future__ import annotations
 
-import functools
 import glob
 import json
 import os
-import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -159,26 +157,21 @@ def make_train_step(warped, env, *, discount, value_coef, entropy_coef, jit_comp
                            jit_compile=jit_compile)
 
     per = distribute.shard_size(strategy, env.batch_size)
-    local_ids = distribute._replica_ids(strategy)
-    starts = distribute._per_replica(strategy, local_ids, lambda g: tf.constant(g * per, tf.int32))
     shard_sums = lambda seed, start: _weighted_terms(warped, env, seed, float(per),  # noqa: E731
                                                      episodes=(start, per), **constants)
     if jit_compile:  # XLA for the rollout and backward pass; the all-reduce stays outside the cluster
         shard_sums = tf.function(shard_sums, jit_compile=True)
-
-    @tf.function
-    def compute(seed, starts):
-        def replica(start):
-            sums = distribute._all_reduce(shard_sums(seed, start))
-            return tf.nest.map_structure(lambda t: t / float(env.batch_size), sums)
-
-        return strategy.run(replica, args=(starts,))
+    # The batch sharded over the replicas is the episodes' indices (and the shared seed, one per row):
+    # replica g receives rows [g·P, (g+1)·P) and plays exactly those episodes.
+    mean = distribute.sharded_mean_gradient(
+        strategy, lambda shard: shard_sums(shard["seed"][0], tf.cast(shard["episode"][0], tf.int32)))
+    episodes = tf.range(env.batch_size, dtype=tf.int32)
 
     def step(seed):
-        metrics, grads_task, grads_warp = distribute._first_local(strategy, compute(seed, starts))
+        seed = tf.convert_to_tensor(seed, tf.int64)
+        metrics, grads_task, grads_warp = mean({"episode": episodes, "seed": tf.fill([env.batch_size], seed)})
         return metrics, list(grads_task), list(grads_warp)
 
-    step.compute = compute
     return step
 
 
@@ -218,18 +211,15 @@ def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, ep
     checkpoint_every = _check_positive_int("checkpoint_every", checkpoint_every)
     a2c.check_coefficients(discount, value_coef, entropy_coef)
     env = MazeEnv(size=maze_size, batch_size=batch_size, episode_length=episode_length)
-    strategy = strategy or tf.distribute.get_strategy()
-    distributed = strategy is not tf.distribute.get_strategy()
+    run = common.place_run(strategy, root_dir, "maze")
+    strategy, distributed, root_dir = run.strategy, run.distributed, run.out_dir
     replicas = int(strategy.num_replicas_in_sync)
-    run_dir = root_dir  # checkpoints: the chief's, read by every worker
     if distributed:
         try:  # an indivisible batch fails here, early
             distribute.shard_size(strategy, batch_size)
         except ValueError:
             raise ValueError(f"the batch of {batch_size} episodes does not divide evenly over {replicas} replicas; "
                              f"choose a train_eval.batch_size that is a multiple of {replicas}.") from None
-        if not distribute.is_chief(strategy):  # the other workers write their logs and results to scratch
-            root_dir = tempfile.mkdtemp(prefix="warpgrad_maze_worker_")
     os.makedirs(root_dir, exist_ok=True)
     common.write_operative_config(root_dir)
 
@@ -250,8 +240,7 @@ def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, ep
             warp_optimizer.build(warp_vars)
             accumulator = WarpAccumulator(warp_vars)
             trackables.update(warp_optimizer=warp_optimizer, warp_accumulator=accumulator)
-    checkpointer = (functools.partial(distribute.WorkerCheckpointer, strategy) if distributed
-                    else common.Checkpointer)(run_dir, **trackables)
+    checkpointer = run.checkpointer(**trackables)
     start = checkpointer.restore()
     writers = common.SummaryWriters(root_dir)
     # Distributed: gradients and metrics come back all-reduced; the updates below run once, in cross-replica

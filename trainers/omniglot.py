@@ -41,9 +41,7 @@ the single-device one. The meta-batch must divide evenly over the replicas. Only
 
 from __future__ import annotations
 
-import functools
 import os
-import tempfile
 import time
 
 import gin
@@ -220,13 +218,10 @@ def train_eval(root_dir, data_dir,
     learns_warp = (objective or m.objective) is not None
     meta_steps = int(meta_steps) if m.init != "none" or learns_warp else 0  # sgd: nothing to meta-learn
     val_steps = int(val_steps or eval_steps)
-    strategy = strategy or tf.distribute.get_strategy()
-    distributed = strategy is not tf.distribute.get_strategy()
-    run_dir = root_dir  # checkpoints: the chief's, read by every worker
+    run = common.place_run(strategy, root_dir, "omniglot")
+    strategy, distributed, root_dir = run.strategy, run.distributed, run.out_dir
     if distributed:
         distribute.shard_size(strategy, int(meta_batch_size))  # an indivisible meta-batch fails here, early
-        if not distribute.is_chief(strategy):  # the other workers write their logs and results to scratch
-            root_dir = tempfile.mkdtemp(prefix="warpgrad_omniglot_worker_")
 
     data = og.OmniglotTasks(data_dir)
     split = data.split_alphabets
@@ -267,8 +262,7 @@ def train_eval(root_dir, data_dir,
                 trackables[name] = opt
     best_score = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_score")
     best_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_step")
-    checkpointer = functools.partial(distribute.WorkerCheckpointer, strategy) if distributed else common.Checkpointer
-    ckpt = checkpointer(run_dir, best_score=best_score, best_step=best_step, **trackables)
+    ckpt = run.checkpointer(best_score=best_score, best_step=best_step, **trackables)
     best = tf.train.Checkpoint(model=model_vars)
     best_dir = os.path.join(root_dir, "best")
     start = ckpt.restore()

@@ -38,9 +38,7 @@ folders and resume from the chief's checkpoints. Evaluation runs on one replica.
 
 from __future__ import annotations
 
-import functools
 import os
-import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -279,14 +277,11 @@ def train_eval(
     if not 1 <= plot_candidates <= starts_per_task:
         raise ValueError(f"plot_candidates must lie in [1, starts_per_task={starts_per_task}]; "
                          f"got {plot_candidates}.")
-    strategy = strategy or tf.distribute.get_strategy()
-    distributed = strategy is not tf.distribute.get_strategy()
-    run_dir = root_dir  # checkpoints: the chief's, read by every worker
+    run = common.place_run(strategy, root_dir, "synthetic2d")
+    strategy, root_dir = run.strategy, run.out_dir
     runs_per_replica = starts_per_task
     if meta_steps > 0:  # an indivisible batch of runs fails here, early
         runs_per_replica = distribute.shard_size(strategy, int(starts_per_task))
-    if distributed and not distribute.is_chief(strategy):  # the other workers write logs and results to scratch
-        root_dir = tempfile.mkdtemp(prefix="warpgrad_synthetic2d_worker_")
     os.makedirs(root_dir, exist_ok=True)
     common.write_operative_config(root_dir)
     family = synthetic2d.SurfaceFamily()
@@ -305,8 +300,7 @@ def train_eval(
     with strategy.scope():
         optimizer = keras.optimizers.Adam(meta_learning_rate)
         optimizer.build(warp_vars)
-    checkpointer = functools.partial(distribute.WorkerCheckpointer, strategy) if distributed else common.Checkpointer
-    checkpointer = checkpointer(run_dir, model=warped.model, optimizer=optimizer)
+    checkpointer = run.checkpointer(model=warped.model, optimizer=optimizer)
     start = checkpointer.restore()
     writers = common.SummaryWriters(root_dir)
 

@@ -131,6 +131,21 @@ def _after(check, tensor, dims):
     return tensor
 
 
+def check_scalar(value, name, minimum):
+    """``value`` as a scalar, after in-graph checks that it is one and is ``>= minimum``.
+
+    A failed check raises ``InvalidArgumentError`` naming the argument (e.g. ``steps must be >= 0; got -1``).
+    """
+    check = tf.debugging.Assert(tf.equal(tf.rank(value), 0),
+                                [f"{name} must be a scalar int32; got shape", tf.shape(value)], name=f"{name}_scalar")
+    with tf.control_dependencies([check]):
+        value = tf.reshape(value, [-1])[0]
+        check = tf.debugging.Assert(value >= minimum, [f"{name} must be >= {minimum}; got", value],
+                                    name=f"{name}_minimum")
+    with tf.control_dependencies([check]):
+        return tf.identity(value)
+
+
 class AdaptiveModelSaver:
     """Build the adaptation-only export of a warped model and save it as a SavedModel.
 
@@ -295,21 +310,10 @@ class AdaptiveModelSaver:
         with tf.control_dependencies(checks):
             return tf.identity(support_x), tf.identity(support_y)
 
-    @staticmethod
-    def _check_steps(steps):
-        check = tf.debugging.Assert(tf.equal(tf.rank(steps), 0),
-                                    ["steps must be a scalar int32; got shape", tf.shape(steps)],
-                                    name="steps_scalar")
-        with tf.control_dependencies([check]):
-            steps = tf.reshape(steps, [-1])[0]
-            check = tf.debugging.Assert(steps >= 0, ["steps must be >= 0; got", steps], name="steps_non_negative")
-        with tf.control_dependencies([check]):
-            return tf.identity(steps)
-
     def _adapt_task(self, support_x, support_y, steps):
         """``(θ_K, BatchNorm state after K steps)`` as ``{path: tensor}`` dicts."""
         support_x, support_y = self._check_support(support_x, support_y)
-        steps = self._check_steps(steps)
+        steps = check_scalar(steps, "steps", minimum=0)
         task, warp, frozen, state = self._values()
         batches = adaptation.minibatches(support_x, support_y, self._batch_size, self._seed)
         result = adaptation.adapt(self._warped, task, warp, self._rule, batches, self._loss_fn, steps,

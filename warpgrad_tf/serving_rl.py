@@ -411,14 +411,7 @@ class AgentSaver:
         return task, warp
 
     def _initial_state(self, batch_size):
-        check = tf.debugging.Assert(tf.equal(tf.rank(batch_size), 0),
-                                    ["batch_size must be a scalar int32; got shape", tf.shape(batch_size)],
-                                    name="batch_size_scalar")
-        with tf.control_dependencies([check]):
-            b = tf.reshape(batch_size, [-1])[0]
-            check = tf.debugging.Assert(b >= 1, ["batch_size must be >= 1; got", b], name="batch_size_positive")
-        with tf.control_dependencies([check]):
-            b = tf.identity(b)
+        b = serving.check_scalar(batch_size, "batch_size", minimum=1)
         return {n: tf.zeros([b, int(s)], tf.float32, name=n) for n, s in zip(self._state_names, self._spec.state_sizes)}
 
     def _act(self, observation, state, task_parameters):
@@ -435,7 +428,7 @@ class AgentSaver:
 
     def _adapt(self, observations, actions, rewards, mask, steps):
         observations, actions, rewards, mask = self._check_episodes(observations, actions, rewards, mask)
-        steps = serving.AdaptiveModelSaver._check_steps(steps)
+        steps = serving.check_scalar(steps, "steps", minimum=0)
         task, warp = self._values()
         m = self.module
         opt_state = AdamState(tf.convert_to_tensor(m.adam_count),

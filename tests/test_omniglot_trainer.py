@@ -143,6 +143,22 @@ def test_resume_after_interruption_reproduces_the_run(tmp_path, omniglot_dir, tf
     assert resumed["held_out_accuracy"] == full["held_out_accuracy"]
 
 
+def test_replay_spilled_to_disk_reproduces_the_in_memory_run(tmp_path, omniglot_dir, tfds_cache):
+    gin_file = os.path.join(REPO, "configs/omniglot/warp_leap.gin")
+    params = ["train_eval.deterministic = True", "train_eval.eval_every = 5"]
+    memory = run(tmp_path / "memory", omniglot_dir, tfds_cache, gin_file, params)
+    disk = run(tmp_path / "disk", omniglot_dir, tfds_cache, gin_file, params + ["train_eval.replay_memory_mb = 0"])
+    assert memory["last_train_metrics"]["bytes_on_disk"] == 0
+    assert disk["last_train_metrics"]["bytes_in_memory"] == 0
+    assert disk["last_train_metrics"]["bytes_on_disk"] == memory["last_train_metrics"]["bytes_in_memory"] > 0
+    _, a = _checkpoint_values(tmp_path / "memory")
+    _, b = _checkpoint_values(tmp_path / "disk")
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    with pytest.raises(ValueError, match="replay_memory_mb must be >= 0"):
+        run(tmp_path / "bad", omniglot_dir, tfds_cache, gin_file, ["train_eval.replay_memory_mb = -1"])
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 def test_unknown_method_lists_choices(tmp_path, omniglot_dir, tfds_cache):
     with pytest.raises(ValueError, match="Unknown method 'wrap_leap'.*warp_leap"):

@@ -52,6 +52,7 @@ import tensorflow as tf
 import warpgrad_tf as wg
 from trainers import common
 from warpgrad_tf import algorithms, distribute
+from warpgrad_tf import replay as replay_lib
 from warpgrad_tf.algorithms import methods as methods_lib
 from warpgrad_tf.data import omniglot as og
 from warpgrad_tf.models import omniglot_convnet
@@ -167,7 +168,7 @@ def _check_config(preset, method, algorithm, objective, inner_steps, meta_steps,
 @gin.configurable(denylist=["root_dir", "data_dir"])
 def train_eval(root_dir, data_dir,
                # method
-               method="warp_leap", preset=None, algorithm="offline", objective=None, eta=1,
+               method="warp_leap", preset=None, algorithm="offline", objective=None, eta=1, replay_memory_mb=None,
                # task adaptation (inner loop)
                inner_steps=100, inner_lr=0.1, inner_rule="sgd", task_batch_size=20, augment=True,
                # meta-training (outer loop)
@@ -190,6 +191,9 @@ def train_eval(root_dir, data_dir,
         methods that meta-learn warps use it, the others always run Alg. 1 (no warp replay needed).
       objective: warp objective override (``"exact"`` Eq. 11, ``"approx"`` Eq. 12) or None (the method's).
       eta: offline replay mini-batch size η.
+      replay_memory_mb: memory budget (MB) of the offline replay buffer; trajectory records beyond it are
+        spilled to ``<root_dir>/replay`` and read back when replayed (App. F's disk buffer). None keeps
+        the whole meta-batch in memory (≈ 45 MB per task of 100 steps for the 64-filter learner).
       inner_steps, inner_lr, inner_rule, task_batch_size, augment: task adaptation (100, 0.1, SGD, 20).
       meta_steps, meta_batch_size: meta-training length and tasks per meta-step (0 steps: no meta-training).
       warp_lr, init_lr, meta_optimizer, init_weight: meta-optimisers of φ and θ0 (β; SGD 0.1 as in the
@@ -272,12 +276,20 @@ def train_eval(root_dir, data_dir,
                                            meta_batch_size=task_batch_size)
     optimizers = algorithms.meta_optimizers(warp=warp_opt, init=init_opt)
     offline = learns_warp and algorithm == "offline"
+    spill = {}
+    if replay_memory_mb is not None:
+        if float(replay_memory_mb) < 0:
+            raise ValueError(f"train_eval.replay_memory_mb must be >= 0 (MB); got {replay_memory_mb}.")
+        spill = dict(spill_dir=os.path.join(root_dir, "replay"),
+                     max_bytes_in_memory=int(float(replay_memory_mb) * 2**20))
+        os.makedirs(spill["spill_dir"], exist_ok=True)
     if distributed:
-        step_fn = (distribute.distributed_offline_step(strategy, warped, learner, optimizers, int(eta)) if offline
-                   else distribute.distributed_online_step(strategy, warped, learner, optimizers))
+        step_fn = (distribute.distributed_offline_step(strategy, warped, learner, optimizers, int(eta), **spill)
+                   if offline else distribute.distributed_online_step(strategy, warped, learner, optimizers))
     else:
-        step_fn = (algorithms.offline_step(warped, learner, optimizers, int(eta)) if offline
-                   else algorithms.online_step(warped, learner, optimizers))
+        step_fn = (algorithms.offline_step(warped, learner, optimizers, int(eta),
+                                           buffer=replay_lib.ReplayBuffer(**spill) if spill else None)
+                   if offline else algorithms.online_step(warped, learner, optimizers))
 
     def meta_batch(step):
         rng = np.random.default_rng([int(seed), int(step), 17])

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from warpgrad_tf import initialisation as init_lib
-from warpgrad_tf.adaptation import minibatches
+from warpgrad_tf.adaptation import isolated, minibatches
 from warpgrad_tf.objectives import check_objective, warp_objective
 from warpgrad_tf.update_rules import UpdateRule
 
@@ -187,18 +187,26 @@ def run_task(warped, learner: MetaLearner, warp, theta0, task, seed, *, learning
     opt_ta = tf.nest.map_structure(array_like, opt_state) if record else {}
     losses = tf.TensorArray(dtype, size=steps + 1, element_shape=[])
 
-    def body(k, theta, opt, st, prev_theta, prev_loss, prev_grads, acc_w, acc_lr, acc_c, c_val, m_loss, losses,
-             task_ta, opt_ta):
-        x, y = batches(k)
+    @isolated  # an acyclic graph per step for the optimiser (see adaptation.isolated)
+    def loss_and_grads(theta, warp, st, x, y):
         with tf.GradientTape() as tape:
             tape.watch(theta)
             out, new_st = warped.apply(theta, warp, x, frozen=frozen, state=st, training=learner.training)
             loss = tf.cast(loss_fn(y, out), dtype)
-        grads = tape.gradient(loss, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return loss, tape.gradient(loss, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO), new_st
+
+    @isolated
+    def objective(warp, theta, opt, st, x, y, mx, my):
+        return warp_objective(warped, warp, theta, opt, rule, (x, y), (mx, my), loss_fn,
+                              objective=learner.objective, meta_loss_fn=learner.meta_loss_fn, frozen=frozen,
+                              state=st, training=learner.training, learning_rate=learning_rate)
+
+    def body(k, theta, opt, st, prev_theta, prev_loss, prev_grads, acc_w, acc_lr, acc_c, c_val, m_loss, losses,
+             task_ta, opt_ta):
+        x, y = batches(k)
+        loss, grads, new_st = loss_and_grads(theta, warp, st, x, y)
         if do_warp:
-            mg = warp_objective(warped, warp, theta, opt, rule, (x, y), mbatches(k), loss_fn,
-                                objective=learner.objective, meta_loss_fn=learner.meta_loss_fn, frozen=frozen,
-                                state=st, training=learner.training, learning_rate=learning_rate)
+            mg = objective(warp, theta, opt, st, x, y, *mbatches(k))
             acc_w = {n: acc_w[n] + mg.grads[n] for n in acc_w}
             m_loss = m_loss + tf.cast(mg.meta_loss, dtype)
             if not isinstance(acc_lr, tuple) and mg.learning_rate_grad is not None:

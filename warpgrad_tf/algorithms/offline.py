@@ -20,6 +20,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from warpgrad_tf import replay as replay_lib
+from warpgrad_tf.adaptation import isolated
 from warpgrad_tf.algorithms import base
 from warpgrad_tf.objectives import warp_objective
 
@@ -78,15 +79,19 @@ def replay_meta_gradient_sums(warped, learner: base.MetaLearner, warp, batch: re
         and learner.objective == "exact"
     lr0 = tf.nest.map_structure(lambda v: tf.zeros(v.shape, v.dtype), learning_rate) if lr_vars else ()
 
+    @isolated  # an acyclic graph per sample for the optimiser (see adaptation.isolated)
+    def objective(warp, theta, opt, x, y, mx, my):
+        return warp_objective(warped, warp, theta, opt, learner.rule, (x, y), (mx, my), learner.loss_fn,
+                              objective=learner.objective, meta_loss_fn=learner.meta_loss_fn, frozen=frozen,
+                              state=state, training=learner.training, learning_rate=learning_rate)
+
     def body(i, acc_w, acc_lr, loss):
         j, k, w = batch.task_index[i], batch.step[i], weights[i]
         theta = {p: t[i] for p, t in batch.task.items()}
         opt = tf.nest.map_structure(lambda t: t[i], batch.opt_state)
         tb = base.task_batches(learner, train_x[j], train_y[j], seeds[j])(k)
         mb = base.meta_batches(learner, query_x[j], query_y[j], seeds[j])(k)
-        mg = warp_objective(warped, warp, theta, opt, learner.rule, tb, mb, learner.loss_fn,
-                            objective=learner.objective, meta_loss_fn=learner.meta_loss_fn, frozen=frozen,
-                            state=state, training=learner.training, learning_rate=learning_rate)
+        mg = objective(warp, theta, opt, *tb, *mb)
         acc_w = {p: acc_w[p] + tf.cast(w, mg.grads[p].dtype) * mg.grads[p] for p in acc_w}
         if lr_vars and mg.learning_rate_grad is not None:
             acc_lr = tf.nest.map_structure(lambda a, g: a + tf.cast(w * tf.cast(g, dtype), a.dtype), acc_lr,
@@ -140,6 +145,11 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
         return replay_meta_gradient(warped, learner, warp, batch, task_data, seeds, learning_rate=rates,
                                     frozen=frozen)
 
+    @tf.function(reduce_retracing=True)  # η = 1 takes N updates per meta-batch: keep them out of Python
+    def apply_fn(grads):
+        base.apply_meta_gradients(warped, grads, optimizers, init_weight=learner.init_weight,
+                                  learned_rate=learned_rate, clip=clip)
+
     def step(tasks, seeds, shuffle_seed=None):
         tasks = base.as_tasks(tasks)
         seeds = [int(s) for s in seeds]
@@ -164,9 +174,7 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
                 extra = tf.nest.map_structure(lambda g, s=share: s * g, init_lr_grad)
                 lr_grad = extra if lr_grad is None else tf.nest.map_structure(
                     lambda a, b: a + tf.cast(b, a.dtype), lr_grad, extra)
-            grads = base.MetaGradients(warp_grads, init or {}, lr_grad, {})
-            base.apply_meta_gradients(warped, grads, optimizers, init_weight=learner.init_weight,
-                                      learned_rate=learned_rate, clip=clip)
+            apply_fn(base.MetaGradients(warp_grads, init or {}, lr_grad, {}))
             meta_loss += float(loss) * len(indices)
             meta_steps += 1
         metrics.update(meta_loss=meta_loss / len(buffer), meta_steps=meta_steps, **buffer.memory()._asdict())

@@ -22,6 +22,7 @@ import keras
 
 from warpgrad_tf.model import WarpedModel
 from warpgrad_tf.models.fused_batch_norm import FusedBatchNormalization
+from warpgrad_tf.models.max_pooling import MaxPooling2D
 from warpgrad_tf.models.omniglot import warp_layer
 
 FIRST_BLOCK_ROLES = ("warp", "task", "frozen")
@@ -65,7 +66,7 @@ def fewshot_convnet(num_classes=5, filters=128, num_blocks=4, image_size=84, cha
         x = keras.layers.Conv2D(int(filters), 3, padding="same", name=f"conv{i}")(x)
         x = norm(momentum=bn_momentum, epsilon=bn_epsilon, name=f"bn{i}")(x)
         x = keras.layers.ReLU(name=f"relu{i}")(x)
-        x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)
+        x = MaxPooling2D(2, name=f"pool{i}")(x)
         if warp is not None and i in blocks:
             x = warp_layer(warp, warp_kwargs, name=f"warp{i}")(x)
     x = keras.layers.Flatten(name="flatten")(x)

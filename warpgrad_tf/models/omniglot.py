@@ -25,6 +25,7 @@ import keras
 
 from warpgrad_tf.layers import TaskFiLM, WarpBlock
 from warpgrad_tf.models.fused_batch_norm import FusedBatchNormalization
+from warpgrad_tf.models.max_pooling import MaxPooling2D
 
 #: Table 3 warp variants → :class:`WarpBlock` arguments (``"film"`` builds a :class:`FiLMWarpBlock`).
 WARP_VARIANTS = {
@@ -146,7 +147,7 @@ def omniglot_convnet(num_classes=20, num_blocks=4, filters=64, kernel_size=3, im
     x = inputs
     for i in range(1, int(num_blocks) + 1):
         x = keras.layers.Conv2D(filters, kernel_size, padding="same", name=f"conv{i}", dtype=dtype)(x)
-        x = keras.layers.MaxPooling2D(2, name=f"pool{i}", dtype=dtype)(x)
+        x = MaxPooling2D(2, name=f"pool{i}", dtype=dtype)(x)
         norm = FusedBatchNormalization if fused_batch_norm else keras.layers.BatchNormalization
         x = norm(momentum=bn_momentum, epsilon=bn_epsilon, name=f"bn{i}", dtype=dtype)(x)
         x = keras.layers.ReLU(name=f"relu{i}", dtype=dtype)(x)

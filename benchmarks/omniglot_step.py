@@ -9,7 +9,8 @@ linear 3×3 conv warp after every block, 100 inner SGD steps. A task step is tim
 Also printed: the analytic FLOP count of one step (multiply-adds of every convolution and dense layer,
 counted as 2 FLOPs: the forward pass; the weight gradient of task layers; the input gradient of every layer
 with a task parameter upstream — warp weights get no gradient in a task step), the achieved GFLOP/s, and
-the machine's fp32 peak estimated from ``lscpu`` (cores × FMA units × SIMD lanes × 2 × clock).
+the machine's fp32 peak estimated from ``lscpu`` (cores × FMA units × SIMD lanes × 2 × clock) and, with
+``--policy=mixed_bfloat16``, its bfloat16 peak (AMX tiles or AVX-512-BF16) and a measured bf16 matmul rate.
 Other processes share the CPU: the 1-minute load average before and after is printed with the figures.
 
 Usage::
@@ -80,8 +81,8 @@ def task_step_flops(warped, batch_size):
 
 
 # ---------------------------------------------------------------------------------------------- machine
-def cpu_peak_gflops():
-    """(fp32 GFLOP/s peak estimate, description) from lscpu / cpuinfo."""
+def _lscpu():
+    """(cores, flags, model name, MHz) from lscpu."""
     info = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     cores = int(re.search(r"^CPU\(s\):\s+(\d+)", info, re.M).group(1))
     flags = re.search(r"^Flags:\s+(.*)$", info, re.M).group(1).split()
@@ -95,6 +96,12 @@ def cpu_peak_gflops():
     if mhz is None:
         bogo = re.search(r"^BogoMIPS:\s+([\d.]+)", info, re.M)
         mhz = float(bogo.group(1)) / 2 if bogo else 2000.0  # BogoMIPS = 2 × TSC MHz on x86
+    return cores, flags, model, mhz
+
+
+def cpu_peak_gflops():
+    """(fp32 GFLOP/s peak estimate, description) from lscpu / cpuinfo."""
+    cores, flags, model, mhz = _lscpu()
     lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
     fma_units = 2  # Xeon (Skylake-SP and later) and client cores since Haswell: 2 FMA ports
     flop_per_cycle = lanes * 2 * fma_units
@@ -102,6 +109,19 @@ def cpu_peak_gflops():
     desc = (f"{model}: {cores} cores × {fma_units} FMA × {lanes} fp32 lanes × 2 × {mhz / 1e3:.2f} GHz "
             f"= {peak:.0f} GFLOP/s fp32")
     return peak, desc
+
+
+def cpu_bf16_peak_gflops():
+    """(bfloat16 GFLOP/s peak estimate or None, description): AMX tiles or AVX-512-BF16 dot products."""
+    cores, flags, _, mhz = _lscpu()
+    if "amx_bf16" in flags:  # one 16×32 · 32×16 tile product (8192 MACs) per 16 cycles per core
+        per_cycle, how = 1024, "AMX: 1024 FLOP/cycle/core"
+    elif "avx512_bf16" in flags:  # vdpbf16ps: 16 lanes × 2 pairs × 2 FLOP on 2 ports
+        per_cycle, how = 128, "AVX-512-BF16: 128 FLOP/cycle/core"
+    else:
+        return None, "no native bfloat16 arithmetic"
+    peak = cores * per_cycle * mhz / 1e3
+    return peak, f"{how} × {cores} cores × {mhz / 1e3:.2f} GHz = {peak:.0f} GFLOP/s bf16"
 
 
 def load_average():
@@ -206,6 +226,10 @@ def main(argv=None):
     print(f"throughput    : {step_flops / ms / 1e6:.0f} GFLOP/s median, {step_flops / best / 1e6:.0f} best")
     print(f"peak (fp32)   : {peak_desc}; median step = {100 * step_flops / ms / 1e6 / peak:.0f}% of it; "
           f"floor at peak = {1e3 * step_flops / (peak * 1e9):.1f} ms")
+    if "bfloat16" in args.policy:
+        bf16_peak, bf16_desc = cpu_bf16_peak_gflops()
+        share = f"; median step = {100 * step_flops / ms / 1e6 / bf16_peak:.0f}% of it" if bf16_peak else ""
+        print(f"peak (bf16)   : {bf16_desc}{share}")
     print(f"matmul 2048^2 : {ceiling:.0f} GFLOP/s measured ({'bf16' if 'bfloat16' in args.policy else 'fp32'}) "
           f"— floor at that rate = {1e3 * step_flops / (ceiling * 1e9):.1f} ms")
     print(f"load average  : {load_before:.2f} before, {load_after:.2f} after (1 min, {os.cpu_count()} CPUs)")

@@ -100,6 +100,11 @@ def test_replay_buffer_holds_tensors_spills_to_disk_and_reports_memory(tmp_path,
     batches = in_memory.minibatches(4, seed=0)
     assert [len(b) for b in batches] == [4, 4, 4, 3]
     assert sorted(np.concatenate(batches).tolist()) == list(range(15))
+    victim = max(tmp_path.rglob("*.npy"), key=lambda p: p.stat().st_size)
+    with open(victim, "r+b") as f:  # a spilled record cut short on disk: a clear error, not garbage
+        f.truncate(victim.stat().st_size - 8)
+    with pytest.raises(OSError, match="truncated"):
+        spilled.gather(list(range(15)))
     spilled.clear()
     assert not any(p.suffix == ".npy" for p in tmp_path.rglob("*"))
 

@@ -159,6 +159,21 @@ def test_replay_spilled_to_disk_reproduces_the_in_memory_run(tmp_path, omniglot_
         run(tmp_path / "bad", omniglot_dir, tfds_cache, gin_file, ["train_eval.replay_memory_mb = -1"])
 
 
+def test_bfloat16_budget_file_runs_in_bfloat16(tmp_path, omniglot_dir, tfds_cache):
+    import keras
+
+    gin_file = os.path.join(REPO, "configs/omniglot/warp_leap.gin")
+    with open(os.path.join(REPO, "configs/omniglot/budgets/bf16.gin")) as f:
+        bf16 = [ln for ln in f.read().splitlines() if ln.strip() and not ln.startswith("#")]
+    results = run(tmp_path, omniglot_dir, tfds_cache, gin_file, bf16)
+    metrics = results["last_train_metrics"]
+    assert metrics["meta_steps"] == 4 and np.isfinite(metrics["meta_loss"])
+    model = keras.saving.load_model(str(tmp_path / "model" / "model.keras"))
+    assert model.get_layer("conv1").compute_dtype == "bfloat16"
+    assert model.get_layer("warp1").variable_dtype == "float32"
+    assert 0.0 <= results["held_out_accuracy"]["mean"] <= 1.0
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 def test_unknown_method_lists_choices(tmp_path, omniglot_dir, tfds_cache):
     with pytest.raises(ValueError, match="Unknown method 'wrap_leap'.*warp_leap"):

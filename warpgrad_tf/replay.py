@@ -28,6 +28,23 @@ import numpy as np
 import tensorflow as tf
 
 
+def _read_rows(leaf, rows):
+    """Rows of a spilled ``[K, ...]`` record, read from its file rather than through the memory map.
+
+    Pages touched through a map stay in the process' resident set, so a pass over a spilled buffer would
+    grow it by the whole buffer; reading copies only the requested rows (the file stays in the page cache).
+    """
+    out = np.empty((len(rows),) + tuple(leaf.shape[1:]), leaf.dtype)
+    flat = out.reshape(len(rows), -1)
+    row_bytes = flat.shape[1] * leaf.dtype.itemsize
+    with open(leaf.filename, "rb") as f:
+        for i, k in enumerate(rows):
+            f.seek(leaf.offset + int(k) * row_bytes)
+            if f.readinto(flat[i]) != row_bytes:
+                raise OSError(f"replay buffer file {leaf.filename} is truncated (row {int(k)}).")
+    return out
+
+
 class MemoryReport(NamedTuple):
     """Storage used by a :class:`ReplayBuffer`.
 
@@ -215,7 +232,7 @@ class ReplayBuffer:
             ks = indices[task_of == j] - offsets[j]
             entry = self._tasks[j]
             if entry.on_disk:
-                parts.append([tf.convert_to_tensor(np.asarray(leaf[ks])) for leaf in entry.leaves])
+                parts.append([tf.convert_to_tensor(_read_rows(leaf, ks)) for leaf in entry.leaves])
             else:
                 parts.append([tf.gather(leaf, ks) for leaf in entry.leaves])
             task_ids.append(np.full(ks.shape, j))

@@ -105,13 +105,16 @@ def main(argv=None):
         "extrapolated": args.tasks != 20, "seconds_per_sample": seconds / samples,
         "warp_updates": int(metrics["meta_steps"]), "warmup_seconds": warmup, "peak_rss_mb": peak_mb(),
         "buffer_bytes": {k: v for k, v in metrics.items() if "bytes" in k},
+        "collect_seconds": metrics["collect_seconds"], "replay_seconds": metrics["replay_seconds"],
         "load_average_1min": [load0, os.getloadavg()[0]], "cpus": os.cpu_count(),
     }
     print(f"Warp-Leap meta-step (offline η={args.eta}, {args.objective}, {args.dtype or 'float32'}, "
           f"replay memory {'unbounded' if args.replay_memory_mb is None else f'{args.replay_memory_mb:g} MB'}, "
           f"task batch {args.batch}, "
           f"{args.filters} filters, K={args.steps}): {args.tasks} tasks in {seconds:.1f} s "
-          f"({1000 * seconds / samples:.1f} ms per (task, step) sample: collection + replay); "
+          f"({1000 * seconds / samples:.1f} ms per (task, step) sample: collection "
+          f"{1000 * metrics['collect_seconds'] / samples:.1f} + replay "
+          f"{1000 * metrics['replay_seconds'] / samples:.1f}); "
           f"{'extrapolated ' if args.tasks != 20 else ''}20 tasks: {full:.0f} s (target ≤ 350 s); "
           f"peak RSS {out['peak_rss_mb']:.0f} MB (target ≤ 1536 MB); load {load0:.1f} → {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs")

@@ -17,6 +17,8 @@ The paper's Omniglot runs use η = 1: 20 tasks × 100 steps give 2000 warp updat
 
 from __future__ import annotations
 
+import time
+
 import tensorflow as tf
 
 from warpgrad_tf import replay as replay_lib
@@ -133,7 +135,8 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
     than the number of samples (tasks × K) is a ValueError raised before any task is run.
 
     ``metrics`` holds the collection losses, ``meta_steps`` (the number of warp updates), the mean
-    ``meta_loss`` over the pass and the buffer's :class:`~warpgrad_tf.replay.MemoryReport` fields.
+    ``meta_loss`` over the pass, the buffer's :class:`~warpgrad_tf.replay.MemoryReport` fields and the wall
+    seconds of collection and replay (``collect_seconds``, ``replay_seconds``).
     """
     replay_lib.check_eta(eta, float("inf"))  # type and sign now; the size against each meta-batch's N
     buffer = buffer if buffer is not None else replay_lib.ReplayBuffer()
@@ -157,9 +160,11 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
             raise ValueError(f"got {len(seeds)} seeds for {int(tasks.train_x.shape[0])} tasks.")
         replay_lib.check_eta(eta, len(seeds) * learner.steps)
         buffer.clear()
+        start = time.perf_counter()
         metrics, init_lr_grad = collect(warped, learner, tasks, seeds, buffer, learning_rate=rates,
                                         frozen=frozen, run_fn=run_fn)
         task_data, task_seeds = buffer.task_data()
+        collected = time.perf_counter()
         meta_loss, meta_steps = 0.0, 0
         batches = buffer.minibatches(eta, shuffle_seed)
         learn_warp = learner.objective is not None and bool(warped.names["warp"])
@@ -177,7 +182,8 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
             apply_fn(base.MetaGradients(warp_grads, init or {}, lr_grad, {}))
             meta_loss += float(loss) * len(indices)
             meta_steps += 1
-        metrics.update(meta_loss=meta_loss / len(buffer), meta_steps=meta_steps, **buffer.memory()._asdict())
+        metrics.update(meta_loss=meta_loss / len(buffer), meta_steps=meta_steps, **buffer.memory()._asdict(),
+                       collect_seconds=collected - start, replay_seconds=time.perf_counter() - collected)
         return metrics
 
     step.buffer = buffer

@@ -42,7 +42,35 @@ def _integer(value, arg, minimum=0):
     return tf.saturate_cast(value, tf.int32)
 
 
-class AdaptiveModel:
+class _Export:
+    """What both export kinds share: the loaded SavedModel, its signature check, metadata and θ."""
+
+    SIGNATURES = ()
+    KIND = "SavedModel"
+
+    def __init__(self, export_dir, saved_model=None):
+        self.export_dir = export_dir
+        self.saved_model = tf.saved_model.load(export_dir) if saved_model is None else saved_model
+        for name in self.SIGNATURES:
+            if name not in self.saved_model.signatures:
+                raise ValueError(f"{export_dir} is not an {self.KIND}: it has no {name!r} signature "
+                                 f"(signatures: {sorted(self.saved_model.signatures)}).")
+        self.metadata = json.loads(self.saved_model.metadata()["spec_json"].numpy().decode())
+
+    @property
+    def initial_parameters(self):
+        """The exported task parameters (the meta-learned θ0) as ``{parameter name: tensor}``."""
+        return {name: tf.convert_to_tensor(v) for name, v in self.saved_model.task.items()}
+
+    @staticmethod
+    def _features(value, arg):
+        value = tf.convert_to_tensor(value)
+        if not value.dtype.is_floating:
+            raise _invalid(f"{arg} must hold floating-point features; got dtype {value.dtype.name}.")
+        return tf.cast(value, tf.float32)
+
+
+class AdaptiveModel(_Export):
     """A loaded adaptive SavedModel.
 
     Attributes:
@@ -52,14 +80,11 @@ class AdaptiveModel:
         ``training_step``, ``version``, ``parameter_names`` ({signature name: variable path}), ...
     """
 
+    SIGNATURES = ("adapt", "predict", "adapt_and_predict", "metadata")
+    KIND = "adaptive SavedModel"
+
     def __init__(self, export_dir, saved_model=None):
-        self.export_dir = export_dir
-        self.saved_model = tf.saved_model.load(export_dir) if saved_model is None else saved_model
-        for name in ("adapt", "predict", "adapt_and_predict", "metadata"):
-            if name not in self.saved_model.signatures:
-                raise ValueError(f"{export_dir} is not an adaptive SavedModel: it has no {name!r} signature "
-                                 f"(signatures: {sorted(self.saved_model.signatures)}).")
-        self.metadata = json.loads(self.saved_model.metadata()["spec_json"].numpy().decode())
+        super().__init__(export_dir, saved_model)
         self._classification = self.metadata["label_dtype"].startswith("int")
 
     @property
@@ -67,19 +92,7 @@ class AdaptiveModel:
         """The default number of adaptation steps (the training run's K)."""
         return int(self.metadata["steps"])
 
-    @property
-    def initial_parameters(self):
-        """The meta-learned initialisation θ0 as ``{parameter name: tensor}``."""
-        return {name: tf.convert_to_tensor(v) for name, v in self.saved_model.task.items()}
-
     # ------------------------------------------------------------------ input conversion
-    @staticmethod
-    def _features(value, arg):
-        value = tf.convert_to_tensor(value)
-        if not value.dtype.is_floating:
-            raise _invalid(f"{arg} must hold floating-point features; got dtype {value.dtype.name}.")
-        return tf.cast(value, tf.float32)
-
     def _labels(self, value):
         value = tf.convert_to_tensor(value)
         if self._classification:
@@ -117,7 +130,7 @@ class AdaptiveModel:
             self._features(query_x, "query_x"), self._steps(steps))["outputs"]
 
 
-class AdaptiveAgent:
+class AdaptiveAgent(_Export):
     """A loaded maze agent SavedModel (``warpgrad_tf.serving_rl``): act, and adapt on logged episodes.
 
     Attributes:
@@ -126,18 +139,8 @@ class AdaptiveAgent:
         ``state_names``, ``rule``, ``learning_rate``, ``discount``, ``training_step``, ``parameter_names``...).
     """
 
-    def __init__(self, export_dir, saved_model=None):
-        self.export_dir = export_dir
-        self.saved_model = tf.saved_model.load(export_dir) if saved_model is None else saved_model
-        for name in ("initial_state", "act", "adapt", "metadata"):
-            if name not in self.saved_model.signatures:
-                raise ValueError(f"{export_dir} is not an agent SavedModel: it has no {name!r} signature.")
-        self.metadata = json.loads(self.saved_model.metadata()["spec_json"].numpy().decode())
-
-    @property
-    def initial_parameters(self):
-        """The exported task parameters θ as ``{parameter name: tensor}``."""
-        return {name: tf.convert_to_tensor(v) for name, v in self.saved_model.task.items()}
+    SIGNATURES = ("initial_state", "act", "adapt", "metadata")
+    KIND = "agent SavedModel"
 
     def initial_state(self, batch_size):
         """The zero recurrent state ``{state name: [batch_size, size]}``."""
@@ -153,14 +156,14 @@ class AdaptiveAgent:
         names = self.metadata["state_names"]
         if set(state) != set(names):
             raise _invalid(f"state must have exactly the keys {names}; got {sorted(state)}.")
-        out = self.saved_model.act(AdaptiveModel._features(observation, "observation"),
-                                   {k: AdaptiveModel._features(state[k], k) for k in names},
-                                   {k: AdaptiveModel._features(v, k) for k, v in params.items()})
+        out = self.saved_model.act(self._features(observation, "observation"),
+                                   {k: self._features(state[k], k) for k in names},
+                                   {k: self._features(v, k) for k, v in params.items()})
         return out["logits"], out["value"], {k: out[k] for k in names}
 
     def adapt(self, observations, actions, rewards, mask=None, steps=1):
         """Task parameters after ``steps`` A2C + Adam updates on logged episodes (mask: 1 = step taken)."""
-        observations = AdaptiveModel._features(observations, "observations")
+        observations = self._features(observations, "observations")
         actions = tf.convert_to_tensor(actions)
         if not actions.dtype.is_integer:
             raise _invalid(f"actions must hold integer actions in [0, {self.metadata['num_actions']}); got "

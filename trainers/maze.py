@@ -73,6 +73,8 @@ from warpgrad_tf.model import WarpedModel  # noqa: E402
 from warpgrad_tf.rl import a2c, build_agent, evaluate, rollout  # noqa: E402
 from warpgrad_tf.serving_rl import is_agent_run, save_agent  # noqa: E402
 
+#: How a batch of episodes that does not divide over the replicas is named in the error.
+EPISODE_BATCH = dict(batch="batch", unit="episodes", setting="train_eval.batch_size")
 #: Episode-batch seeds of a run are ``seed * SEED_STRIDE + iteration``.
 SEED_STRIDE = 10**7
 RETURNS_FILE = "returns.json"
@@ -156,7 +158,7 @@ def make_train_step(warped, env, *, discount, value_coef, entropy_coef, jit_comp
         return tf.function(lambda seed: _weighted_terms(warped, env, seed, None, **constants),
                            jit_compile=jit_compile)
 
-    per = distribute.shard_size(strategy, env.batch_size)
+    per = distribute.shard_size(strategy, env.batch_size, **EPISODE_BATCH)
     shard_sums = lambda seed, start: _weighted_terms(warped, env, seed, float(per),  # noqa: E731
                                                      episodes=(start, per), **constants)
     if jit_compile:  # XLA for the rollout and backward pass; the all-reduce stays outside the cluster
@@ -214,12 +216,8 @@ def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, ep
     run = common.place_run(strategy, root_dir, "maze")
     strategy, distributed, root_dir = run.strategy, run.distributed, run.out_dir
     replicas = int(strategy.num_replicas_in_sync)
-    if distributed:
-        try:  # an indivisible batch fails here, early
-            distribute.shard_size(strategy, batch_size)
-        except ValueError:
-            raise ValueError(f"the batch of {batch_size} episodes does not divide evenly over {replicas} replicas; "
-                             f"choose a train_eval.batch_size that is a multiple of {replicas}.") from None
+    if distributed:  # an indivisible batch fails here, early
+        distribute.shard_size(strategy, batch_size, **EPISODE_BATCH)
     os.makedirs(root_dir, exist_ok=True)
     common.write_operative_config(root_dir)
 

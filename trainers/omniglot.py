@@ -282,7 +282,6 @@ def train_eval(root_dir, data_dir,
             raise ValueError(f"train_eval.replay_memory_mb must be >= 0 (MB); got {replay_memory_mb}.")
         spill = dict(spill_dir=os.path.join(root_dir, "replay"),
                      max_bytes_in_memory=int(float(replay_memory_mb) * 2**20))
-        os.makedirs(spill["spill_dir"], exist_ok=True)
     if distributed:
         step_fn = (distribute.distributed_offline_step(strategy, warped, learner, optimizers, int(eta), **spill)
                    if offline else distribute.distributed_online_step(strategy, warped, learner, optimizers))

@@ -141,12 +141,16 @@ def is_chief(strategy):
         "chief" not in resolver.cluster_spec().as_dict()
 
 
-def shard_size(strategy, num_tasks):
-    """Tasks per replica for a global meta-batch of ``num_tasks``; an indivisible meta-batch is a ValueError."""
+def shard_size(strategy, num_tasks, *, batch="meta-batch", unit="tasks", setting="meta-batch size"):
+    """Tasks per replica for a global meta-batch of ``num_tasks``; an indivisible meta-batch is a ValueError.
+
+    ``batch``, ``unit`` and ``setting`` word the error for other batches (e.g. ``"batch"``, ``"episodes"``,
+    ``"train_eval.batch_size"``).
+    """
     replicas = strategy.num_replicas_in_sync
     if num_tasks < 1 or num_tasks % replicas:
-        raise ValueError(f"the meta-batch of {num_tasks} tasks does not divide evenly over {replicas} replicas; "
-                         f"choose a meta-batch size that is a multiple of {replicas}.")
+        raise ValueError(f"the {batch} of {num_tasks} {unit} does not divide evenly over {replicas} replicas; "
+                         f"choose a {setting} that is a multiple of {replicas}.")
     return num_tasks // replicas
 
 

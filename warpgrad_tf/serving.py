@@ -146,6 +146,22 @@ def check_scalar(value, name, minimum):
         return tf.identity(value)
 
 
+def check_task_parameters(task_parameters, names, exported):
+    """``{variable path: tensor}`` of signature task parameters (``{signature name: tensor}``), each checked
+    in-graph against the shape of its exported value (``exported[name]``); ``names`` maps signature names
+    to paths. A wrong shape raises ``InvalidArgumentError`` naming the parameter."""
+    task = {}
+    for name, path in names.items():
+        expected = exported[name].shape.as_list()
+        value = task_parameters[name]
+        check = tf.debugging.Assert(
+            _shape_ok(tf.shape(value, out_type=tf.int32), expected),
+            [f"task parameter {name} must have shape {expected}; got shape", tf.shape(value)],
+            name=f"{name}_shape")
+        task[path] = _after(check, value, expected)
+    return task
+
+
 class AdaptiveModelSaver:
     """Build the adaptation-only export of a warped model and save it as a SavedModel.
 
@@ -326,15 +342,7 @@ class AdaptiveModelSaver:
 
     def _predict(self, x, task_parameters):
         x = self._check_inputs(x, "x")
-        task = {}
-        for name, path in self.names.items():
-            expected = self.module.task[name].shape.as_list()
-            value = task_parameters[name]
-            check = tf.debugging.Assert(
-                _shape_ok(tf.shape(value, out_type=tf.int32), expected),
-                [f"task parameter {name} must have shape {expected}; got shape", tf.shape(value)],
-                name=f"{name}_shape")
-            task[path] = _after(check, value, expected)
+        task = check_task_parameters(task_parameters, self.names, self.module.task)
         _, warp, frozen, state = self._values()
         outputs, _ = self._warped.apply(task, warp, x, frozen=frozen, state=state, training=self._training)
         return {"outputs": outputs}
@@ -387,6 +395,14 @@ def save_module(module, signatures, export_dir, overwrite=True):
     return export_dir
 
 
+def checkpoint_path(checkpoint):
+    """The checkpoint prefix a ``--checkpoint`` names (a prefix, or a folder: its latest); FileNotFoundError if none."""
+    path = tf.train.latest_checkpoint(checkpoint) if os.path.isdir(checkpoint) else checkpoint
+    if not path or not tf.io.gfile.glob(path + ".index"):
+        raise FileNotFoundError(f"No checkpoint at {checkpoint!r}.")
+    return path
+
+
 def restore_checkpoint(warped, checkpoint):
     """Restore a warped model's weights from a trainer checkpoint (a prefix, or a folder: its latest).
 
@@ -398,9 +414,7 @@ def restore_checkpoint(warped, checkpoint):
     Returns:
       the checkpoint's global step (the training step of the restored weights).
     """
-    path = tf.train.latest_checkpoint(checkpoint) if os.path.isdir(checkpoint) else checkpoint
-    if not path or not tf.io.gfile.glob(path + ".index"):
-        raise FileNotFoundError(f"No checkpoint at {checkpoint!r}.")
+    path = checkpoint_path(checkpoint)
     top = {name.split("/")[0] for name, _ in tf.train.list_variables(path)}
     objects = {}
     if "model" in top:

@@ -24,13 +24,13 @@ Signatures:
     (as the supervised ``predict``).
 ``adapt(observations, actions, rewards, mask, steps)``
     ``{parameter name: θ_K}`` after K = ``steps`` task updates on the given logged episodes with φ fixed —
-    exactly the trainer's task update (Alg. 3, the "θ ← θ − λβ g_θ" line; App. I): replay the episodes
-    from the zero state (:func:`~warpgrad_tf.rl.agent.evaluate`), A2C loss (:mod:`warpgrad_tf.rl.a2c`; the
-    ``mask`` form of :func:`masked_a2c_loss`), gradient with respect to θ, global-norm clip
-    (``grad_clip``), then one Adam step (:func:`adam`, Keras' Adam formula) whose state *continues from the
-    trainer's* (its step count, m and v at export time). The episodes are the same for every step (a
-    logged batch, not new rollouts). ``adapt`` is a pure function: every call starts from the exported θ
-    and Adam state and assigns nothing.
+    exactly the trainer's task update (Alg. 3, the "θ ← θ − λβ g_θ" line; App. I): replay the episodes from the
+    zero state (:func:`~warpgrad_tf.rl.agent.evaluate`), A2C loss (:func:`warpgrad_tf.rl.a2c.a2c_loss` with its
+    ``mask``), gradient with respect to θ, global-norm clip (``grad_clip``), then one Adam step
+    (:func:`warpgrad_tf.update_rules.adam`, Keras' Adam formula) whose state *continues from the trainer's* (its
+    step count, m and v at export time). The episodes are the same for every step (a logged batch, not new
+    rollouts). ``adapt`` is a pure function: every call starts from the exported θ and Adam state and assigns
+    nothing.
 ``metadata()``
     observation shape, number of actions, cell, state sizes, update rule and its hyperparameters
     (learning rate, β1, β2, ε, clip), A2C discount and coefficients, training step, package version,
@@ -52,10 +52,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from warpgrad_tf import serving, update_rules
+from warpgrad_tf import serving
 from warpgrad_tf.model import WarpedModel
 from warpgrad_tf.rl import a2c
 from warpgrad_tf.rl.agent import evaluate
+from warpgrad_tf.update_rules import AdamState, adam
 from warpgrad_tf.version import __version__
 
 KIND = "maze_agent"
@@ -70,48 +71,6 @@ _UNSUPPORTED = ("weight_decay", "clipnorm", "clipvalue", "use_ema", "loss_scale_
 
 
 # ---------------------------------------------------------------------------------------- the task update
-class AdamState(NamedTuple):
-    """Adam's explicit state: ``count`` (int64, updates taken so far) and the moments ``m``, ``v``."""
-
-    count: tf.Tensor
-    m: dict
-    v: dict
-
-
-def adam(learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
-    """Adam as an :class:`~warpgrad_tf.update_rules.UpdateRule` with explicit state, Keras 3's formula::
-
-        t = count + 1;  m ← m + (1 − β1)(g − m);  v ← v + (1 − β2)(g² − v)
-        θ ← θ − α_t m / (√v + ε),   α_t = lr √(1 − β2^t) / (1 − β1^t)
-
-    (ε outside the square root, bias correction folded into the step size, as ``keras.optimizers.Adam``.)
-    """
-    lr0 = float(learning_rate)
-    if not lr0 > 0:
-        raise ValueError(f"Adam learning_rate must be > 0; got {learning_rate}.")
-    beta_1, beta_2, epsilon = float(beta_1), float(beta_2), float(epsilon)
-
-    def init(params):
-        zeros = {k: tf.zeros_like(v) for k, v in params.items()}
-        return AdamState(tf.constant(0, tf.int64), zeros, dict(zeros))
-
-    def update(grads, state, params, learning_rate=None):
-        new, m, v = {}, {}, {}
-        for k, p in params.items():
-            dtype = p.dtype
-            t = tf.cast(state.count + 1, dtype)
-            alpha = (update_rules._rate(learning_rate, lr0, k, p) * tf.sqrt(1 - tf.pow(tf.cast(beta_2, dtype), t))
-                     / (1 - tf.pow(tf.cast(beta_1, dtype), t)))
-            g = tf.cast(grads[k], dtype)
-            m[k] = state.m[k] + (g - state.m[k]) * (1 - beta_1)
-            v[k] = state.v[k] + (tf.square(g) - state.v[k]) * (1 - beta_2)
-            new[k] = p - (m[k] * alpha) / (tf.sqrt(v[k]) + epsilon)
-        return new, AdamState(state.count + 1, m, v)
-
-    hp = {"learning_rate": lr0, "beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon}
-    return update_rules.UpdateRule("adam", lr0, init, update, hp)
-
-
 def clip_by_global_norm(grads, clip):
     """Keras' global-norm clip of a ``{name: gradient}`` dict (``clip`` falsy: unchanged)."""
     if not clip:
@@ -119,22 +78,6 @@ def clip_by_global_norm(grads, clip):
     norm = tf.sqrt(tf.reduce_sum(tf.stack([tf.reduce_sum(tf.square(g)) for g in grads.values()])))
     scale = clip * tf.minimum(1.0 / norm, 1.0 / clip) + (norm - norm)  # NaN for a non-finite norm
     return {k: g * scale for k, g in grads.items()}
-
-
-def masked_a2c_loss(logits, values, actions, rewards, mask, *, discount, value_coef, entropy_coef):
-    """:func:`warpgrad_tf.rl.a2c.a2c_loss` over the steps where ``mask`` is 1 (padding after an episode's end
-    earns no reward and is left out of the means). With an all-ones mask it is the trainer's loss."""
-    mask = tf.cast(mask, logits.dtype)
-    count = tf.reduce_sum(mask)
-    returns = a2c.discounted_returns(tf.cast(rewards, logits.dtype) * mask, discount)
-    log_probs = tf.nn.log_softmax(logits, axis=-1)
-    taken = tf.gather(log_probs, tf.cast(actions, tf.int32), axis=-1, batch_dims=2)
-    advantage = tf.stop_gradient(returns - values)
-    mean = lambda x: tf.reduce_sum(x * mask) / count  # noqa: E731
-    policy = -mean(taken * advantage)
-    value = mean(tf.square(returns - values))
-    entropy = mean(-tf.reduce_sum(tf.exp(log_probs) * log_probs, axis=-1))
-    return a2c.A2CLoss(policy + value_coef * value - entropy_coef * entropy, policy, value, entropy)
 
 
 # ---------------------------------------------------------------------------------------- run directory
@@ -243,9 +186,7 @@ def load_agent(root_dir):
 
 def restore_checkpoint(warped, spec, checkpoint):
     """``(AdamState, step)`` from a maze trainer checkpoint, whose model weights are restored into ``warped``."""
-    path = tf.train.latest_checkpoint(checkpoint) if os.path.isdir(checkpoint) else checkpoint
-    if not path or not tf.io.gfile.glob(path + ".index"):
-        raise FileNotFoundError(f"No checkpoint at {checkpoint!r}.")
+    path = serving.checkpoint_path(checkpoint)
     from tensorflow.core.protobuf import trackable_object_graph_pb2
 
     graph = trackable_object_graph_pb2.TrackableObjectGraph()  # variables may be keyed under other objects
@@ -391,18 +332,6 @@ class AgentSaver:
         with tf.control_dependencies(checks):
             return tuple(tf.identity(t) for t in (observations, actions, rewards, mask))
 
-    def _check_parameters(self, task_parameters):
-        task = {}
-        for name, path in self.names.items():
-            expected = self.module.task[name].shape.as_list()
-            value = task_parameters[name]
-            check = tf.debugging.Assert(
-                serving._shape_ok(tf.shape(value, out_type=tf.int32), expected),
-                [f"task parameter {name} must have shape {expected}; got shape", tf.shape(value)],
-                name=f"{name}_shape")
-            task[path] = serving._after(check, value, expected)
-        return task
-
     # ------------------------------------------------------------------ traced bodies
     def _values(self):
         m = self.module
@@ -419,7 +348,7 @@ class AgentSaver:
         batch = tf.shape(observation)[:1]
         states = [self._check_batch(state[n], [int(s)], n, batch)
                   for n, s in zip(self._state_names, self._spec.state_sizes)]
-        task = self._check_parameters(task_parameters)
+        task = serving.check_task_parameters(task_parameters, self.names, self.module.task)
         _, warp = self._values()
         (logits, value, *new_state), _ = self._warped.apply(task, warp, [observation, *states])
         out = {"logits": logits, "value": value[:, 0]}
@@ -440,8 +369,8 @@ class AgentSaver:
             with tf.GradientTape() as tape:  # θ as tensors: functional calls, nothing assigned (φ fixed)
                 tape.watch(task)
                 logits, values = evaluate(self._warped, task, warp, observations)
-                loss = masked_a2c_loss(logits, values, actions, rewards, mask, discount=s.discount,
-                                       value_coef=s.value_coef, entropy_coef=s.entropy_coef).loss
+                loss = a2c.a2c_loss(logits, values, actions, rewards, discount=s.discount,
+                                    value_coef=s.value_coef, entropy_coef=s.entropy_coef, mask=mask).loss
             grads = tape.gradient(loss, task, unconnected_gradients=tf.UnconnectedGradients.ZERO)
             task, opt_state = self._rule.update(clip_by_global_norm(grads, self._clip), opt_state, task)
             return k + 1, task, opt_state

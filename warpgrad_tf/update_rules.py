@@ -93,6 +93,49 @@ def momentum(learning_rate, beta=0.9, nesterov=False):
                       {"learning_rate": lr0, "beta": beta, "nesterov": bool(nesterov)})
 
 
+class AdamState(NamedTuple):
+    """Adam's explicit state: ``count`` (int64, updates taken so far) and the moments ``m``, ``v``."""
+
+    count: tf.Tensor
+    m: dict
+    v: dict
+
+
+def adam(learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+    """Adam as an :class:`UpdateRule` with explicit state, Keras 3's formula (the maze agent's task update,
+    continued inside its SavedModel by :mod:`warpgrad_tf.serving_rl`)::
+
+        t = count + 1;  m ← m + (1 − β1)(g − m);  v ← v + (1 − β2)(g² − v)
+        θ ← θ − α_t m / (√v + ε),   α_t = lr √(1 − β2^t) / (1 − β1^t)
+
+    (ε outside the square root, bias correction folded into the step size, as ``keras.optimizers.Adam``.)
+    """
+    lr0 = float(learning_rate)
+    if not lr0 > 0:
+        raise ValueError(f"Adam learning_rate must be > 0; got {learning_rate}.")
+    beta_1, beta_2, epsilon = float(beta_1), float(beta_2), float(epsilon)
+
+    def init(params):
+        zeros = {k: tf.zeros_like(v) for k, v in params.items()}
+        return AdamState(tf.constant(0, tf.int64), zeros, dict(zeros))
+
+    def update(grads, state, params, learning_rate=None):
+        new, m, v = {}, {}, {}
+        for k, p in params.items():
+            dtype = p.dtype
+            t = tf.cast(state.count + 1, dtype)
+            alpha = (_rate(learning_rate, lr0, k, p) * tf.sqrt(1 - tf.pow(tf.cast(beta_2, dtype), t))
+                     / (1 - tf.pow(tf.cast(beta_1, dtype), t)))
+            g = tf.cast(grads[k], dtype)
+            m[k] = state.m[k] + (g - state.m[k]) * (1 - beta_1)
+            v[k] = state.v[k] + (tf.square(g) - state.v[k]) * (1 - beta_2)
+            new[k] = p - (m[k] * alpha) / (tf.sqrt(v[k]) + epsilon)
+        return new, AdamState(state.count + 1, m, v)
+
+    hp = {"learning_rate": lr0, "beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon}
+    return UpdateRule("adam", lr0, init, update, hp)
+
+
 def get(name, learning_rate, **kwargs):
     """Look up a rule by name (``"sgd"`` or ``"momentum"``); unknown names are an error that lists both."""
     rules = {"sgd": sgd, "momentum": momentum}

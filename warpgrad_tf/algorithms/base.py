@@ -150,6 +150,20 @@ def _lr_zeros(learning_rate):
     return tf.nest.map_structure(lambda v: tf.zeros(v.shape, v.dtype), learning_rate)
 
 
+def sample_objective(warped, learner: MetaLearner, *, frozen=None, learning_rate=None):
+    """The learner's warp objective (Eq. 11 / 12) of one trajectory sample as a non-inlined function
+    ``fn(warp, θ_k, opt_state_k, state, x, y, meta_x, meta_y) -> MetaGradient`` for loop bodies
+    (see :func:`~warpgrad_tf.adaptation.isolated`)."""
+
+    @isolated
+    def objective(warp, theta, opt, state, x, y, mx, my):
+        return warp_objective(warped, warp, theta, opt, learner.rule, (x, y), (mx, my), learner.loss_fn,
+                              objective=learner.objective, meta_loss_fn=learner.meta_loss_fn, frozen=frozen,
+                              state=state, training=learner.training, learning_rate=learning_rate)
+
+    return objective
+
+
 def run_task(warped, learner: MetaLearner, warp, theta0, task, seed, *, learning_rate=None, frozen=None,
              state=None, accumulate_warp=True, record=False) -> TaskRun:
     """Adapt one task for K steps, accumulating the meta-gradient terms of Eq. 13 on the way.
@@ -195,11 +209,7 @@ def run_task(warped, learner: MetaLearner, warp, theta0, task, seed, *, learning
             loss = tf.cast(loss_fn(y, out), dtype)
         return loss, tape.gradient(loss, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO), new_st
 
-    @isolated
-    def objective(warp, theta, opt, st, x, y, mx, my):
-        return warp_objective(warped, warp, theta, opt, rule, (x, y), (mx, my), loss_fn,
-                              objective=learner.objective, meta_loss_fn=learner.meta_loss_fn, frozen=frozen,
-                              state=st, training=learner.training, learning_rate=learning_rate)
+    objective = sample_objective(warped, learner, frozen=frozen, learning_rate=learning_rate)
 
     def body(k, theta, opt, st, prev_theta, prev_loss, prev_grads, acc_w, acc_lr, acc_c, c_val, m_loss, losses,
              task_ta, opt_ta):

@@ -22,9 +22,7 @@ import time
 import tensorflow as tf
 
 from warpgrad_tf import replay as replay_lib
-from warpgrad_tf.adaptation import isolated
 from warpgrad_tf.algorithms import base
-from warpgrad_tf.objectives import warp_objective
 
 
 def collect(warped, learner: base.MetaLearner, tasks, seeds, buffer: replay_lib.ReplayBuffer, *,
@@ -81,11 +79,7 @@ def replay_meta_gradient_sums(warped, learner: base.MetaLearner, warp, batch: re
         and learner.objective == "exact"
     lr0 = tf.nest.map_structure(lambda v: tf.zeros(v.shape, v.dtype), learning_rate) if lr_vars else ()
 
-    @isolated  # an acyclic graph per sample for the optimiser (see adaptation.isolated)
-    def objective(warp, theta, opt, x, y, mx, my):
-        return warp_objective(warped, warp, theta, opt, learner.rule, (x, y), (mx, my), learner.loss_fn,
-                              objective=learner.objective, meta_loss_fn=learner.meta_loss_fn, frozen=frozen,
-                              state=state, training=learner.training, learning_rate=learning_rate)
+    objective = base.sample_objective(warped, learner, frozen=frozen, learning_rate=learning_rate)
 
     def body(i, acc_w, acc_lr, loss):
         j, k, w = batch.task_index[i], batch.step[i], weights[i]
@@ -93,7 +87,7 @@ def replay_meta_gradient_sums(warped, learner: base.MetaLearner, warp, batch: re
         opt = tf.nest.map_structure(lambda t: t[i], batch.opt_state)
         tb = base.task_batches(learner, train_x[j], train_y[j], seeds[j])(k)
         mb = base.meta_batches(learner, query_x[j], query_y[j], seeds[j])(k)
-        mg = objective(warp, theta, opt, *tb, *mb)
+        mg = objective(warp, theta, opt, state, *tb, *mb)
         acc_w = {p: acc_w[p] + tf.cast(w, mg.grads[p].dtype) * mg.grads[p] for p in acc_w}
         if lr_vars and mg.learning_rate_grad is not None:
             acc_lr = tf.nest.map_structure(lambda a, g: a + tf.cast(w * tf.cast(g, dtype), a.dtype), acc_lr,

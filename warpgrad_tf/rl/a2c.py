@@ -47,7 +47,8 @@ def discounted_returns(rewards, discount):
     return tf.transpose(tf.reverse(returns, axis=[0]))
 
 
-def a2c_loss(logits, values, actions, rewards, *, discount=0.9, value_coef=0.1, entropy_coef=0.03) -> A2CLoss:
+def a2c_loss(logits, values, actions, rewards, *, discount=0.9, value_coef=0.1, entropy_coef=0.03,
+             mask=None) -> A2CLoss:
     """The A2C loss of a batch of episodes.
 
     Args:
@@ -56,16 +57,25 @@ def a2c_loss(logits, values, actions, rewards, *, discount=0.9, value_coef=0.1, 
       actions: ``[B, T]`` int actions taken.
       rewards: ``[B, T]`` reward received after each action.
       discount, value_coef, entropy_coef: γ and the weights of the value loss and entropy bonus.
+      mask: optional ``[B, T]``, 1 for the steps of an episode and 0 for padding after its end: padding
+        earns no reward and is left out of the means (the exported agent's logged episodes). None: every
+        step counts.
     """
     discount, value_coef, entropy_coef = check_coefficients(discount, value_coef, entropy_coef)
     logits = tf.convert_to_tensor(logits)
     rewards = tf.cast(rewards, logits.dtype)
+    if mask is None:
+        mean = tf.reduce_mean
+    else:
+        mask = tf.cast(mask, logits.dtype)
+        rewards = rewards * mask
+        mean = lambda x: tf.reduce_sum(x * mask) / tf.reduce_sum(mask)  # noqa: E731
     returns = discounted_returns(rewards, discount)
     log_probs = tf.nn.log_softmax(logits, axis=-1)
     taken = tf.gather(log_probs, tf.cast(actions, tf.int32), axis=-1, batch_dims=2)
     advantage = tf.stop_gradient(returns - values)
-    policy = -tf.reduce_mean(taken * advantage)
-    value = tf.reduce_mean(tf.square(returns - values))
-    entropy = tf.reduce_mean(-tf.reduce_sum(tf.exp(log_probs) * log_probs, axis=-1))
+    policy = -mean(taken * advantage)
+    value = mean(tf.square(returns - values))
+    entropy = mean(-tf.reduce_sum(tf.exp(log_probs) * log_probs, axis=-1))
     loss = policy + value_coef * value - entropy_coef * entropy
     return A2CLoss(loss, policy, value, entropy)

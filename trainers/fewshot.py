@@ -164,7 +164,7 @@ def train_eval(root_dir, data_dir,
 
     keras.utils.set_random_seed(int(seed))
     # Meta-SGD: FusedBatchNormalization inside Algorithm 1's task loop with learned-rate variables makes
-    # TensorFlow report "nodes in a cycle"; Keras' BatchNormalization gives the same results without it.
+    # TensorFlow report "nodes in a cycle"; the plain-op BatchNormalization gives the same results without it.
     fused = {"fused_batch_norm": False} if m.learned_rate else {}
     with strategy.scope():  # θ0, φ, learned rates and optimiser slots mirrored over the replicas
         model = fm.fewshot_convnet(num_classes=int(ways), image_size=shape[0], channels=shape[2],

@@ -2,7 +2,8 @@
 
 Public API (one module per idea):
 
-* :mod:`warpgrad_tf.layers` — warp layers (``WarpBlock``, ``TaskFiLM``).
+* :mod:`warpgrad_tf.layers` — warp layers (``WarpBlock``, ``TaskFiLM``) and BatchNorm with exact second
+  derivatives (``BatchNormalization``, ``FusedBatchNormalization``).
 * :class:`WarpedModel` — task / warp / frozen partition and the functional forward.
 * :mod:`warpgrad_tf.update_rules` — inner update rules (``sgd``, ``momentum``).
 * :mod:`warpgrad_tf.adaptation` — K-step task adaptation (``adapt``, ``unroll``, ``minibatches``).
@@ -33,7 +34,7 @@ from warpgrad_tf import (
     update_rules,
 )
 from warpgrad_tf.adaptation import AdaptResult, Trajectory, adapt, minibatches, task_step, unroll
-from warpgrad_tf.layers import DiracInitializer, TaskFiLM, WarpBlock
+from warpgrad_tf.layers import BatchNormalization, DiracInitializer, FusedBatchNormalization, TaskFiLM, WarpBlock
 from warpgrad_tf.model import WarpedModel
 from warpgrad_tf.objectives import MetaGradient, meta_loss_gradient, warp_objective
 from warpgrad_tf.serving import AdaptiveModelSaver
@@ -43,7 +44,9 @@ from warpgrad_tf.version import __version__
 __all__ = [
     "AdaptResult",
     "AdaptiveModelSaver",
+    "BatchNormalization",
     "DiracInitializer",
+    "FusedBatchNormalization",
     "MetaGradient",
     "TaskFiLM",
     "Trajectory",

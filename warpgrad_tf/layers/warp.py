@@ -30,6 +30,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from warpgrad_tf.layers.batch_norm import BatchNormalization
+
 _PACKAGE = "warpgrad_tf"
 _KINDS = ("conv", "dense", "scale")
 _BN_POSITIONS = (None, "before", "after")
@@ -172,7 +174,7 @@ class WarpBlock(keras.layers.Layer):
         channels = int(input_shape[-1])
         hidden = int(self.hidden_units or channels)
         if self.batch_norm == "before":
-            self.input_norm = keras.layers.BatchNormalization(name="input_bn", dtype=self.dtype_policy)
+            self.input_norm = BatchNormalization(name="input_bn", dtype=self.dtype_policy)
             self.input_norm.build(input_shape)
         shape = list(input_shape)
         for i in range(self.num_layers):
@@ -184,7 +186,7 @@ class WarpBlock(keras.layers.Layer):
             shape[-1] = units
             setattr(self, f"map_{i}", layer)
             if self.batch_norm == "after":
-                norm = keras.layers.BatchNormalization(name=f"bn_{i}", dtype=self.dtype_policy)
+                norm = BatchNormalization(name=f"bn_{i}", dtype=self.dtype_policy)
                 norm.build(tuple(shape))
                 setattr(self, f"bn_{i}", norm)
         super().build(input_shape)

@@ -1,6 +1,6 @@
 """Task-learner architectures of the paper's experiments."""
 
-from warpgrad_tf.models.fused_batch_norm import FusedBatchNormalization
+from warpgrad_tf.layers.batch_norm import FusedBatchNormalization  # also here (the learners' BatchNorm)
 from warpgrad_tf.models.omniglot import WARP_VARIANTS, FiLMWarpBlock, omniglot_convnet, warp_layer
 
 __all__ = ["WARP_VARIANTS", "FiLMWarpBlock", "FusedBatchNormalization", "omniglot_convnet", "warp_layer"]

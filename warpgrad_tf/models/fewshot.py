@@ -20,8 +20,8 @@ from __future__ import annotations
 import gin
 import keras
 
+from warpgrad_tf.layers import BatchNormalization, FusedBatchNormalization
 from warpgrad_tf.model import WarpedModel
-from warpgrad_tf.models.fused_batch_norm import FusedBatchNormalization
 from warpgrad_tf.models.max_pooling import MaxPooling2D
 from warpgrad_tf.models.omniglot import warp_layer
 
@@ -45,7 +45,8 @@ def fewshot_convnet(num_classes=5, filters=128, num_blocks=4, image_size=84, cha
       warp_blocks: 1-based blocks followed by a warp layer (default: the last three).
       bn_momentum, bn_epsilon: BatchNorm constants (moving statistics are never used by the few-shot
         trainer, which normalises with batch statistics as MAML does).
-      fused_batch_norm: task BatchNorm as :class:`~warpgrad_tf.models.FusedBatchNormalization`.
+      fused_batch_norm: task BatchNorm as :class:`~warpgrad_tf.layers.FusedBatchNormalization` (else
+        :class:`~warpgrad_tf.layers.BatchNormalization`; the same results, both exact to second order).
       name: model name.
     """
     num_blocks = int(num_blocks)
@@ -59,7 +60,7 @@ def fewshot_convnet(num_classes=5, filters=128, num_blocks=4, image_size=84, cha
         raise ValueError(f"fewshot_convnet.warp_blocks {bad} are not blocks 1..{num_blocks}.")
     if warp is None and warp_kwargs:
         raise ValueError("fewshot_convnet: warp_kwargs given but warp=None (no warp layers).")
-    norm = FusedBatchNormalization if fused_batch_norm else keras.layers.BatchNormalization
+    norm = FusedBatchNormalization if fused_batch_norm else BatchNormalization
     inputs = keras.Input((int(image_size), int(image_size), int(channels)), name="images")
     x = inputs
     for i in range(1, num_blocks + 1):

@@ -38,11 +38,14 @@ def max_pool_2d(x, pool_size=(2, 2), strides=None, padding="VALID"):
         def second(ddx):
             if padding != "VALID" or strides != pool_size:  # see the module doc: keep TF's kernel
                 ddy = tf.raw_ops.MaxPoolGradGrad(orig_input=x, orig_output=y, grad=ddx, **args)
-                return tf.zeros_like(x), tf.zeros_like(y), ddy
+                return None, None, ddy
             mask = tf.raw_ops.MaxPoolGrad(orig_input=x, orig_output=y, grad=tf.ones_like(dy), **args)
             window = float(pool_size[0] * pool_size[1])
             ddy = tf.nn.avg_pool2d(mask * ddx, pool_size, strides, padding) * tf.cast(window, ddx.dtype)
-            return tf.zeros_like(x), tf.zeros_like(y), ddy
+            # x and y only select the argmax: the map is piecewise constant in them (no gradient, and no
+            # zero tensors for the caller to add: at the first pool of the Omniglot learner each would be
+            # a [128, 28, 28, 64] AddN operand).
+            return None, None, ddy
 
         return dx, second
 

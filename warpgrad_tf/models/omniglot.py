@@ -23,8 +23,7 @@ from __future__ import annotations
 import gin
 import keras
 
-from warpgrad_tf.layers import TaskFiLM, WarpBlock
-from warpgrad_tf.models.fused_batch_norm import FusedBatchNormalization
+from warpgrad_tf.layers import BatchNormalization, FusedBatchNormalization, TaskFiLM, WarpBlock
 from warpgrad_tf.models.max_pooling import MaxPooling2D
 
 #: Table 3 warp variants → :class:`WarpBlock` arguments (``"film"`` builds a :class:`FiLMWarpBlock`).
@@ -72,12 +71,12 @@ class FiLMWarpBlock(keras.layers.Layer):
         hidden_shape = shape[:-1] + (self.hidden_units,)
         self.conv_in = keras.layers.Conv2D(self.hidden_units, self.kernel_size, padding="same",
                                            name="map_0", dtype=self.dtype_policy)
-        self.bn_in = keras.layers.BatchNormalization(name="bn_0", dtype=self.dtype_policy)
+        self.bn_in = BatchNormalization(name="bn_0", dtype=self.dtype_policy)
         self.film = TaskFiLM(self.embedding_dim, name="film", dtype=self.dtype_policy)
         self.conv_out = keras.layers.Conv2D(channels, self.kernel_size, padding="same",
                                             kernel_initializer="zeros", name="map_1",
                                             dtype=self.dtype_policy)
-        self.bn_out = keras.layers.BatchNormalization(name="bn_1", dtype=self.dtype_policy)
+        self.bn_out = BatchNormalization(name="bn_1", dtype=self.dtype_policy)
         self.conv_in.build(shape)
         self.bn_in.build(hidden_shape)
         self.film.build(hidden_shape)
@@ -128,8 +127,9 @@ def omniglot_convnet(num_classes=20, num_blocks=4, filters=64, kernel_size=3, im
       warp_head: also insert a linear (dense) warp on the logits (``W ∘ ω`` of the released code's
         ``warp_final_head``).
       bn_momentum, bn_epsilon: task BatchNorm constants (PyTorch-release defaults, see module doc).
-      fused_batch_norm: task BatchNorm as :class:`FusedBatchNormalization` (same results as Keras'
-        layer, ~3× faster forward + backward on CPU) instead of ``keras.layers.BatchNormalization``.
+      fused_batch_norm: task BatchNorm as :class:`~warpgrad_tf.layers.FusedBatchNormalization` (same
+        results, ~3× faster forward + backward on CPU) instead of :class:`~warpgrad_tf.layers.BatchNormalization`
+        (plain ops; both have exact second derivatives, Keras' layer does not).
       dtype: Keras dtype policy of every layer (default: the global policy). ``"mixed_bfloat16"`` runs the
         convolutions in bfloat16 (AMX / AVX-512-BF16 CPUs, TPUs) with float32 parameters; logits are
         always float32.
@@ -148,7 +148,7 @@ def omniglot_convnet(num_classes=20, num_blocks=4, filters=64, kernel_size=3, im
     for i in range(1, int(num_blocks) + 1):
         x = keras.layers.Conv2D(filters, kernel_size, padding="same", name=f"conv{i}", dtype=dtype)(x)
         x = MaxPooling2D(2, name=f"pool{i}", dtype=dtype)(x)
-        norm = FusedBatchNormalization if fused_batch_norm else keras.layers.BatchNormalization
+        norm = FusedBatchNormalization if fused_batch_norm else BatchNormalization
         x = norm(momentum=bn_momentum, epsilon=bn_epsilon, name=f"bn{i}", dtype=dtype)(x)
         x = keras.layers.ReLU(name=f"relu{i}", dtype=dtype)(x)
         if warp is not None:

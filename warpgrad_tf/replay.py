@@ -121,6 +121,7 @@ class ReplayBuffer:
         self._data = []
         self._seeds = []
         self._init = []
+        self._init_terms = {}  # (task, count) → that task's share of ∇C for `count` samples (memo)
         self._structure = None
         self._bytes_memory = 0
         self._bytes_disk = 0
@@ -169,6 +170,7 @@ class ReplayBuffer:
             init_grads = {k: tf.convert_to_tensor(v) for k, v in init_grads.items()}
             self._bytes_data += sum(_nbytes(v) for v in init_grads.values())
         self._init.append(init_grads)
+        self._init_terms = {}  # the shares depend on the number of tasks
         self._bytes_data += sum(_nbytes(d) for d in data)
 
     # ------------------------------------------------------------------ reading
@@ -197,14 +199,16 @@ class ReplayBuffer:
         """
         if not self._init or self._init[0] is None:
             return None
-        task_of = np.repeat(np.arange(self.num_tasks), self.task_sizes())
+        sizes = self.task_sizes()
+        task_of = np.repeat(np.arange(self.num_tasks), sizes)
         counts = np.bincount(task_of[np.asarray(indices)], minlength=self.num_tasks)
-        weights = counts / (self.task_sizes() * self.num_tasks)
         out = None
-        for j, w in enumerate(weights):
-            if w == 0:
-                continue
-            term = {k: tf.cast(w, v.dtype) * v for k, v in self._init[j].items()}
+        for j in np.flatnonzero(counts):
+            key = (int(j), int(counts[j]))  # η = 1 asks for the same N terms on every pass: compute each once
+            if key not in self._init_terms:
+                w = counts[j] / (sizes[j] * self.num_tasks)
+                self._init_terms[key] = {k: tf.cast(w, v.dtype) * v for k, v in self._init[j].items()}
+            term = self._init_terms[key]
             out = term if out is None else {k: out[k] + term[k] for k in out}
         return out
 
@@ -237,7 +241,7 @@ class ReplayBuffer:
                 parts.append([tf.gather(leaf, ks) for leaf in entry.leaves])
             task_ids.append(np.full(ks.shape, j))
             steps.append(ks)
-        leaves = [tf.concat([p[i] for p in parts], 0) for i in range(len(parts[0]))]
+        leaves = parts[0] if len(parts) == 1 else [tf.concat([p[i] for p in parts], 0) for i in range(len(parts[0]))]
         task, opt = tf.nest.pack_sequence_as(self._structure, leaves)
         return Batch(task, opt, tf.constant(np.concatenate(task_ids), tf.int32),
                      tf.constant(np.concatenate(steps), tf.int32))

@@ -145,9 +145,9 @@ def test_fused_batch_norm_matches_keras():
             assert diff <= 1e-2 * np.linalg.norm(b[2][name].numpy()) + 1e-4, name  # conv biases: 0 ± noise
 
 
-def test_fused_batch_norm_exact_meta_gradient_matches_keras():
-    """Eq. 11 differentiates the task gradient, so BatchNorm twice: the fused layer's closed-form second
-    derivative gives the warp meta-gradient (and meta-loss) of the plain-op BatchNorm."""
+def test_fused_batch_norm_exact_meta_gradient_matches_plain():
+    """Eq. 11 differentiates the task gradient, so BatchNorm twice: the fused layer (TensorFlow's
+    differentiated gradient kernel) gives the warp meta-gradient and meta-loss of the plain-op layer."""
     keras.utils.set_random_seed(3)
     fused = WarpedModel(omniglot_convnet(fused_batch_norm=True))
     plain = WarpedModel(omniglot_convnet(fused_batch_norm=False))

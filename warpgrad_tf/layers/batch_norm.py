@@ -57,17 +57,16 @@ class FusedBatchNormalization(BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         if not self._fusable(inputs, training, mask):
             return super().call(inputs, training=training, mask=mask)
-        # bfloat16 / float16 activations go in as they are (the kernel normalises them in float32 with
-        # float32 scale and offset): two casts of every activation fewer under a mixed policy.
-        x = inputs
-        channels = x.shape[-1]
+        # Activations go in in their own dtype (bfloat16 / float16 are normalised in float32 by the kernel,
+        # with float32 scale and offset): no casts of the activations under a mixed policy.
+        channels = inputs.shape[-1]
         gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels], tf.float32)
         beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels], tf.float32)
         y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-            x=x, scale=gamma, offset=beta, mean=tf.zeros([0]), variance=tf.zeros([0]),
+            x=inputs, scale=gamma, offset=beta, mean=tf.zeros([0]), variance=tf.zeros([0]),
             epsilon=self.epsilon, data_format="NHWC", is_training=True)
         # FusedBatchNormV3 reports the Bessel-corrected variance; Keras tracks the biased one.
-        shape = tf.shape(x)
+        shape = tf.shape(inputs)
         n = tf.cast(shape[0] * shape[1] * shape[2], tf.float32)
         variance = variance * (n - 1.0) / tf.maximum(n, 1.0)
         momentum = tf.cast(self.momentum, tf.float32)

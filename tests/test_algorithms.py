@@ -1,5 +1,10 @@
 """Algorithms 1–3 (App. B), the replay buffer, learned learning rates and method configurations."""
 
+import gc
+import os
+import subprocess
+import sys
+
 import gin
 import numpy as np
 import pytest
@@ -107,6 +112,28 @@ def test_replay_buffer_holds_tensors_spills_to_disk_and_reports_memory(tmp_path,
         spilled.gather(list(range(15)))
     spilled.clear()
     assert not any(p.suffix == ".npy" for p in tmp_path.rglob("*"))
+
+
+def test_replay_spill_folder_is_removed_when_the_buffer_goes_or_the_process_exits(tmp_path):
+    """A spilled buffer never leaves its folder behind: not when dropped, not at interpreter exit."""
+    dropped = replay.ReplayBuffer(spill_dir=str(tmp_path / "dropped"), max_bytes_in_memory=0)
+    dropped.add({"w": tf.zeros([3, 2])}, {}, (tf.zeros([1]),) * 4, 0)
+    assert list((tmp_path / "dropped").iterdir())
+    del dropped
+    gc.collect()
+    assert not list((tmp_path / "dropped").iterdir())
+    script = (  # exits with the buffer alive: module globals are torn down while it is still referenced
+        "import tensorflow as tf\n"
+        "from warpgrad_tf import replay\n"
+        f"buf = replay.ReplayBuffer(spill_dir={str(tmp_path / 'exit')!r}, max_bytes_in_memory=0)\n"
+        "buf.add({'w': tf.zeros([3, 2])}, {}, (tf.zeros([1]),) * 4, 0)\n"
+        "print(len(list(buf._dir and __import__('os').listdir(buf._dir))))\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "1"  # the record was spilled ...
+    assert not list((tmp_path / "exit").iterdir())  # ... and its folder removed at exit
+    assert "Exception ignored" not in run.stderr, run.stderr
 
 
 def test_bad_inputs_fail_before_any_work(float64):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import weakref
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -109,13 +110,15 @@ class ReplayBuffer:
         self.spill_dir = spill_dir
         self.max_bytes_in_memory = None if max_bytes_in_memory is None else int(max_bytes_in_memory)
         self._dir = None
+        self._remove_dir = None
         self.clear()
 
     # ------------------------------------------------------------------ filling
     def clear(self):
         """Drop every sample (and the spill folder)."""
-        if getattr(self, "_dir", None):
-            shutil.rmtree(self._dir, ignore_errors=True)
+        if self._remove_dir is not None:
+            self._remove_dir()  # runs once; also registered to run when the buffer is dropped or at exit
+        self._remove_dir = None
         self._dir = None
         self._tasks = []
         self._data = []
@@ -153,6 +156,9 @@ class ReplayBuffer:
             if self._dir is None:
                 os.makedirs(self.spill_dir, exist_ok=True)
                 self._dir = tempfile.mkdtemp(prefix="replay-", dir=self.spill_dir)
+                # Not __del__: at interpreter exit module globals (shutil) may already be gone, and the
+                # folder (up to the whole meta-batch's trajectories) would be left behind.
+                self._remove_dir = weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
             stored = []
             for i, t in enumerate(leaves):
                 path = os.path.join(self._dir, f"task{len(self._tasks)}_{i}.npy")
@@ -252,10 +258,6 @@ class ReplayBuffer:
         total = self._bytes_memory + self._bytes_disk
         return MemoryReport(n, self.num_tasks, self._bytes_memory, self._bytes_disk, total / n if n else 0.0,
                             self._bytes_data)
-
-    def __del__(self):
-        if getattr(self, "_dir", None):
-            shutil.rmtree(self._dir, ignore_errors=True)
 
 
 def check_eta(eta, buffer_size):

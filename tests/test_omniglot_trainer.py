@@ -7,8 +7,11 @@ two minutes on shared CPU cores. The tfds cache is built once per session in a t
 import glob
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import gin
 import numpy as np
@@ -212,3 +215,56 @@ def test_cli_empty_data_dir_and_unknown_alphabet_are_one_line(tmp_path, omniglot
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "'Klingon'" in errors[0] and "Latin" in errors[0], proc.stderr[-2000:]
+
+
+def _readme_command(marker):
+    """The README's shell command (continuation lines joined) that contains ``marker``, as an argv list."""
+    with open(os.path.join(REPO, "README.md")) as f:
+        text = f.read().replace("\\\n", " ")
+    lines = [ln.strip() for ln in text.splitlines() if marker in ln and ln.strip().startswith("python -m")]
+    assert lines, f"no README command contains {marker!r}"
+    return lines[0].split()
+
+
+def test_readme_omniglot_command_runs_on_the_shared_subset(tmp_path, omniglot_dir, tfds_cache):
+    """The multi-shot command the README gives for ../shared/data/omniglot works as written (tiny budget)."""
+    argv = _readme_command("budgets/reduced_cpu.gin --gin_file=configs/omniglot/splits")
+    assert argv[:3] == ["python", "-m", "trainers.omniglot"]
+    args = [a.replace("../shared/data/omniglot", omniglot_dir) for a in argv[3:] if not a.startswith("--root_dir")]
+    tiny = [f"--gin_param={p.replace(' ', '')}" for p in TINY if not p.startswith("OmniglotTasks.")]
+    proc = _cli(args + tiny, tmp_path, tfds_cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "run" / "results.json") as f:
+        results = json.load(f)
+    assert results["alphabets"]["test"] == ["Balinese"]
+    assert sorted(results["alphabets"]["train"]) == ["Early_Aramaic", "Greek", "Korean", "Latin"]
+
+
+def test_cli_interrupt_checkpoints_and_says_so_in_one_line(tmp_path, omniglot_dir, tfds_cache):
+    """Ctrl-C during meta-training: a checkpoint, one line saying how to resume, exit 130, no traceback, and
+    no replay records left on disk."""
+    root = tmp_path / "run"
+    tiny = [f"--gin_param={p.replace(' ', '')}" for p in TINY if "meta_steps" not in p]
+    args = ["--gin_file=configs/omniglot/warp_leap.gin", f"--data_dir={omniglot_dir}", f"--root_dir={root}",
+            "--gin_param=train_eval.meta_steps=100000", "--gin_param=train_eval.checkpoint_every=1",
+            "--gin_param=train_eval.eval_every=100000", "--gin_param=train_eval.replay_memory_mb=0"] + tiny
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", WARPGRAD_TFDS_DIR=tfds_cache)
+    proc = subprocess.Popen([sys.executable, "-m", "trainers.omniglot"] + args, cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while not (root / "checkpoints" / "checkpoint").exists():  # written after the first meta-step
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    said = [ln for ln in err.splitlines() if ln.startswith("interrupted")]
+    assert len(said) == 1 and re.search(r"meta-step \d+: checkpoint saved, re-run to resume", said[0]), err[-3000:]
+    step = int(re.search(r"meta-step (\d+)", said[0]).group(1))
+    assert tf.train.latest_checkpoint(str(root / "checkpoints")).endswith(f"ckpt-{step}")
+    assert not list((root / "replay").iterdir())  # the spilled buffer removed its records on the way out

@@ -8,7 +8,8 @@ A trainer module defines one ``@gin.configurable train_eval(root_dir, ...)`` and
 
 which gives it ``--root_dir``, ``--gin_file`` (repeatable), ``--gin_param`` (repeatable) and
 ``--data_dir``, parses gin before any work, reports configuration errors as one line naming the flag or
-binding, and writes the operative gin config to ``root_dir/operative_config.gin``.
+binding (exit status 2) and an interruption (Ctrl-C / SIGTERM, after the trainer checkpointed) as one line
+(exit status 130), and writes the operative gin config to ``root_dir/operative_config.gin``.
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ def run_main(train_eval, data_dir=False):
             train_eval(**kwargs)
         except (ConfigError, ValueError, FileNotFoundError) as e:
             _fail(str(e))
+        except KeyboardInterrupt as e:  # SIGINT / SIGTERM: the loop checkpointed (see Interrupt); no traceback
+            print(str(e) or "interrupted.", file=sys.stderr)
+            sys.exit(130)
 
     app.run(main)
 

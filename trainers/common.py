@@ -307,8 +307,6 @@ def meta_train(step_fn, start, total_steps, checkpointer, writers, *, log_every=
         bar.close()
         if step > start:
             checkpointer.save(step)
-    if interrupt.requested:
-        logging.warning("Interrupted at meta step %d; rerun with the same --root_dir to resume.", step)
     return step, interrupt.requested
 
 

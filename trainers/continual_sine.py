@@ -323,8 +323,8 @@ def train_eval(
     step, interrupted = common.meta_train(train_step, start, total_steps, checkpointer, writers,
                                           log_every=log_every, checkpoint_every=checkpoint_every,
                                           after_step=after_step)
-    if interrupted:
-        return None
+    if interrupted:  # checkpointed by meta_train; run_main reports it in one line (exit status 130)
+        raise KeyboardInterrupt(f"interrupted at meta-step {step}: checkpoint saved, re-run to resume")
 
     selected = step
     if select_best and int(best.step) >= 0:

@@ -289,8 +289,8 @@ def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, ep
     summary = _write_history(root_dir, cell, seed, batch_size, replicas, history)
     if plot:
         plot_returns(os.path.dirname(os.path.abspath(root_dir)), os.path.join(root_dir, "returns.png"))
-    if interrupted:
-        logging.warning("Interrupted at iteration %d; rerun with the same --root_dir to resume.", step)
+    if interrupted:  # checkpoint, history and agent saved above; run_main reports it (exit status 130)
+        raise KeyboardInterrupt(f"interrupted at iteration {step}: checkpoint saved, re-run to resume")
     logging.info("Summary: %s", summary)
     return summary
 

@@ -364,8 +364,8 @@ def train_eval(
 
     step, interrupted = common.meta_train(train_step, start, meta_steps, checkpointer, writers,
                                           log_every=log_every, checkpoint_every=checkpoint_every)
-    if interrupted:
-        return None
+    if interrupted:  # checkpointed by meta_train; run_main reports it in one line (exit status 130)
+        raise KeyboardInterrupt(f"interrupted at meta-step {step}: checkpoint saved, re-run to resume")
 
     warp = warped.values("warp")
     warp_final, _ = eval_pairs_fn(warp, eval_pairs)

@@ -88,6 +88,26 @@ def test_steps_may_be_a_tensor_and_zero():
     assert fn(tf.constant(3)).losses.shape == (3,)
     with pytest.raises(ValueError, match="steps must be >= 0"):
         wg.adapt(warped, warped.values("task"), {}, wg.sgd(0.1), wg.minibatches(x, x), wg.losses.mse, -1)
+    assert wg.adapt(warped, warped.values("task"), {}, wg.sgd(0.1), wg.minibatches(x, x), wg.losses.mse,
+                    np.int64(2)).losses.shape == (2,)
+    for bad, match in ((np.int64(-1), "steps must be >= 0"), (tf.constant(-2), "steps must be >= 0"),
+                       (True, "steps must be an integer"), (2.5, "steps must be an integer"),
+                       (tf.constant(2.0), "steps must be an integer")):
+        for run in (wg.adapt, wg.unroll):
+            with pytest.raises(ValueError, match=match):
+                run(warped, warped.values("task"), {}, wg.sgd(0.1), wg.minibatches(x, x), wg.losses.mse, bad)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="steps must be >= 0"):  # known only at run time
+        fn(tf.constant(-1))
+
+
+def test_mismatched_examples_and_targets_are_errors_naming_the_shapes():
+    x, y = np.zeros((10, 2), "float32"), np.zeros((10, 2), "float32")
+    with pytest.raises(ValueError, match=r"x has 10 examples but y has 5"):
+        wg.minibatches(x, y[:5])
+    with pytest.raises(ValueError, match=r"targets of shape \[2, 10\] do not match predictions of shape \[10, 2\]"):
+        wg.losses.mse(y.T, tf.constant(y))
+    np.testing.assert_allclose(wg.losses.mse(np.ones(4), tf.zeros((4, 1))), 1.0)  # a trailing axis of 1 is fine
+    np.testing.assert_allclose(wg.losses.mse(np.ones((4, 1)), tf.zeros(4)), 1.0)
 
 
 def test_non_finite_loss_stops_and_names_the_step():
@@ -127,3 +147,28 @@ def test_invalid_learning_rate_is_an_error():
         wg.momentum(-1.0)
     with pytest.raises(ValueError, match="Unknown inner update rule 'adam'"):
         wg.update_rules.get("adam", 0.1)
+
+
+def test_per_call_learning_rate_overrides_are_checked():
+    keras.utils.set_random_seed(0)
+    warped = wg.WarpedModel(keras.Sequential([keras.Input((1,)), keras.layers.Dense(3, name="d"),
+                                              keras.layers.Dense(1, name="o")], name="net"))
+    x = np.ones((4, 1), "float32")
+    task = warped.values("task")
+    name = sorted(task)[0]
+
+    def adapt(lr):
+        return wg.adapt(warped, task, {}, wg.sgd(0.1), wg.minibatches(x, x), wg.losses.mse, 2, learning_rate=lr)
+
+    for bad, match in ((-5.0, "learning_rate must be > 0"), (np.float32(0.0), "learning_rate must be > 0"),
+                       ("0.1", "must be a number > 0, a tensor"),
+                       ({k: 0.1 for k in task if k != name}, f"missing \\['{name}'\\]"),
+                       (dict({k: 0.1 for k in task}, extra=0.1), "unexpected \\['extra'\\]"),
+                       (tf.ones([7]), "does not fit parameter")):
+        with pytest.raises(ValueError, match=match):
+            adapt(bad)
+    with pytest.raises(ValueError, match="learning_rate must be a number > 0; got None"):
+        wg.sgd(None)
+    same = adapt({k: 0.1 for k in task}).task  # a full per-parameter dict equals the scalar rate
+    for k, v in adapt(0.1).task.items():
+        np.testing.assert_allclose(same[k], v, rtol=1e-6)

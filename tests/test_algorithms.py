@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import gin
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -207,6 +208,44 @@ def test_online_warp_gradient_is_the_mean_of_eq11_over_trajectory_points(float64
         np.testing.assert_allclose(grads.warp[n], expected[n], rtol=1e-9, atol=1e-12)
 
 
+def test_diverging_adaptation_stops_every_algorithm_before_it_writes_nan():
+    """An inner rate that blows adaptation up (float32 overflow): a FloatingPointError naming the step, and
+    the meta-parameters untouched."""
+    warped = _warped()
+    start = _snapshot(warped)
+    tasks, seeds = _tasks(num=2), [1, 2]
+    learner = algorithms.meta_learner(wg.sgd(1e30), wg.losses.mse, 6, init="leap", objective="exact")
+    steps = {
+        "online meta-step": lambda: algorithms.online_step(
+            warped, learner, algorithms.meta_optimizers(warp=0.1, init=0.1))(tasks, seeds),
+        "offline collection, task 0": lambda: algorithms.offline_step(
+            warped, learner, algorithms.meta_optimizers(warp=0.1, init=0.1), eta=1)(tasks, seeds),
+        "continual meta-step": lambda: algorithms.continual_step(
+            warped, learner._replace(init=algorithms.meta_learner(wg.sgd(1e30), wg.losses.mse, 1,
+                                                                  init="multitask").init),
+            algorithms.meta_optimizers(warp=0.1, init=0.1), eta=1)(algorithms.continual_init(warped), tasks, seeds),
+    }
+    for where, run in steps.items():
+        with pytest.raises(FloatingPointError, match=f"{where}.*non-finite.*lower the inner learning rate"):
+            run()
+        after = _snapshot(warped)
+        for role in after:
+            for k in after[role]:
+                np.testing.assert_array_equal(after[role][k], start[role][k], err_msg=f"{where}: {k}")
+
+
+def test_online_and_continual_steps_need_one_seed_per_task(float64):
+    warped = _warped()
+    learner = algorithms.meta_learner(wg.sgd(0.1), wg.losses.mse, 2, init="multitask")
+    online = algorithms.online_step(warped, learner, algorithms.meta_optimizers(warp=0.1, init=0.1))
+    continual = algorithms.continual_step(warped, learner, algorithms.meta_optimizers(warp=0.1, init=0.1), eta=1)
+    for seeds in ([1, 2], [1, 2, 3, 4]):
+        with pytest.raises(ValueError, match=f"got {len(seeds)} seeds for 3 tasks"):
+            online(_tasks(num=3), seeds)
+        with pytest.raises(ValueError, match=f"got {len(seeds)} seeds for 3 tasks"):
+            continual(algorithms.continual_init(warped), _tasks(num=3), seeds)
+
+
 def test_continual_updates_task_parameters_every_batch_and_warps_every_eta(float64):
     warped = _warped()
     learner = algorithms.meta_learner(wg.sgd(0.1), wg.losses.mse, 1, init="multitask", objective="approx")
@@ -276,3 +315,10 @@ def test_methods_are_configurations(float64):
     after = _snapshot(warped)
     for role in ("task", "warp"):
         assert any(np.abs(after[role][k] - start[role][k]).sum() > 0 for k in start[role])
+
+
+def test_warp_methods_need_warp_variables():
+    plain = wg.WarpedModel(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
+    with pytest.raises(ValueError, match="'warp_leap' meta-learns warps, but the model has no warp variables"):
+        methods.check_model("warp_leap", plain)
+    assert methods.check_model("leap", plain).name == "leap"

@@ -84,6 +84,27 @@ def test_mismatched_parameter_structures_are_named():
     wrong = dict(task, **{name: tf.zeros((7, 7))})
     with pytest.raises(ValueError, match="shape"):
         warped.apply(wrong, warped.values("warp"), x)
+    with pytest.raises(ValueError, match="role must be one of"):
+        warped.assign("tasks", task)
+
+
+def test_state_dicts_are_checked_like_parameters():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d"),
+                              keras.layers.BatchNormalization(name="bn"), keras.layers.Dense(1, name="o")])
+    warped = wg.WarpedModel(model)
+    task, state, x = warped.values("task"), warped.values("state"), tf.zeros((2, 4))
+    name = sorted(state)[0]
+    with pytest.raises(ValueError, match=f"state parameters .* missing \\['{name}'\\]"):
+        warped.apply(task, {}, x, state={k: v for k, v in state.items() if k != name})
+    with pytest.raises(ValueError, match="unexpected \\['bn/moving_meen'\\]"):
+        warped.apply(task, {}, x, state=dict(state, **{"bn/moving_meen": tf.zeros(3)}))
+
+
+def test_a_single_layer_name_is_one_layer():
+    by_string = wg.WarpedModel(conv_dense_model(), warp="fc")
+    assert by_string.names == wg.WarpedModel(conv_dense_model(), warp=["fc"]).names
+    fc = [n for n in by_string.names["warp"] if "/fc/" in n]
+    assert fc and not any("/fc/" in n for n in wg.WarpedModel(conv_dense_model()).names["warp"])
 
 
 def test_variable_roles_restore_a_partition():

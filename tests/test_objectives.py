@@ -94,6 +94,13 @@ def test_learned_learning_rate_gets_a_gradient(float64):
 
     fd = (loss_at(0.3 + eps) - loss_at(0.3 - eps)) / (2 * eps)
     np.testing.assert_allclose(float(result.learning_rate_grad), fd, rtol=1e-5)
+    constant = wg.warp_objective(warped, warped.values("warp"), task, opt_state, rule, tb, mb, wg.losses.mse,
+                                 learning_rate=tf.constant(0.3, tf.float64))  # a tensor, not a variable
+    np.testing.assert_allclose(float(constant.learning_rate_grad), fd, rtol=1e-5)
+    scalar = wg.warp_objective(warped, warped.values("warp"), task, opt_state, rule, tb, mb, wg.losses.mse,
+                               learning_rate=np.float64(0.3))  # a NumPy number is a plain rate
+    assert scalar.learning_rate_grad is None
+    np.testing.assert_allclose(float(scalar.meta_loss), loss_at(0.3), rtol=1e-12)
 
 
 def test_unknown_objective_is_an_error():

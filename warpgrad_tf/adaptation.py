@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -78,6 +79,10 @@ def minibatches(x, y, batch_size=None, seed=0):
     y = tf.convert_to_tensor(y)
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1 or None; got {batch_size}.")
+    if x.shape.rank and y.shape.rank and x.shape[0] is not None and y.shape[0] is not None \
+            and x.shape[0] != y.shape[0]:
+        raise ValueError(f"minibatches: x has {x.shape[0]} examples but y has {y.shape[0]} "
+                         f"(shapes {x.shape.as_list()} and {y.shape.as_list()}).")
 
     def batches(k):
         n = tf.shape(x)[0]
@@ -154,9 +159,24 @@ def _prepare(warped, task, warp, rule, opt_state, state):
 
 
 def _check_steps(steps):
-    if isinstance(steps, int) and steps < 0:
-        raise ValueError(f"steps must be >= 0; got {steps}.")
-    return tf.convert_to_tensor(steps, tf.int32)
+    """``steps`` as an int32 tensor. It must be an integer >= 0: a Python/NumPy int or an integer tensor (a
+    value known now is checked now; a symbolic one when the loop runs). Bools and floats are errors."""
+    if isinstance(steps, (bool, np.bool_)):
+        raise ValueError(f"steps must be an integer >= 0; got {steps!r}.")
+    if tf.is_tensor(steps) or isinstance(steps, tf.Variable):
+        if not steps.dtype.is_integer:
+            raise ValueError(f"steps must be an integer >= 0; got a {steps.dtype.name} tensor.")
+        steps = tf.cast(steps, tf.int32)
+        value = tf.get_static_value(steps)
+        if value is None:
+            with tf.control_dependencies([tf.debugging.assert_non_negative(steps, message="steps must be >= 0")]):
+                return tf.identity(steps)
+        steps = int(value)
+    if not isinstance(steps, (int, np.integer)):
+        raise ValueError(f"steps must be an integer >= 0; got {steps!r}.")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0; got {int(steps)}.")
+    return tf.constant(int(steps), tf.int32)
 
 
 def adapt(warped, task, warp, rule, batches: Callable, loss_fn: Callable, steps, *, opt_state=None,

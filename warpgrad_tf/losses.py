@@ -5,10 +5,30 @@ from __future__ import annotations
 import tensorflow as tf
 
 
-def mse(y_true, y_pred):
-    """Mean squared error over every element."""
+def _targets_like(y_true, y_pred, name):
+    """``y_true`` shaped like ``y_pred``: equal shapes, or one side with an extra trailing axis of size 1.
+
+    Anything else (e.g. targets ``[2, 10]`` for predictions ``[10, 2]``) is a ValueError naming both shapes
+    rather than a silent reshape that would pair targets with the wrong examples.
+    """
     y_true = tf.cast(y_true, y_pred.dtype)
-    return tf.reduce_mean(tf.square(y_pred - tf.reshape(y_true, tf.shape(y_pred))))
+    ts, ps = y_true.shape, y_pred.shape
+    if ts.rank is None or ps.rank is None:
+        return tf.reshape(y_true, tf.shape(y_pred))
+    if ts.rank == ps.rank - 1 and ps[-1] == 1:
+        y_true = y_true[..., None]
+    elif ts.rank == ps.rank + 1 and ts[-1] == 1:
+        y_true = tf.squeeze(y_true, -1)
+    if not y_true.shape.is_compatible_with(ps):
+        raise ValueError(f"{name}: targets of shape {ts.as_list()} do not match predictions of shape "
+                         f"{ps.as_list()}.")
+    return y_true
+
+
+def mse(y_true, y_pred):
+    """Mean squared error over every element (targets shaped like the predictions, or with/without a trailing
+    axis of size 1)."""
+    return tf.reduce_mean(tf.square(y_pred - _targets_like(y_true, y_pred, "mse")))
 
 
 def half_mse(y_true, y_pred):

@@ -73,7 +73,9 @@ class WarpedModel:
         if default_role not in ROLES:
             raise ValueError(f"default_role must be one of {ROLES}; got {default_role!r}.")
         self.model = model
-        declared = {"task": list(task or ()), "warp": list(warp or ()), "frozen": list(frozen or ())}
+        # A single layer may be named by a string (or given as a layer object) instead of a list of them.
+        declared = {r: [v] if isinstance(v, (str, keras.layers.Layer)) else list(v or ())
+                    for r, v in (("task", task), ("warp", warp), ("frozen", frozen))}
         roles = self._resolve_roles(declared, default_role)
         if variable_roles:
             by_path = {v.path: v for v in model.trainable_variables}
@@ -197,6 +199,8 @@ class WarpedModel:
 
     def check(self, role, values):
         """Raise a ValueError naming the difference if ``values`` does not match ``role``'s variables."""
+        if role != "state" and role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES + ('state',)}; got {role!r}.")
         expected = self.names[role] if role != "state" else self.state_names
         if not isinstance(values, Mapping):
             raise ValueError(f"{role} parameters must be a dict {{path: tensor}}; got {type(values).__name__}.")
@@ -233,6 +237,7 @@ class WarpedModel:
         frozen = self.values("frozen") if frozen is None else frozen
         self.check("frozen", frozen)
         state = self.values("state") if state is None else state
+        self.check("state", state)
         merged = {**task, **warp, **frozen}
         trainable = [merged[v.path] for v in self._trainable]
         non_trainable = [state[v.path] for v in self._non_trainable]

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
 from warpgrad_tf.adaptation import task_step
@@ -69,8 +70,8 @@ def warp_objective(warped, warp, task_k, opt_state_k, rule, task_batch, meta_bat
       loss_fn: task loss ``loss_fn(y_true, y_pred)``; ``meta_loss_fn`` defaults to it.
       objective: ``"exact"`` (Eq. 11) or ``"approx"`` (Eq. 12).
       frozen, state, training: passed to :meth:`WarpedModel.apply`.
-      learning_rate: optional inner step size; pass a ``tf.Variable`` (scalar or per-parameter dict of
-        variables) to get its meta-gradient in ``learning_rate_grad`` (exact objective only: under
+      learning_rate: optional inner step size; pass a tensor or ``tf.Variable`` (scalar or per-parameter
+        dict) to get its meta-gradient in ``learning_rate_grad`` (exact objective only: under
         Eq. 12 the stepped parameters are detached, so the rate receives no gradient).
     """
     check_objective(objective)
@@ -78,9 +79,13 @@ def warp_objective(warped, warp, task_k, opt_state_k, rule, task_batch, meta_bat
     task_k = tf.nest.map_structure(tf.stop_gradient, task_k)
     opt_state_k = tf.nest.map_structure(tf.stop_gradient, opt_state_k)
     xm, ym = meta_batch
+    if isinstance(learning_rate, np.generic):  # a NumPy scalar is a number like a Python float
+        learning_rate = learning_rate.item()
     lr_vars = None if learning_rate is None or isinstance(learning_rate, (int, float)) else learning_rate
     with tf.GradientTape() as outer:
         outer.watch(warp)
+        if lr_vars is not None:  # a tf.constant rate gets its gradient like a tf.Variable
+            outer.watch(lr_vars)
         # The task step records on the outer tape: its gradient ∇_θ L_task(θ_k; φ) depends on φ (Eq. 11).
         stepped, _, new_state, task_loss = task_step(
             warped, task_k, warp, opt_state_k, state, task_batch, rule, loss_fn, frozen=frozen,

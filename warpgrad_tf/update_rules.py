@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
 Params = Mapping[str, tf.Tensor]
@@ -38,10 +39,37 @@ class UpdateRule(NamedTuple):
 
 
 def _check_lr(learning_rate):
-    lr = float(learning_rate)
+    try:
+        lr = float(learning_rate)
+    except (TypeError, ValueError):
+        raise ValueError(f"learning_rate must be a number > 0; got {learning_rate!r}.") from None
     if not lr > 0:
         raise ValueError(f"learning_rate must be > 0; got {learning_rate}.")
     return lr
+
+
+def _check_override(learning_rate, params):
+    """A per-call rate must be a number > 0, a tensor, or a dict with exactly the parameters' keys."""
+    if isinstance(learning_rate, Mapping):
+        missing = sorted(set(params) - set(learning_rate))
+        unexpected = sorted(set(learning_rate) - set(params))
+        if missing or unexpected:
+            raise ValueError(f"per-parameter learning_rate must have the parameters' keys: missing {missing}, "
+                             f"unexpected {unexpected}.")
+        for k, v in learning_rate.items():
+            _check_override(v, {k: params[k]})
+    elif isinstance(learning_rate, (bool, str, bytes)) or learning_rate is None:
+        raise ValueError(f"learning_rate must be a number > 0, a tensor or a per-parameter dict; got "
+                         f"{learning_rate!r}.")
+    elif isinstance(learning_rate, (int, float, np.number)):
+        if not float(learning_rate) > 0:
+            raise ValueError(f"learning_rate must be > 0; got {learning_rate}.")
+    else:
+        shape = tf.TensorShape(getattr(learning_rate, "shape", None))
+        for name, p in params.items():
+            if shape.rank and not (shape.is_compatible_with(p.shape) or shape.num_elements() == 1):
+                raise ValueError(f"learning_rate of shape {shape} does not fit parameter {name!r} of shape "
+                                 f"{p.shape} (use a scalar, that shape, or a per-parameter dict).")
 
 
 def _rate(learning_rate, default, name, like):
@@ -49,8 +77,8 @@ def _rate(learning_rate, default, name, like):
     lr = default if learning_rate is None else learning_rate
     if isinstance(lr, Mapping):
         lr = lr[name]
-    if isinstance(lr, (int, float)):  # a Python number: no float32 round trip in float64 models
-        return tf.constant(lr, dtype=like.dtype)
+    if isinstance(lr, (int, float, np.number)):  # a number: no float32 round trip in float64 models
+        return tf.constant(float(lr), dtype=like.dtype)
     return tf.cast(lr, like.dtype)
 
 
@@ -63,6 +91,8 @@ def sgd(learning_rate):
         return {}
 
     def update(grads, state, params, learning_rate=None):
+        if learning_rate is not None:
+            _check_override(learning_rate, params)
         new = {k: params[k] - _rate(learning_rate, lr0, k, params[k]) * grads[k] for k in params}
         return new, state
 
@@ -84,6 +114,8 @@ def momentum(learning_rate, beta=0.9, nesterov=False):
         return {k: tf.zeros_like(v) for k, v in params.items()}
 
     def update(grads, state, params, learning_rate=None):
+        if learning_rate is not None:
+            _check_override(learning_rate, params)
         velocity = {k: beta * state[k] + grads[k] for k in params}
         step = {k: grads[k] + beta * velocity[k] for k in params} if nesterov else velocity
         new = {k: params[k] - _rate(learning_rate, lr0, k, params[k]) * step[k] for k in params}
@@ -120,6 +152,8 @@ def adam(learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
         return AdamState(tf.constant(0, tf.int64), zeros, dict(zeros))
 
     def update(grads, state, params, learning_rate=None):
+        if learning_rate is not None:
+            _check_override(learning_rate, params)
         new, m, v = {}, {}, {}
         for k, p in params.items():
             dtype = p.dtype

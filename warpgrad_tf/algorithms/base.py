@@ -54,6 +54,42 @@ def as_tasks(tasks) -> Tasks:
     return Tasks(*tensors)
 
 
+def task_seeds(tasks: Tasks, seeds) -> tf.Tensor:
+    """``seeds`` as an int64 vector with exactly one seed per task of ``tasks`` (ValueError naming both counts)."""
+    seeds = tf.reshape(tf.cast(tf.convert_to_tensor(np.asarray(seeds) if not tf.is_tensor(seeds) else seeds),
+                               tf.int64), [-1])
+    if int(seeds.shape[0]) != int(tasks.train_x.shape[0]):
+        raise ValueError(f"got {int(seeds.shape[0])} seeds for {int(tasks.train_x.shape[0])} tasks: "
+                         "pass one mini-batch seed per task.")
+    return seeds
+
+
+def all_finite(*trees) -> tf.Tensor:
+    """A boolean scalar: every floating-point tensor in ``trees`` is finite (graph-friendly, one reduction)."""
+    flags = [tf.reduce_all(tf.math.is_finite(t)) for t in tf.nest.flatten(trees)
+             if t is not None and tf.is_tensor(t) and t.dtype.is_floating]
+    return tf.reduce_all(tf.stack(flags)) if flags else tf.constant(True)
+
+
+def raise_if_not_finite(finite, where, grads: MetaGradients | None = None, loss=None):
+    """FloatingPointError when ``finite`` is false: the meta-step would write NaN/inf into φ or θ0.
+
+    Called *before* any meta-parameter is updated, so nothing is changed; names the offending gradients.
+    """
+    if bool(finite):
+        return
+    bad = []
+    if grads is not None:
+        for part, tree in (("g_φ", grads.warp), ("g_θ0", grads.init)):
+            bad += [f"{part} {k}" for k, v in (tree or {}).items() if not bool(all_finite(v))]
+        if grads.learning_rate is not None and not bool(all_finite(grads.learning_rate)):
+            bad.append("learning-rate gradient")
+    named = f" ({', '.join(bad[:3])}{', …' if len(bad) > 3 else ''})" if bad else ""
+    detail = f"; loss {float(loss):g}" if loss is not None else ""
+    raise FloatingPointError(f"{where}: non-finite meta-gradient{named}{detail} — task adaptation diverged; "
+                             "lower the inner learning rate. This update was not applied.")
+
+
 class MetaLearner(NamedTuple):
     """The configuration of Eq. 13, ``J(φ, θ0) = L(φ) + λ C(θ0)``: which terms, which inner loop.
 

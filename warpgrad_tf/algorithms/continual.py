@@ -63,11 +63,14 @@ def continual_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptim
 
     @tf.function(jit_compile=jit_compile, reduce_retracing=True)
     def compute(tasks, seeds):
-        return online_meta_gradient(warped, one_sample, warped.values("warp"), warped.values("task"), tasks,
-                                    seeds, frozen=frozen)
+        grads = online_meta_gradient(warped, one_sample, warped.values("warp"), warped.values("task"), tasks,
+                                     seeds, frozen=frozen)
+        return grads, base.all_finite(grads.warp, grads.init)
 
     def step(state: ContinualState, tasks, seeds):
-        grads = compute(base.as_tasks(tasks), tf.convert_to_tensor(seeds, tf.int64))
+        tasks = base.as_tasks(tasks)
+        grads, finite = compute(tasks, base.task_seeds(tasks, seeds))
+        base.raise_if_not_finite(finite, "continual meta-step", grads, grads.metrics["task_loss_last"])
         # θ ← θ − λβ g_θ on every batch (lines 7, 9).
         base.apply_meta_gradients(warped, base.MetaGradients({}, grads.init, None, {}),
                                   base.MetaOptimizers(init=optimizers.init), init_weight=learner.init_weight)

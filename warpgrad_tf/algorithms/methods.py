@@ -91,8 +91,13 @@ def meta_learner_for(name, rule, loss_fn, steps, *, objective=None, **kwargs):
 
 
 def check_model(name, warped):
-    """Raise a ValueError if ``warped`` cannot run method ``name`` (T-Nets need affine warp layers)."""
+    """Raise a ValueError if ``warped`` cannot run method ``name`` (warp methods need warp variables; T-Nets
+    need affine warp layers)."""
     method = get(name)
+    if method.objective is not None and not warped.names["warp"]:
+        raise ValueError(f"method {method.name!r} meta-learns warps, but the model has no warp variables: add "
+                         "WarpBlock layers (or declare warp=[...] in WarpedModel), or choose a method without "
+                         "warps.")
     if method.warps == "linear":
         layers = warped.model._flatten_layers(include_self=False, recursive=True)
         warp_paths = set(warped.names["warp"])

@@ -42,6 +42,11 @@ def collect(warped, learner: base.MetaLearner, tasks, seeds, buffer: replay_lib.
     for i, seed in enumerate(seeds):
         task = tuple(t[i] for t in tasks)
         run = run_fn(warp, theta0, task, tf.constant(seed, tf.int64))
+        if not bool(base.all_finite(run.losses, run.init.grads if has_init else None)):
+            raise FloatingPointError(
+                f"offline collection, task {i} (seed {seed}): non-finite task loss or initialisation gradient "
+                f"(last loss {float(run.losses[-1]):g}) — task adaptation diverged; lower the inner learning "
+                "rate. Nothing was updated.")
         buffer.add(run.task_record, run.opt_record, task, seed, run.init.grads if has_init else None)
         first += float(run.losses[0]) / len(seeds)
         last += float(run.losses[-1]) / len(seeds)
@@ -139,8 +144,9 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
 
     @tf.function(jit_compile=jit_compile, reduce_retracing=True)
     def grad_fn(warp, batch, task_data, seeds):
-        return replay_meta_gradient(warped, learner, warp, batch, task_data, seeds, learning_rate=rates,
-                                    frozen=frozen)
+        grads, lr_grad, loss = replay_meta_gradient(warped, learner, warp, batch, task_data, seeds,
+                                                    learning_rate=rates, frozen=frozen)
+        return grads, lr_grad, loss, base.all_finite(grads, lr_grad, loss)
 
     @tf.function(reduce_retracing=True)  # η = 1 takes N updates per meta-batch: keep them out of Python
     def apply_fn(grads):
@@ -149,9 +155,7 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
 
     def step(tasks, seeds, shuffle_seed=None):
         tasks = base.as_tasks(tasks)
-        seeds = [int(s) for s in seeds]
-        if len(seeds) != int(tasks.train_x.shape[0]):
-            raise ValueError(f"got {len(seeds)} seeds for {int(tasks.train_x.shape[0])} tasks.")
+        seeds = [int(s) for s in base.task_seeds(tasks, seeds).numpy()]
         replay_lib.check_eta(eta, len(seeds) * learner.steps)
         buffer.clear()
         start = time.perf_counter()
@@ -165,8 +169,10 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
         for indices in batches:
             warp_grads, lr_grad, loss = {}, None, 0.0
             if learn_warp:
-                warp_grads, lr_grad, loss = grad_fn(warped.values("warp"), buffer.gather(indices), task_data,
-                                                    task_seeds)
+                warp_grads, lr_grad, loss, finite = grad_fn(warped.values("warp"), buffer.gather(indices),
+                                                            task_data, task_seeds)
+                base.raise_if_not_finite(finite, f"offline replay, meta-step {meta_steps + 1}",
+                                         base.MetaGradients(warp_grads, {}, lr_grad, {}), loss)
             init = buffer.init_gradient(indices)
             if init_lr_grad is not None:  # MAML's α-gradient, spread over the pass like g_θ0
                 share = len(indices) / len(buffer) * learner.init_weight

@@ -134,14 +134,17 @@ def online_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimize
 
     @tf.function(jit_compile=jit_compile)
     def compute(tasks, seeds):
-        return online_meta_gradient(warped, learner, warped.values("warp"), warped.values("task"), tasks, seeds,
-                                    learning_rate=rates, frozen=frozen)
+        grads = online_meta_gradient(warped, learner, warped.values("warp"), warped.values("task"), tasks, seeds,
+                                     learning_rate=rates, frozen=frozen)
+        return grads, base.all_finite(grads.warp, grads.init, grads.learning_rate)
 
     def step(tasks, seeds):
-        grads = compute(base.as_tasks(tasks), tf.convert_to_tensor(seeds, tf.int64))
+        tasks = base.as_tasks(tasks)
+        grads, finite = compute(tasks, base.task_seeds(tasks, seeds))
+        base.raise_if_not_finite(finite, "online meta-step", grads, grads.metrics["task_loss_last"])
         base.apply_meta_gradients(warped, grads, optimizers, init_weight=learner.init_weight,
                                   learned_rate=learned_rate, clip=clip)
         return grads.metrics
 
-    step.meta_gradient = compute
+    step.meta_gradient = lambda tasks, seeds: compute(tasks, seeds)[0]
     return step

@@ -39,7 +39,9 @@ def _integer(value, arg, minimum=0):
     value = tf.convert_to_tensor(value)
     if not value.dtype.is_integer:
         raise _invalid(f"{arg} must be an integer >= {minimum}; got dtype {value.dtype.name}.")
-    return tf.saturate_cast(value, tf.int32)
+    if bool(tf.reduce_any(value < tf.int32.min)) or bool(tf.reduce_any(value > tf.int32.max)):
+        raise _invalid(f"{arg} does not fit in int32; got {value.numpy()}.")
+    return tf.cast(value, tf.int32)
 
 
 class _Export:

@@ -273,13 +273,14 @@ def _bad_omni(runs):
         "count_mismatch": ("support_y", dict(support_y=sy[:10])),
         "negative_steps": ("steps", dict(steps=-1)),
         "steps_vector": ("steps", dict(steps=np.array([1, 2], np.int32))),
+        "huge_steps": ("steps", dict(steps=np.int32(2**31 - 1))),  # would abort the process allocating
         "empty_support": ("support_x", dict(support_x=sx[:0], support_y=sy[:0])),
         "empty_query": ("query_x", dict(query_x=qx[:0])),
     }
 
 
 BAD_OMNI = ["rank", "image_size", "channels", "label_too_large", "label_negative", "label_rank",
-            "count_mismatch", "negative_steps", "steps_vector", "empty_support", "empty_query"]
+            "count_mismatch", "negative_steps", "steps_vector", "huge_steps", "empty_support", "empty_query"]
 
 
 @pytest.mark.parametrize("case", BAD_OMNI)
@@ -303,6 +304,8 @@ def test_float_labels_and_steps_raise_naming_them(runs, loaded):
         model.adapt_and_predict(sx, sy.astype(np.float32), qx)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"steps must be an integer"):
         model.adapt(sx, sy, steps=2.0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"steps does not fit in int32"):
+        model.adapt(sx, sy, steps=2**40)  # was silently capped at 2**31 − 1
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"support_x must hold floating-point"):
         model.adapt(sx.astype(np.int32), sy)
     # Straight to the signature, TensorFlow rejects the dtype before the graph runs (no argument name).
@@ -361,6 +364,44 @@ def test_checkpoint_restore_and_checkpoint_without_model_weights(runs, tmp_path)
     assert serving.restore_checkpoint(warped, prefix) == 7
     for before, v in zip(expected, warped.model.variables):
         np.testing.assert_array_equal(before, v.numpy())
+
+
+def test_checkpoints_the_omniglot_and_fewshot_trainers_write(runs, tmp_path):
+    """Those trainers save ``list(model.variables)`` as ``model`` (with ``step``; ``R/best/best`` without):
+    --checkpoint restores exactly those values, and ``latest`` names the run's other checkpoint folders."""
+    warped, _, _ = artifacts.load(str(runs["root"] / "omni"))
+    expected = [v.numpy() + 0.5 for v in warped.model.variables]
+    trained = [tf.Variable(e) for e in expected]
+    latest = tf.train.Checkpoint(step=tf.Variable(9, dtype=tf.int64), model=trained,
+                                 warp_optimizer=tf.Variable(1.0)).save(str(tmp_path / "checkpoints" / "ckpt"))
+    best = tf.train.Checkpoint(model=trained).write(str(tmp_path / "best" / "best"))
+    for prefix, step in ((latest, 9), (best, None)):
+        for v in warped.model.variables:
+            v.assign(tf.zeros_like(v))
+        assert serving.restore_checkpoint(warped, prefix) == step
+        for e, v in zip(expected, warped.model.variables):
+            np.testing.assert_array_equal(e, v.numpy(), err_msg=v.path)
+    fewer = tf.train.Checkpoint(model=trained[:-1]).write(str(tmp_path / "fewer"))
+    with pytest.raises(ValueError, match=f"stores {len(expected) - 1} model variables"):
+        serving.restore_checkpoint(warped, fewer)
+    assert serving.latest_checkpoint_dir(str(tmp_path)) == str(tmp_path / "checkpoints")
+    phase = tmp_path / "demo"
+    tf.train.Checkpoint(v=tf.Variable(1.0)).save(str(phase / "warp" / "checkpoints" / "ckpt"))
+    with pytest.raises(FileNotFoundError, match=r"keeps its checkpoints in \[.*warp/checkpoints'\]"):
+        serving.latest_checkpoint_dir(str(phase))
+
+
+def test_every_layer_is_registered_by_importing_warpgrad_tf():
+    """A .keras file with any warpgrad layer (the maze's RNN cells included) loads after ``import warpgrad_tf``
+    alone — what export.saved_model relies on in a fresh process."""
+    names = ["WarpBlock", "TaskFiLM", "BatchNormalization", "FusedBatchNormalization", "DiracInitializer",
+             "WarpHyperRNNCell", "HyperRNNCell", "TanhRNNCell", "TNetsRNNCell"]
+    code = ("import keras, warpgrad_tf\n"
+            f"print([n for n in {names!r} if keras.saving.get_registered_object('warpgrad_tf>' + n) is None])")
+    out = subprocess.run([sys.executable, "-c", code], env=ENV, cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
 
 
 def test_sequential_model_round_trips_through_artifacts(tmp_path):

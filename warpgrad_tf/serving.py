@@ -13,8 +13,9 @@ Signatures (also callable as attributes of the loaded object):
     (Alg. 1, lines 7–8), running the training run's inner rule (SGD or momentum) on mini-batches drawn from
     the support set with :func:`warpgrad_tf.adaptation.minibatches` — the same stateless draws as in
     training for the same seed.
-``predict(x, **task_parameters)``
-    ``{"outputs": f(x; θ, φ)}`` under the given task parameters (e.g. the output of ``adapt``).
+``predict(x, task_parameters)``
+    ``{"outputs": f(x; θ, φ)}`` under the given task parameters (e.g. the dict ``adapt`` returned); the
+    serving signature ``signatures["predict"](x=..., **task_parameters)`` takes them as keywords.
 ``adapt_and_predict(support_x, support_y, query_x, steps)``
     ``{"outputs": f(query_x; θ_K, φ)}``; ``steps = 0`` gives the initialisation's predictions.
 ``metadata()``
@@ -27,7 +28,8 @@ Parameter names: signature keys must be identifiers, so variable paths are sanit
 
 Input checking: a loaded signature does not check the shapes of what it is fed, so data inputs are declared
 with unknown shape and checked inside the graph; bad input raises ``InvalidArgumentError`` whose message
-names the argument (``support_x``, ``support_y``, ``query_x``, ``steps``, ``x`` or a parameter name). The
+names the argument (``support_x``, ``support_y``, ``query_x``, ``steps`` — at most :data:`MAX_STEPS` —,
+``x`` or a parameter name). The
 dtype of each input is fixed by its spec: ``float32`` features, ``int32`` class labels for the
 ``softmax_cross_entropy`` loss and ``float32`` targets for ``mse``. (TensorFlow itself rejects a tensor of
 the wrong dtype before the graph runs; :mod:`export.load` turns that into a named error as well.)
@@ -131,8 +133,11 @@ def _after(check, tensor, dims):
     return tensor
 
 
-def check_scalar(value, name, minimum):
-    """``value`` as a scalar, after in-graph checks that it is one and is ``>= minimum``.
+MAX_STEPS = 1_000_000  # in-model adaptation records one loss per step: 2**31 − 1 steps would abort the process
+
+
+def check_scalar(value, name, minimum, maximum=None):
+    """``value`` as a scalar, after in-graph checks that it is one and is ``>= minimum`` (and ``<= maximum``).
 
     A failed check raises ``InvalidArgumentError`` naming the argument (e.g. ``steps must be >= 0; got -1``).
     """
@@ -140,9 +145,12 @@ def check_scalar(value, name, minimum):
                                 [f"{name} must be a scalar int32; got shape", tf.shape(value)], name=f"{name}_scalar")
     with tf.control_dependencies([check]):
         value = tf.reshape(value, [-1])[0]
-        check = tf.debugging.Assert(value >= minimum, [f"{name} must be >= {minimum}; got", value],
-                                    name=f"{name}_minimum")
-    with tf.control_dependencies([check]):
+        checks = [tf.debugging.Assert(value >= minimum, [f"{name} must be >= {minimum}; got", value],
+                                      name=f"{name}_minimum")]
+        if maximum is not None:
+            checks.append(tf.debugging.Assert(value <= maximum, [f"{name} must be <= {maximum}; got", value],
+                                              name=f"{name}_maximum"))
+    with tf.control_dependencies(checks):
         return tf.identity(value)
 
 
@@ -329,7 +337,7 @@ class AdaptiveModelSaver:
     def _adapt_task(self, support_x, support_y, steps):
         """``(θ_K, BatchNorm state after K steps)`` as ``{path: tensor}`` dicts."""
         support_x, support_y = self._check_support(support_x, support_y)
-        steps = check_scalar(steps, "steps", minimum=0)
+        steps = check_scalar(steps, "steps", minimum=0, maximum=MAX_STEPS)
         task, warp, frozen, state = self._values()
         batches = adaptation.minibatches(support_x, support_y, self._batch_size, self._seed)
         result = adaptation.adapt(self._warped, task, warp, self._rule, batches, self._loss_fn, steps,
@@ -403,20 +411,64 @@ def checkpoint_path(checkpoint):
     return path
 
 
+def _model_saved_as_list(path):
+    """How many variables a checkpoint's ``model`` object holds when it is a list of variables, else None."""
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(tf.train.load_checkpoint(path).get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    top = {child.local_name: child.node_id for child in graph.nodes[0].children}
+    if "model" not in top:
+        return None
+    names = [child.local_name for child in graph.nodes[top["model"]].children]
+    return len(names) if names and all(n.isdigit() for n in names) else None
+
+
+def latest_checkpoint_dir(root_dir):
+    """``R/checkpoints`` (what ``--checkpoint=latest`` means); a FileNotFoundError listing the run's other
+    checkpoint folders (e.g. the sine demo's ``R/<phase>/checkpoints``) when it has none there."""
+    folder = os.path.join(root_dir, "checkpoints")
+    if tf.train.latest_checkpoint(folder):
+        return folder
+    others = sorted(os.path.dirname(p) for p in tf.io.gfile.glob(os.path.join(root_dir, "*", "checkpoints",
+                                                                               "checkpoint")))
+    hint = (f"; this run keeps its checkpoints in {others}: pass one of them as --checkpoint" if others
+            else "")
+    raise FileNotFoundError(f"No checkpoint at {folder!r}{hint}.")
+
+
 def restore_checkpoint(warped, checkpoint):
     """Restore a warped model's weights from a trainer checkpoint (a prefix, or a folder: its latest).
 
     Trainer checkpoints (:class:`trainers.common.Checkpointer`) hold the global step under ``step`` and
-    either the whole Keras model under ``model`` or lists of role variables under ``task`` / ``warp`` /
-    ``frozen`` (in :meth:`~warpgrad_tf.WarpedModel.variables` order). Whatever the checkpoint holds is
-    restored (every object must match); the rest keeps the values of ``model.keras``.
+    either the Keras model under ``model`` (the object, or ``list(model.variables)`` as the Omniglot and
+    few-shot trainers and their ``R/best/best`` checkpoints save it) or lists of role variables under
+    ``task`` / ``warp`` / ``frozen`` (in :meth:`~warpgrad_tf.WarpedModel.variables` order). Whatever the
+    checkpoint holds is restored (every object must match); the rest keeps the values of ``model.keras``.
 
     Returns:
-      the checkpoint's global step (the training step of the restored weights).
+      the checkpoint's global step (the training step of the restored weights), or None when it holds none
+      (the Omniglot / few-shot trainers' ``R/best/best``).
     """
     path = checkpoint_path(checkpoint)
     top = {name.split("/")[0] for name, _ in tf.train.list_variables(path)}
     objects = {}
+    model_list = _model_saved_as_list(path)
+    if model_list is not None:  # the Omniglot / few-shot trainers save list(model.variables) as "model"
+        variables = list(warped.model.variables)
+        if model_list != len(variables):
+            raise ValueError(f"Checkpoint {path} stores {model_list} model variables; the model of this run "
+                             f"(R/model/model.keras) has {len(variables)}: is it from another run?")
+        reader = tf.train.load_checkpoint(path)
+        values = [reader.get_tensor(f"model/{i}/.ATTRIBUTES/VARIABLE_VALUE") for i in range(len(variables))]
+        for v, value in zip(variables, values):
+            if tuple(value.shape) != tuple(v.shape):
+                raise ValueError(f"Checkpoint {path}: model variable {v.path!r} has shape {tuple(value.shape)} "
+                                 f"there and {tuple(v.shape)} in R/model/model.keras: is it from another run?")
+        for v, value in zip(variables, values):
+            v.assign(value)
+        has_step = reader.has_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")
+        return int(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) if has_step else None
     if "model" in top:
         objects["model"] = warped.model
     for role in ("task", "warp", "frozen"):
@@ -467,7 +519,9 @@ def export(root_dir, output, checkpoint=None, seed=None, overwrite=True):
     warped, rule, spec = artifacts.load(root_dir)
     if checkpoint:
         if checkpoint == "latest":
-            checkpoint = os.path.join(root_dir, "checkpoints")
-        spec = spec._replace(training_step=restore_checkpoint(warped, checkpoint))
+            checkpoint = latest_checkpoint_dir(root_dir)
+        step = restore_checkpoint(warped, checkpoint)
+        if step is not None:
+            spec = spec._replace(training_step=step)
     saver = AdaptiveModelSaver(warped, rule, spec, seed=seed)
     return saver.save(output, overwrite=overwrite), saver.description()

@@ -357,7 +357,7 @@ class AgentSaver:
 
     def _adapt(self, observations, actions, rewards, mask, steps):
         observations, actions, rewards, mask = self._check_episodes(observations, actions, rewards, mask)
-        steps = serving.check_scalar(steps, "steps", minimum=0)
+        steps = serving.check_scalar(steps, "steps", minimum=0, maximum=serving.MAX_STEPS)
         task, warp = self._values()
         m = self.module
         opt_state = AdamState(tf.convert_to_tensor(m.adam_count),
@@ -400,7 +400,7 @@ def export(root_dir, output, checkpoint=None, seed=None, overwrite=True):
     warped, state, spec = load_agent(root_dir)
     if checkpoint:
         if checkpoint == "latest":
-            checkpoint = os.path.join(root_dir, "checkpoints")
+            checkpoint = serving.latest_checkpoint_dir(root_dir)
         state, step = restore_checkpoint(warped, spec, checkpoint)
         spec = spec._replace(training_step=step)
     saver = AgentSaver(warped, state, spec)

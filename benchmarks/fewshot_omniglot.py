@@ -65,11 +65,17 @@ def main(argv=None):
     parser.add_argument("--eval_episodes", type=int, default=600)
     parser.add_argument("--gin_param", action="append", default=[])
     args = parser.parse_args(argv)
+    # The trainer runs with the repository as working directory: make the user's paths absolute first.
+    args.out = os.path.abspath(args.out)
+    args.data_dir = ",".join(os.path.abspath(d) for d in args.data_dir.split(",") if d)
     methods = [m for m in args.methods.split(",") if m]
     for m in methods:
         if not os.path.exists(os.path.join(REPO, "configs", "fewshot", f"omniglot_{m}.gin")):
             raise SystemExit(f"error: --methods: no gin file configs/fewshot/omniglot_{m}.gin for {m!r}.")
-    seeds = [int(s) for s in args.seeds.split(",") if s]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s]
+    except ValueError:
+        raise SystemExit(f"error: --seeds must be comma-separated integers; got {args.seeds!r}.") from None
     os.makedirs(args.out, exist_ok=True)
 
     rows = {}

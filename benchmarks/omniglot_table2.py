@@ -62,8 +62,11 @@ def run_one(method, seed, test_alphabet, train_alphabets, args):
         start = time.time()
         with open(os.path.join(root, "log.txt"), "a") as log:
             rc = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        if rc != 0:
-            raise RuntimeError(f"{method} seed {seed} failed (exit {rc}); see {root}/log.txt")
+        if rc != 0:  # the trainer's own one-line error, if it printed one
+            with open(os.path.join(root, "log.txt")) as log:
+                said = [ln.strip() for ln in log if ln.startswith("error:")]
+            raise SystemExit(f"error: {method} seed {seed} failed (exit {rc}){': ' + said[-1][7:] if said else ''}; "
+                             f"log: {root}/log.txt")
         print(f"  {method:<18} seed {seed} ({test_alphabet}) done in {time.time() - start:.0f}s", flush=True)
     with open(results) as f:
         return json.load(f)
@@ -81,6 +84,9 @@ def main(argv=None):
                         help="extra gin file(s) after the method's, e.g. configs/omniglot/budgets/reduced_cpu.gin")
     parser.add_argument("--gin_param", action="append", default=[])
     args = parser.parse_args(argv)
+    # The trainers run with the repository as working directory: make the user's paths absolute first.
+    args.out = os.path.abspath(args.out)
+    args.data_dir = ",".join(os.path.abspath(d) for d in args.data_dir.split(",") if d)
     methods = [m for m in args.methods.split(",") if m]
     for g in args.gin_file:
         if not os.path.exists(os.path.join(REPO, g)):
@@ -88,8 +94,14 @@ def main(argv=None):
     for m in methods:
         if not os.path.exists(os.path.join(REPO, "configs", "omniglot", f"{m}.gin")):
             raise SystemExit(f"error: no gin file configs/omniglot/{m}.gin for method {m!r}.")
-    seeds = [int(s) for s in args.seeds.split(",") if s]
-    names = alphabets(args.data_dir)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s]
+    except ValueError:
+        raise SystemExit(f"error: --seeds must be comma-separated integers; got {args.seeds!r}.") from None
+    try:
+        names = alphabets(args.data_dir)
+    except (FileNotFoundError, ValueError) as e:  # no Omniglot data there, a corrupt zip, ...
+        raise SystemExit(f"error: --data_dir: {str(e).splitlines()[0]}") from None
     if len(names) < 2:
         raise SystemExit(f"error: need >= 2 usable alphabets in {args.data_dir!r}; found {names}.")
     os.makedirs(args.out, exist_ok=True)

@@ -221,6 +221,9 @@ def main(argv=None):
         _, alg, k, tasks, hidden, repeats, replicas = args.child
         _meta_step_child(alg, int(k), int(tasks), int(hidden), int(repeats), int(replicas))
         return 0
+    folder = os.path.dirname(os.path.abspath(args.json))
+    if not os.path.isdir(folder):  # before minutes of benchmarks, not after
+        raise SystemExit(f"error: --json {args.json!r}: folder {folder!r} does not exist.")
     results = {"quick": args.quick, "load_before": os.getloadavg()[0]}
     # The sections that start child processes run first, while this process is still small: Linux carries
     # ru_maxrss over fork + exec, which algorithm_memory's children read.

@@ -58,9 +58,35 @@ def parse_gin(gin_files, gin_params):
             raise ConfigError(f"--gin_file {path!r} does not exist.")
     try:
         gin.parse_config_files_and_bindings(gin_files, gin_params)
-    except (ValueError, KeyError, NameError, TypeError) as e:  # gin raises these for bad bindings
+    except (ValueError, KeyError, NameError, TypeError, SyntaxError) as e:  # gin raises these for bad bindings
         raise ConfigError(f"bad gin configuration ({', '.join(gin_files) or 'no files'}; "
                           f"bindings {gin_params}): {str(e).splitlines()[0]}") from e
+
+
+def check_binding_types(fn, name="train_eval"):
+    """A :class:`ConfigError` naming the binding when a gin value's type does not fit its default's.
+
+    ``train_eval.meta_steps = '5'`` (a string) or ``= 2.5`` for an integer default would otherwise fail deep
+    inside the trainer, or be truncated silently. Integers are accepted for float defaults; parameters whose
+    default is None (or a container) are left to the trainer's own checks.
+    """
+    defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    for key, value in gin.get_bindings(fn).items():
+        default = defaults.get(key)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif isinstance(default, str):
+            ok = isinstance(value, str) or value is None
+        else:
+            continue
+        if not ok:
+            raise ConfigError(f"{name}.{key} must be {type(default).__name__} like its default ({default!r}); "
+                              f"got {value!r} ({type(value).__name__}).")
 
 
 def run_main(train_eval, data_dir=False):
@@ -78,6 +104,7 @@ def run_main(train_eval, data_dir=False):
             _fail("--root_dir is required.")
         try:
             parse_gin(FLAGS.gin_file, FLAGS.gin_param)
+            check_binding_types(train_eval)
             kwargs = {"root_dir": FLAGS.root_dir}
             if data_dir:
                 kwargs["data_dir"] = FLAGS.data_dir
@@ -214,9 +241,22 @@ class Checkpointer:
             self.checkpoint, os.path.join(root_dir, "checkpoints"), max_to_keep=max_to_keep)
 
     def restore(self):
+        """Resume from the newest checkpoint: every tracked value restored and every checkpointed value used.
+
+        A checkpoint written under another configuration (a different model, cell or optimiser in the same
+        ``--root_dir``) is a :class:`ConfigError` naming the folder — not a silent partial restore.
+        """
         latest = self.manager.latest_checkpoint
         if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            try:
+                status = self.checkpoint.restore(latest)
+                status.assert_existing_objects_matched()
+                status.assert_consumed()
+            except (AssertionError, ValueError) as e:
+                detail = " ".join(str(e).split())[:300]
+                raise ConfigError(f"{latest} was written by a different configuration (another model, cell or "
+                                  f"optimiser) than this run's: use a new --root_dir, or the gin files that "
+                                  f"started it. ({detail})") from e
             logging.info("Resumed from %s at step %d.", latest, int(self.step))
         return int(self.step)
 

@@ -241,6 +241,9 @@ def train_eval(root_dir, data_dir,
     with strategy.scope():  # φ, θ0, BatchNorm state and optimiser slots mirrored over the replicas
         model = omniglot_convnet(num_classes=data.num_classes, warp=warp if learns_warp else None)
         warped = wg.WarpedModel(model)
+    if learns_warp and not warped.names["warp"]:
+        raise ValueError(f"train_eval.method={method!r} meta-learns warps, but train_eval.warp={warp!r} gives "
+                         "the learner none: choose a warp (e.g. 'conv3x3') or a method without warps.")
     rule = wg.update_rules.get(inner_rule, inner_lr)
     loss_fn = wg.losses.softmax_cross_entropy
     label = LABELS.get(method, method) + ("" if preset in (None, method) else f" ({preset})")

@@ -261,8 +261,8 @@ def train_eval(
       seed: seed of the meta-training surfaces and starts (derived per step, so resume is exact).
       eval_pairs: held-out (surface, start) pairs for the mean final losses (a multiple of
         ``starts_per_task``).
-      plot_surfaces: held-out surfaces drawn in ``trajectories.png``; for each, the start is the one of
-        ``plot_candidates`` random starts on which gradient descent ends highest (App. D: "chosen such that
+      plot_surfaces: held-out surfaces drawn in ``trajectories.png`` (0: no figure); for each, the start is
+        the one of ``plot_candidates`` random starts on which gradient descent ends highest (App. D: "chosen such that
         standard gradient descent struggles").
       log_every, checkpoint_every: meta steps between train summaries / checkpoints.
       strategy: a ``tf.distribute.Strategy`` (``--strategy``) whose replicas share the ``starts_per_task`` runs
@@ -272,8 +272,12 @@ def train_eval(
       The results dict written to ``root_dir/results.json``.
     """
     check_objective(objective)
+    if int(starts_per_task) < 1:
+        raise ValueError(f"train_eval.starts_per_task must be >= 1; got {starts_per_task}.")
     if eval_pairs % starts_per_task:
         raise ValueError(f"eval_pairs ({eval_pairs}) must be a multiple of starts_per_task ({starts_per_task}).")
+    if int(plot_surfaces) < 0:
+        raise ValueError(f"train_eval.plot_surfaces must be >= 0 (0: no trajectories.png); got {plot_surfaces}.")
     if not 1 <= plot_candidates <= starts_per_task:
         raise ValueError(f"plot_candidates must lie in [1, starts_per_task={starts_per_task}]; "
                          f"got {plot_candidates}.")
@@ -432,7 +436,8 @@ def train_eval(
         "warpgrad_native_start_final": None if p["native"] is None else p["native"]["final"],
     } for p in panels]
     common.write_json(os.path.join(root_dir, "results.json"), results)
-    plot(os.path.join(root_dir, "trajectories.png"), panels, warp_layer)
+    if panels:
+        plot(os.path.join(root_dir, "trajectories.png"), panels, warp_layer)
     logging.info("Results: %s", results)
     return results
 

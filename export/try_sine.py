@@ -36,6 +36,12 @@ def main(argv=None):
     parser.add_argument("--query", type=int, default=100, help="query-set size")
     parser.add_argument("--steps", type=int, default=None, help="adaptation steps (default: the run's)")
     args = parser.parse_args(argv)
+    for flag, value, low in (("--shots", args.shots, 1), ("--query", args.query, 1), ("--steps", args.steps, 0)):
+        if value is not None and value < low:
+            sys.exit(f"error: {flag} must be >= {low}; got {value}.")
+    if not os.path.isfile(os.path.join(args.saved_model, "saved_model.pb")):
+        sys.exit(f"error: --saved_model {args.saved_model!r} holds no SavedModel (saved_model.pb); write one with "
+                 "python -m export.saved_model.")
 
     model = load(args.saved_model)
     meta = model.metadata

@@ -172,3 +172,16 @@ def test_per_call_learning_rate_overrides_are_checked():
     same = adapt({k: 0.1 for k in task}).task  # a full per-parameter dict equals the scalar rate
     for k, v in adapt(0.1).task.items():
         np.testing.assert_allclose(same[k], v, rtol=1e-6)
+
+
+def test_an_optimiser_state_of_another_rule_is_named():
+    keras.utils.set_random_seed(0)
+    warped = wg.WarpedModel(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, name="d")], name="net"))
+    x = np.ones((4, 1), "float32")
+    with pytest.raises(ValueError, match="opt_state does not match the 'momentum' rule's state"):
+        wg.adapt(warped, warped.values("task"), {}, wg.momentum(0.1), wg.minibatches(x, x), wg.losses.mse, 2,
+                 opt_state={})
+    rule = wg.momentum(0.1)
+    start = rule.init(warped.values("task"))
+    assert wg.adapt(warped, warped.values("task"), {}, rule, wg.minibatches(x, x), wg.losses.mse, 2,
+                    opt_state=start).losses.shape == (2,)

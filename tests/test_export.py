@@ -274,13 +274,16 @@ def _bad_omni(runs):
         "negative_steps": ("steps", dict(steps=-1)),
         "steps_vector": ("steps", dict(steps=np.array([1, 2], np.int32))),
         "huge_steps": ("steps", dict(steps=np.int32(2**31 - 1))),  # would abort the process allocating
+        "nan_support": ("support_x", dict(support_x=np.where(sx > 0.5, np.nan, sx).astype(np.float32))),
+        "nan_query": ("query_x", dict(query_x=np.full_like(qx, np.inf))),
         "empty_support": ("support_x", dict(support_x=sx[:0], support_y=sy[:0])),
         "empty_query": ("query_x", dict(query_x=qx[:0])),
     }
 
 
 BAD_OMNI = ["rank", "image_size", "channels", "label_too_large", "label_negative", "label_rank",
-            "count_mismatch", "negative_steps", "steps_vector", "huge_steps", "empty_support", "empty_query"]
+            "count_mismatch", "negative_steps", "steps_vector", "huge_steps", "nan_support", "nan_query",
+            "empty_support", "empty_query"]
 
 
 @pytest.mark.parametrize("case", BAD_OMNI)
@@ -345,6 +348,9 @@ def test_export_refuses_to_replace_a_folder_that_is_not_a_saved_model(runs, tmp_
     with pytest.raises(FileExistsError, match="not a SavedModel"):
         serving.export(str(runs["root"] / "omni"), str(tmp_path))
     assert (tmp_path / "notes.txt").read_text() == "keep me"
+    for output in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "sub"):  # a file where a folder should be
+        with pytest.raises(FileExistsError, match="notes.txt is a file, not a folder"):
+            serving.export(str(runs["root"] / "omni"), str(output))
 
 
 def test_checkpoint_restore_and_checkpoint_without_model_weights(runs, tmp_path):
@@ -402,6 +408,34 @@ def test_every_layer_is_registered_by_importing_warpgrad_tf():
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
+def test_damaged_run_files_are_one_line_errors_naming_the_file(runs, tmp_path):
+    import shutil
+
+    cases = {
+        "newer": ("warpgrad.json", lambda p: p.write_text(json.dumps(dict(json.loads(p.read_text()), new_field=1))),
+                  "unknown fields \\['new_field'\\]"),
+        "truncated": ("warpgrad.json", lambda p: p.write_text("{\n"), "warpgrad.json is not valid JSON"),
+        "garbage": ("model.keras", lambda p: p.write_bytes(b"not a zip"), "model.keras is unreadable"),
+    }
+    for name, (file, damage, match) in cases.items():
+        root = tmp_path / name
+        shutil.copytree(runs["root"] / "omni" / "model", root / "model")
+        damage(root / "model" / file)
+        with pytest.raises(ValueError, match=match):
+            artifacts.load(str(root))
+        rc = saved_model_cli.main([f"--root_dir={root}", f"--output={tmp_path / (name + '_sm')}"])
+        assert rc == 2
+
+
+def test_try_sine_flags_are_checked_before_loading(tmp_path, capsys):
+    from export import try_sine
+
+    for args, match in ((["--shots=0"], "--shots must be >= 1"), (["--steps=-1"], "--steps must be >= 0"),
+                        ([], "holds no SavedModel")):
+        with pytest.raises(SystemExit, match=match):
+            try_sine.main([f"--saved_model={tmp_path / 'nope'}"] + args)
 
 
 def test_sequential_model_round_trips_through_artifacts(tmp_path):

@@ -88,6 +88,8 @@ def test_bad_arguments_are_named():
         wg.WarpBlock(batch_norm="middle")
     with pytest.raises(ValueError, match="num_layers"):
         wg.WarpBlock(num_layers=0)
+    with pytest.raises(ValueError, match="hidden_units must be >= 1"):
+        wg.WarpBlock("dense", num_layers=2, hidden_units=0)
     with pytest.raises(ValueError, match="embedding_dim"):
         wg.TaskFiLM(embedding_dim=0)
 

@@ -36,8 +36,9 @@ def _one_error(proc, *needles):
     ("trainers.synthetic2d", "train_eval.meta_learning_rate='fast'", ["train_eval.meta_learning_rate must be float"]),
     ("trainers.synthetic2d", "train_eval.starts_per_task=0", ["train_eval.starts_per_task must be >= 1"]),
     ("trainers.synthetic2d", "train_eval.plot_surfaces=-1", ["train_eval.plot_surfaces must be >= 0"]),
+    ("trainers.continual_sine", "train_eval.meta_steps=-5", ["train_eval.meta_steps must be >= 0"]),
 ], ids=["syntax", "unterminated-string", "string-for-int", "float-for-int", "string-for-float", "zero-starts",
-        "negative-surfaces"])
+        "negative-surfaces", "negative-meta-steps"])
 def test_bad_gin_values_are_one_line_naming_the_binding(module, binding, needles, tmp_path):
     _one_error(_run(module, [f"--root_dir={tmp_path / 'run'}", f"--gin_param={binding}"]), *needles)
 

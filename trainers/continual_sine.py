@@ -221,6 +221,8 @@ def train_eval(
     check_objective(objective)
     run = common.place_run(strategy, root_dir, "continual_sine")
     strategy, distributed, root_dir = run.strategy, run.distributed, run.out_dir
+    if int(meta_steps) < 0:
+        raise ValueError(f"train_eval.meta_steps must be >= 0 (0: no meta-training); got {meta_steps}.")
     if distributed and use_warp and meta_steps > 0:
         distribute.shard_size(strategy, int(meta_batch_size))  # an indivisible meta-batch fails here, early
     os.makedirs(root_dir, exist_ok=True)

@@ -153,8 +153,19 @@ def _checked_step(warped, warp, rule, batches, loss_fn, frozen, training, learni
 def _prepare(warped, task, warp, rule, opt_state, state):
     warped.check("task", task)
     warped.check("warp", warp)
-    opt_state = rule.init(task) if opt_state is None else opt_state
+    expected = rule.init(task)
+    if opt_state is None:
+        opt_state = expected
+    else:
+        try:
+            tf.nest.assert_same_structure(expected, opt_state)
+        except (ValueError, TypeError) as e:
+            keys = sorted(expected) if isinstance(expected, dict) else expected
+            raise ValueError(f"opt_state does not match the {rule.name!r} rule's state (rule.init(task) gives "
+                             f"{'a dict with keys ' + str(keys) if isinstance(expected, dict) else keys}): "
+                             f"{str(e).splitlines()[0]}") from e
     state = warped.values("state") if state is None else state
+    warped.check("state", state)
     return opt_state, state
 
 

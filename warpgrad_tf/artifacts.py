@@ -102,13 +102,29 @@ def load(root_dir):
     if not os.path.exists(spec_path):
         raise FileNotFoundError(f"No trained warped model under {root_dir!r}: {spec_path} is missing "
                                 "(run a trainer with this --root_dir first).")
-    with open(spec_path) as f:
-        payload = json.load(f)
+    try:
+        with open(spec_path) as f:
+            payload = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{spec_path} is not valid JSON ({e}); re-run the trainer or restore the file.") from e
+    if not isinstance(payload, dict):
+        raise ValueError(f"{spec_path} must hold a JSON object; got {type(payload).__name__}.")
     payload.pop("version", None)
+    known = set(AdaptationSpec._fields)
+    unknown, missing = sorted(set(payload) - known), sorted(k for k in known - set(payload)
+                                                             if k not in AdaptationSpec._field_defaults)
+    if unknown or missing:
+        raise ValueError(f"{spec_path} does not match this warpgrad-tf version's model description: unknown "
+                         f"fields {unknown}, missing {missing} (written by another version?).")
     spec = AdaptationSpec(**payload)
     import warpgrad_tf.layers  # noqa: F401  (registers the custom layers for deserialisation)
 
-    model = keras.saving.load_model(os.path.join(folder, MODEL_FILE), compile=False)
+    model_path = os.path.join(folder, MODEL_FILE)
+    try:
+        model = keras.saving.load_model(model_path, compile=False)
+    except (OSError, ValueError) as e:
+        why = "missing" if not os.path.exists(model_path) else "unreadable (not a .keras zip, or damaged)"
+        raise ValueError(f"{model_path} is {why}: {str(e).splitlines()[0][:200]}") from e
     spec = spec._replace(roles=_match_paths(spec.roles, model))
     warped = WarpedModel(model, variable_roles=spec.roles)
     hp = dict(spec.rule_hyperparameters)

@@ -310,7 +310,11 @@ class AdaptiveModelSaver:
         return task, warp, frozen, state
 
     def _check_inputs(self, x, arg):
-        return _shape_assert(x, self._input_shape, arg)
+        x = _shape_assert(x, self._input_shape, arg)
+        finite = tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(x)), [f"{arg} holds non-finite values"],
+                                     name=f"{arg}_finite")
+        with tf.control_dependencies([finite]):
+            return tf.identity(x)
 
     def _check_support(self, support_x, support_y):
         support_x = self._check_inputs(support_x, "support_x")
@@ -372,8 +376,17 @@ class AdaptiveModelSaver:
         return save_module(self.module, self.signatures, export_dir, overwrite)
 
 
+def _parents(path):
+    while os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+        yield path
+
+
 def _check_output(export_dir, overwrite):
     export_dir = os.path.abspath(export_dir)
+    blocking = next((p for p in (export_dir, *_parents(export_dir)) if os.path.isfile(p)), None)
+    if blocking:
+        raise FileExistsError(f"--output {export_dir}: {blocking} is a file, not a folder.")
     if os.path.exists(export_dir):
         is_saved_model = os.path.exists(os.path.join(export_dir, "saved_model.pb"))
         if os.listdir(export_dir) and not (is_saved_model and overwrite):

@@ -123,6 +123,8 @@ class WarpBlock(keras.layers.Layer):
             raise ValueError(f"WarpBlock batch_norm must be one of {_BN_POSITIONS}; got {batch_norm!r}.")
         if int(num_layers) < 1:
             raise ValueError(f"WarpBlock num_layers must be >= 1; got {num_layers}.")
+        if hidden_units is not None and (isinstance(hidden_units, bool) or int(hidden_units) < 1):
+            raise ValueError(f"WarpBlock hidden_units must be >= 1 (or None: the input width); got {hidden_units!r}.")
         if kind == "scale" and int(num_layers) != 1:
             raise ValueError("WarpBlock(kind='scale') is a single per-channel map; use num_layers=1.")
         self.kind = kind

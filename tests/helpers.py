@@ -96,3 +96,43 @@ def assert_one_line_error(out, message):
     lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
     assert message in lines[-1], lines[-1]
     assert "Traceback" not in out.stderr
+
+
+def interrupt_after_first_checkpoint(module, args, root, env, sig=None, timeout=240):
+    """Run ``python -m module args``, send ``sig`` (SIGINT) once ``root/checkpoints`` holds a checkpoint, and
+    check the trainer's way of stopping: exit status 130, no traceback, one ``interrupted at <meta-step|
+    iteration> N: checkpoint saved, re-run to resume`` line, and ``ckpt-N`` the newest checkpoint.
+
+    Returns ``(N, stderr)``.
+    """
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import tensorflow as tf
+
+    from tests.conftest import REPO
+
+    proc = subprocess.Popen([sys.executable, "-m", module] + list(args), cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + timeout
+        while not (root / "checkpoints" / "checkpoint").exists():  # written after the first step
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT if sig is None else sig)
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    said = [ln for ln in err.splitlines() if ln.startswith("interrupted")]
+    assert len(said) == 1, err[-3000:]
+    match = re.search(r"(?:meta-step|iteration) (\d+): checkpoint saved, re-run to resume", said[0])
+    assert match, said
+    step = int(match.group(1))
+    assert tf.train.latest_checkpoint(str(root / "checkpoints")).endswith(f"ckpt-{step}")
+    return step, err

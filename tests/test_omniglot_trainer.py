@@ -7,11 +7,8 @@ two minutes on shared CPU cores. The tfds cache is built once per session in a t
 import glob
 import json
 import os
-import re
-import signal
 import subprocess
 import sys
-import time
 
 import gin
 import numpy as np
@@ -19,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import REPO
+from tests.helpers import interrupt_after_first_checkpoint
 from trainers import omniglot as trainer
 
 GIN_FILES = sorted(glob.glob(os.path.join(REPO, "configs", "omniglot", "*.gin")))
@@ -249,22 +247,5 @@ def test_cli_interrupt_checkpoints_and_says_so_in_one_line(tmp_path, omniglot_di
             "--gin_param=train_eval.meta_steps=100000", "--gin_param=train_eval.checkpoint_every=1",
             "--gin_param=train_eval.eval_every=100000", "--gin_param=train_eval.replay_memory_mb=0"] + tiny
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", WARPGRAD_TFDS_DIR=tfds_cache)
-    proc = subprocess.Popen([sys.executable, "-m", "trainers.omniglot"] + args, cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 240
-        while not (root / "checkpoints" / "checkpoint").exists():  # written after the first meta-step
-            assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
-            time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err[-3000:]
-    assert "Traceback" not in err, err[-3000:]
-    said = [ln for ln in err.splitlines() if ln.startswith("interrupted")]
-    assert len(said) == 1 and re.search(r"meta-step \d+: checkpoint saved, re-run to resume", said[0]), err[-3000:]
-    step = int(re.search(r"meta-step (\d+)", said[0]).group(1))
-    assert tf.train.latest_checkpoint(str(root / "checkpoints")).endswith(f"ckpt-{step}")
+    interrupt_after_first_checkpoint("trainers.omniglot", args, root, env)
     assert not list((root / "replay").iterdir())  # the spilled buffer removed its records on the way out

@@ -5,16 +5,11 @@ same command resumes it from the checkpoint named in the message.
 """
 
 import os
-import re
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
-import tensorflow as tf
 
-from tests.conftest import REPO
+from tests.helpers import interrupt_after_first_checkpoint
 
 # trainer module → gin bindings that make the run long (never finishing on its own) with a checkpoint every step
 TRAINERS = {
@@ -33,23 +28,4 @@ CASES = [(m, signal.SIGINT) for m in sorted(TRAINERS)] + [("synthetic2d", signal
 def test_signal_checkpoints_and_exits_130_with_one_line(module, sig, tmp_path):
     root = tmp_path / "run"
     args = [f"--root_dir={root}"] + [f"--gin_param={p}" for p in TRAINERS[module]]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.Popen([sys.executable, "-m", f"trainers.{module}"] + args, cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 240
-        while not (root / "checkpoints" / "checkpoint").exists():  # written after the first step
-            assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
-            time.sleep(0.5)
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err[-3000:]
-    assert "Traceback" not in err, err[-3000:]
-    said = [ln for ln in err.splitlines() if ln.startswith("interrupted")]
-    assert len(said) == 1, err[-3000:]
-    match = re.search(r"(?:meta-step|iteration) (\d+): checkpoint saved, re-run to resume", said[0])
-    assert match, said
-    assert tf.train.latest_checkpoint(str(root / "checkpoints")).endswith(f"ckpt-{match.group(1)}")
+    interrupt_after_first_checkpoint(f"trainers.{module}", args, root, dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), sig)

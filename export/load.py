@@ -32,6 +32,25 @@ def _invalid(message):
     return tf.errors.InvalidArgumentError(None, None, message)
 
 
+def _checked(fn, *args):
+    """``fn(*args)``, with a failed in-graph check re-raised as its own message alone.
+
+    TensorFlow wraps an ``Assert`` in "Graph execution error: … assertion failed: [msg] [value] [[node …]]";
+    users of this helper see ``support_x must have shape [n, 1] (rank 2); got shape [5 2]`` instead.
+    """
+    try:
+        return fn(*args)
+    except tf.errors.InvalidArgumentError as e:
+        failed = [ln for ln in e.message.splitlines() if ln.startswith("assertion failed: ")]
+        if not failed:
+            raise
+        parts = failed[0][len("assertion failed: "):].strip().split("] [")  # "[msg] [value] …"
+        parts[0] = parts[0].removeprefix("[")
+        parts[-1] = parts[-1].removesuffix("]")
+        text = " ".join([parts[0]] + [f"[{p}]" if " " in p else p for p in parts[1:]])
+        raise _invalid(text) from None
+
+
 def _integer(value, arg, minimum=0):
     """``value`` as an int32 tensor, or an error naming ``arg`` if it is not an integer."""
     if isinstance(value, bool):
@@ -112,8 +131,8 @@ class AdaptiveModel(_Export):
     # ------------------------------------------------------------------ the three calls
     def adapt(self, support_x, support_y, steps=None):
         """Adapted task parameters ``{parameter name: tensor}`` after ``steps`` updates on the support set."""
-        return self.saved_model.adapt(self._features(support_x, "support_x"), self._labels(support_y),
-                                      self._steps(steps))
+        return _checked(self.saved_model.adapt, self._features(support_x, "support_x"),
+                        self._labels(support_y), self._steps(steps))
 
     def predict(self, x, task_parameters=None):
         """Outputs under ``task_parameters`` (default: the initialisation θ0)."""
@@ -123,13 +142,13 @@ class AdaptiveModel(_Export):
             raise _invalid(f"task_parameters must have exactly the keys {sorted(expected)}; missing "
                            f"{sorted(expected - set(params))}, unexpected {sorted(set(params) - expected)}.")
         params = {k: self._features(v, k) for k, v in params.items()}
-        return self.saved_model.predict(self._features(x, "x"), params)["outputs"]
+        return _checked(self.saved_model.predict, self._features(x, "x"), params)["outputs"]
 
     def adapt_and_predict(self, support_x, support_y, query_x, steps=None):
         """Query outputs after adapting to the support set for ``steps`` updates."""
-        return self.saved_model.adapt_and_predict(
-            self._features(support_x, "support_x"), self._labels(support_y),
-            self._features(query_x, "query_x"), self._steps(steps))["outputs"]
+        return _checked(self.saved_model.adapt_and_predict, self._features(support_x, "support_x"),
+                        self._labels(support_y), self._features(query_x, "query_x"),
+                        self._steps(steps))["outputs"]
 
 
 class AdaptiveAgent(_Export):
@@ -146,7 +165,7 @@ class AdaptiveAgent(_Export):
 
     def initial_state(self, batch_size):
         """The zero recurrent state ``{state name: [batch_size, size]}``."""
-        return self.saved_model.initial_state(_integer(batch_size, "batch_size", 1))
+        return _checked(self.saved_model.initial_state, _integer(batch_size, "batch_size", 1))
 
     def act(self, observation, state, task_parameters=None):
         """``(logits [B, A], value [B], next state)`` of one step under ``task_parameters`` (default θ)."""
@@ -158,7 +177,7 @@ class AdaptiveAgent(_Export):
         names = self.metadata["state_names"]
         if set(state) != set(names):
             raise _invalid(f"state must have exactly the keys {names}; got {sorted(state)}.")
-        out = self.saved_model.act(self._features(observation, "observation"),
+        out = _checked(self.saved_model.act, self._features(observation, "observation"),
                                    {k: self._features(state[k], k) for k in names},
                                    {k: self._features(v, k) for k, v in params.items()})
         return out["logits"], out["value"], {k: out[k] for k in names}
@@ -176,8 +195,8 @@ class AdaptiveAgent(_Export):
         mask = tf.ones(tf.shape(actions), tf.float32) if mask is None else tf.convert_to_tensor(mask)
         if not (mask.dtype.is_floating or mask.dtype.is_integer or mask.dtype.is_bool):
             raise _invalid(f"mask must hold 0 / 1 values; got dtype {mask.dtype.name}.")
-        return self.saved_model.adapt(observations, tf.saturate_cast(actions, tf.int32), tf.cast(rewards, tf.float32),
-                                      tf.cast(mask, tf.float32), _integer(steps, "steps"))
+        return _checked(self.saved_model.adapt, observations, tf.saturate_cast(actions, tf.int32),
+                        tf.cast(rewards, tf.float32), tf.cast(mask, tf.float32), _integer(steps, "steps"))
 
 
 def load(export_dir):

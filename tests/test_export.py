@@ -309,6 +309,14 @@ def test_float_labels_and_steps_raise_naming_them(runs, loaded):
         model.adapt(sx, sy, steps=2.0)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"steps does not fit in int32"):
         model.adapt(sx, sy, steps=2**40)  # was silently capped at 2**31 − 1
+    # A failed in-graph check reaches the helper's user as its message alone, not TensorFlow's wrapping.
+    for call, message in ((lambda: model.adapt(sx[..., 0], sy), r"support_x must have shape \[n, 28, 28, 1\]"),
+                          (lambda: model.adapt(sx, sy[:3]),
+                           r"support_x and support_y must hold the same number of examples; got 20 and 3"),
+                          (lambda: model.adapt(sx * np.nan, sy), r"support_x holds non-finite values")):
+        with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+            call()
+        assert re.fullmatch(message + r"[^\n]*", raised.value.message), raised.value.message
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"support_x must hold floating-point"):
         model.adapt(sx.astype(np.int32), sy)
     # Straight to the signature, TensorFlow rejects the dtype before the graph runs (no argument name).

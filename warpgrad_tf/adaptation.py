@@ -164,8 +164,7 @@ def _prepare(warped, task, warp, rule, opt_state, state):
             raise ValueError(f"opt_state does not match the {rule.name!r} rule's state (rule.init(task) gives "
                              f"{'a dict with keys ' + str(keys) if isinstance(expected, dict) else keys}): "
                              f"{str(e).splitlines()[0]}") from e
-    state = warped.values("state") if state is None else state
-    warped.check("state", state)
+    state = warped.values("state") if state is None else state  # checked by WarpedModel.apply
     return opt_state, state
 
 

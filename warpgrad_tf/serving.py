@@ -424,16 +424,20 @@ def checkpoint_path(checkpoint):
     return path
 
 
-def _model_saved_as_list(path):
-    """How many variables a checkpoint's ``model`` object holds when it is a list of variables, else None."""
+def checkpoint_objects(path):
+    """``{name: [child names]}`` of a checkpoint's top-level objects, from its object graph (variable names
+    alone can hide an object whose variables are keyed under another)."""
     from tensorflow.core.protobuf import trackable_object_graph_pb2
 
     graph = trackable_object_graph_pb2.TrackableObjectGraph()
     graph.ParseFromString(tf.train.load_checkpoint(path).get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
-    top = {child.local_name: child.node_id for child in graph.nodes[0].children}
-    if "model" not in top:
-        return None
-    names = [child.local_name for child in graph.nodes[top["model"]].children]
+    return {child.local_name: [c.local_name for c in graph.nodes[child.node_id].children]
+            for child in graph.nodes[0].children}
+
+
+def _model_saved_as_list(path):
+    """How many variables a checkpoint's ``model`` object holds when it is a list of variables, else None."""
+    names = checkpoint_objects(path).get("model")
     return len(names) if names and all(n.isdigit() for n in names) else None
 
 

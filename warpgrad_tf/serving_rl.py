@@ -187,11 +187,7 @@ def load_agent(root_dir):
 def restore_checkpoint(warped, spec, checkpoint):
     """``(AdamState, step)`` from a maze trainer checkpoint, whose model weights are restored into ``warped``."""
     path = serving.checkpoint_path(checkpoint)
-    from tensorflow.core.protobuf import trackable_object_graph_pb2
-
-    graph = trackable_object_graph_pb2.TrackableObjectGraph()  # variables may be keyed under other objects
-    graph.ParseFromString(tf.train.load_checkpoint(path).get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
-    top = {child.local_name for child in graph.nodes[0].children}
+    top = set(serving.checkpoint_objects(path))
     if not {"model", "task_optimizer"} <= top:
         raise ValueError(f"Checkpoint {path} is not a maze trainer checkpoint (its objects are {sorted(top)}); "
                          "expected 'model' and 'task_optimizer'.")

@@ -14,7 +14,7 @@ Rows (each measured the way its own module explains; the modules are reused, not
   Leap initialisation, momentum inner rule).
 * **Algorithm 1 memory, K = 100 vs K = 1000** — :func:`benchmarks.algorithm_memory._run` (fresh process per
   K, resident-set high-water mark): the ratio should be ≈ 1 (constant memory in K).
-* **replicas 1 → 2** — seconds per :func:`~warpgrad_tf.distribute.distributed_online_step` meta-step on the
+* **replicas 1 → 2** — seconds per :func:`~warpgrad_tf.algorithms.online_step` meta-step (``strategy=``) on the
   default strategy and on ``MirroredStrategy`` over two logical CPU devices (fresh process each), and the
   speed-up. Two logical devices share the host's cores: on a loaded 2-core machine, expect ≈ 1.
 * **SavedModel latency** — :func:`benchmarks.export_latency.measure` on the sine model: ``adapt_and_predict``
@@ -84,7 +84,7 @@ def _meta_step_child(algorithm, steps, tasks, hidden, repeats, replicas):
     learner = algorithms.meta_learner(wg.momentum(1e-3), wg.losses.mse, steps, init="leap", objective="exact")
     if replicas:
         warped, opts = distribute.build(strategy, lambda: _sine_model(hidden), warp=1e-3, init=0.1)
-        step = distribute.distributed_online_step(strategy, warped, learner, opts)
+        step = algorithms.online_step(warped, learner, opts, strategy=strategy)
     else:
         warped = wg.WarpedModel(_sine_model(hidden))
         opts = algorithms.meta_optimizers(warp=1e-3, init=0.1)

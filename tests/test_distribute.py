@@ -60,14 +60,38 @@ def _values(warped):
     return {f"{role}/{k}": v.numpy() for role in ("task", "warp") for k, v in warped.variables(role).items()}
 
 
+def _diverging(strategy):
+    """Online and offline meta-steps with a diverging inner rate: the error each raises and what moved."""
+    import warpgrad_tf as wg
+    from warpgrad_tf import algorithms, distribute
+
+    tasks, seeds, learner = _problem()
+    learner = learner._replace(rule=wg.sgd(1e6))
+    out = {}
+    for name in ("online", "offline"):
+        warped, opts = distribute.build(strategy, _model, warp=0.3, init=0.2)
+        before = _values(warped)
+        step = (algorithms.online_step(warped, learner, opts, strategy=strategy) if name == "online" else
+                algorithms.offline_step(warped, learner, opts, ETA, strategy=strategy))
+        try:
+            step(tasks, seeds, *(() if name == "online" else (SHUFFLE,)))
+            out[f"diverge_{name}_error"] = ""
+        except FloatingPointError as e:
+            out[f"diverge_{name}_error"] = str(e)
+        after = _values(warped)
+        out[f"diverge_{name}_moved"] = sorted(k for k in before if not np.array_equal(before[k], after[k]))
+        out[f"diverge_{name}_iterations"] = sum(int(o.iterations.numpy()) for o in opts if o is not None)
+    return out
+
+
 def run_steps(strategy, root_dir=None, offline=True):
     """One distributed Algorithm-1 step and, on a fresh model, one Algorithm-2 pass; returns the variables."""
-    from warpgrad_tf import distribute
+    from warpgrad_tf import algorithms, distribute
 
     tasks, seeds, learner = _problem()
     out = {}
     warped, opts = distribute.build(strategy, _model, warp=0.3, init=0.2)
-    metrics = distribute.distributed_online_step(strategy, warped, learner, opts)(tasks, seeds)
+    metrics = algorithms.online_step(warped, learner, opts, strategy=strategy)(tasks, seeds)
     out.update({f"online/{k}": v for k, v in _values(warped).items()})
     out["online_meta_loss"] = float(metrics["meta_loss"])
     out["replicas"] = strategy.num_replicas_in_sync
@@ -80,16 +104,16 @@ def run_steps(strategy, root_dir=None, offline=True):
         return out
 
     warped, opts = distribute.build(strategy, _model, warp=0.3, init=0.2)
-    metrics = distribute.distributed_offline_step(strategy, warped, learner, opts, ETA)(tasks, seeds, SHUFFLE)
+    metrics = algorithms.offline_step(warped, learner, opts, ETA, strategy=strategy)(tasks, seeds, SHUFFLE)
     out.update({f"offline/{k}": v for k, v in _values(warped).items()})
     out["offline_meta_steps"] = metrics["meta_steps"]
     out["bytes_in_memory_per_replica"] = metrics["bytes_in_memory_per_replica"]
     try:
-        distribute.distributed_online_step(strategy, warped, learner, opts)(
-            tuple(t[:3] for t in tasks), seeds[:3])
+        algorithms.online_step(warped, learner, opts, strategy=strategy)(tuple(t[:3] for t in tasks), seeds[:3])
         out["indivisible_error"] = ""
     except ValueError as e:
         out["indivisible_error"] = str(e)
+    out.update(_diverging(strategy))
     return out
 
 
@@ -115,7 +139,18 @@ def _single_device_reference():
 
 @pytest.fixture(scope="module")
 def reference():
-    return _single_device_reference()
+    import tensorflow as tf
+
+    return dict(_single_device_reference(), **_diverging(tf.distribute.get_strategy()))
+
+
+def _assert_same_divergence(result, reference):
+    """A diverging inner loop stops both algorithms with the single device's error, and nothing moves."""
+    for name in ("online", "offline"):
+        error = str(result[f"diverge_{name}_error"])
+        assert error and error == reference[f"diverge_{name}_error"], (error, reference[f"diverge_{name}_error"])
+        assert list(result[f"diverge_{name}_moved"]) == [] == list(reference[f"diverge_{name}_moved"])
+        assert int(result[f"diverge_{name}_iterations"]) == 0 == reference[f"diverge_{name}_iterations"]
 
 
 def _child_env(**extra):
@@ -159,6 +194,7 @@ def test_mirrored_two_cpu_replicas_matches_single_device(tmp_path, reference):
     # the sharded buffer: each replica holds half the trajectories of the single-device buffer
     assert int(result["bytes_in_memory_per_replica"]) * 2 == reference["bytes_in_memory"]
     assert "does not divide evenly over 2 replicas" in str(result["indivisible_error"])
+    _assert_same_divergence(result, reference)
 
 
 def _free_ports(n):

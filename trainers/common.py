@@ -8,8 +8,9 @@ A trainer module defines one ``@gin.configurable train_eval(root_dir, ...)`` and
 
 which gives it ``--root_dir``, ``--gin_file`` (repeatable), ``--gin_param`` (repeatable) and
 ``--data_dir``, parses gin before any work, reports configuration errors as one line naming the flag or
-binding (exit status 2) and an interruption (Ctrl-C / SIGTERM, after the trainer checkpointed) as one line
-(exit status 130), and writes the operative gin config to ``root_dir/operative_config.gin``.
+binding (exit status 2), a diverging meta-step as one line (exit status 1), an interruption (Ctrl-C /
+SIGTERM, after the trainer checkpointed) as one line (exit status 130), and writes the operative gin config
+to ``root_dir/operative_config.gin``.
 """
 
 from __future__ import annotations
@@ -117,6 +118,8 @@ def run_main(train_eval, data_dir=False):
             train_eval(**kwargs)
         except (ConfigError, ValueError, FileNotFoundError) as e:
             _fail(str(e))
+        except FloatingPointError as e:  # a diverging meta-step: refused before any update, nothing saved
+            _fail(str(e), status=1)
         except KeyboardInterrupt as e:  # SIGINT / SIGTERM: the loop checkpointed (see Interrupt); no traceback
             print(str(e) or "interrupted.", file=sys.stderr)
             sys.exit(130)
@@ -124,11 +127,11 @@ def run_main(train_eval, data_dir=False):
     app.run(main)
 
 
-def _fail(message):
+def _fail(message, status=2):
     # gin appends "In call to configurable ..." lines to errors raised inside configurables: keep line one.
     first = str(message).strip().splitlines()[0] if str(message).strip() else "unknown error"
     print(f"error: {first}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(status)
 
 
 def write_operative_config(root_dir):
@@ -348,14 +351,3 @@ def meta_train(step_fn, start, total_steps, checkpointer, writers, *, log_every=
         if step > start:
             checkpointer.save(step)
     return step, interrupt.requested
-
-
-def meta_optimizer(name, learning_rate, flag="train_eval.meta_optimizer"):
-    """The Keras meta-optimiser ``name`` (``"sgd"`` or ``"adam"``); an unknown name is an error naming ``flag``."""
-    import keras
-
-    if name == "sgd":
-        return keras.optimizers.SGD(learning_rate)
-    if name == "adam":
-        return keras.optimizers.Adam(learning_rate)
-    raise ValueError(f"Unknown {flag} {name!r}; choose 'sgd' or 'adam'.")

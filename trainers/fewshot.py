@@ -27,7 +27,7 @@ meta-parameters; the final evaluation adapts them on ``eval_episodes`` (600) tes
 resumes an interrupted run exactly (episodes are a function of ``(seed, episode number)``).
 
 Scale-out: ``--strategy=mirrored|multi_worker|tpu`` shards each meta-batch of episodes over the replicas
-(:func:`warpgrad_tf.distribute.distributed_online_step`; the meta-batch must divide evenly); only the chief
+(:func:`warpgrad_tf.algorithms.online_step` with ``strategy``; the meta-batch must divide evenly); only the chief
 writes ``root_dir``, the other workers log to scratch and resume from the chief's checkpoints.
 """
 
@@ -185,9 +185,11 @@ def train_eval(root_dir, data_dir,
     task_vars, warp_vars = list(warped.task_variables.values()), list(warped.warp_variables.values())
     trackables = {"model": list(model.variables)}
     with strategy.scope():
-        init_opt = common.meta_optimizer(meta_optimizer, init_lr) if m.init != "none" else None
-        warp_opt = common.meta_optimizer(meta_optimizer, warp_lr) if learns_warp and warp_vars else None
-        lr_opt = keras.optimizers.Adam(lr_meta_lr) if rate is not None else None
+        warp_opt, init_opt, _ = algorithms.meta_optimizers(
+            warp=warp_lr if learns_warp and warp_vars else None, init=init_lr if m.init != "none" else None,
+            kind=meta_optimizer, flag="train_eval.meta_optimizer")
+        lr_opt = algorithms.meta_optimizer(lr_meta_lr if rate is not None else None, kind="adam",
+                                           name="learning_rate")
         for name, opt, variables in (("init_optimizer", init_opt, task_vars),
                                      ("warp_optimizer", warp_opt, warp_vars),
                                      ("lr_optimizer", lr_opt, list(rate.variables.values()) if rate else [])):
@@ -207,11 +209,7 @@ def train_eval(root_dir, data_dir,
     learner = methods_lib.meta_learner_for(method, rule, loss_fn, int(inner_steps), objective=objective,
                                            init_weight=init_weight)
     optimizers = algorithms.meta_optimizers(warp=warp_opt, init=init_opt, learning_rate=lr_opt)
-    if distributed:
-        step_fn = distribute.distributed_online_step(strategy, warped, learner, optimizers, learned_rate=rate,
-                                                     clip=lr_clip)
-    else:
-        step_fn = algorithms.online_step(warped, learner, optimizers, learned_rate=rate, clip=lr_clip)
+    step_fn = algorithms.online_step(warped, learner, optimizers, learned_rate=rate, clip=lr_clip, strategy=strategy)
 
     def validate(step):
         if not int(val_episodes):

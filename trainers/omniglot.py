@@ -52,7 +52,6 @@ import tensorflow as tf
 import warpgrad_tf as wg
 from trainers import common
 from warpgrad_tf import algorithms, distribute
-from warpgrad_tf import replay as replay_lib
 from warpgrad_tf.algorithms import methods as methods_lib
 from warpgrad_tf.data import omniglot as og
 from warpgrad_tf.models import omniglot_convnet
@@ -260,8 +259,9 @@ def train_eval(root_dir, data_dir,
     task_vars, warp_vars = list(warped.task_variables.values()), list(warped.warp_variables.values())
     trackables = {"model": model_vars}
     with strategy.scope():
-        init_opt = common.meta_optimizer(meta_optimizer, init_lr) if m.init != "none" else None
-        warp_opt = common.meta_optimizer(meta_optimizer, warp_lr) if learns_warp and warp_vars else None
+        warp_opt, init_opt, _ = algorithms.meta_optimizers(
+            init=init_lr if m.init != "none" else None, warp=warp_lr if learns_warp and warp_vars else None,
+            kind=meta_optimizer, flag="train_eval.meta_optimizer")
         for name, opt, variables in (("init_optimizer", init_opt, task_vars),
                                      ("warp_optimizer", warp_opt, warp_vars)):
             if opt is not None:
@@ -285,13 +285,8 @@ def train_eval(root_dir, data_dir,
             raise ValueError(f"train_eval.replay_memory_mb must be >= 0 (MB); got {replay_memory_mb}.")
         spill = dict(spill_dir=os.path.join(root_dir, "replay"),
                      max_bytes_in_memory=int(float(replay_memory_mb) * 2**20))
-    if distributed:
-        step_fn = (distribute.distributed_offline_step(strategy, warped, learner, optimizers, int(eta), **spill)
-                   if offline else distribute.distributed_online_step(strategy, warped, learner, optimizers))
-    else:
-        step_fn = (algorithms.offline_step(warped, learner, optimizers, int(eta),
-                                           buffer=replay_lib.ReplayBuffer(**spill) if spill else None)
-                   if offline else algorithms.online_step(warped, learner, optimizers))
+    step_fn = (algorithms.offline_step(warped, learner, optimizers, int(eta), strategy=strategy, **spill)
+               if offline else algorithms.online_step(warped, learner, optimizers, strategy=strategy))
 
     def meta_batch(step):
         rng = np.random.default_rng([int(seed), int(step), 17])

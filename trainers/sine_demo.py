@@ -122,8 +122,8 @@ def meta_train_warp(problem, writers, checkpoint_dir, meta_steps, meta_batch_siz
     if problem.distributed:  # the same estimator (Eq. 11 over every trajectory point), tasks split over replicas
         learner = algorithms.meta_learner(problem.rule, wg.losses.mse, problem.inner_steps, init="none",
                                           objective=objective)
-        step_fn = distribute.distributed_online_step(problem.strategy, problem.warped, learner,
-                                                     algorithms.meta_optimizers(warp=optimizer))
+        step_fn = algorithms.online_step(problem.warped, learner, algorithms.meta_optimizers(warp=optimizer),
+                                         strategy=problem.strategy)
 
         def meta_step(*batch):  # whole support / query sets every step: the seeds key nothing
             metrics = step_fn(batch, list(range(meta_batch_size)))
@@ -184,8 +184,7 @@ def meta_train_init(problem, writers, checkpoint_dir, method, meta_steps, meta_b
     ckpt = _checkpointer(problem, checkpoint_dir, **trackables)
     start = ckpt.restore()
     optimizers = algorithms.meta_optimizers(warp=warp_opt, init=init_opt)
-    step_fn = (distribute.distributed_online_step(problem.strategy, warped, learner, optimizers)
-               if problem.distributed else algorithms.online_step(warped, learner, optimizers))
+    step_fn = algorithms.online_step(warped, learner, optimizers, strategy=problem.strategy)
 
     bar = common.progress(meta_steps, initial=start, desc=f"meta-train {method}")
     with common.Interrupt() as interrupt:

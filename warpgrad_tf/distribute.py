@@ -1,24 +1,21 @@
 """Scale-out meta-training on ``tf.distribute``: one device, several devices, several workers, TPU.
 
-The meta-batch of a meta-step is split evenly over the replicas of a strategy. Each replica adapts its own
-tasks with the algorithms' own per-task code (:func:`~warpgrad_tf.algorithms.online.online_meta_gradient_sums`,
-:func:`~warpgrad_tf.algorithms.offline.replay_meta_gradient_sums`), the *sums* of the warp and
-initialisation meta-gradient terms are all-reduced (``ReduceOp.SUM``), and the total is normalised by the
-*global* counts — so one distributed meta-step equals the single-device meta-step on the same tasks, up to
-the order of floating-point additions. The meta-update is then applied once, in cross-replica context, to
-the mirrored φ and θ0 (and the optimisers' mirrored slots).
-
-Algorithm 2's replay buffer is sharded the same way: every replica keeps only the trajectories of its own
-tasks, so the buffer memory per replica is 1 / (number of replicas) of the single-device buffer. Replay
-mini-batches are drawn over the global sample numbering (the same permutation as
-:meth:`~warpgrad_tf.replay.ReplayBuffer.minibatches`); each replica contributes the samples it holds.
+This module holds no algorithm. It makes strategies, builds mirrored variables, checkpoints multi-worker
+runs, and provides the one seam every meta-step runs through, :func:`sharded_sum` (and its plain-mean form
+:func:`sharded_mean_gradient`): each replica sums the terms of its share of the batch, the sums are
+all-reduced (``ReduceOp.SUM``) and normalised by the *global* counts — so a meta-step on N replicas equals
+the single-device meta-step (the same code on the default strategy's one replica) up to the order of
+floating-point additions. The algorithms (:func:`~warpgrad_tf.algorithms.online_step`,
+:func:`~warpgrad_tf.algorithms.offline_step` with its sharded replay buffer, the trainers' estimators) take
+a ``strategy`` and build on it; the meta-update is then applied once, in cross-replica context, to the
+mirrored φ and θ0 (and the optimisers' mirrored slots).
 
 Example (two logical CPU devices; the configuration must run before TensorFlow creates its devices)::
 
-    from warpgrad_tf import distribute
+    from warpgrad_tf import algorithms, distribute
     strategy = distribute.make_strategy("mirrored", num_cpu_replicas=2)
     warped, optimizers = distribute.build(strategy, build_model, warp=1e-3, init=0.1)
-    step = distribute.distributed_online_step(strategy, warped, learner, optimizers)
+    step = algorithms.online_step(warped, learner, optimizers, strategy=strategy)
     metrics = step(family.sample_batch(seeds), seeds)   # len(seeds) must be a multiple of 2
 
 Strategies (:func:`make_strategy`): ``default`` (no distribution), ``mirrored`` (every local GPU, else the
@@ -34,13 +31,14 @@ import os
 import shutil
 import tempfile
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-from warpgrad_tf import replay as replay_lib
-from warpgrad_tf.algorithms import base, offline, online
+from warpgrad_tf import meta_optimizers as meta_opt_lib
 from warpgrad_tf.model import WarpedModel
+
+__all__ = ["STRATEGIES", "WorkerCheckpointer", "build", "check_tf_config", "configure_cpu_replicas", "is_chief",
+           "make_strategy", "shard_size", "sharded_mean_gradient", "sharded_sum", "split"]
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 SUM = tf.distribute.ReduceOp.SUM
@@ -157,20 +155,6 @@ def shard_size(strategy, num_tasks, *, batch="meta-batch", unit="tasks", setting
 # ---------------------------------------------------------------------------------------------- building
 
 
-def _optimizer(strategy, value, name):
-    if value is None:
-        return None
-    if isinstance(value, keras.optimizers.Optimizer):
-        owner = getattr(value, "_distribution_strategy", strategy)
-        if owner is not strategy:
-            raise ValueError(f"the {name} optimizer was created outside strategy.scope(); pass a float or a "
-                             "factory (a zero-argument callable) so build() creates it in the scope.")
-        return value
-    if callable(value):
-        return value()
-    return base.meta_optimizers(**{name: value})._asdict()[name]
-
-
 def build(strategy, model_fn, *, warp=None, init=None, learning_rate=None, **roles):
     """Build the model, its :class:`~warpgrad_tf.WarpedModel` and the meta-optimisers in ``strategy.scope()``.
 
@@ -187,8 +171,7 @@ def build(strategy, model_fn, *, warp=None, init=None, learning_rate=None, **rol
     """
     with strategy.scope():
         warped = WarpedModel(model_fn(), **roles)
-        opts = base.MetaOptimizers(_optimizer(strategy, warp, "warp"), _optimizer(strategy, init, "init"),
-                                   _optimizer(strategy, learning_rate, "learning_rate"))
+        opts = meta_opt_lib.meta_optimizers(warp, init, learning_rate, strategy=strategy)
         if opts.warp is not None and warped.names["warp"]:
             opts.warp.build(list(warped.variables("warp").values()))
         if opts.init is not None:
@@ -234,193 +217,6 @@ def _all_reduce(value):
     return tf.nest.pack_sequence_as(value, [None if v is None else next(reduced) for v in leaves])
 
 
-def _apply(warped, grads, optimizers, learner, learned_rate, clip):
-    """The meta-update with the all-reduced gradients, in cross-replica context *outside* ``strategy.scope()``.
-
-    Outside the scope the Keras optimizers (created in it) skip their own replica all-reduce and call
-    ``strategy.extended.update`` directly, so each mirrored variable receives the global gradient once.
-    """
-    base.apply_meta_gradients(warped, grads, optimizers, init_weight=learner.init_weight,
-                              learned_rate=learned_rate, clip=clip)
-
-
-# ---------------------------------------------------------------------------------------------- Algorithm 1
-
-
-def distributed_online_step(strategy, warped, learner: base.MetaLearner, optimizers: base.MetaOptimizers, *,
-                            learned_rate=None, clip=None, frozen=None):
-    """:func:`~warpgrad_tf.algorithms.online_step` over the replicas of ``strategy``: ``step(tasks, seeds)``.
-
-    Replica g adapts tasks ``[g·P, (g+1)·P)`` of the meta-batch (P = tasks / replicas), summing its
-    Algorithm-1 terms; the sums are all-reduced and normalised by the global task and sample counts, and one
-    meta-update is applied. ``warped`` and ``optimizers`` must come from :func:`build` (same ``strategy``).
-    Returns the metrics of :func:`~warpgrad_tf.algorithms.online_meta_gradient` for the whole meta-batch.
-    """
-    rates = learned_rate.rates() if learned_rate is not None else None
-    local_ids = _replica_ids(strategy)
-
-    @tf.function
-    def compute(tasks, seeds, num_tasks):
-        def replica(tasks, seeds):
-            sums = online.online_meta_gradient_sums(warped, learner, warped.values("warp"), warped.values("task"),
-                                                    tasks, seeds, learning_rate=rates, frozen=frozen)
-            reduced = _all_reduce(sums._replace(num_tasks=None))
-            return online.normalise(learner, reduced._replace(num_tasks=num_tasks))
-
-        return strategy.run(replica, args=(tasks, seeds))
-
-    def step(tasks, seeds):
-        tasks = base.as_tasks(tasks)
-        seeds = tf.convert_to_tensor(seeds, tf.int64)
-        num_tasks = int(seeds.shape[0])
-        if num_tasks != int(tasks.train_x.shape[0]):
-            raise ValueError(f"got {num_tasks} seeds for {int(tasks.train_x.shape[0])} tasks.")
-        per = shard_size(strategy, num_tasks)
-        shard = _per_replica(strategy, local_ids, lambda g: (
-            base.Tasks(*(t[g * per:(g + 1) * per] for t in tasks)), seeds[g * per:(g + 1) * per]))
-        grads = _first_local(strategy, compute(*shard, tf.constant(num_tasks)))
-        _apply(warped, grads, optimizers, learner, learned_rate, clip)
-        return grads.metrics
-
-    step.meta_gradient = compute
-    return step
-
-
-# ---------------------------------------------------------------------------------------------- Algorithm 2
-
-
-def distributed_offline_step(strategy, warped, learner: base.MetaLearner, optimizers: base.MetaOptimizers, eta, *,
-                             learned_rate=None, clip=None, frozen=None, spill_dir=None, max_bytes_in_memory=None):
-    """:func:`~warpgrad_tf.algorithms.offline_step` with a sharded replay buffer: ``step(tasks, seeds, shuffle_seed)``.
-
-    Collection: replica g adapts its P tasks and stores their trajectories in its own
-    :class:`~warpgrad_tf.replay.ReplayBuffer` (``step.buffers``, one per local replica; ``spill_dir`` and
-    ``max_bytes_in_memory`` configure each). Replay: the global samples (task-major, N = tasks × K) are drawn
-    in mini-batches of η exactly as the single-device buffer draws them; for each mini-batch every replica
-    sums ∇L(φ; θ_k) over the samples it holds (padded to η with zero-weight samples so shapes never change),
-    the sums and the initialisation gradient shares are all-reduced, divided by the mini-batch size, and one
-    meta-update follows. η larger than N is a ValueError raised before any task runs.
-
-    Metrics: as :func:`~warpgrad_tf.algorithms.offline_step`, plus ``replicas`` and
-    ``bytes_in_memory_per_replica`` (the largest local buffer).
-    """
-    replay_lib.check_eta(eta, float("inf"))
-    rates = learned_rate.rates() if learned_rate is not None else None
-    local_ids = _replica_ids(strategy)
-    buffers = {g: replay_lib.ReplayBuffer(spill_dir, max_bytes_in_memory) for g in local_ids}
-    has_init = learner.init.segment is not None or learner.init.task is not None
-    learn_warp = learner.objective is not None and bool(warped.names["warp"])
-
-    @tf.function(reduce_retracing=True)
-    def collect_fn(tasks, seeds, i):
-        def replica(tasks, seeds):
-            run = base.run_task(warped, learner, warped.values("warp"), warped.values("task"),
-                                tuple(t[i] for t in tasks), seeds[i], learning_rate=rates, frozen=frozen,
-                                accumulate_warp=False, record=True)
-            totals = _all_reduce((run.losses[0], run.losses[-1], run.init.value, run.init.learning_rate_grad))
-            return run.task_record, run.opt_record, (run.init.grads if has_init else {}), totals
-
-        return strategy.run(replica, args=(tasks, seeds))
-
-    @tf.function(reduce_retracing=True)
-    def replay_fn(batch, weights, task_data, seeds, init, count):
-        def replica(batch, weights, task_data, seeds, init):
-            warp_sums, lr_sums, loss = {}, None, tf.zeros([], tf.float32)
-            if learn_warp:
-                warp_sums, lr_sums, loss = offline.replay_meta_gradient_sums(
-                    warped, learner, warped.values("warp"), batch, task_data, seeds, weights=weights,
-                    learning_rate=rates, frozen=frozen)
-            warp_sums, lr_sums, loss, init = _all_reduce((warp_sums, lr_sums, loss, init))
-            scale = lambda g: g / tf.cast(count, g.dtype)  # noqa: E731
-            return (tf.nest.map_structure(scale, warp_sums), tf.nest.map_structure(scale, lr_sums) if
-                    lr_sums is not None else None, loss, init)
-
-        return strategy.run(replica, args=(batch, weights, task_data, seeds, init))
-
-    def local_batch(buffer, owned, dtype):
-        """The samples ``owned`` of one buffer padded to η with zero-weight repeats, in gather's order."""
-        pad = np.full(eta - owned.size, owned[0] if owned.size else 0, np.int64)
-        indices = np.sort(np.concatenate([owned, pad]))
-        real = np.zeros(eta, bool)
-        if owned.size:  # the first occurrence of every owned index counts once
-            first = np.concatenate([[True], indices[1:] != indices[:-1]])
-            real = first & np.isin(indices, owned)
-        return buffer.gather(indices), tf.constant(real, dtype)
-
-    def step(tasks, seeds, shuffle_seed=None):
-        tasks = base.as_tasks(tasks)
-        seeds = [int(s) for s in seeds]
-        num_tasks = len(seeds)
-        if num_tasks != int(tasks.train_x.shape[0]):
-            raise ValueError(f"got {num_tasks} seeds for {int(tasks.train_x.shape[0])} tasks.")
-        per = shard_size(strategy, num_tasks)
-        total = num_tasks * learner.steps
-        replay_lib.check_eta(eta, total)
-        seeds_t = tf.constant(seeds, tf.int64)
-        shard = _per_replica(strategy, local_ids, lambda g: (
-            base.Tasks(*(t[g * per:(g + 1) * per] for t in tasks)), seeds_t[g * per:(g + 1) * per]))
-
-        # collection (Alg. 2, lines 3–12): each replica fills its own buffer
-        for buffer in buffers.values():
-            buffer.clear()
-        first = last = c_val = 0.0
-        init_lr = None
-        for i in range(per):
-            out = collect_fn(*shard, tf.constant(i))
-            for r, g in enumerate(local_ids):
-                record, opt, init, _ = _local(strategy, out, r)
-                j = g * per + i
-                buffers[g].add(record, opt, tuple(t[j] for t in tasks), seeds[j], init if has_init else None)
-            f, la, c, lr = _first_local(strategy, out[3])
-            first, last, c_val = first + float(f), last + float(la), c_val + float(c)
-            if lr is not None:
-                init_lr = lr if init_lr is None else tf.nest.map_structure(tf.add, init_lr, lr)
-        metrics = {"task_loss_first": first / num_tasks, "task_loss_last": last / num_tasks,
-                   "init_value": c_val / num_tasks}
-        if init_lr is not None:
-            init_lr = tf.nest.map_structure(lambda t: t / num_tasks, init_lr)
-
-        # replay (lines 13–23) over the global sample numbering
-        task_data = _per_replica(strategy, local_ids, lambda g: buffers[g].task_data())
-        zeros_init = {k: tf.zeros_like(v) for k, v in warped.values("task").items()}
-        dtype = next(iter(zeros_init.values())).dtype
-        order = np.random.default_rng(shuffle_seed).permutation(total)  # as ReplayBuffer.minibatches
-        meta_loss, meta_steps = 0.0, 0
-        span = per * learner.steps
-        for start in range(0, total, eta):
-            indices = order[start:start + eta]
-            inputs = {}
-            for g in local_ids:
-                owned = np.sort(indices[(indices >= g * span) & (indices < (g + 1) * span)] - g * span)
-                batch, weights = local_batch(buffers[g], owned, dtype)
-                init = buffers[g].init_gradient(owned) if has_init and owned.size else None
-                init = zeros_init if init is None else {k: v * (per / num_tasks) for k, v in init.items()}
-                inputs[g] = (batch, weights, init)
-            values = _per_replica(strategy, local_ids, inputs.__getitem__)
-            data, task_seeds = task_data
-            warp_grads, lr_grad, loss, init = _first_local(strategy, replay_fn(
-                values[0], values[1], data, task_seeds, values[2], tf.constant(len(indices))))
-            if init_lr is not None:  # MAML's α-gradient, spread over the pass like g_θ0
-                share = len(indices) / total * learner.init_weight
-                extra = tf.nest.map_structure(lambda t, s=share: s * t, init_lr)
-                lr_grad = extra if lr_grad is None else tf.nest.map_structure(
-                    lambda a, b: a + tf.cast(b, a.dtype), lr_grad, extra)
-            grads = base.MetaGradients(warp_grads, init if has_init else {}, lr_grad, {})
-            _apply(warped, grads, optimizers, learner, learned_rate, clip)
-            meta_loss += float(loss)
-            meta_steps += 1
-        reports = [b.memory() for b in buffers.values()]
-        metrics.update(meta_loss=meta_loss / total, meta_steps=meta_steps, samples=total, tasks=num_tasks,
-                       replicas=strategy.num_replicas_in_sync,
-                       bytes_in_memory_per_replica=max(r.bytes_in_memory for r in reports),
-                       bytes_on_disk_per_replica=max(r.bytes_on_disk for r in reports),
-                       bytes_per_sample=reports[0].bytes_per_sample)
-        return metrics
-
-    step.buffers = buffers
-    return step
-
-
 # ---------------------------------------------------------------------------------------------- checkpoints
 
 
@@ -464,20 +260,61 @@ class WorkerCheckpointer:
         return None
 
 
-# ---------------------------------------------------------------------------------------------- generic means
+# ---------------------------------------------------------------------------------------------- the seam
+
+
+def sharded_sum(strategy, fn, *, finish=None, jit_compile=False):
+    """The seam every meta-step runs through, on one replica or many: per-replica sums, all-reduced.
+
+    ``run = sharded_sum(strategy, fn, finish=finish)`` gives ``run(inputs_of, extra) -> (total, local)``:
+    replica g (g = global replica id) receives ``inputs_of(g)``; ``fn(inputs, extra)`` (traced in replica
+    context) returns ``(sums, local)`` — ``sums`` a nest of tensors to add over the replicas (``ReduceOp.SUM``;
+    None leaves pass through), ``local`` a nest kept per replica (e.g. trajectory records). ``finish(total,
+    extra)``, traced after the all-reduce, turns the total into the result (normalise, check finiteness), so
+    every replica holds the same result and the step's Python code sees it once. ``extra`` is a nest of
+    tensors shared by every replica (counts, step numbers).
+
+    Returns ``total`` (``finish``'s result, from the first local replica) and ``local`` as
+    ``{g: nest}`` for this worker's replicas. On the default strategy this is one call of ``fn`` on g = 0:
+    the single-device meta-step is the same code. ``run.replica_ids`` lists the local ids, ``run.compute``
+    is the traced function. Apply what it returns with the optimisers in cross-replica context, outside
+    ``strategy.scope()``: Keras optimizers created in the scope then skip their own all-reduce, so each
+    mirrored variable receives the global gradient once.
+    """
+    local_ids = _replica_ids(strategy)
+
+    @tf.function(jit_compile=jit_compile, reduce_retracing=True)
+    def compute(inputs, extra):
+        def replica(inputs):
+            sums, local = fn(inputs, extra)
+            total = _all_reduce(sums)
+            return (total if finish is None else finish(total, extra)), local
+
+        return strategy.run(replica, args=(inputs,))
+
+    def run(inputs_of, extra=()):
+        total, local = compute(_per_replica(strategy, local_ids, inputs_of), extra)
+        return _first_local(strategy, total), {g: _local(strategy, local, r) for r, g in enumerate(local_ids)}
+
+    run.replica_ids = local_ids
+    run.compute = compute
+    return run
+
+
+def split(batch, index, per):
+    """Examples ``[index·per, (index+1)·per)`` of every leaf of ``batch`` (replica ``index``'s even shard)."""
+    return tf.nest.map_structure(lambda t: t[index * per:(index + 1) * per], batch)
 
 
 def sharded_mean_gradient(strategy, fn):
     """A traced ``mean(batch)``: the mean of per-example terms over a batch whose examples are split over replicas.
 
-    The generic form of the meta-step of the trainers whose meta-gradient is a plain mean over a batch of
-    independent units (continual task sequences, (surface, start) runs of the 2-D study): replica g receives
+    :func:`sharded_sum` for a meta-gradient that is a plain mean over a batch of independent units
+    (continual task sequences, (surface, start) runs of the 2-D study, maze episodes): replica g receives
     examples ``[g·P, (g+1)·P)`` of the batch (P = N / replicas), ``fn`` returns the *sums* of the terms over
     those examples (meta-losses, ``{path: gradient}`` dicts — any nest of float tensors), the sums are
-    all-reduced (``ReduceOp.SUM``) and divided by the global count N. So the result equals
-    ``fn(batch) / N`` on one device, up to the order of floating-point additions, on any strategy (the
-    default one included). Apply the result with the optimiser in cross-replica context, outside
-    ``strategy.scope()`` (see :func:`_apply`), so each mirrored variable receives it once.
+    all-reduced and divided by the global count N. So the result equals ``fn(batch) / N`` on one device, up to
+    the order of floating-point additions, on any strategy (the default one included).
 
     Args:
       strategy: the ``tf.distribute.Strategy``; the variables ``fn`` reads must have been created in its scope.
@@ -490,15 +327,8 @@ def sharded_mean_gradient(strategy, fn):
       the number of replicas, else the ValueError of :func:`shard_size`); returns ``fn``'s nest of plain
       tensors divided by N. Call it with batches of one shape to trace once.
     """
-    local_ids = _replica_ids(strategy)
-
-    @tf.function
-    def compute(shard, count):
-        def replica(shard):
-            sums = _all_reduce(fn(shard))
-            return tf.nest.map_structure(lambda t: t / tf.cast(count, t.dtype), sums)
-
-        return strategy.run(replica, args=(shard,))
+    run = sharded_sum(strategy, lambda shard, count: (fn(shard), ()),
+                      finish=lambda sums, count: tf.nest.map_structure(lambda t: t / tf.cast(count, t.dtype), sums))
 
     def mean(batch):
         batch = tf.nest.map_structure(tf.convert_to_tensor, batch)
@@ -507,9 +337,7 @@ def sharded_mean_gradient(strategy, fn):
             raise ValueError(f"the leaves of the batch must share their leading axis; got sizes {sorted(sizes)}.")
         (num,) = sizes
         per = shard_size(strategy, num)
-        shard = _per_replica(strategy, local_ids, lambda g: tf.nest.map_structure(
-            lambda t: t[g * per:(g + 1) * per], batch))
-        return _first_local(strategy, compute(shard, tf.constant(num)))
+        return run(lambda g: split(batch, g, per), tf.constant(num))[0]
 
-    mean.compute = compute
+    mean.compute = run.compute
     return mean

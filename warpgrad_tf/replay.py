@@ -124,7 +124,7 @@ class ReplayBuffer:
         self._data = []
         self._seeds = []
         self._init = []
-        self._init_terms = {}  # (task, count) → that task's share of ∇C for `count` samples (memo)
+        self._init_terms = {}  # (task, count, T) → that task's share of ∇C for `count` samples (memo)
         self._structure = None
         self._bytes_memory = 0
         self._bytes_disk = 0
@@ -196,23 +196,25 @@ class ReplayBuffer:
         fields = tuple(tf.stack([d[i] for d in self._data]) for i in range(4))
         return fields, tf.constant(self._seeds, tf.int64)
 
-    def init_gradient(self, indices):
+    def init_gradient(self, indices, total_tasks=None):
         """The initialisation gradient attributed to samples ``indices``: ``Σ_i g_C(τ_i) / (n_τi · T)``.
 
         A task's ∇C is spread evenly over its n_τ samples, so a full pass over the buffer adds the mean over
-        tasks of ∇C — exactly what Algorithm 1 adds for the same trajectories. Returns None if no task stored
-        an initialisation gradient.
+        tasks of ∇C — exactly what Algorithm 1 adds for the same trajectories. T is the number of stored
+        tasks, or ``total_tasks`` when this buffer holds one replica's share of a larger meta-batch. Returns
+        None if no task stored an initialisation gradient.
         """
         if not self._init or self._init[0] is None:
             return None
         sizes = self.task_sizes()
         task_of = np.repeat(np.arange(self.num_tasks), sizes)
         counts = np.bincount(task_of[np.asarray(indices)], minlength=self.num_tasks)
+        total_tasks = self.num_tasks if total_tasks is None else int(total_tasks)
         out = None
         for j in np.flatnonzero(counts):
-            key = (int(j), int(counts[j]))  # η = 1 asks for the same N terms on every pass: compute each once
+            key = (int(j), int(counts[j]), total_tasks)  # η = 1 asks for the same N terms every pass: memo
             if key not in self._init_terms:
-                w = counts[j] / (sizes[j] * self.num_tasks)
+                w = counts[j] / (sizes[j] * total_tasks)
                 self._init_terms[key] = {k: tf.cast(w, v.dtype) * v for k, v in self._init[j].items()}
             term = self._init_terms[key]
             out = term if out is None else {k: out[k] + term[k] for k in out}

@@ -9,6 +9,7 @@ from warpgrad_tf.algorithms.base import (
     apply_meta_gradients,
     as_tasks,
     meta_learner,
+    meta_optimizer,
     meta_optimizers,
     run_task,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "apply_meta_gradients",
     "as_tasks",
     "meta_learner",
+    "meta_optimizer",
     "meta_optimizers",
     "methods",
     "online_meta_gradient",

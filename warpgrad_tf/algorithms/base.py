@@ -18,14 +18,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from warpgrad_tf import initialisation as init_lib
 from warpgrad_tf.adaptation import isolated, minibatches
+from warpgrad_tf.meta_optimizers import MetaOptimizers, meta_optimizer, meta_optimizers
 from warpgrad_tf.objectives import check_objective, warp_objective
 from warpgrad_tf.update_rules import UpdateRule
+
+__all__ = ["META_SEED_OFFSET", "MetaGradients", "MetaLearner", "MetaOptimizers", "TaskRun", "Tasks",
+           "add_learning_rate_grads", "all_finite", "apply_meta_gradients", "as_tasks", "meta_batches", "meta_learner",
+           "meta_optimizer", "meta_optimizers", "raise_if_not_finite", "run_task", "sample_objective", "task_batches",
+           "task_seeds"]
 
 META_SEED_OFFSET = 7919  # meta batches use the task seed + this, so L_task and L_meta see different batches
 
@@ -311,35 +316,6 @@ def add_learning_rate_grads(a, b):
 
 
 # ---------------------------------------------------------------------------------------------- meta-update
-
-
-class MetaOptimizers(NamedTuple):
-    """Keras optimizers for the meta-parameters (each may be None: that part is not meta-learned).
-
-    Attributes:
-      warp: updates φ with g_φ (β).
-      init: updates θ0 (the WarpedModel's task variables) with λ g_θ0.
-      learning_rate: updates a meta-learned inner learning rate (App. F).
-    """
-
-    warp: Any = None
-    init: Any = None
-    learning_rate: Any = None
-
-
-def _optimizer(value, name):
-    if value is None or isinstance(value, keras.optimizers.Optimizer):
-        return value
-    lr = float(value)
-    if not lr > 0:
-        raise ValueError(f"meta learning rate for {name} must be > 0; got {value}.")
-    return keras.optimizers.SGD(lr)
-
-
-def meta_optimizers(warp=None, init=None, learning_rate=None) -> MetaOptimizers:
-    """Build :class:`MetaOptimizers`; a float means plain SGD with that step size (validated > 0)."""
-    return MetaOptimizers(_optimizer(warp, "warp"), _optimizer(init, "init"),
-                          _optimizer(learning_rate, "learning_rate"))
 
 
 def apply_meta_gradients(warped, grads: MetaGradients, optimizers: MetaOptimizers, *, init_weight=1.0,

@@ -19,53 +19,98 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import tensorflow as tf
 
+from warpgrad_tf import distribute
 from warpgrad_tf import replay as replay_lib
 from warpgrad_tf.algorithms import base
+
+__all__ = ["collect", "collector", "offline_step", "replay_meta_gradient", "replay_meta_gradient_sums"]
+
+
+def _has_init(learner):
+    return learner.init.segment is not None or learner.init.task is not None
+
+
+def collector(warped, learner: base.MetaLearner, *, learning_rate=None, frozen=None, jit_compile=False,
+              strategy=None):
+    """Compiled collection (Alg. 2, lines 3–12): ``collect_into(tasks, seeds, buffers) -> (metrics, lr_grad)``.
+
+    Adapts every task of a meta-batch from θ0 for K steps with φ fixed, recording (θ_k, optimiser state_k)
+    and the task's ∇C(θ0). The meta-batch is split evenly over the replicas of ``strategy`` (None: one
+    device; :func:`~warpgrad_tf.distribute.sharded_sum`): replica g adapts tasks ``[g·P, (g+1)·P)`` and
+    stores them in ``buffers[g]`` (``{global replica id: ReplayBuffer}``, ids in ``collect_into.replica_ids``).
+    A task whose losses or ∇C are not finite stops collection with a FloatingPointError naming it, before
+    any meta-parameter changes, on every replica and worker.
+
+    Returns the mean collection metrics (``task_loss_first``, ``task_loss_last``, ``init_value``) over the
+    whole meta-batch and the mean learning-rate gradient of C (MAML's α), or None.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    has_init = _has_init(learner)
+
+    def task_terms(shard, i):
+        tasks, seeds = shard
+        run = base.run_task(warped, learner, warped.values("warp"), warped.values("task"),
+                            tuple(t[i] for t in tasks), seeds[i], learning_rate=learning_rate, frozen=frozen,
+                            accumulate_warp=False, record=True)
+        init = run.init.grads if has_init else {}
+        bad = 1.0 - tf.cast(base.all_finite(run.losses, init), tf.float32)
+        totals = (run.losses[0], run.losses[-1], run.init.value, run.init.learning_rate_grad, bad)
+        return totals, (run.task_record, run.opt_record, init, bad, run.losses[-1])
+
+    run = distribute.sharded_sum(strategy, task_terms, jit_compile=jit_compile)
+
+    def collect_into(tasks, seeds, buffers):
+        tasks = base.as_tasks(tasks)
+        seeds_t = base.task_seeds(tasks, seeds)
+        seeds = [int(s) for s in seeds_t.numpy()]
+        num_tasks = len(seeds)
+        per = distribute.shard_size(strategy, num_tasks)
+        shards = {g: distribute.split((tasks, seeds_t), g, per) for g in run.replica_ids}
+        first = last = c_val = 0.0
+        lr_grad = None
+        for i in range(per):
+            (f, la, c, lr, bad), local = run(shards.__getitem__, tf.constant(i))
+            if float(bad):
+                named = sorted((g * per + i, float(out[4])) for g, out in local.items() if float(out[3]))
+                where = (f"task {named[0][0]} (seed {seeds[named[0][0]]})" if named else
+                         f"a task of another worker (task {i} of its shard)")
+                detail = f" (last loss {named[0][1]:g})" if named else ""
+                raise FloatingPointError(
+                    f"offline collection, {where}: non-finite task loss or initialisation gradient{detail} — task "
+                    "adaptation diverged; lower the inner learning rate. Nothing was updated.")
+            for g, (record, opt, init, _, _) in local.items():
+                j = g * per + i
+                buffers[g].add(record, opt, tuple(t[j] for t in tasks), seeds[j], init if has_init else None)
+            first, last, c_val = first + float(f), last + float(la), c_val + float(c)
+            if lr is not None:
+                lr_grad = lr if lr_grad is None else tf.nest.map_structure(tf.add, lr_grad, lr)
+        if lr_grad is not None:
+            lr_grad = tf.nest.map_structure(lambda t: t / num_tasks, lr_grad)
+        return {"task_loss_first": first / num_tasks, "task_loss_last": last / num_tasks,
+                "init_value": c_val / num_tasks}, lr_grad
+
+    collect_into.replica_ids = run.replica_ids
+    return collect_into
 
 
 def collect(warped, learner: base.MetaLearner, tasks, seeds, buffer: replay_lib.ReplayBuffer, *,
             learning_rate=None, frozen=None, run_fn=None):
-    """Fill ``buffer`` with the trajectories of a meta-batch (Alg. 2, lines 3–12); returns collection metrics.
+    """Fill ``buffer`` with the trajectories of a meta-batch on one device (Alg. 2, lines 3–12).
 
-    ``run_fn`` is a compiled ``run_fn(warp, theta0, task, seed) -> TaskRun`` (made by :func:`collector`);
-    one is traced on the fly when omitted.
+    ``run_fn`` is a ``collect_into`` made by :func:`collector` (reuse it to trace once); one is made when
+    omitted. Returns ``(metrics, learning-rate gradient of C or None)``.
     """
-    tasks = base.as_tasks(tasks)
-    seeds = [int(s) for s in seeds]
     run_fn = run_fn or collector(warped, learner, learning_rate=learning_rate, frozen=frozen)
-    warp, theta0 = warped.values("warp"), warped.values("task")
-    has_init = learner.init.segment is not None or learner.init.task is not None
-    first = last = c_val = 0.0
-    lr_grad = None
-    for i, seed in enumerate(seeds):
-        task = tuple(t[i] for t in tasks)
-        run = run_fn(warp, theta0, task, tf.constant(seed, tf.int64))
-        if not bool(base.all_finite(run.losses, run.init.grads if has_init else None)):
-            raise FloatingPointError(
-                f"offline collection, task {i} (seed {seed}): non-finite task loss or initialisation gradient "
-                f"(last loss {float(run.losses[-1]):g}) — task adaptation diverged; lower the inner learning "
-                "rate. Nothing was updated.")
-        buffer.add(run.task_record, run.opt_record, task, seed, run.init.grads if has_init else None)
-        first += float(run.losses[0]) / len(seeds)
-        last += float(run.losses[-1]) / len(seeds)
-        c_val += float(run.init.value) / len(seeds)
-        if run.init.learning_rate_grad is not None:
-            g = tf.nest.map_structure(lambda t: t / len(seeds), run.init.learning_rate_grad)
-            lr_grad = g if lr_grad is None else tf.nest.map_structure(tf.add, lr_grad, g)
-    return {"task_loss_first": first, "task_loss_last": last, "init_value": c_val}, lr_grad
+    (g,) = run_fn.replica_ids
+    return run_fn(tasks, seeds, {g: buffer})
 
 
-def collector(warped, learner, *, learning_rate=None, frozen=None, jit_compile=False):
-    """A compiled per-task collection function for :func:`collect` (records θ_k, no warp gradients)."""
-
-    @tf.function(jit_compile=jit_compile, reduce_retracing=True)
-    def run_fn(warp, theta0, task, seed):
-        return base.run_task(warped, learner, warp, theta0, task, seed, learning_rate=learning_rate,
-                             frozen=frozen, accumulate_warp=False, record=True)
-
-    return run_fn
+def _weighted(w, t):
+    """``w · t``, exactly 0 for a zero-weight (padding) sample even where its term is not finite."""
+    return tf.where(w > 0, tf.cast(w, t.dtype) * t, tf.zeros_like(t))
 
 
 def replay_meta_gradient_sums(warped, learner: base.MetaLearner, warp, batch: replay_lib.Batch, task_data,
@@ -93,11 +138,11 @@ def replay_meta_gradient_sums(warped, learner: base.MetaLearner, warp, batch: re
         tb = base.task_batches(learner, train_x[j], train_y[j], seeds[j])(k)
         mb = base.meta_batches(learner, query_x[j], query_y[j], seeds[j])(k)
         mg = objective(warp, theta, opt, state, *tb, *mb)
-        acc_w = {p: acc_w[p] + tf.cast(w, mg.grads[p].dtype) * mg.grads[p] for p in acc_w}
+        acc_w = {p: acc_w[p] + _weighted(w, mg.grads[p]) for p in acc_w}
         if lr_vars and mg.learning_rate_grad is not None:
-            acc_lr = tf.nest.map_structure(lambda a, g: a + tf.cast(w * tf.cast(g, dtype), a.dtype), acc_lr,
-                                           mg.learning_rate_grad)
-        return i + 1, acc_w, acc_lr, loss + w * tf.cast(mg.meta_loss, dtype)
+            acc_lr = tf.nest.map_structure(lambda a, g: a + tf.cast(_weighted(w, tf.cast(g, dtype)), a.dtype),
+                                           acc_lr, mg.learning_rate_grad)
+        return i + 1, acc_w, acc_lr, loss + _weighted(w, tf.cast(mg.meta_loss, dtype))
 
     zeros = {p: tf.zeros_like(v) for p, v in warp.items()}
     _, acc_w, acc_lr, loss = tf.while_loop(lambda i, *_: i < n, body,
@@ -124,29 +169,81 @@ def replay_meta_gradient(warped, learner: base.MetaLearner, warp, batch: replay_
     return grads, lr_grad, loss / count
 
 
+def _local_batch(buffer, owned, eta, dtype):
+    """The samples ``owned`` of one buffer padded to η with zero-weight repeats (one shape for every call)."""
+    pad = np.full(eta - owned.size, owned[0] if owned.size else 0, np.int64)
+    indices = np.sort(np.concatenate([owned, pad]))
+    real = np.zeros(eta, bool)
+    if owned.size:  # the first occurrence of every owned index counts once
+        first = np.concatenate([[True], indices[1:] != indices[:-1]])
+        real = first & np.isin(indices, owned)
+    return buffer.gather(indices), tf.constant(real, dtype)
+
+
 def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimizers, eta, *, buffer=None,
-                 learned_rate=None, clip=None, frozen=None, jit_compile=False):
+                 learned_rate=None, clip=None, frozen=None, jit_compile=False, strategy=None, spill_dir=None,
+                 max_bytes_in_memory=None):
     """A meta-step function ``step(tasks, seeds, shuffle_seed=None) -> metrics`` running Algorithm 2.
 
-    Each call collects the meta-batch into ``buffer`` (cleared first; a fresh in-memory
-    :class:`~warpgrad_tf.replay.ReplayBuffer` by default — pass one with ``spill_dir`` for models whose
-    trajectories do not fit in memory), then replays it in mini-batches of η, one meta-step each. η larger
-    than the number of samples (tasks × K) is a ValueError raised before any task is run.
+    The one implementation for one device and for the replicas of a ``tf.distribute`` strategy
+    (:func:`~warpgrad_tf.distribute.sharded_sum`; one replica on the default strategy). Each call collects
+    the meta-batch (:func:`collector`): replica g adapts its P = tasks / replicas tasks into its own
+    :class:`~warpgrad_tf.replay.ReplayBuffer` (cleared first), so the buffer memory per replica is
+    1 / replicas of the single-device buffer. Replay draws the global samples (task-major, N = tasks × K) in
+    random mini-batches of η without replacement (the permutation of
+    :meth:`~warpgrad_tf.replay.ReplayBuffer.minibatches`); for each, every replica sums ∇L(φ; θ_k) over the
+    samples it holds (padded to η with zero-weight samples, so shapes never change), the sums and the
+    initialisation gradient shares are all-reduced and divided by the mini-batch size, and one meta-update
+    follows. A non-finite collection or meta-gradient is a FloatingPointError raised before that update,
+    on every strategy. η larger than N is a ValueError raised before any task runs.
+
+    Args:
+      buffer: the ReplayBuffer of a one-replica run (default: a fresh in-memory one).
+      spill_dir, max_bytes_in_memory: configure each replica's buffer (App. F's disk buffer: records beyond
+        ``max_bytes_in_memory`` bytes go to ``spill_dir``); not with ``buffer``.
+      strategy: the ``tf.distribute.Strategy`` (None: the current one); the meta-batch must divide evenly.
+      Other arguments as :func:`~warpgrad_tf.algorithms.online_step`.
 
     ``metrics`` holds the collection losses, ``meta_steps`` (the number of warp updates), the mean
-    ``meta_loss`` over the pass, the buffer's :class:`~warpgrad_tf.replay.MemoryReport` fields and the wall
-    seconds of collection and replay (``collect_seconds``, ``replay_seconds``).
+    ``meta_loss`` over the pass, the buffers' :class:`~warpgrad_tf.replay.MemoryReport` fields (this
+    worker's buffers summed; ``samples`` and ``tasks`` global), ``replicas``, the largest local buffer's
+    ``bytes_in_memory_per_replica`` / ``bytes_on_disk_per_replica``, and the wall seconds of collection and
+    replay (``collect_seconds``, ``replay_seconds``). ``step.buffers`` maps global replica ids to the local
+    buffers (``step.buffer``: the only one, on one replica).
     """
     replay_lib.check_eta(eta, float("inf"))  # type and sign now; the size against each meta-batch's N
-    buffer = buffer if buffer is not None else replay_lib.ReplayBuffer()
+    strategy = strategy or tf.distribute.get_strategy()
     rates = learned_rate.rates() if learned_rate is not None else None
-    run_fn = collector(warped, learner, learning_rate=rates, frozen=frozen, jit_compile=jit_compile)
+    collect_into = collector(warped, learner, learning_rate=rates, frozen=frozen, jit_compile=jit_compile,
+                             strategy=strategy)
+    local_ids = collect_into.replica_ids
+    if buffer is not None:
+        if len(local_ids) != 1 or spill_dir is not None or max_bytes_in_memory is not None:
+            raise ValueError("offline_step(buffer=...) is for a single replica without spill_dir / "
+                             "max_bytes_in_memory; pass those instead to configure each replica's buffer.")
+        buffers = {local_ids[0]: buffer}
+    else:
+        buffers = {g: replay_lib.ReplayBuffer(spill_dir, max_bytes_in_memory) for g in local_ids}
+    has_init = _has_init(learner)
+    learn_warp = learner.objective is not None and bool(warped.names["warp"])
 
-    @tf.function(jit_compile=jit_compile, reduce_retracing=True)
-    def grad_fn(warp, batch, task_data, seeds):
-        grads, lr_grad, loss = replay_meta_gradient(warped, learner, warp, batch, task_data, seeds,
-                                                    learning_rate=rates, frozen=frozen)
-        return grads, lr_grad, loss, base.all_finite(grads, lr_grad, loss)
+    def replay_terms(inputs, count):
+        batch, weights, task_data, seeds, init = inputs
+        warp_sums, lr_sums, loss = {}, None, tf.zeros([], weights.dtype)
+        if learn_warp:
+            warp_sums, lr_sums, loss = replay_meta_gradient_sums(
+                warped, learner, warped.values("warp"), batch, task_data, seeds, weights=weights,
+                learning_rate=rates, frozen=frozen)
+        return (warp_sums, lr_sums, loss, init), ()
+
+    def replay_finish(total, count):
+        warp_sums, lr_sums, loss, init = total
+        scale = lambda g: g / tf.cast(count, g.dtype)  # noqa: E731
+        warp_grads = tf.nest.map_structure(scale, warp_sums)
+        lr_grads = None if lr_sums is None else tf.nest.map_structure(scale, lr_sums)
+        return (warp_grads, lr_grads, loss, init), base.all_finite(warp_grads, lr_grads, loss)
+
+    replay = distribute.sharded_sum(strategy, replay_terms, finish=replay_finish, jit_compile=jit_compile)
 
     @tf.function(reduce_retracing=True)  # η = 1 takes N updates per meta-batch: keep them out of Python
     def apply_fn(grads):
@@ -155,36 +252,56 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
 
     def step(tasks, seeds, shuffle_seed=None):
         tasks = base.as_tasks(tasks)
-        seeds = [int(s) for s in base.task_seeds(tasks, seeds).numpy()]
-        replay_lib.check_eta(eta, len(seeds) * learner.steps)
-        buffer.clear()
+        seeds = base.task_seeds(tasks, seeds)
+        num_tasks = int(seeds.shape[0])
+        per = distribute.shard_size(strategy, num_tasks)
+        total = num_tasks * learner.steps
+        replay_lib.check_eta(eta, total)
+        for b in buffers.values():
+            b.clear()
         start = time.perf_counter()
-        metrics, init_lr_grad = collect(warped, learner, tasks, seeds, buffer, learning_rate=rates,
-                                        frozen=frozen, run_fn=run_fn)
-        task_data, task_seeds = buffer.task_data()
+        metrics, init_lr = collect_into(tasks, seeds, buffers)
         collected = time.perf_counter()
+
+        # replay (lines 13–23) over the global sample numbering; replica g holds samples [g·span, (g+1)·span)
+        task_data = {g: b.task_data() for g, b in buffers.items()}
+        theta0 = warped.values("task")
+        dtype = next(iter(theta0.values())).dtype
+        zeros_init = {k: tf.zeros_like(v) for k, v in theta0.items()} if has_init else {}
+        order = np.random.default_rng(shuffle_seed).permutation(total)  # as ReplayBuffer.minibatches
+        span = per * learner.steps
         meta_loss, meta_steps = 0.0, 0
-        batches = buffer.minibatches(eta, shuffle_seed)
-        learn_warp = learner.objective is not None and bool(warped.names["warp"])
-        for indices in batches:
-            warp_grads, lr_grad, loss = {}, None, 0.0
-            if learn_warp:
-                warp_grads, lr_grad, loss, finite = grad_fn(warped.values("warp"), buffer.gather(indices),
-                                                            task_data, task_seeds)
-                base.raise_if_not_finite(finite, f"offline replay, meta-step {meta_steps + 1}",
-                                         base.MetaGradients(warp_grads, {}, lr_grad, {}), loss)
-            init = buffer.init_gradient(indices)
-            if init_lr_grad is not None:  # MAML's α-gradient, spread over the pass like g_θ0
-                share = len(indices) / len(buffer) * learner.init_weight
-                extra = tf.nest.map_structure(lambda g, s=share: s * g, init_lr_grad)
+        for begin in range(0, total, eta):
+            indices = order[begin:begin + eta]
+            inputs = {}
+            for g, b in buffers.items():
+                owned = np.sort(indices[(indices >= g * span) & (indices < (g + 1) * span)] - g * span)
+                batch, weights = _local_batch(b, owned, eta, dtype)
+                init = b.init_gradient(owned, total_tasks=num_tasks) if has_init and owned.size else None
+                inputs[g] = (batch, weights, *task_data[g], zeros_init if init is None else init)
+            (warp_grads, lr_grad, loss, init), finite = replay(inputs.__getitem__, tf.constant(len(indices)))[0]
+            base.raise_if_not_finite(finite, f"offline replay, meta-step {meta_steps + 1}",
+                                     base.MetaGradients(warp_grads, {}, lr_grad, {}), loss)
+            if init_lr is not None:  # MAML's α-gradient, spread over the pass like g_θ0
+                share = len(indices) / total * learner.init_weight
+                extra = tf.nest.map_structure(lambda t, s=share: s * t, init_lr)
                 lr_grad = extra if lr_grad is None else tf.nest.map_structure(
                     lambda a, b: a + tf.cast(b, a.dtype), lr_grad, extra)
-            apply_fn(base.MetaGradients(warp_grads, init or {}, lr_grad, {}))
-            meta_loss += float(loss) * len(indices)
+            apply_fn(base.MetaGradients(warp_grads, init, lr_grad, {}))
+            meta_loss += float(loss)
             meta_steps += 1
-        metrics.update(meta_loss=meta_loss / len(buffer), meta_steps=meta_steps, **buffer.memory()._asdict(),
-                       collect_seconds=collected - start, replay_seconds=time.perf_counter() - collected)
+        reports = [b.memory() for b in buffers.values()]
+        summed = {f: sum(getattr(r, f) for r in reports)
+                  for f in ("bytes_in_memory", "bytes_on_disk", "bytes_task_data")}
+        metrics.update(
+            meta_loss=meta_loss / total, meta_steps=meta_steps, samples=total, tasks=num_tasks, **summed,
+            bytes_per_sample=reports[0].bytes_per_sample, replicas=strategy.num_replicas_in_sync,
+            bytes_in_memory_per_replica=max(r.bytes_in_memory for r in reports),
+            bytes_on_disk_per_replica=max(r.bytes_on_disk for r in reports),
+            collect_seconds=collected - start, replay_seconds=time.perf_counter() - collected)
         return metrics
 
-    step.buffer = buffer
+    step.buffers = buffers
+    if len(buffers) == 1:
+        step.buffer = next(iter(buffers.values()))
     return step

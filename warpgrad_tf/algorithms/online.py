@@ -22,7 +22,10 @@ from typing import Any, NamedTuple
 
 import tensorflow as tf
 
+from warpgrad_tf import distribute
 from warpgrad_tf.algorithms import base
+
+__all__ = ["MetaGradientSums", "normalise", "online_meta_gradient", "online_meta_gradient_sums", "online_step"]
 
 
 class MetaGradientSums(NamedTuple):
@@ -121,30 +124,60 @@ def online_meta_gradient(warped, learner: base.MetaLearner, warp, theta0, tasks,
 
 
 def online_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimizers, *, learned_rate=None,
-                clip=None, frozen=None, jit_compile=False):
+                clip=None, frozen=None, jit_compile=False, strategy=None):
     """A meta-step function ``step(tasks, seeds) -> metrics`` running Algorithm 1 on ``warped``'s variables.
 
-    The meta-gradient is computed by a ``tf.function`` (XLA off unless ``jit_compile``) from the current
-    values of φ (warp variables) and θ0 (task variables) and applied with ``optimizers``
-    (:func:`~warpgrad_tf.algorithms.apply_meta_gradients`). ``learned_rate`` (a
-    :class:`~warpgrad_tf.learned_lr.LearnedRate`) is used as the inner rate and meta-learned when
-    ``optimizers.learning_rate`` is set, its meta-gradient clipped at ``clip``.
+    The one implementation for one device and for the replicas of a ``tf.distribute`` strategy: the
+    meta-batch is split evenly over the replicas (:func:`~warpgrad_tf.distribute.sharded_sum`; one replica
+    on the default strategy), each replica sums the Algorithm-1 terms of its tasks
+    (:func:`online_meta_gradient_sums`), the sums are all-reduced and normalised by the global task and
+    sample counts (:func:`normalise`), so a distributed step equals the single-device step up to the order of
+    floating-point additions. A non-finite meta-gradient (a diverging inner loop) is a FloatingPointError
+    raised before anything is updated, on every strategy. The update is applied once with ``optimizers``
+    (:func:`~warpgrad_tf.algorithms.apply_meta_gradients`) in cross-replica context.
+
+    Args:
+      warped, learner, optimizers: the model, the :class:`~warpgrad_tf.algorithms.MetaLearner` and its
+        :class:`~warpgrad_tf.algorithms.MetaOptimizers` (built in ``strategy.scope()`` for a distributed
+        run, e.g. by :func:`warpgrad_tf.distribute.build`).
+      learned_rate: a :class:`~warpgrad_tf.learned_lr.LearnedRate` used as the inner rate and meta-learned when
+        ``optimizers.learning_rate`` is set, its meta-gradient clipped at ``clip``.
+      jit_compile: compile the meta-gradient with XLA.
+      strategy: the ``tf.distribute.Strategy`` (None: the current one, i.e. one device); the meta-batch must
+        divide evenly over its replicas.
+
+    ``step.meta_gradient(tasks, seeds)`` returns the :class:`~warpgrad_tf.algorithms.MetaGradients` without
+    applying them.
     """
+    strategy = strategy or tf.distribute.get_strategy()
     rates = learned_rate.rates() if learned_rate is not None else None
 
-    @tf.function(jit_compile=jit_compile)
-    def compute(tasks, seeds):
-        grads = online_meta_gradient(warped, learner, warped.values("warp"), warped.values("task"), tasks, seeds,
-                                     learning_rate=rates, frozen=frozen)
+    def replica_sums(shard, num_tasks):
+        tasks, seeds = shard
+        sums = online_meta_gradient_sums(warped, learner, warped.values("warp"), warped.values("task"), tasks,
+                                         seeds, learning_rate=rates, frozen=frozen)
+        return sums._replace(num_tasks=None), ()
+
+    def finish(sums, num_tasks):
+        grads = normalise(learner, sums._replace(num_tasks=num_tasks))
         return grads, base.all_finite(grads.warp, grads.init, grads.learning_rate)
 
-    def step(tasks, seeds):
+    run = distribute.sharded_sum(strategy, replica_sums, finish=finish, jit_compile=jit_compile)
+
+    def meta_gradient(tasks, seeds):
         tasks = base.as_tasks(tasks)
-        grads, finite = compute(tasks, base.task_seeds(tasks, seeds))
+        seeds = base.task_seeds(tasks, seeds)
+        num_tasks = int(seeds.shape[0])
+        per = distribute.shard_size(strategy, num_tasks)
+        (grads, finite), _ = run(lambda g: distribute.split((tasks, seeds), g, per), tf.constant(num_tasks))
+        return grads, finite
+
+    def step(tasks, seeds):
+        grads, finite = meta_gradient(tasks, seeds)
         base.raise_if_not_finite(finite, "online meta-step", grads, grads.metrics["task_loss_last"])
         base.apply_meta_gradients(warped, grads, optimizers, init_weight=learner.init_weight,
                                   learned_rate=learned_rate, clip=clip)
         return grads.metrics
 
-    step.meta_gradient = lambda tasks, seeds: compute(tasks, seeds)[0]
+    step.meta_gradient = lambda tasks, seeds: meta_gradient(tasks, seeds)[0]
     return step

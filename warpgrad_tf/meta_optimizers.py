@@ -31,7 +31,7 @@ class MetaOptimizers(NamedTuple):
 META_OPTIMIZER_KINDS = {"sgd": keras.optimizers.SGD, "adam": keras.optimizers.Adam}
 
 
-def meta_optimizer(value, *, kind="sgd", name="meta", flag=None, strategy=None):
+def meta_optimizer(value, *, kind="sgd", name="meta", flag=None, strategy=None, **options):
     """The one way a meta-optimiser is made (library, ``distribute.build`` and every trainer).
 
     Args:
@@ -40,9 +40,13 @@ def meta_optimizer(value, *, kind="sgd", name="meta", flag=None, strategy=None):
       kind: ``"sgd"`` or ``"adam"`` — what a float builds; anything else is a ValueError naming ``flag``.
       name: what the optimiser updates (``"warp"``, ``"init"``, ``"learning_rate"``), for error messages.
       flag: the setting that chose ``kind`` (e.g. ``"train_eval.meta_optimizer"``), for error messages.
+      **options: forwarded to the optimizer a float builds (e.g. ``clipnorm``, ``beta_1``).
       strategy: when given, an optimizer passed in must have been created in ``strategy.scope()`` (its slots
         must be mirrored like the variables); call this inside the scope to create one there.
     """
+    if kind not in META_OPTIMIZER_KINDS:  # checked even where this part is not meta-learned: a bad setting fails
+        raise ValueError(f"Unknown {flag or 'meta-optimizer kind'} {kind!r}; choose one of "
+                         f"{sorted(META_OPTIMIZER_KINDS)}.")
     if value is None:
         return None
     if isinstance(value, keras.optimizers.Optimizer):
@@ -53,13 +57,10 @@ def meta_optimizer(value, *, kind="sgd", name="meta", flag=None, strategy=None):
         return value
     if callable(value):
         return value()
-    if kind not in META_OPTIMIZER_KINDS:
-        raise ValueError(f"Unknown {flag or 'meta-optimizer kind'} {kind!r}; choose one of "
-                         f"{sorted(META_OPTIMIZER_KINDS)}.")
     lr = float(value)
     if not lr > 0:
         raise ValueError(f"meta learning rate for {name} must be > 0; got {value}.")
-    return META_OPTIMIZER_KINDS[kind](lr)
+    return META_OPTIMIZER_KINDS[kind](lr, **options)
 
 
 def meta_optimizers(warp=None, init=None, learning_rate=None, *, kind="sgd", flag=None,

@@ -322,3 +322,18 @@ def test_warp_methods_need_warp_variables():
     with pytest.raises(ValueError, match="'warp_leap' meta-learns warps, but the model has no warp variables"):
         methods.check_model("warp_leap", plain)
     assert methods.check_model("leap", plain).name == "leap"
+
+
+def test_meta_optimizer_is_the_one_constructor():
+    import keras
+
+    sgd, adam = algorithms.meta_optimizer(0.1), algorithms.meta_optimizer(0.01, kind="adam", clipnorm=1.0)
+    assert isinstance(sgd, keras.optimizers.SGD) and float(sgd.learning_rate) == pytest.approx(0.1)
+    assert isinstance(adam, keras.optimizers.Adam) and adam.clipnorm == 1.0
+    made = keras.optimizers.Adam(1e-3)
+    assert algorithms.meta_optimizer(made) is made and algorithms.meta_optimizer(lambda: made) is made
+    assert algorithms.meta_optimizer(None, kind="adam") is None
+    with pytest.raises(ValueError, match="train_eval.meta_optimizer 'rmsprop'"):
+        algorithms.meta_optimizers(init=None, kind="rmsprop", flag="train_eval.meta_optimizer")
+    opts = algorithms.meta_optimizers(warp=0.2, init=0.3, kind="adam")
+    assert isinstance(opts.warp, keras.optimizers.Adam) and opts.learning_rate is None

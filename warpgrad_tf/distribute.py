@@ -272,7 +272,8 @@ def sharded_sum(strategy, fn, *, finish=None, jit_compile=False):
     None leaves pass through), ``local`` a nest kept per replica (e.g. trajectory records). ``finish(total,
     extra)``, traced after the all-reduce, turns the total into the result (normalise, check finiteness), so
     every replica holds the same result and the step's Python code sees it once. ``extra`` is a nest of
-    tensors shared by every replica (counts, step numbers).
+    tensors shared by every replica (counts, step numbers). ``jit_compile`` compiles ``fn`` with XLA; the
+    all-reduce stays outside the compiled cluster.
 
     Returns ``total`` (``finish``'s result, from the first local replica) and ``local`` as
     ``{g: nest}`` for this worker's replicas. On the default strategy this is one call of ``fn`` on g = 0:
@@ -282,11 +283,12 @@ def sharded_sum(strategy, fn, *, finish=None, jit_compile=False):
     mirrored variable receives the global gradient once.
     """
     local_ids = _replica_ids(strategy)
+    terms = tf.function(fn, jit_compile=True) if jit_compile else fn  # XLA for the terms; all-reduce outside
 
-    @tf.function(jit_compile=jit_compile, reduce_retracing=True)
+    @tf.function(reduce_retracing=True)
     def compute(inputs, extra):
         def replica(inputs):
-            sums, local = fn(inputs, extra)
+            sums, local = terms(inputs, extra)
             total = _all_reduce(sums)
             return (total if finish is None else finish(total, extra)), local
 

@@ -27,6 +27,8 @@ import json
 
 import tensorflow as tf
 
+__all__ = ["AdaptiveAgent", "AdaptiveModel", "load"]
+
 
 def _invalid(message):
     return tf.errors.InvalidArgumentError(None, None, message)

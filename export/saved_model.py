@@ -22,6 +22,8 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+__all__ = ["main", "parse_args", "summary"]
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m export.saved_model",
@@ -47,7 +49,17 @@ def summary(path, d):
             f"  adaptation: {d['rule']}({hp}), {d['steps']} steps by default, batch size "
             f"{d['batch_size'] or 'full support set'}, seed {d['minibatch_seed']}, BatchNorm "
             f"{'batch statistics' if d['training'] else 'moving statistics'}\n"
-            f"  signatures: {', '.join(d['signatures'])}; {len(d['parameter_names'])} task parameters")
+            f"  signatures: {', '.join(d['signatures'])}; {len(d['parameter_names'])} task parameters"
+            + _learned_summary(d.get("learned_rate")))
+
+
+def _learned_summary(learned):
+    """The line on meta-learned inner rates ('' when α is the rule's)."""
+    if not learned:
+        return ""
+    return (f"\n  inner rates: meta-learned {learned['granularity']} ({learned['rates']} rates, mean "
+            f"{learned['mean']:.4g}, range [{learned['min']:.4g}, {learned['max']:.4g}]) replace the rule's "
+            "learning_rate")
 
 
 def main(argv=None):

@@ -15,6 +15,8 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+__all__ = ["main", "sample_task"]
+
 import numpy as np  # noqa: E402
 
 from export.load import load  # noqa: E402  (TensorFlow only)

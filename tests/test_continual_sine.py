@@ -209,3 +209,40 @@ def test_trainer_is_reproducible_for_a_seed(tmp_path):
     tables = [r["results"]["warpgrad"]["training"]["final_loss_per_subtask"] for r in runs]
     assert tables[0] == tables[1]
     assert tables[0] != runs[0]["results"]["sgd"]["training"]["final_loss_per_subtask"]  # meta-training did act
+
+
+def test_eq23_meta_gradient_on_a_float64_model_equals_its_finite_difference(float64):
+    """Eq. 23 (exact, Eq. 11) on a float64 model: float64 weights and accumulators throughout, and the
+    meta-gradient w.r.t. φ equals the central finite difference of the mean Eq. 23 meta-loss."""
+    from tests.helpers import central_difference
+
+    family = ContinualSineFamily(num_subtasks=2, steps_per_subtask=2, batch_size=3, eval_size=4)
+    task = family.sample(4)
+    model = continual_sine.build_model(hidden_units=3, num_layers=2, use_warp=True, warp_hidden_units=2,
+                                       init_seed=1)
+    warped = wg.WarpedModel(model)
+    rng = np.random.default_rng(5)
+    for var in warped.variables("warp").values():  # off the identity: the second-order term is non-zero
+        var.assign(var.numpy() + 0.5 * rng.standard_normal(var.shape))
+    theta0, warp = warped.values("task"), warped.values("warp")
+    assert all(v.dtype == tf.float64 for v in [*theta0.values(), *warp.values()])
+    rule = wg.sgd(0.3)
+    order = [1, 0]
+    cast = lambda a: tf.constant(np.asarray(a, np.float64))  # noqa: E731
+    train_x, train_y, eval_x, eval_y = map(cast, (task.train_x, task.train_y, task.eval_x, task.eval_y))
+    batches = continual.sequence_batches(train_x, train_y, order)
+    trajectory = wg.unroll(warped, theta0, warp, rule, batches, wg.losses.half_mse, family.num_steps)
+    points = [0, 3]
+
+    def meta(phi):
+        return continual.eq23_meta_gradient(warped, phi, trajectory, rule, batches, eval_x, eval_y, order, points,
+                                            2)
+
+    result = meta(warp)
+    assert result.meta_loss.dtype == tf.float64 and all(g.dtype == tf.float64 for g in result.grads.values())
+    fd = central_difference(lambda phi: meta(phi).meta_loss, warp)
+    for name in warp:
+        np.testing.assert_allclose(result.grads[name].numpy().reshape(-1), fd[name], rtol=1e-6, atol=1e-9)
+    assert max(np.abs(g).max() for g in fd.values()) > 1e-3
+    curves = continual.loss_curves(warped, theta0, warp, rule, batches, eval_x, eval_y, family.num_steps)
+    assert curves.shape == (family.num_steps + 1, 2) and curves.dtype == tf.float64

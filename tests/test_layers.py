@@ -9,6 +9,8 @@ import warpgrad_tf as wg
 CONV_VARIANTS = {
     "conv3x3": dict(kind="conv", kernel_size=3),
     "conv1x1": dict(kind="conv", kernel_size=1),
+    "conv2x2": dict(kind="conv", kernel_size=2),
+    "conv4x4": dict(kind="conv", kernel_size=4),
     "scale": dict(kind="scale"),
     "relu": dict(kind="conv", output_activation="relu"),
     "bn": dict(kind="conv", batch_norm="after"),
@@ -29,12 +31,25 @@ def _model(block, conv=True):
     return keras.Model(inputs, block(inputs))
 
 
-@pytest.mark.parametrize("name", ["conv3x3", "conv1x1", "scale", "residual_scale"])
+@pytest.mark.parametrize("name", ["conv3x3", "conv1x1", "conv2x2", "conv4x4", "scale", "residual_scale"])
 def test_affine_conv_warps_start_as_identity(name):
     block = wg.WarpBlock(**CONV_VARIANTS[name])
     x = np.random.default_rng(0).standard_normal((2, 6, 6, 3)).astype("float32")
     np.testing.assert_allclose(block(x), x, atol=1e-6)
     assert block.is_affine
+
+
+@pytest.mark.parametrize("kernel_size", [2, 4, 6, (2, 3), (4, 1)])
+def test_even_kernel_conv_warps_are_exact_identities(kernel_size):
+    """'same' padding puts the extra pixel of an even kernel after the input: the identity tap is
+    ``(k - 1) // 2``, not the centre ``k // 2`` (which shifted the map by one pixel)."""
+    x = np.random.default_rng(0).standard_normal((2, 7, 6, 3)).astype("float32")
+    if isinstance(kernel_size, int):
+        block = wg.WarpBlock(kind="conv", kernel_size=kernel_size, num_layers=2)
+        np.testing.assert_array_equal(block(x), x)
+        assert block.is_affine
+    conv = keras.layers.Conv2D(3, kernel_size, padding="same", kernel_initializer=wg.layers.DiracInitializer())
+    np.testing.assert_array_equal(conv(x), x)
 
 
 @pytest.mark.parametrize("name", ["linear", "res_tanh"])

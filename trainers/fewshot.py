@@ -272,7 +272,8 @@ def train_eval(root_dir, data_dir,
     writers.scalars(writers.eval, final_step, {"test/accuracy": mean, "test/ci95": ci})
     wg.artifacts.save(root_dir, warped, rule, loss="softmax_cross_entropy", steps=eval_inner_steps, batch_size=None,
                       method=method, training_step=int(max(best_step.numpy(), 0)), task_family=f"fewshot/{dataset}",
-                      extra={"ways": int(ways), "shots": int(shots), "learned_rate": rate is not None})
+                      extra={"ways": int(ways), "shots": int(shots), "learned_rate": rate is not None},
+                      learned_rate=rate)
     results = {
         "task": f"fewshot/{dataset}", "method": method, "preset": preset, "label": label,
         "algorithm": "online" if meta_steps else None, "objective": learner.objective,

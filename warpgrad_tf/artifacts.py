@@ -3,6 +3,10 @@
 A run directory ``R`` holds ``R/model/model.keras`` (the Keras model; its variables carry the meta-learned
 warp parameters φ and initialisation θ0) and ``R/model/warpgrad.json`` (the partition and everything needed
 to adapt the model exactly as in training: update rule, loss, default steps, batch size, method, step).
+A run that meta-learned its inner learning rate (Meta-SGD, Eq. 3; the learned α of App. F; see
+:mod:`warpgrad_tf.learned_lr`) also holds ``R/model/learned_rate.npz``: the rate α of every task parameter
+in ``θ_{k+1} = θ_k − α ⊙ ∇L_task(θ_k; φ)``, described by the spec's ``learned_rate`` entry and read back
+with :func:`load_learned_rate`.
 """
 
 from __future__ import annotations
@@ -12,13 +16,18 @@ import os
 from typing import NamedTuple
 
 import keras
+import numpy as np
 
-from warpgrad_tf import update_rules
+from warpgrad_tf import learned_lr, update_rules
 from warpgrad_tf.model import WarpedModel
 from warpgrad_tf.version import __version__
 
+__all__ = ["MODEL_FILE", "RATES_FILE", "SPEC_FILE", "AdaptationSpec", "learned_rate_granularity", "load",
+           "load_learned_rate", "model_dir", "save"]
+
 MODEL_FILE = "model.keras"
 SPEC_FILE = "warpgrad.json"
+RATES_FILE = "learned_rate.npz"
 
 
 class AdaptationSpec(NamedTuple):
@@ -26,6 +35,12 @@ class AdaptationSpec(NamedTuple):
 
     ``training`` is the forward mode of adaptation and prediction (BatchNorm on batch statistics when
     True, the library convention); exported SavedModels use it.
+
+    ``learned_rate`` is empty when adaptation uses the rule's α; for a meta-learned rate it is
+    ``{"granularity", "minimum", "file", "parameters"}``: the :class:`~warpgrad_tf.learned_lr.LearnedRate`
+    granularity and bound, and the task parameter paths whose rates ``file`` holds (array ``"i"`` is the
+    rate of ``parameters[i]``). Adaptation then steps with those rates, not with ``rule_hyperparameters``'
+    ``learning_rate`` (the initial α₀).
     """
 
     rule: str
@@ -41,6 +56,7 @@ class AdaptationSpec(NamedTuple):
     task_family: str = ""
     extra: dict = {}
     training: bool = True
+    learned_rate: dict = {}
 
 
 def model_dir(root_dir):
@@ -48,11 +64,30 @@ def model_dir(root_dir):
 
 
 def save(root_dir, warped: WarpedModel, rule, *, loss, steps, batch_size, method, training_step,
-         task_family="", extra=None, training=True):
-    """Write ``R/model/model.keras`` and ``R/model/warpgrad.json`` atomically (temp file + rename)."""
+         task_family="", extra=None, training=True, learned_rate=None):
+    """Write ``R/model/model.keras`` and ``R/model/warpgrad.json`` atomically (temp file + rename).
+
+    ``learned_rate``: the run's :class:`~warpgrad_tf.learned_lr.LearnedRate` (any granularity), or None when
+    adaptation uses ``rule``'s fixed α. Its current values are written to ``R/model/learned_rate.npz``, so
+    that :func:`load_learned_rate` and exported SavedModels adapt with the meta-learned rates.
+    """
     out = model_dir(root_dir)
     os.makedirs(out, exist_ok=True)
     model = warped.model
+    rates = {}
+    if learned_rate is not None:
+        values = learned_rate.parameter_values()
+        if set(values) != set(warped.names["task"]):
+            raise ValueError(f"learned_rate does not belong to this model: its rates cover {sorted(values)}, the "
+                             f"model's task parameters are {sorted(warped.names['task'])}.")
+        rates = {"granularity": learned_rate.granularity, "minimum": learned_rate.minimum, "file": RATES_FILE,
+                 "parameters": list(values)}
+        tmp = os.path.join(out, "tmp-" + RATES_FILE)
+        with open(tmp, "wb") as f:
+            np.savez(f, **{str(i): v for i, v in enumerate(values.values())})
+        os.replace(tmp, os.path.join(out, RATES_FILE))
+    elif os.path.exists(os.path.join(out, RATES_FILE)):
+        os.remove(os.path.join(out, RATES_FILE))  # a stale file of an earlier run in this folder
     spec = AdaptationSpec(
         rule=rule.name,
         rule_hyperparameters=dict(rule.hyperparameters),
@@ -67,6 +102,7 @@ def save(root_dir, warped: WarpedModel, rule, *, loss, steps, batch_size, method
         task_family=task_family,
         extra=dict(extra or {}),
         training=bool(training),
+        learned_rate=rates,
     )
     tmp = os.path.join(out, "tmp-" + MODEL_FILE)
     model.save(tmp)
@@ -95,9 +131,17 @@ def _match_paths(roles, model):
     return {match(path): role for path, role in roles.items()}
 
 
+def _folder(root_dir):
+    return root_dir if os.path.exists(os.path.join(root_dir, SPEC_FILE)) else model_dir(root_dir)
+
+
 def load(root_dir):
-    """Load ``(WarpedModel, UpdateRule, AdaptationSpec)`` from a run directory (or its ``model/`` folder)."""
-    folder = root_dir if os.path.exists(os.path.join(root_dir, SPEC_FILE)) else model_dir(root_dir)
+    """Load ``(WarpedModel, UpdateRule, AdaptationSpec)`` from a run directory (or its ``model/`` folder).
+
+    A meta-learned inner rate is not part of the rule (which keeps the initial α₀): load it with
+    :func:`load_learned_rate`.
+    """
+    folder = _folder(root_dir)
     spec_path = os.path.join(folder, SPEC_FILE)
     if not os.path.exists(spec_path):
         raise FileNotFoundError(f"No trained warped model under {root_dir!r}: {spec_path} is missing "
@@ -126,7 +170,62 @@ def load(root_dir):
         why = "missing" if not os.path.exists(model_path) else "unreadable (not a .keras zip, or damaged)"
         raise ValueError(f"{model_path} is {why}: {str(e).splitlines()[0][:200]}") from e
     spec = spec._replace(roles=_match_paths(spec.roles, model))
+    if spec.learned_rate:
+        paths = list(_match_paths({p: p for p in spec.learned_rate.get("parameters", [])}, model))
+        spec = spec._replace(learned_rate=dict(spec.learned_rate, parameters=paths))
     warped = WarpedModel(model, variable_roles=spec.roles)
     hp = dict(spec.rule_hyperparameters)
     rule = update_rules.get(spec.rule, hp.pop("learning_rate"), **hp)
     return warped, rule, spec
+
+
+def learned_rate_granularity(spec):
+    """How the run's inner rate α was meta-learned: ``"scalar"``, ``"per_layer"``, ``"per_parameter"`` or None
+    (α fixed, the rule's).
+
+    Read from ``spec.learned_rate``; a run directory written before learned rates were saved with the model
+    only flags ``extra["learned_rate"]``, and then its method's row in
+    :mod:`warpgrad_tf.algorithms.methods` names the granularity.
+    """
+    if spec.learned_rate:
+        return spec.learned_rate["granularity"]
+    if not (spec.extra or {}).get("learned_rate"):
+        return None
+    from warpgrad_tf.algorithms import methods
+
+    method = methods.METHODS.get(spec.method)
+    if method is None or method.learned_rate is None:
+        raise ValueError(f"the run's warpgrad.json flags a meta-learned inner rate, but its method "
+                         f"{spec.method!r} learns none (methods: {sorted(methods.METHODS)}).")
+    return method.learned_rate
+
+
+def load_learned_rate(root_dir, warped, spec):
+    """The run's meta-learned :class:`~warpgrad_tf.learned_lr.LearnedRate` (values from
+    ``R/model/learned_rate.npz``), or None when ``spec`` records none.
+
+    Args:
+      root_dir: the run directory (or its ``model/`` folder), as for :func:`load`.
+      warped, spec: what :func:`load` returned for it.
+
+    Raises:
+      ValueError: the file is missing or damaged, or its rates do not fit ``warped``'s task parameters
+        (each message names the file).
+    """
+    info = dict(spec.learned_rate or {})
+    if not info:
+        return None
+    path = os.path.join(_folder(root_dir), info.get("file", RATES_FILE))
+    paths = list(info["parameters"])
+    try:
+        with np.load(path) as f:
+            arrays = [f[str(i)] for i in range(len(paths))]
+    except (OSError, KeyError, ValueError) as e:
+        why = "missing" if not os.path.exists(path) else f"unreadable or incomplete ({str(e).splitlines()[0][:200]})"
+        raise ValueError(f"{path} (the run's meta-learned inner rates) is {why}; re-run the trainer or restore "
+                         "the file.") from e
+    try:
+        return learned_lr.from_parameter_values(warped, info["granularity"], dict(zip(paths, arrays)),
+                                                info.get("minimum"))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e

@@ -30,6 +30,9 @@ from warpgrad_tf.adaptation import Trajectory, task_step
 from warpgrad_tf.losses import half_mse
 from warpgrad_tf.objectives import EXACT, MetaGradient, warp_objective
 
+__all__ = ["eq23_meta_gradient", "loss_curves", "sequence_batches", "subtask_losses", "subtask_weights",
+           "weighted_half_squared_error"]
+
 
 def subtask_weights(num_subtasks, steps_per_subtask):
     """The Eq. 23 weights ``w[t, i] = 1 / (n (T − i))`` for ``i ≤ t`` and 0 for later sub-tasks.
@@ -91,6 +94,14 @@ def sequence_batches(train_x, train_y, order):
     return batches
 
 
+def _float_dtype(params):
+    """The floating dtype of a parameter dict (float32 when it is empty): losses and accumulators use it."""
+    dtypes = {tf.as_dtype(v.dtype) for v in params.values()}
+    if len(dtypes) > 1:
+        raise ValueError(f"parameters of one model must share a float dtype; got {sorted(d.name for d in dtypes)}.")
+    return dtypes.pop() if dtypes else tf.float32
+
+
 def eq23_meta_gradient(warped, warp, trajectory: Trajectory, rule, batches, eval_x, eval_y, order, points,
                        steps_per_subtask, *, loss_fn=half_mse, objective=EXACT, frozen=None,
                        training=False) -> MetaGradient:
@@ -112,15 +123,17 @@ def eq23_meta_gradient(warped, warp, trajectory: Trajectory, rule, batches, eval
 
     Returns:
       :class:`~warpgrad_tf.objectives.MetaGradient` with the mean over points of the Eq. 23 meta-loss, of
-      the task loss, and of the gradients.
+      the task loss, and of the gradients, in the dtype of φ (float32 or float64: the weights ``w[t, i]``
+      and the accumulators follow the model).
     """
+    dtype = _float_dtype(warp)
     eval_x = tf.convert_to_tensor(eval_x)
     eval_y = tf.convert_to_tensor(eval_y)
     order = tf.convert_to_tensor(order, tf.int32)
     points = tf.convert_to_tensor(points, tf.int32)
     num_subtasks = eval_x.shape[0]
     m = tf.shape(eval_x)[1]
-    weights = tf.constant(subtask_weights(num_subtasks, steps_per_subtask), tf.float32)
+    weights = tf.constant(subtask_weights(num_subtasks, steps_per_subtask), dtype)
     # Held-out data in presentation order, flattened so one forward pass covers every sub-task.
     flat_x = tf.reshape(tf.gather(eval_x, order), tf.concat([[-1], tf.shape(eval_x)[2:]], 0))
     flat_y = tf.reshape(tf.gather(eval_y, order), tf.concat([[-1], tf.shape(eval_y)[2:]], 0))
@@ -129,20 +142,21 @@ def eq23_meta_gradient(warped, warp, trajectory: Trajectory, rule, batches, eval
     def body(j, meta_total, task_total, grads):
         k = points[j]
         position = k // steps_per_subtask
-        example_weights = tf.repeat(weights[position], m) / tf.cast(m, tf.float32)
+        example_weights = tf.repeat(weights[position], m) / tf.cast(m, dtype)
         theta_k, opt_k = trajectory.point(k)
         result = warp_objective(warped, warp, theta_k, opt_k, rule, batches(k), (flat_x, flat_y), loss_fn,
                                 objective=objective, meta_loss_fn=weighted_half_squared_error(example_weights),
                                 frozen=frozen, training=training)
-        grads = {name: grads[name] + result.grads[name] for name in grads}
-        return j + 1, meta_total + result.meta_loss, task_total + result.task_loss, grads
+        grads = {name: grads[name] + tf.cast(result.grads[name], grads[name].dtype) for name in grads}
+        return (j + 1, meta_total + tf.cast(result.meta_loss, dtype), task_total + tf.cast(result.task_loss, dtype),
+                grads)
 
     zeros = {name: tf.zeros_like(value) for name, value in warp.items()}
     _, meta_total, task_total, grads = tf.while_loop(
-        lambda j, *_: j < num_points, body, (tf.constant(0), tf.constant(0.0), tf.constant(0.0), zeros))
-    scale = 1.0 / tf.cast(tf.maximum(num_points, 1), tf.float32)
+        lambda j, *_: j < num_points, body, (tf.constant(0), tf.zeros([], dtype), tf.zeros([], dtype), zeros))
+    scale = 1.0 / tf.cast(tf.maximum(num_points, 1), dtype)
     return MetaGradient(meta_total * scale, task_total * scale,
-                        {name: g * scale for name, g in grads.items()}, None)
+                        {name: g * tf.cast(scale, g.dtype) for name, g in grads.items()}, None)
 
 
 def subtask_losses(warped, task, warp, eval_x, eval_y, *, frozen=None, state=None):
@@ -161,13 +175,13 @@ def loss_curves(warped, task, warp, rule, batches, eval_x, eval_y, steps, *, los
     """Adapt for ``steps`` continual SGD steps and record every sub-task's held-out loss (Fig. 12).
 
     Returns:
-      float32 ``[steps + 1, T]``: row ``k`` holds the Eq. 22 loss of θ_k on each sub-task (sub-task index
-      order), from θ_0 to θ_K.
+      ``[steps + 1, T]`` in the model's float dtype: row ``k`` holds the Eq. 22 loss of θ_k on each
+      sub-task (sub-task index order), from θ_0 to θ_K.
     """
     steps = tf.convert_to_tensor(steps, tf.int32)
     opt_state = rule.init(task)
     state = warped.values("state")
-    curves = tf.TensorArray(tf.float32, size=steps + 1)
+    curves = tf.TensorArray(_float_dtype(task), size=steps + 1)
 
     def body(k, task, opt_state, state, curves):
         curves = curves.write(k, subtask_losses(warped, task, warp, eval_x, eval_y, frozen=frozen,

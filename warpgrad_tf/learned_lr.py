@@ -8,7 +8,10 @@ learning rates, one per task parameter, through the MAML objective. Both are a :
   (a scalar variable, or a ``{parameter path: variable}`` dict);
 * the exact warp objective (Eq. 11) and MAML return the meta-gradient w.r.t. ``rates()``;
 * :meth:`LearnedRate.apply` clips it and applies it with a Keras optimizer; with ``minimum`` set the rate is
-  then explicitly held at or above that value (a visible step of the update, not a hidden property).
+  then explicitly held at or above that value (a visible step of the update, not a hidden property);
+* :meth:`LearnedRate.parameter_values` and :func:`from_parameter_values` are the saved form
+  (``{task parameter path: the rate α applied to it}``, one form for every granularity), which
+  :mod:`warpgrad_tf.artifacts` writes beside the model and exported SavedModels adapt with.
 
 Example::
 
@@ -20,7 +23,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import tensorflow as tf
+
+__all__ = ["GRANULARITIES", "LearnedRate", "from_parameter_values", "learned_rate"]
 
 GRANULARITIES = ("scalar", "per_layer", "per_parameter")
 
@@ -77,6 +83,12 @@ class LearnedRate(NamedTuple):
         """Current values ``{group: tensor}`` (for logs)."""
         return {g: tf.convert_to_tensor(v) for g, v in self.variables.items()}
 
+    def parameter_values(self):
+        """``{task parameter path: NumPy array}``: the rate α the inner step ``θ ← θ − α ∇L_task`` applies
+        to each task parameter (a scalar for ``"scalar"`` / ``"per_layer"``, the parameter's shape for
+        ``"per_parameter"``). The inverse of :func:`from_parameter_values`."""
+        return {path: np.array(self.variables[group].numpy()) for path, group in self.groups.items()}
+
 
 def _layer_of(path):
     return path.rsplit("/", 1)[0] if "/" in path else path
@@ -111,3 +123,38 @@ def learned_rate(warped, initial, granularity="scalar", minimum=None) -> Learned
         variables = {p: tf.Variable(tf.fill(v.shape, tf.cast(initial, dtype)), trainable=True, name="inner_lr")
                      for p, v in task.items()}
     return LearnedRate(granularity, variables, groups, None if minimum is None else float(minimum))
+
+
+def from_parameter_values(warped, granularity, values, minimum=None) -> LearnedRate:
+    """A :class:`LearnedRate` of ``warped`` holding given rates (the saved form of
+    :meth:`LearnedRate.parameter_values`).
+
+    Args:
+      warped: the :class:`~warpgrad_tf.WarpedModel` whose task parameters the rates belong to.
+      granularity: one of ``GRANULARITIES``.
+      values: ``{task parameter path: rate}`` with exactly ``warped``'s task parameters; parameters that
+        share one learned rate (all of them for ``"scalar"``, a layer's for ``"per_layer"``) must carry
+        equal values. Learned rates may be any real number (Meta-SGD rates can change sign).
+      minimum: the lower bound of the run's rates, or None (kept for further meta-training).
+
+    Raises:
+      ValueError: naming the parameters that are missing or unexpected, a rate whose shape does not fit, or a
+        group whose parameters disagree.
+    """
+    rate = learned_rate(warped, 1.0, granularity, minimum)  # placeholder α0, overwritten below
+    missing, unexpected = sorted(set(rate.groups) - set(values)), sorted(set(values) - set(rate.groups))
+    if missing or unexpected:
+        raise ValueError(f"learned rates must cover exactly the task parameters: missing {missing}, "
+                         f"unexpected {unexpected}.")
+    for group, variable in rate.variables.items():
+        members = [path for path, g in rate.groups.items() if g == group]
+        value = np.asarray(values[members[0]])
+        if value.shape != tuple(variable.shape):
+            raise ValueError(f"learned rate of {members[0]!r} ({granularity}) must have shape "
+                             f"{tuple(variable.shape)}; got {value.shape}.")
+        differ = [p for p in members[1:] if not np.array_equal(np.asarray(values[p]), value)]
+        if differ:
+            raise ValueError(f"{granularity} learned rate {group!r}: parameters {[members[0]] + differ} carry "
+                             "different values, but share one rate.")
+        variable.assign(value.astype(variable.dtype.as_numpy_dtype))
+    return rate

@@ -12,7 +12,9 @@ Signatures (also callable as attributes of the loaded object):
     ``{parameter name: θ_K}`` — K = ``steps`` updates ``θ_{k+1} = θ_k − α ∇L_task(θ_k; φ)`` with φ fixed
     (Alg. 1, lines 7–8), running the training run's inner rule (SGD or momentum) on mini-batches drawn from
     the support set with :func:`warpgrad_tf.adaptation.minibatches` — the same stateless draws as in
-    training for the same seed.
+    training for the same seed. α is the rule's, or — for a run that meta-learned it (Meta-SGD, Eq. 3:
+    ``θ_{k+1} = θ_k − α ⊙ ∇L_task``; the learned α of App. F; :mod:`warpgrad_tf.learned_lr`) — the learned
+    rates (one scalar, one per layer or one per parameter), held in the SavedModel beside θ0 and φ.
 ``predict(x, task_parameters)``
     ``{"outputs": f(x; θ, φ)}`` under the given task parameters (e.g. the dict ``adapt`` returned); the
     serving signature ``signatures["predict"](x=..., **task_parameters)`` takes them as keywords.
@@ -21,7 +23,10 @@ Signatures (also callable as attributes of the loaded object):
 ``metadata()``
     input shape and dtype, output shape, number of outputs, loss and label dtype, inner rule and learning
     rate, default steps, batch size, mini-batch seed, BatchNorm mode, method, training step, package version
-    and the parameter-name mapping, plus the whole description as JSON (``spec_json``).
+    and the parameter-name mapping, plus the whole description as JSON (``spec_json``). ``learning_rate`` is
+    the α adaptation uses when it is one number (a learned scalar included); with per-layer or per-parameter
+    learned rates it is the initial α₀, and ``spec_json``'s ``learned_rate`` describes the learned ones
+    (granularity, count, mean, min, max; None when α is not learned).
 
 Parameter names: signature keys must be identifiers, so variable paths are sanitised
 (``"sequential/dense/kernel"`` → ``"sequential__dense__kernel"``); ``metadata()`` maps one to the other.
@@ -37,7 +42,8 @@ the wrong dtype before the graph runs; :mod:`export.load` turns that into a name
 Example::
 
     warped, rule, spec = warpgrad_tf.artifacts.load("runs/demo")
-    AdaptiveModelSaver(warped, rule, spec).save("runs/demo/saved_model")
+    rate = warpgrad_tf.artifacts.load_learned_rate("runs/demo", warped, spec)  # None unless α was learned
+    AdaptiveModelSaver(warped, rule, spec, learned_rate=rate).save("runs/demo/saved_model")
 
     # anywhere, TensorFlow only:
     model = tf.saved_model.load("runs/demo/saved_model")
@@ -52,10 +58,15 @@ import re
 import shutil
 import tempfile
 
+import numpy as np
 import tensorflow as tf
 
-from warpgrad_tf import adaptation, losses
+from warpgrad_tf import adaptation, artifacts, learned_lr, losses
 from warpgrad_tf.version import __version__
+
+__all__ = ["MAX_STEPS", "SIGNATURES", "AdaptiveModelSaver", "check_scalar", "check_task_parameters",
+           "checkpoint_objects", "checkpoint_path", "export", "latest_checkpoint_dir", "parameter_names",
+           "restore_checkpoint", "save_module", "signature_name"]
 
 SIGNATURES = ("adapt", "predict", "adapt_and_predict", "metadata")
 _RESERVED = {"x", "support_x", "support_y", "query_x", "steps", "outputs"}
@@ -181,19 +192,33 @@ class AdaptiveModelSaver:
         method, training step; ``training`` — the BatchNorm mode — if present, else ``True``).
       seed: mini-batch seed of :func:`~warpgrad_tf.adaptation.minibatches` (``spec.extra["minibatch_seed"]``
         if present, else 0).
+      learned_rate: the run's meta-learned :class:`~warpgrad_tf.learned_lr.LearnedRate` (scalar, per layer or
+        per parameter; e.g. :func:`warpgrad_tf.artifacts.load_learned_rate`), whose *current* values the
+        SavedModel adapts with instead of ``rule``'s α; None: the rule's α.
 
     Raises:
-      ValueError: the model has more than one input or output, or the spec's loss is unknown.
+      ValueError: the model has more than one input or output, the spec's loss is unknown, ``learned_rate``
+        does not cover the model's task parameters, or the spec records a meta-learned rate and none is given
+        (exporting it with the initial α would adapt differently from the trained learner).
     """
 
-    def __init__(self, warped, rule, spec, *, seed=None):
+    def __init__(self, warped, rule, spec, *, seed=None, learned_rate=None):
         model = warped.model
         if len(model.inputs) != 1 or len(model.outputs) != 1:
             raise ValueError(f"Only single-input, single-output models can be exported; {model.name!r} has "
                              f"{len(model.inputs)} inputs and {len(model.outputs)} outputs.")
+        required = artifacts.learned_rate_granularity(spec) if isinstance(spec, artifacts.AdaptationSpec) else None
+        if learned_rate is None and required is not None:
+            raise ValueError(f"the run meta-learned its inner learning rates ({required}); pass them as "
+                             "learned_rate=artifacts.load_learned_rate(...) (adapting with the rule's initial α "
+                             f"{float(rule.learning_rate):g} would not be the trained learner).")
+        if learned_rate is not None and set(learned_rate.groups) != set(warped.names["task"]):
+            raise ValueError(f"learned_rate covers {sorted(learned_rate.groups)}, not the model's task parameters "
+                             f"{sorted(warped.names['task'])}.")
         self._warped = warped
         self._rule = rule
         self._spec = spec
+        self._learned_rate = learned_rate
         self._loss_fn = losses.get(spec.loss)
         self._training = bool(getattr(spec, "training", True))
         extra = dict(getattr(spec, "extra", {}) or {})
@@ -222,6 +247,15 @@ class AdaptiveModelSaver:
         self._warp_paths = list(warped.names["warp"])
         self._frozen_paths = list(warped.names["frozen"])
         self._state_paths = list(warped.state_names)
+        self._learned_description = None
+        if learned_rate is not None:  # the rate α of each task parameter (a scalar or the parameter's shape)
+            rates = learned_rate.parameter_values()
+            module.inner_rates = {name: tf.Variable(rates[path], trainable=False, name=name + "__inner_rate")
+                                  for name, path in self.names.items()}
+            values = np.concatenate([np.ravel(v.numpy()) for v in learned_rate.variables.values()]).astype(np.float64)
+            self._learned_description = {
+                "granularity": learned_rate.granularity, "minimum": learned_rate.minimum, "rates": int(values.size),
+                "mean": float(values.mean()), "min": float(values.min()), "max": float(values.max())}
         self.module = module
 
         x_spec = lambda name: tf.TensorSpec(None, self._input_dtype, name=name)  # noqa: E731
@@ -250,6 +284,10 @@ class AdaptiveModelSaver:
         """Everything ``metadata()`` reports, as a JSON-friendly dict."""
         spec = self._spec
         hp = dict(self._rule.hyperparameters)
+        learned = self._learned_description
+        learning_rate = float(self._rule.learning_rate)
+        if learned is not None and learned["granularity"] == "scalar":
+            learning_rate = learned["mean"]
         return {
             "input_shape": self._input_shape,
             "input_dtype": self._input_dtype.name,
@@ -258,7 +296,8 @@ class AdaptiveModelSaver:
             "loss": spec.loss,
             "label_dtype": self._label_dtype.name,
             "rule": self._rule.name,
-            "learning_rate": float(self._rule.learning_rate),
+            "learning_rate": learning_rate,
+            "learned_rate": learned,
             "rule_hyperparameters": hp,
             "steps": int(spec.steps),
             "batch_size": self._batch_size,
@@ -309,6 +348,12 @@ class AdaptiveModelSaver:
         state = {p: tf.convert_to_tensor(v) for p, v in zip(self._state_paths, m.state)}
         return task, warp, frozen, state
 
+    def _learning_rate(self):
+        """The inner step size of adaptation: None (the rule's α) or the learned ``{path: α}``."""
+        if self._learned_rate is None:
+            return None
+        return {self.names[name]: tf.convert_to_tensor(v) for name, v in self.module.inner_rates.items()}
+
     def _check_inputs(self, x, arg):
         x = _shape_assert(x, self._input_shape, arg)
         finite = tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(x)), [f"{arg} holds non-finite values"],
@@ -345,7 +390,8 @@ class AdaptiveModelSaver:
         task, warp, frozen, state = self._values()
         batches = adaptation.minibatches(support_x, support_y, self._batch_size, self._seed)
         result = adaptation.adapt(self._warped, task, warp, self._rule, batches, self._loss_fn, steps,
-                                  state=state, frozen=frozen, training=self._training)
+                                  state=state, frozen=frozen, training=self._training,
+                                  learning_rate=self._learning_rate())
         return result.task, result.state
 
     def _adapt(self, support_x, support_y, steps):
@@ -454,7 +500,34 @@ def latest_checkpoint_dir(root_dir):
     raise FileNotFoundError(f"No checkpoint at {folder!r}{hint}.")
 
 
-def restore_checkpoint(warped, checkpoint):
+def _restore_rates(path, learned_rate):
+    """Assign the checkpoint's ``inner_rates`` (the trainers' ``list(rate.variables.values())``) to
+    ``learned_rate``'s variables, after checking count and shapes; a run/checkpoint mismatch either way is a
+    ValueError."""
+    names = checkpoint_objects(path).get("inner_rates")
+    if learned_rate is None:
+        if names:
+            raise ValueError(f"Checkpoint {path} holds {len(names)} meta-learned inner rates, but the run's "
+                             "R/model records no learned rate: is it from another run?")
+        return
+    variables = list(learned_rate.variables.values())
+    if not names:
+        raise ValueError(f"Checkpoint {path} holds no meta-learned inner rates ('inner_rates'), but the run "
+                         f"learned {learned_rate.granularity} rates: is it from another run?")
+    if len(names) != len(variables):
+        raise ValueError(f"Checkpoint {path} stores {len(names)} inner rates; the run's {learned_rate.granularity} "
+                         f"learned rate has {len(variables)}: is it from another run?")
+    reader = tf.train.load_checkpoint(path)
+    values = [reader.get_tensor(f"inner_rates/{i}/.ATTRIBUTES/VARIABLE_VALUE") for i in range(len(variables))]
+    for (group, v), value in zip(learned_rate.variables.items(), values):
+        if tuple(value.shape) != tuple(v.shape):
+            raise ValueError(f"Checkpoint {path}: inner rate {group!r} has shape {tuple(value.shape)} there and "
+                             f"{tuple(v.shape)} in this run: is it from another run?")
+    for v, value in zip(variables, values):
+        v.assign(value)
+
+
+def restore_checkpoint(warped, checkpoint, learned_rate=None):
     """Restore a warped model's weights from a trainer checkpoint (a prefix, or a folder: its latest).
 
     Trainer checkpoints (:class:`trainers.common.Checkpointer`) hold the global step under ``step`` and
@@ -462,6 +535,11 @@ def restore_checkpoint(warped, checkpoint):
     few-shot trainers and their ``R/best/best`` checkpoints save it) or lists of role variables under
     ``task`` / ``warp`` / ``frozen`` (in :meth:`~warpgrad_tf.WarpedModel.variables` order). Whatever the
     checkpoint holds is restored (every object must match); the rest keeps the values of ``model.keras``.
+
+    A run that meta-learned its inner rate (the few-shot trainer's Meta-SGD) checkpoints the rates as
+    ``inner_rates`` (``list(rate.variables.values())``); they are restored into ``learned_rate`` (the run's
+    :class:`~warpgrad_tf.learned_lr.LearnedRate`), which must then be given — and a checkpoint without them
+    is refused, as is one with rates for a run that learned none.
 
     Returns:
       the checkpoint's global step (the training step of the restored weights), or None when it holds none
@@ -482,6 +560,7 @@ def restore_checkpoint(warped, checkpoint):
             if tuple(value.shape) != tuple(v.shape):
                 raise ValueError(f"Checkpoint {path}: model variable {v.path!r} has shape {tuple(value.shape)} "
                                  f"there and {tuple(v.shape)} in R/model/model.keras: is it from another run?")
+        _restore_rates(path, learned_rate)
         for v, value in zip(variables, values):
             v.assign(value)
         has_step = reader.has_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")
@@ -507,6 +586,7 @@ def restore_checkpoint(warped, checkpoint):
                              f"tf.train.Checkpoint cannot reach {missed} (layers held in Python lists); export "
                              "R/model/model.keras instead, or checkpoint the role variables as lists "
                              "(task=[...], warp=[...]).")
+    _restore_rates(path, learned_rate)
     status = ckpt.restore(path)
     status.expect_partial()
     status.assert_existing_objects_matched()
@@ -519,26 +599,40 @@ def export(root_dir, output, checkpoint=None, seed=None, overwrite=True):
     Args:
       root_dir: the run directory (``R/model/model.keras`` + ``warpgrad.json``, see :mod:`warpgrad_tf.artifacts`).
       output: the SavedModel folder to write.
-      checkpoint: optional checkpoint prefix or folder whose model weights replace those of ``model.keras``
-        (``"latest"`` = the newest under ``R/checkpoints``); the training step is taken from it.
+      checkpoint: optional checkpoint prefix or folder whose model weights (and meta-learned inner rates)
+        replace those of ``R/model`` (``"latest"`` = the newest under ``R/checkpoints``); the training step is
+        taken from it.
       seed: mini-batch seed (default: the spec's, else 0).
+
+    A run that meta-learned its inner rate is exported with the learned rates (``R/model/learned_rate.npz``,
+    or the checkpoint's). A run directory written before those were saved has them only in its
+    checkpoints: it exports with ``checkpoint`` and is refused without (a ValueError saying so) rather than
+    exported with the initial α.
 
     Returns:
       ``(output folder, description dict)``.
 
     A maze agent run (``R/model/agent.json``) is exported by :func:`warpgrad_tf.serving_rl.export` instead.
     """
-    from warpgrad_tf import artifacts, serving_rl
+    from warpgrad_tf import serving_rl
 
     if serving_rl.is_agent_run(root_dir):
         return serving_rl.export(root_dir, output, checkpoint=checkpoint, seed=seed, overwrite=overwrite)
     _check_output(output, overwrite)  # before the (slow) tracing
     warped, rule, spec = artifacts.load(root_dir)
+    rate = artifacts.load_learned_rate(root_dir, warped, spec)
+    granularity = artifacts.learned_rate_granularity(spec)
+    if rate is None and granularity is not None:  # written before the rates were saved with the model
+        if not checkpoint:
+            raise ValueError(f"{root_dir}: the run meta-learned its inner learning rates ({granularity}), but its "
+                             f"model folder holds none ({artifacts.RATES_FILE}; written by an older version): export "
+                             "with --checkpoint=latest (or R/best/best), whose inner_rates are used.")
+        rate = learned_lr.learned_rate(warped, rule.learning_rate, granularity)  # values from the checkpoint
     if checkpoint:
         if checkpoint == "latest":
             checkpoint = latest_checkpoint_dir(root_dir)
-        step = restore_checkpoint(warped, checkpoint)
+        step = restore_checkpoint(warped, checkpoint, learned_rate=rate)
         if step is not None:
             spec = spec._replace(training_step=step)
-    saver = AdaptiveModelSaver(warped, rule, spec, seed=seed)
+    saver = AdaptiveModelSaver(warped, rule, spec, seed=seed, learned_rate=rate)
     return saver.save(output, overwrite=overwrite), saver.description()

@@ -32,6 +32,8 @@ from keras import ops
 
 from warpgrad_tf.layers.batch_norm import BatchNormalization
 
+__all__ = ["DiracInitializer", "WarpBlock"]
+
 _PACKAGE = "warpgrad_tf"
 _KINDS = ("conv", "dense", "scale")
 _BN_POSITIONS = (None, "before", "after")
@@ -41,8 +43,13 @@ _BN_POSITIONS = (None, "before", "after")
 class DiracInitializer(keras.initializers.Initializer):
     """Identity kernel for a ``Conv2D`` with equal in/out channels: the convolution is the identity map.
 
-    For a kernel of shape ``(kh, kw, c, c)`` the centre tap is ``I_c`` and every other tap is zero, so
-    a warp initialised this way leaves the task learner's function (and its gradients) unchanged.
+    For a kernel of shape ``(kh, kw, c, c)`` the tap ``((kh − 1) // 2, (kw − 1) // 2)`` is ``I_c`` and
+    every other tap is zero, so a warp initialised this way leaves the task learner's function (and its
+    gradients, Eq. 6 with ``Dω = I``) unchanged. That tap is the centre of an odd kernel; for an even
+    kernel it is the tap that ``padding="same"`` aligns with each output pixel: TensorFlow (and XLA) pad
+    ``(k − 1) // 2`` before and the extra pixel after, so output ``i`` sees inputs ``i − (k − 1) // 2 …
+    i + k // 2`` and the ``(k − 1) // 2``-th tap is input ``i`` itself (``k // 2`` would shift the map by
+    one pixel).
     """
 
     def __init__(self, gain=1.0):
@@ -55,7 +62,7 @@ class DiracInitializer(keras.initializers.Initializer):
             )
         kh, kw, c, _ = shape
         kernel = np.zeros(shape, dtype="float64")
-        kernel[kh // 2, kw // 2] = self.gain * np.eye(c)
+        kernel[(kh - 1) // 2, (kw - 1) // 2] = self.gain * np.eye(c)
         return ops.convert_to_tensor(kernel, dtype=dtype or keras.config.floatx())
 
     def get_config(self):
@@ -88,7 +95,8 @@ class WarpBlock(keras.layers.Layer):
 
     Args:
       kind: ``"conv"``, ``"dense"`` or ``"scale"``.
-      kernel_size: spatial size of convolution kernels (``kind="conv"`` only).
+      kernel_size: spatial size of convolution kernels (``kind="conv"`` only; odd or even, the identity
+        initialisation is exact for both, see :class:`DiracInitializer`).
       num_layers: number of linear maps in the stack (≥ 1).
       hidden_units: width of hidden maps; defaults to the input width.
       activation: activation after each hidden map (ignored when ``num_layers == 1``).

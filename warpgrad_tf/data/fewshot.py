@@ -51,6 +51,10 @@ from PIL import Image
 
 from warpgrad_tf.data import omniglot as og
 
+__all__ = ["ClassSplit", "DATASETS", "detect_format", "Episode", "FewShotDataError", "FewShotEpisodes",
+           "FewShotNotFoundError", "FORMATS", "omniglot_alphabet_split", "read_folders", "read_mini_pickle",
+           "read_omniglot", "read_tiered_pickle", "SPLITS"]
+
 SPLITS = ("train", "val", "test")
 FORMATS = ("mini_pickle", "tiered_pickle", "folders", "omniglot")
 DATASETS = ("miniimagenet", "tieredimagenet", "omniglot")

@@ -47,6 +47,10 @@ from PIL import Image
 
 from warpgrad_tf.adaptation import minibatches
 
+__all__ = ["affine_transform", "augmented_minibatches", "find_sources", "load_images", "OmniglotAlphabets",
+           "OmniglotDataError", "OmniglotNotFoundError", "OmniglotTask", "OmniglotTasks", "random_affine", "Source",
+           "SPLITS"]
+
 _IMAGE_EXT = ".png"
 _CACHE_ENV = "WARPGRAD_TFDS_DIR"
 SPLITS = ("train", "val", "test")

@@ -310,46 +310,6 @@ def loop_sum(count, fn, initial):
     return total
 
 
-def meta_train(step_fn, start, total_steps, checkpointer, writers, *, log_every=10, checkpoint_every=100,
-               after_step=None, desc="meta-train", postfix="meta_loss"):
-    """The meta-training loop of a single-process trainer: progress bar, summaries, checkpoints, interruption.
-
-    Runs ``step_fn(step)`` for ``step = start, …, total_steps − 1``. ``step_fn`` performs one meta step and
-    returns a dict of scalar summaries; every ``log_every`` steps (and at the last) they are written to
-    ``writers.train`` with ``steps_per_sec``. ``after_step(step)`` (1-based count of completed steps) runs after
-    each step, e.g. for periodic validation. A checkpoint is saved every ``checkpoint_every`` steps and when
-    the loop ends; SIGINT / SIGTERM stop it cleanly after the current step (:class:`Interrupt`).
-
-    Returns:
-      ``(step, interrupted)``: the number of completed steps and whether a signal stopped the loop.
-    """
-    import time
-
-    step = int(start)
-    total_steps = int(total_steps)
-    with Interrupt() as interrupt:
-        bar = progress(total_steps, initial=min(step, total_steps), desc=desc)
-        tic = time.time()
-        while step < total_steps and not interrupt.requested:
-            summaries = step_fn(step)
-            step += 1
-            bar.update(1)
-            if step % log_every == 0 or step == total_steps:
-                summaries = dict(summaries, steps_per_sec=log_every / max(time.time() - tic, 1e-9))
-                writers.scalars(writers.train, step, summaries)
-                if postfix in summaries:
-                    bar.set_postfix({postfix: f"{float(summaries[postfix]):.4f}"})
-                tic = time.time()
-            if after_step is not None:
-                after_step(step)
-            if step % checkpoint_every == 0:
-                checkpointer.save(step)
-        bar.close()
-        if step > start:
-            checkpointer.save(step)
-    return step, interrupt.requested
-
-
 def meta_optimizer(name, learning_rate, flag="train_eval.meta_optimizer"):
     """The Keras meta-optimiser ``name`` (``"sgd"`` or ``"adam"``); an unknown name is an error naming ``flag``."""
     import keras

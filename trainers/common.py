@@ -1,5 +1,6 @@
 """What every trainer binary shares: absl flags for gin, run directories, TensorBoard writers,
-checkpoint-and-resume with graceful interruption, a progress bar and results files.
+checkpoint-and-resume, the signal flag and progress bar of the training loop (:mod:`trainers.loop`) and
+results files.
 
 A trainer module defines one ``@gin.configurable train_eval(root_dir, ...)`` and ends with::
 
@@ -28,6 +29,10 @@ import gin  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
+
+__all__ = ["FLAGS", "Checkpointer", "ConfigError", "Interrupt", "Placement", "SummaryWriters", "check_binding_types",
+           "define_flags", "loop_sum", "meta_optimizer", "parse_gin", "place_run", "progress", "run_main",
+           "write_json", "write_operative_config"]
 
 FLAGS = flags.FLAGS
 
@@ -165,7 +170,8 @@ class SummaryWriters:
 
 
 class Interrupt:
-    """Turns SIGTERM / SIGINT into a flag the training loop polls, so it can checkpoint and stop cleanly.
+    """Turns SIGTERM / SIGINT into a flag that :func:`trainers.loop.train_loop` polls after every step, so it
+    can checkpoint and stop cleanly.
 
     Use as a context manager; a second signal while handling the first exits immediately.
     """

@@ -134,10 +134,10 @@ def train_loop(step_fn, *, start, total_steps, checkpointer, log, log_every=10, 
     2. ``budget()`` (if given) is asked whether the compute budget is spent;
     3. every ``eval_every`` steps, after the last and when the budget is spent: ``score = validate(n)``,
        offered to ``best`` (a :class:`Best`);
-    4. ``checkpointer.save(n)`` (then ``on_save(n)``) every ``checkpoint_every`` steps and after a
-       validation, so the best record and the checkpoint stay in step;
+    4. ``checkpointer.save(n)`` (then ``on_save(n)``) every ``checkpoint_every`` steps (None: never on a
+       schedule) and after a validation, so the best record and the checkpoint stay in step;
     5. after a SIGINT / SIGTERM (:class:`trainers.common.Interrupt`): a checkpoint at ``n``, then
-       :class:`Interrupted` (``"interrupted at <unit> n: checkpoint saved, re-run to resume"``);
+       :class:`Interrupted`, naming ``unit`` and ``n``;
     6. a spent budget ends the loop.
 
     With ``validate_first`` a fresh run (``start == 0``) validates its initial parameters at step 0 (they
@@ -185,7 +185,7 @@ def train_loop(step_fn, *, start, total_steps, checkpointer, log, log_every=10, 
                 validated = validate is not None and (step % eval_every == 0 or step == total or spent)
                 if validated:
                     bar.set_postfix(run_validation())
-                if step % checkpoint_every == 0 or validated:
+                if validated or (checkpoint_every and step % checkpoint_every == 0):
                     save()
                 if interrupt.requested:
                     save()

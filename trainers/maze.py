@@ -55,7 +55,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -65,7 +64,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
-from trainers import common  # noqa: E402
+from trainers import common, loop  # noqa: E402
 from warpgrad_tf import distribute  # noqa: E402
 from warpgrad_tf.envs import MazeEnv  # noqa: E402
 from warpgrad_tf.layers.rnn import CELLS, make_cell  # noqa: E402
@@ -247,39 +246,36 @@ def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, ep
                                  jit_compile=jit_compile, strategy=strategy if distributed else None)
 
     history = [h for h in _load_history(root_dir) if h["iteration"] < start]
-    step = start
-    tic, tic_step, interrupted = time.time(), start, False
     logging.info("%s: %s; %d episodes per batch over %d replica(s)", cell, warped, batch_size, replicas)
-    with common.Interrupt() as interrupt:
-        bar = common.progress(num_iterations, initial=min(start, num_iterations), desc=f"maze {cell}")
-        while step < num_iterations and not interrupt.requested:
-            metrics, grads_task, grads_warp = train_step(tf.constant(seed * SEED_STRIDE + step, tf.int64))
-            task_optimizer.apply_gradients(zip(grads_task, task_vars))
-            if accumulator is not None:  # Algorithm 3: accumulate g_φ, update φ every η-th task update
-                accumulator.add(grads_warp)
-                if int(accumulator.count.numpy()) == warp_period:
-                    warp_optimizer.apply_gradients(zip(accumulator.pop_mean(), warp_vars))
-            step += 1
-            history.append({"iteration": step - 1, "episodes": step * batch_size,
-                            "mean_return": float(metrics["mean_episode_return"])})
-            bar.update(1)
-            if step % log_every == 0 or step == num_iterations:
-                elapsed = max(time.time() - tic, 1e-9)
-                values = {k: float(v) for k, v in metrics.items()}
-                values["episodes_per_sec"] = (step - tic_step) * batch_size / elapsed
-                values["recent_mean_return"] = float(np.mean([h["mean_return"] for h in history[-log_every:]]))
-                if accumulator is not None:
-                    values["warp_updates"] = int(accumulator.updates.numpy())
-                writers.scalars(writers.train, step * batch_size, values)
-                bar.set_postfix(ret=f"{values['recent_mean_return']:.1f}", eps=f"{values['episodes_per_sec']:.0f}")
-                tic, tic_step = time.time(), step
-            if step % checkpoint_every == 0:
-                checkpointer.save(step)
-                _write_history(root_dir, cell, seed, batch_size, replicas, history)
-        bar.close()
-        interrupted = interrupt.requested
-    if step > start:
-        checkpointer.save(step)
+
+    def iteration(step):
+        metrics, grads_task, grads_warp = train_step(tf.constant(seed * SEED_STRIDE + step, tf.int64))
+        task_optimizer.apply_gradients(zip(grads_task, task_vars))
+        if accumulator is not None:  # Algorithm 3: accumulate g_φ, update φ every η-th task update
+            accumulator.add(grads_warp)
+            if int(accumulator.count.numpy()) == warp_period:
+                warp_optimizer.apply_gradients(zip(accumulator.pop_mean(), warp_vars))
+        history.append({"iteration": step, "episodes": (step + 1) * batch_size,
+                        "mean_return": float(metrics["mean_episode_return"])})
+        return metrics
+
+    def log(step, metrics, steps_per_sec):  # TensorBoard's x-axis: episodes
+        values = {k: float(v) for k, v in metrics.items()}
+        values["episodes_per_sec"] = steps_per_sec * batch_size
+        values["recent_mean_return"] = float(np.mean([h["mean_return"] for h in history[-log_every:]]))
+        if accumulator is not None:
+            values["warp_updates"] = int(accumulator.updates.numpy())
+        writers.scalars(writers.train, step * batch_size, values)
+        return {"ret": f"{values['recent_mean_return']:.1f}", "eps": f"{values['episodes_per_sec']:.0f}"}
+
+    interrupted = None
+    try:
+        step, _ = loop.train_loop(
+            iteration, start=start, total_steps=num_iterations, checkpointer=checkpointer, log=log,
+            log_every=log_every, checkpoint_every=checkpoint_every, desc=f"maze {cell}", unit="iteration",
+            on_save=lambda step: _write_history(root_dir, cell, seed, batch_size, replicas, history))
+    except loop.Interrupted as stop:  # checkpointed; the agent, history and figure are saved first
+        step, interrupted = stop.step, stop
     if step > start or not is_agent_run(root_dir):  # what export needs (R/model), at the checkpoint's step
         save_agent(root_dir, warped, task_optimizer, cell=cell, discount=discount, value_coef=value_coef,
                    entropy_coef=entropy_coef, training_step=step,
@@ -289,8 +285,8 @@ def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, ep
     summary = _write_history(root_dir, cell, seed, batch_size, replicas, history)
     if plot:
         plot_returns(os.path.dirname(os.path.abspath(root_dir)), os.path.join(root_dir, "returns.png"))
-    if interrupted:  # checkpoint, history and agent saved above; run_main reports it (exit status 130)
-        raise KeyboardInterrupt(f"interrupted at iteration {step}: checkpoint saved, re-run to resume")
+    if interrupted is not None:  # run_main reports it in one line (exit status 130)
+        raise interrupted
     logging.info("Summary: %s", summary)
     return summary
 

@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 import warpgrad_tf as wg
-from trainers import common
+from trainers import common, loop
 from warpgrad_tf import algorithms, distribute
 
 # ---------------------------------------------------------------------------------------------- model
@@ -129,21 +129,14 @@ def meta_train_warp(problem, writers, checkpoint_dir, meta_steps, meta_batch_siz
             metrics = step_fn(batch, list(range(meta_batch_size)))
             return metrics["meta_loss"], metrics["task_loss_last"]
 
-    bar = common.progress(meta_steps, initial=start, desc="meta-train warp")
-    with common.Interrupt() as interrupt:
-        for step in range(start, meta_steps):
-            batch = problem.family.sample_batch(problem.train_seeds(step, meta_batch_size))
-            meta_loss, task_loss = meta_step(*batch)
-            bar.update(1)
-            if (step + 1) % log_every == 0 or step + 1 == meta_steps:
-                bar.set_postfix(meta_loss=f"{float(meta_loss):.3f}")
-                writers.scalars(writers.train, step + 1, {"warp/meta_loss": meta_loss,
-                                                          "warp/final_task_loss": task_loss})
-            if interrupt.requested:
-                ckpt.save(step + 1)
-                raise KeyboardInterrupt("interrupted: checkpoint saved, re-run to resume")
-    bar.close()
-    ckpt.save(meta_steps)
+    def train_step(step):
+        batch = problem.family.sample_batch(problem.train_seeds(step, meta_batch_size))
+        meta_loss, task_loss = meta_step(*batch)
+        return {"warp/meta_loss": meta_loss, "warp/final_task_loss": task_loss}
+
+    loop.train_loop(train_step, start=start, total_steps=meta_steps, checkpointer=ckpt, checkpoint_every=None,
+                    log=loop.scalar_log(writers, show="warp/meta_loss", rate=None), log_every=log_every,
+                    desc="meta-train warp")
     writers.histograms(writers.train, meta_steps, {f"warp/{k}": v for k, v in warp_vars.items()})
     return Trained(problem.init_task, problem.warped.values("warp"), meta_steps)
 
@@ -186,20 +179,14 @@ def meta_train_init(problem, writers, checkpoint_dir, method, meta_steps, meta_b
     optimizers = algorithms.meta_optimizers(warp=warp_opt, init=init_opt)
     step_fn = algorithms.online_step(warped, learner, optimizers, strategy=problem.strategy)
 
-    bar = common.progress(meta_steps, initial=start, desc=f"meta-train {method}")
-    with common.Interrupt() as interrupt:
-        for step in range(start, meta_steps):
-            seeds = problem.train_seeds(step, meta_batch_size)
-            metrics = step_fn(problem.family.sample_batch(seeds), seeds)
-            bar.update(1)
-            if (step + 1) % log_every == 0 or step + 1 == meta_steps:
-                bar.set_postfix(task_loss=f"{float(metrics['task_loss_last']):.3f}")
-                writers.scalars(writers.train, step + 1, {f"{method}/{k}": v for k, v in metrics.items()})
-            if interrupt.requested:
-                ckpt.save(step + 1)
-                raise KeyboardInterrupt("interrupted: checkpoint saved, re-run to resume")
-    bar.close()
-    ckpt.save(meta_steps)
+    def train_step(step):
+        seeds = problem.train_seeds(step, meta_batch_size)
+        metrics = step_fn(problem.family.sample_batch(seeds), seeds)
+        return {f"{method}/{k}": v for k, v in metrics.items()}
+
+    loop.train_loop(train_step, start=start, total_steps=meta_steps, checkpointer=ckpt, checkpoint_every=None,
+                    log=loop.scalar_log(writers, show=f"{method}/task_loss_last", rate=None), log_every=log_every,
+                    desc=f"meta-train {method}")
     return Trained(warped.values("task"), warped.values("warp"), meta_steps)
 
 

@@ -262,8 +262,8 @@ class AgentSaver:
         hp = spec.optimizer
         if hp["name"] != "adam":
             raise ValueError(f"Unknown task optimiser {hp['name']!r} in {AGENT_FILE}; only 'adam' is exported.")
-        self._clip = float(hp["global_clipnorm"] or 0.0)
-        self._rule = clipped(adam(hp["learning_rate"], hp["beta_1"], hp["beta_2"], hp["epsilon"]), self._clip)
+        self._rule = clipped(adam(hp["learning_rate"], hp["beta_1"], hp["beta_2"], hp["epsilon"]),
+                             float(hp["global_clipnorm"] or 0.0))  # the trainer's Keras Adam(global_clipnorm)
         self._obs, self._num_actions = int(spec.observation_size), int(spec.num_actions)
         self._state_names = [f"state_{i}" for i in range(len(spec.state_sizes))]
         self.names = serving.parameter_names(warped.names["task"], reserved=_INPUTS | set(self._state_names))
@@ -299,7 +299,7 @@ class AgentSaver:
             "kind": KIND, "cell": s.cell, "observation_shape": [self._obs], "num_actions": self._num_actions,
             "state_names": list(self._state_names), "state_sizes": [int(n) for n in s.state_sizes],
             "rule": self._rule.name, "learning_rate": float(self._rule.learning_rate),
-            "rule_hyperparameters": dict(self._rule.hyperparameters, global_clipnorm=self._clip),
+            "rule_hyperparameters": dict(self._rule.hyperparameters),
             "optimizer_step": self._optimizer_step,
             "discount": float(s.discount), "value_coef": float(s.value_coef),
             "entropy_coef": float(s.entropy_coef), "loss": "a2c", "training_step": int(s.training_step),

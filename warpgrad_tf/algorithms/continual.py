@@ -65,6 +65,10 @@ class ContinualGradients(NamedTuple):
 class ContinualState(tf.Module):
     """Algorithm 3's running state, held in variables so that ``tf.train.Checkpoint`` tracks it.
 
+    Args:
+      warp_variables: ``{path: variable}`` the warp variables φ (``warped.variables("warp")``); the sums are
+        created like them, in the current ``tf.distribute`` scope.
+
     Attributes:
       sums: the accumulated g_φ, one variable per warp variable in ``warped.variables("warp")`` order.
       count: batches accumulated since the last warp update (i).

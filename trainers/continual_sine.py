@@ -44,7 +44,7 @@ import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
 from trainers import common, loop  # noqa: E402
-from warpgrad_tf import artifacts, continual, distribute, update_rules  # noqa: E402
+from warpgrad_tf import algorithms, artifacts, continual, distribute, update_rules  # noqa: E402
 from warpgrad_tf.adaptation import unroll  # noqa: E402
 from warpgrad_tf.layers import WarpBlock  # noqa: E402
 from warpgrad_tf.losses import half_mse  # noqa: E402
@@ -245,7 +245,7 @@ def train_eval(
     identity_warp = WarpedModel(build_model(**model_kwargs)).values("warp")
     warp_vars = list(warped.variables("warp").values())
     with strategy.scope():
-        optimizer = keras.optimizers.Adam(meta_learning_rate)
+        optimizer = algorithms.meta_optimizer(meta_learning_rate, kind="adam", name="warp")
         if meta_learning:
             optimizer.build(warp_vars)
         best = loop.Best(higher_is_better=False, warp=warp_vars)  # the lowest validation loss, in the checkpoint

@@ -86,15 +86,11 @@ def make_evaluator(warped, rule, steps, batch_size, augment):
 
         def body(k, theta, opt, train_acc, test_acc):
             test_acc = test_acc.write(k, held_out(theta))
-            x, y = batches(k)
-            with tf.GradientTape() as tape:
-                tape.watch(theta)
-                out, _ = warped.apply(theta, warp, x, state=state, training=True)
-                loss = wg.losses.softmax_cross_entropy(y, out)
-            grads = tape.gradient(loss, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            train_acc = train_acc.write(k, wg.losses.accuracy(y, out))
-            theta, opt = rule.update(grads, opt, theta)
-            return k + 1, theta, opt, train_acc, test_acc
+            x, y = batches(k)  # adaptation's one task step; the BatchNorm state stays the model's
+            step = wg.adaptation.gradient_step(theta, opt, rule, wg.adaptation.supervised_objective(
+                warped, warp, state, (x, y), wg.losses.softmax_cross_entropy))
+            train_acc = train_acc.write(k, wg.losses.accuracy(y, step.aux.outputs))
+            return k + 1, step.task, step.opt_state, train_acc, test_acc
 
         ta = lambda n: tf.TensorArray(tf.float32, size=n, element_shape=[])  # noqa: E731
         _, theta, _, train_acc, test_acc = tf.while_loop(

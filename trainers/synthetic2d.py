@@ -50,7 +50,7 @@ from absl import logging  # noqa: E402
 from keras import ops  # noqa: E402
 
 from trainers import common, loop  # noqa: E402
-from warpgrad_tf import distribute, update_rules  # noqa: E402
+from warpgrad_tf import algorithms, distribute, update_rules  # noqa: E402
 from warpgrad_tf.adaptation import adapt, unroll  # noqa: E402
 from warpgrad_tf.layers import WarpBlock  # noqa: E402
 from warpgrad_tf.model import WarpedModel  # noqa: E402
@@ -302,7 +302,7 @@ def train_eval(
         build_model(**dict(model_kwargs, num_points=runs_per_replica)))
     warp_vars = list(warped.variables("warp").values())
     with strategy.scope():
-        optimizer = keras.optimizers.Adam(meta_learning_rate)
+        optimizer = algorithms.meta_optimizer(meta_learning_rate, kind="adam", name="warp")
         optimizer.build(warp_vars)
     checkpointer = run.checkpointer(model=warped.model, optimizer=optimizer)
     start = checkpointer.restore()

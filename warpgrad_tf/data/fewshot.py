@@ -252,7 +252,7 @@ def omniglot_alphabet_split(data_dir, seed=0, num_val_alphabets=1, num_test_alph
     sources = og.find_sources(data_dir)
     by_source = {}
     for source in sources:
-        for alphabet, _ in og._index(source):
+        for alphabet, _ in og.source_index(source):
             by_source.setdefault(alphabet, set()).add(os.path.basename(source.path).lower())
     alphabets = sorted(by_source)
     named = {"train": _names(train_alphabets), "val": _names(val_alphabets), "test": _names(test_alphabets)}

@@ -37,6 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+__all__ = ["alphabets", "main", "mean_stderr", "qualified_gin", "run_one", "run_trainer"]
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -47,29 +49,75 @@ def alphabets(data_dir):
         .usable_alphabets
 
 
-def run_one(method, seed, test_alphabet, train_alphabets, args):
-    root = os.path.join(args.out, method, f"seed{seed}")
+def qualified_gin(gin_files, gin_params):
+    """The lines of ``gin_files`` (relative to the repository) and ``gin_params``, with ``train_eval.``
+    qualified as ``trainers.omniglot.train_eval.``: other trainers imported into the same process each define
+    a ``train_eval``, which would make the short selector ambiguous."""
+    lines = []
+    for path in gin_files:
+        with open(os.path.join(REPO, path)) as f:
+            lines += f.read().splitlines()
+    selector = "trainers.omniglot.train_eval."
+    return [ln.replace("train_eval.", selector, 1) if ln.strip().startswith("train_eval.") else ln
+            for ln in lines + list(gin_params)]
+
+
+def _train_here(root, gin_files, bindings, data_dir, what):
+    """One trainer run in this process (no TensorFlow start-up per run; runs one at a time)."""
+    import gin
+
+    from trainers import omniglot as trainer
+
+    gin.clear_config()
+    try:
+        gin.parse_config(qualified_gin(gin_files, bindings))
+        trainer.train_eval(root_dir=root, data_dir=data_dir)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        raise SystemExit(f"error: {what} failed: {str(e).strip().splitlines()[0]}") from None
+    finally:
+        gin.clear_config()
+
+
+def run_trainer(root, gin_file, params, args, what, overrides=()):
+    """Run the Omniglot trainer once into ``root`` unless ``root/results.json`` exists; return its results.
+
+    Gin files: ``gin_file``, then ``args.gin_file``; bindings: ``params``, then ``args.gin_param``, then
+    ``overrides`` (a method's own settings, which win over the shared budget). The run is a
+    ``python -m trainers.omniglot`` process, or a call in this process with ``args.in_process``. A failed run
+    is a one-line ``SystemExit`` naming ``what`` and the trainer's own error line."""
     results = os.path.join(root, "results.json")
+    files, bindings = [gin_file] + list(args.gin_file), list(params) + list(args.gin_param) + list(overrides)
     if not os.path.exists(results):
         os.makedirs(root, exist_ok=True)
-        cmd = [sys.executable, "-m", "trainers.omniglot", f"--gin_file=configs/omniglot/{method}.gin",
-               f"--data_dir={args.data_dir}", f"--root_dir={root}",
-               f"--gin_param=OmniglotTasks.test_alphabets=['{test_alphabet}']",
-               f"--gin_param=OmniglotTasks.train_alphabets={train_alphabets!r}",
-               "--gin_param=OmniglotTasks.val_alphabets=[]",
-               f"--gin_param=train_eval.seed={seed}"] + [f"--gin_file={g}" for g in args.gin_file] \
-            + [f"--gin_param={p}" for p in args.gin_param]
         start = time.time()
-        with open(os.path.join(root, "log.txt"), "a") as log:
-            rc = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        if rc != 0:  # the trainer's own one-line error, if it printed one
-            with open(os.path.join(root, "log.txt")) as log:
-                said = [ln.strip() for ln in log if ln.startswith("error:")]
-            raise SystemExit(f"error: {method} seed {seed} failed (exit {rc}){': ' + said[-1][7:] if said else ''}; "
-                             f"log: {root}/log.txt")
-        print(f"  {method:<18} seed {seed} ({test_alphabet}) done in {time.time() - start:.0f}s", flush=True)
+        if getattr(args, "in_process", False):
+            _train_here(root, files, bindings, args.data_dir, what)
+        else:
+            cmd = [sys.executable, "-m", "trainers.omniglot", f"--data_dir={args.data_dir}", f"--root_dir={root}"] \
+                + [f"--gin_file={g}" for g in files] + [f"--gin_param={p}" for p in bindings]
+            with open(os.path.join(root, "log.txt"), "a") as log:
+                rc = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            if rc != 0:  # the trainer's own one-line error, if it printed one
+                with open(os.path.join(root, "log.txt")) as log:
+                    said = [ln.strip() for ln in log if ln.startswith("error:")]
+                raise SystemExit(f"error: {what} failed (exit {rc}){': ' + said[-1][7:] if said else ''}; "
+                                 f"log: {root}/log.txt")
+        print(f"  {what} done in {time.time() - start:.0f}s", flush=True)
     with open(results) as f:
         return json.load(f)
+
+
+def mean_stderr(values):
+    """``{"mean", "stderr"}`` of ``values`` (standard error of the mean; 0 for a single value)."""
+    v = np.asarray(values, dtype=float)
+    return {"mean": float(v.mean()), "stderr": float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0}
+
+
+def run_one(method, seed, test_alphabet, train_alphabets, args):
+    params = [f"OmniglotTasks.test_alphabets=['{test_alphabet}']", f"OmniglotTasks.train_alphabets={train_alphabets!r}",
+              "OmniglotTasks.val_alphabets=[]", f"train_eval.seed={seed}"]
+    return run_trainer(os.path.join(args.out, method, f"seed{seed}"), f"configs/omniglot/{method}.gin", params, args,
+                       f"{method:<18} seed {seed} ({test_alphabet})")
 
 
 def main(argv=None):
@@ -80,6 +128,8 @@ def main(argv=None):
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--num_train", type=int, default=None, help="meta-training alphabets (default: the rest)")
     parser.add_argument("--jobs", type=int, default=1, help="trainer processes at once")
+    parser.add_argument("--in_process", action="store_true",
+                        help="run the trainer in this process, one run at a time (tiny budgets: no start-up cost)")
     parser.add_argument("--gin_file", action="append", default=[],
                         help="extra gin file(s) after the method's, e.g. configs/omniglot/budgets/reduced_cpu.gin")
     parser.add_argument("--gin_param", action="append", default=[])
@@ -113,8 +163,13 @@ def main(argv=None):
         train = rest[:args.num_train] if args.num_train else rest
         jobs += [(m, s, test, train) for m in methods]
     print(f"{len(jobs)} runs: methods {methods}, seeds {seeds}, alphabets {names}", flush=True)
-    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        results = list(pool.map(lambda j: run_one(*j, args), jobs))
+    if args.in_process and args.jobs > 1:
+        raise SystemExit(f"error: --in_process runs one trainer at a time; got --jobs={args.jobs}.")
+    if args.jobs > 1:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            results = list(pool.map(lambda j: run_one(*j, args), jobs))
+    else:  # in this thread (an in-process trainer installs signal handlers, which needs the main thread)
+        results = [run_one(*j, args) for j in jobs]
 
     table = {}
     for (m, s, test, _), r in zip(jobs, results):
@@ -124,9 +179,7 @@ def main(argv=None):
                             "meta_train_seconds": r["meta_train_seconds_this_run"]})
     for row in table.values():
         for key in ("accuracy", "auc"):
-            v = np.array([run[key] for run in row["runs"]]) * 100
-            row[key] = {"mean": float(v.mean()), "stderr": float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1
-                        else 0.0}
+            row[key] = mean_stderr([100 * run[key] for run in row["runs"]])
     payload = {"methods": table, "seeds": seeds, "gin_params": args.gin_param, "alphabets": names}
     with open(os.path.join(args.out, "table2.json"), "w") as f:
         json.dump(payload, f, indent=2)

@@ -79,6 +79,9 @@ def test_one_meta_step_per_gin_file(gin_file, tmp_path, omniglot_dir, tfds_cache
         assert results["warp_parameters"] == 0
     with open(tmp_path / "results.json") as f:
         saved = json.load(f)
+    assert saved["batch_norm_eval"] == "running"  # the authors' protocol is the default
+    with open(tmp_path / "model" / "warpgrad.json") as f:
+        assert json.load(f)["extra"]["batch_norm_eval"] == "running"
     acc = saved["held_out_accuracy"]
     assert set(acc["per_alphabet"]) == {"Early_Aramaic"} and 0.0 <= acc["mean"] <= 1.0
     assert len(saved["learning_curves"]["held_out_accuracy_mean"]) == 2  # steps 0..1
@@ -175,6 +178,20 @@ def test_bfloat16_budget_file_runs_in_bfloat16(tmp_path, omniglot_dir, tfds_cach
     assert 0.0 <= results["held_out_accuracy"]["mean"] <= 1.0
 
 
+def test_transductive_batch_norm_is_one_binding_away(tmp_path, omniglot_dir, tfds_cache):
+    gin_file = os.path.join(REPO, "configs/omniglot/sgd.gin")
+    params = ["train_eval.eval_steps = 2"]
+    running = run(tmp_path / "running", omniglot_dir, tfds_cache, gin_file, params)
+    trans = run(tmp_path / "trans", omniglot_dir, tfds_cache, gin_file,
+                params + ["train_eval.batch_norm_eval = 'transductive'"])
+    assert (running["batch_norm_eval"], trans["batch_norm_eval"]) == ("running", "transductive")
+    # same adaptation (training mode either way), different held-out normalisation
+    np.testing.assert_array_equal(running["learning_curves"]["per_alphabet"]["Early_Aramaic"]["train_accuracy"],
+                                  trans["learning_curves"]["per_alphabet"]["Early_Aramaic"]["train_accuracy"])
+    with pytest.raises(ValueError, match="Unknown train_eval.batch_norm_eval 'eval'.*running"):
+        run(tmp_path / "bad", omniglot_dir, tfds_cache, gin_file, ["train_eval.batch_norm_eval = 'eval'"])
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 def test_unknown_method_lists_choices(tmp_path, omniglot_dir, tfds_cache):
     with pytest.raises(ValueError, match="Unknown method 'wrap_leap'.*warp_leap"):
@@ -185,6 +202,17 @@ def test_too_few_alphabets_and_corrupt_zip(tmp_path, omniglot_dir, tfds_cache):
     with pytest.raises(ValueError, match="asks for 9 train .* has only 4 more usable alphabets"):
         run(tmp_path / "few", omniglot_dir, tfds_cache,
             params=["OmniglotTasks.train_alphabets = None", "OmniglotTasks.num_train_alphabets = 9"])
+    # the paper's default counts (25 / 10 / 10, for the 46 alphabets of both official sets): the error says what
+    # the data has and what to bind instead
+    default = ["OmniglotTasks.train_alphabets = None", "OmniglotTasks.val_alphabets = None",
+               "OmniglotTasks.test_alphabets = None"]
+    with pytest.raises(ValueError) as e:
+        run(tmp_path / "default", omniglot_dir, tfds_cache, params=default)
+    message = str(e.value).splitlines()[0]  # gin appends "In call to configurable ..." lines
+    for part in ("asks for 25 train + 10 val + 10 test", "has only 5 more usable alphabets", "Balinese",
+                 "OmniglotTasks.num_train_alphabets=3, OmniglotTasks.num_val_alphabets=1, "
+                 "OmniglotTasks.num_test_alphabets=1", "OmniglotTasks.train_alphabets", "splits/", "background.gin"):
+        assert part in message, (part, message)
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "images_background.zip").write_bytes(b"this is not a zip file")

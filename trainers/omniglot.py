@@ -24,8 +24,14 @@ Evaluation. On every test alphabet, adapt θ0 for ``eval_steps`` (100) steps wit
 batches augmented per step, as in training), ``eval_repeats`` times with different mini-batch seeds, and
 record after every step the accuracy on the 5 held-out drawings per character; the training-batch accuracy
 gives the area under the training curve (AUC: the mean training accuracy over the steps, in [0, 1]).
-BatchNorm uses batch statistics throughout (the task learner is never put in inference mode, as in the
-authors' code).
+BatchNorm follows the authors' released code (the paper is silent; ``train_eval.batch_norm_eval="running"``):
+adaptation runs in training mode (batch statistics) with the running statistics reset at the start of
+every task and updated by every step with the layer's momentum (threaded as functional state, never
+assigned into the model), and the held-out images are predicted in inference mode with the statistics
+gathered so far in that task, so one image's prediction does not depend on the others in its batch.
+``train_eval.batch_norm_eval="transductive"`` normalises the held-out batch with its own statistics
+instead (this trainer's earlier behaviour). Meta-validation uses the same mode; ``results.json`` says
+which (``batch_norm_eval``). Meta-training is unaffected: it always uses batch statistics.
 
 Outputs under ``root_dir``: ``results.json``, ``curves.png``, TensorBoard logs in ``train/`` and ``eval/``,
 ``checkpoints/`` (resume: re-run the same command), ``best/`` (the chosen meta-parameters) and the
@@ -56,6 +62,9 @@ from warpgrad_tf.algorithms import methods as methods_lib
 from warpgrad_tf.data import omniglot as og
 from warpgrad_tf.models import omniglot_convnet
 
+__all__ = ["ALGORITHMS", "BATCH_NORM_EVAL", "LABELS", "PRESETS", "evaluate", "make_evaluator", "plot_curves",
+           "train_eval"]
+
 #: gin-file name → (method of :mod:`warpgrad_tf.algorithms.methods`, algorithm, warp objective override).
 PRESETS = ("warp_leap", "warp_leap_online", "warp_leap_approx", "leap", "reptile", "fomaml", "maml", "finetune",
            "sgd")
@@ -63,6 +72,8 @@ ALGORITHMS = ("offline", "online")
 LABELS = {"warp_leap": "Warp-Leap", "leap": "Leap", "reptile": "Reptile", "fomaml": "FOMAML", "maml": "MAML",
           "finetune": "Fine-tune", "sgd": "SGD", "warp_maml": "Warp-MAML", "warpgrad": "WarpGrad",
           "tnets": "T-Nets"}
+#: ``train_eval.batch_norm_eval`` choices: how held-out images are normalised (:func:`make_evaluator`).
+BATCH_NORM_EVAL = ("running", "transductive")
 
 
 def _task_seed(seed, step, i, meta_batch_size):
@@ -72,30 +83,51 @@ def _task_seed(seed, step, i, meta_batch_size):
 # ---------------------------------------------------------------------------------------------- evaluation
 
 
-def make_evaluator(warped, rule, steps, batch_size, augment):
-    """``run(θ0, φ, train_x, train_y, test_x, test_y, seed) -> (train_acc [K], held_out_acc [K+1])``."""
+def make_evaluator(warped, rule, steps, batch_size, augment, batch_norm="running", metric=wg.losses.accuracy):
+    """``run(θ0, φ, train_x, train_y, test_x, test_y, seed) -> (train_acc [K], held_out [K+1])``.
+
+    Adapts θ0 for ``steps`` task steps (:func:`warpgrad_tf.adaptation.gradient_step`, training mode, φ fixed)
+    and records ``metric(test_y, logits)`` on the held-out images before every step and after the last;
+    ``train_acc[k]`` is the accuracy on step k's training batch. The BatchNorm running statistics are
+    threaded through the steps as functional state (stop-gradient'ed, never assigned into the model).
+
+    Args:
+      batch_norm: how the held-out images are normalised (:data:`BATCH_NORM_EVAL`):
+        ``"running"`` — the authors' protocol (released code; the paper is silent): the running statistics
+        are reset at the start of the task (:meth:`~warpgrad_tf.WarpedModel.initial_state`), updated by every
+        adaptation step with the layer's momentum, and the held-out images are predicted in inference mode
+        with the statistics gathered so far, so one image's prediction does not depend on the others;
+        ``"transductive"`` — the held-out batch is normalised with its own statistics (training mode), as
+        this trainer did before the protocol was adopted.
+      metric: ``metric(y, logits) -> scalar`` held-out score (accuracy).
+    """
+    if batch_norm not in BATCH_NORM_EVAL:
+        raise ValueError(f"make_evaluator: unknown batch_norm {batch_norm!r}; choose one of {list(BATCH_NORM_EVAL)}.")
+    running = batch_norm == "running"
 
     @tf.function(reduce_retracing=True)
     def run(theta0, warp, tx, ty, ex, ey, seed):
         batches = og.augmented_minibatches(tx, ty, batch_size, seed, augment)
-        state = warped.values("state")
 
-        def held_out(theta):
-            out, _ = warped.apply(theta, warp, ex, state=state, training=True)
-            return wg.losses.accuracy(ey, out)
+        def held_out(theta, state):
+            out, _ = warped.apply(theta, warp, ex, state=state, training=not running)
+            return tf.cast(metric(ey, out), tf.float32)
 
-        def body(k, theta, opt, train_acc, test_acc):
-            test_acc = test_acc.write(k, held_out(theta))
-            x, y = batches(k)  # adaptation's one task step; the BatchNorm state stays the model's
+        def body(k, theta, opt, state, train_acc, test_acc):
+            test_acc = test_acc.write(k, held_out(theta, state))
+            x, y = batches(k)  # adaptation's one task step, in training mode (batch statistics)
             step = wg.adaptation.gradient_step(theta, opt, rule, wg.adaptation.supervised_objective(
                 warped, warp, state, (x, y), wg.losses.softmax_cross_entropy))
             train_acc = train_acc.write(k, wg.losses.accuracy(y, step.aux.outputs))
-            return k + 1, step.task, step.opt_state, train_acc, test_acc
+            state = tf.nest.map_structure(tf.stop_gradient, step.aux.state)
+            return k + 1, step.task, step.opt_state, state, train_acc, test_acc
 
         ta = lambda n: tf.TensorArray(tf.float32, size=n, element_shape=[])  # noqa: E731
-        _, theta, _, train_acc, test_acc = tf.while_loop(
-            lambda k, *_: k < steps, body, (tf.constant(0), theta0, rule.init(theta0), ta(steps), ta(steps + 1)))
-        test_acc = test_acc.write(steps, held_out(theta))
+        state0 = warped.initial_state() if running else warped.values("state")
+        _, theta, _, state, train_acc, test_acc = tf.while_loop(
+            lambda k, *_: k < steps, body,
+            (tf.constant(0), theta0, rule.init(theta0), state0, ta(steps), ta(steps + 1)))
+        test_acc = test_acc.write(steps, held_out(theta, state))
         return train_acc.stack(), test_acc.stack()
 
     return run
@@ -145,7 +177,7 @@ def plot_curves(path, curves, label, eval_steps):
 
 
 def _check_config(preset, method, algorithm, objective, inner_steps, meta_steps, eta, meta_batch_size,
-                  checkpoint_every, eval_every):
+                  checkpoint_every, eval_every, batch_norm_eval):
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"Unknown train_eval.preset {preset!r}; choose one of {list(PRESETS)}.")
     methods_lib.get(method)
@@ -153,6 +185,9 @@ def _check_config(preset, method, algorithm, objective, inner_steps, meta_steps,
         raise ValueError(f"Unknown train_eval.algorithm {algorithm!r}; choose one of {list(ALGORITHMS)}.")
     if objective not in (None, "exact", "approx"):
         raise ValueError(f"train_eval.objective must be None, 'exact' or 'approx'; got {objective!r}.")
+    if batch_norm_eval not in BATCH_NORM_EVAL:
+        raise ValueError(f"Unknown train_eval.batch_norm_eval {batch_norm_eval!r}; choose one of "
+                         f"{list(BATCH_NORM_EVAL)}.")
     for name, value, low in (("inner_steps", inner_steps, 1), ("meta_steps", meta_steps, 0), ("eta", eta, 1),
                              ("meta_batch_size", meta_batch_size, 1), ("checkpoint_every", checkpoint_every, 1),
                              ("eval_every", eval_every, 1)):
@@ -172,7 +207,7 @@ def train_eval(root_dir, data_dir,
                # model
                warp="conv3x3",
                # evaluation and meta-validation
-               eval_steps=100, eval_repeats=1, eval_every=100, val_steps=None,
+               eval_steps=100, eval_repeats=1, eval_every=100, val_steps=None, batch_norm_eval="running",
                # bookkeeping
                checkpoint_every=50, log_every=10, seed=0, deterministic=False, strategy=None):
     """Meta-train ``method`` on Omniglot alphabets, meta-validate, evaluate on held-out alphabets.
@@ -198,6 +233,10 @@ def train_eval(root_dir, data_dir,
       eval_steps, eval_repeats: adaptation steps on held-out alphabets and repeats with other seeds.
       eval_every, val_steps: meta-validation period (meta-steps) and its adaptation steps (default
         ``eval_steps``).
+      batch_norm_eval: BatchNorm of the held-out images in evaluation and meta-validation
+        (:func:`make_evaluator`): ``"running"`` (the authors' protocol: per-task running statistics reset
+        before adaptation, held-out images in inference mode) or ``"transductive"`` (the held-out batch's
+        own statistics).
       checkpoint_every, log_every: checkpoint and TensorBoard periods in meta-steps (a checkpoint is also
         written after every meta-validation and on SIGTERM / Ctrl-C).
       seed: model initialisation and every random choice of the run.
@@ -206,7 +245,7 @@ def train_eval(root_dir, data_dir,
         the default (single-device) strategy.
     """
     _check_config(preset, method, algorithm, objective, inner_steps, meta_steps, eta, meta_batch_size,
-                  checkpoint_every, eval_every)
+                  checkpoint_every, eval_every, batch_norm_eval)
     m = methods_lib.get(method)
     if m.learned_rate is not None:
         raise ValueError(f"method {method!r} meta-learns the inner learning rate; not supported by this trainer.")
@@ -246,9 +285,9 @@ def train_eval(root_dir, data_dir,
     os.makedirs(root_dir, exist_ok=True)
     common.write_operative_config(root_dir)
     writers = common.SummaryWriters(root_dir)
-    evaluator = make_evaluator(warped, rule, int(eval_steps), task_batch_size, augment)
+    evaluator = make_evaluator(warped, rule, int(eval_steps), task_batch_size, augment, batch_norm_eval)
     val_evaluator = evaluator if val_steps == int(eval_steps) else make_evaluator(
-        warped, rule, val_steps, task_batch_size, augment)
+        warped, rule, val_steps, task_batch_size, augment, batch_norm_eval)
 
     # --- meta-training state: every variable of the model, both optimisers, step, best validation score
     model_vars = list(model.variables)
@@ -350,7 +389,7 @@ def train_eval(root_dir, data_dir,
 
     wg.artifacts.save(root_dir, warped, rule, loss="softmax_cross_entropy", steps=int(eval_steps),
                       batch_size=task_batch_size, method=method, training_step=int(max(best.step.numpy(), 0)),
-                      task_family="omniglot", training=True)
+                      task_family="omniglot", training=True, extra={"batch_norm_eval": batch_norm_eval})
     results = {
         "task": "omniglot", "method": method, "preset": preset, "label": label,
         "algorithm": ("offline" if offline else "online") if meta_steps else None,
@@ -359,7 +398,7 @@ def train_eval(root_dir, data_dir,
         "inner_steps": int(inner_steps), "inner_lr": float(inner_lr), "inner_rule": inner_rule,
         "task_batch_size": int(task_batch_size), "meta_batch_size": int(meta_batch_size),
         "meta_steps": meta_steps, "best_step": int(best.step.numpy()), "best_val_accuracy": float(best.score.numpy()),
-        "eval_steps": int(eval_steps), "eval_repeats": int(eval_repeats),
+        "eval_steps": int(eval_steps), "eval_repeats": int(eval_repeats), "batch_norm_eval": batch_norm_eval,
         "held_out_accuracy": {"mean": accuracy, "per_alphabet": {a: v["accuracy"] for a, v in per_alphabet.items()}},
         "auc": {"mean": auc, "per_alphabet": {a: v["auc"] for a, v in per_alphabet.items()}},
         "learning_curves": {"held_out_accuracy_mean": mean_curve,
@@ -373,7 +412,8 @@ def train_eval(root_dir, data_dir,
     common.write_json(os.path.join(root_dir, "results.json"), results)
     plot_curves(os.path.join(root_dir, "curves.png"), curves, label, int(eval_steps))
     print(f"\n{label}: held-out accuracy after {eval_steps} steps {100 * accuracy:.1f}% "
-          f"(AUC {100 * auc:.1f}) on {', '.join(split['test'])}; best meta-step {int(best.step.numpy())}"
+          f"(AUC {100 * auc:.1f}; BatchNorm {batch_norm_eval}) on {', '.join(split['test'])}; best meta-step "
+          f"{int(best.step.numpy())}"
           f"\nresults: {os.path.join(root_dir, 'results.json')}\nplot:    {os.path.join(root_dir, 'curves.png')}"
           f"\nTensorBoard: tensorboard --logdir {root_dir}")
     return results

@@ -190,6 +190,25 @@ class WarpedModel:
     def warp_variables(self):
         return self.variables("warp")
 
+    def initial_state(self):
+        """The BatchNorm running statistics as a freshly built layer holds them, as ``{path: tf.Tensor}``.
+
+        Every ``keras.layers.BatchNormalization`` (this package's subclasses and those inside warp layers
+        included) contributes its ``moving_mean_initializer`` / ``moving_variance_initializer`` values (0 and
+        1 by default), whatever its variables hold now; any other non-trainable variable keeps its current
+        value. This is the per-task reset of the authors' released code (``init_adaptation`` calls
+        ``reset_running_stats`` on every BatchNorm before a task is adapted; the paper is silent): pass it as
+        ``state`` to the first adaptation step and thread the returned ``new_state`` through the others, so
+        the statistics are the task's own. Nothing is assigned.
+        """
+        fresh = {}
+        for layer in self.model._flatten_layers(include_self=False, recursive=True):
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.built:
+                for var, init in ((layer.moving_mean, layer.moving_mean_initializer),
+                                  (layer.moving_variance, layer.moving_variance_initializer)):
+                    fresh[var.path] = tf.cast(init(tuple(var.shape), dtype=var.dtype), var.dtype)
+        return {v.path: fresh.get(v.path, tf.convert_to_tensor(v)) for v in self._non_trainable}
+
     def assign(self, role, values):
         """Write tensors into one role's variables (outside any differentiated path)."""
         self.check(role, values)

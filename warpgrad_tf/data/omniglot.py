@@ -460,6 +460,17 @@ def _as_list(names):
     return [n.strip() for n in names]
 
 
+def _fitting_counts(wanted, available):
+    """``wanted`` split sizes scaled down to sum to ``available`` (proportionally, rounding down; what is left
+    goes to ``train`` when it is counted, else to the largest split): the suggestion of a too-large split's error."""
+    total = sum(wanted.values())
+    fit = {s: n * available // total if total else 0 for s, n in wanted.items()}
+    if fit:
+        rest = "train" if "train" in fit else max(fit, key=lambda s: wanted[s])
+        fit[rest] += available - sum(fit.values())
+    return fit
+
+
 @gin.configurable
 class OmniglotTasks:
     """Omniglot alphabets as tasks, split into meta-train / meta-val / meta-test alphabets.
@@ -536,10 +547,16 @@ class OmniglotTasks:
                 raise OmniglotDataError(f"num_{split}_alphabets must be >= 0; got {n}.")
         if sum(wanted.values()) > len(pool):
             asked = " + ".join(f"{n} {s}" for s, n in wanted.items())
+            fit = ", ".join(f"OmniglotTasks.num_{s}_alphabets={n}"
+                            for s, n in _fitting_counts(wanted, len(pool)).items())
             raise OmniglotDataError(
                 f"The split asks for {asked} alphabets but the Omniglot data at {where!r} has only "
-                f"{len(pool)} more usable alphabets (with >= {self.num_classes} characters): "
-                f"{', '.join(sorted(pool)) or 'none'}.")
+                f"{len(pool)} more usable alphabets (with >= {self.num_classes} characters; "
+                f"{len(self.usable_alphabets)} of its {len(self.all_alphabets)} in all): "
+                f"{', '.join(sorted(pool)) or 'none'}. Bind counts that fit (e.g. {fit}) or name the alphabets "
+                "with OmniglotTasks.train_alphabets / val_alphabets / test_alphabets (split files in "
+                "configs/omniglot/splits/: background.gin for the 26-alphabet background set, shared_subset.gin "
+                "for the 5-alphabet subset).")
         out = {}
         for split in ("test", "val", "train"):
             if names[split] is not None:

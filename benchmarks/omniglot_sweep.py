@@ -42,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from benchmarks.omniglot_table2 import REPO, alphabets, mean_stderr, qualified_gin, run_trainer
+from benchmarks.omniglot_table2 import REPO, alphabets, mean_stderr, parse_run_flags, qualified_gin, run_trainer
 
 __all__ = ["METHODS", "TEST_SPLIT_FILE", "base_value", "main", "plot", "training_sets"]
 
@@ -139,16 +139,7 @@ def _parse(argv):
     parser.add_argument("--val_alphabets", default="", help="meta-validation alphabets (default: none)")
     parser.add_argument("--train_alphabets", default=None,
                         help="the pool of meta-training alphabets in order (default: the rest, permuted by seed)")
-    parser.add_argument("--jobs", type=int, default=1, help="trainer processes at once")
-    parser.add_argument("--in_process", action="store_true",
-                        help="run the trainer in this process, one run at a time (tiny budgets: no start-up cost)")
-    parser.add_argument("--gin_file", action="append", default=[],
-                        help="extra gin file(s) after the method's, e.g. configs/omniglot/budgets/reduced_cpu.gin")
-    parser.add_argument("--gin_param", action="append", default=[])
-    args = parser.parse_args(argv)
-    args.out = os.path.abspath(args.out)
-    args.data_dir = ",".join(os.path.abspath(d) for d in args.data_dir.split(",") if d)
-    return args
+    return parse_run_flags(parser, argv)
 
 
 def _check(args):
@@ -159,11 +150,6 @@ def _check(args):
             _fail(f"--methods: unknown method {m!r}; choose from {list(METHODS)}.")
     if not methods:
         _fail("--methods is empty.")
-    if args.in_process and args.jobs > 1:
-        _fail(f"--in_process runs one trainer at a time; got --jobs={args.jobs}.")
-    for g in args.gin_file:
-        if not os.path.exists(os.path.join(REPO, g)):
-            _fail(f"--gin_file {g!r} does not exist (paths are relative to the repository).")
     counts, seeds = [], []
     for flag, text, out, low in (("--counts", args.counts, counts, 1), ("--seeds", args.seeds, seeds, 0)):
         for item in _names(text):

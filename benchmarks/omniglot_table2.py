@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["alphabets", "main", "mean_stderr", "qualified_gin", "run_one", "run_trainer"]
+__all__ = ["alphabets", "main", "mean_stderr", "parse_run_flags", "qualified_gin", "run_one", "run_trainer"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -107,6 +107,27 @@ def run_trainer(root, gin_file, params, args, what, overrides=()):
         return json.load(f)
 
 
+def parse_run_flags(parser, argv):
+    """Add the flags every Omniglot benchmark shares (``--jobs``, ``--in_process``, ``--gin_file``,
+    ``--gin_param``) to ``parser``, parse ``argv`` and check the gin files; ``--out`` and ``--data_dir`` come back
+    absolute (the trainers run with the repository as working directory)."""
+    parser.add_argument("--jobs", type=int, default=1, help="trainer processes at once")
+    parser.add_argument("--in_process", action="store_true",
+                        help="run the trainer in this process, one run at a time (tiny budgets: no start-up cost)")
+    parser.add_argument("--gin_file", action="append", default=[],
+                        help="extra gin file(s) after the method's, e.g. configs/omniglot/budgets/reduced_cpu.gin")
+    parser.add_argument("--gin_param", action="append", default=[])
+    args = parser.parse_args(argv)
+    args.out = os.path.abspath(args.out)
+    args.data_dir = ",".join(os.path.abspath(d) for d in args.data_dir.split(",") if d)
+    for g in args.gin_file:
+        if not os.path.exists(os.path.join(REPO, g)):
+            raise SystemExit(f"error: --gin_file {g!r} does not exist (paths are relative to the repository).")
+    if args.in_process and args.jobs > 1:
+        raise SystemExit(f"error: --in_process runs one trainer at a time; got --jobs={args.jobs}.")
+    return args
+
+
 def mean_stderr(values):
     """``{"mean", "stderr"}`` of ``values`` (standard error of the mean; 0 for a single value)."""
     v = np.asarray(values, dtype=float)
@@ -127,20 +148,8 @@ def main(argv=None):
     parser.add_argument("--methods", default="warp_leap,leap,reptile")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--num_train", type=int, default=None, help="meta-training alphabets (default: the rest)")
-    parser.add_argument("--jobs", type=int, default=1, help="trainer processes at once")
-    parser.add_argument("--in_process", action="store_true",
-                        help="run the trainer in this process, one run at a time (tiny budgets: no start-up cost)")
-    parser.add_argument("--gin_file", action="append", default=[],
-                        help="extra gin file(s) after the method's, e.g. configs/omniglot/budgets/reduced_cpu.gin")
-    parser.add_argument("--gin_param", action="append", default=[])
-    args = parser.parse_args(argv)
-    # The trainers run with the repository as working directory: make the user's paths absolute first.
-    args.out = os.path.abspath(args.out)
-    args.data_dir = ",".join(os.path.abspath(d) for d in args.data_dir.split(",") if d)
+    args = parse_run_flags(parser, argv)
     methods = [m for m in args.methods.split(",") if m]
-    for g in args.gin_file:
-        if not os.path.exists(os.path.join(REPO, g)):
-            raise SystemExit(f"error: --gin_file {g!r} does not exist (paths are relative to the repository).")
     for m in methods:
         if not os.path.exists(os.path.join(REPO, "configs", "omniglot", f"{m}.gin")):
             raise SystemExit(f"error: no gin file configs/omniglot/{m}.gin for method {m!r}.")
@@ -163,8 +172,6 @@ def main(argv=None):
         train = rest[:args.num_train] if args.num_train else rest
         jobs += [(m, s, test, train) for m in methods]
     print(f"{len(jobs)} runs: methods {methods}, seeds {seeds}, alphabets {names}", flush=True)
-    if args.in_process and args.jobs > 1:
-        raise SystemExit(f"error: --in_process runs one trainer at a time; got --jobs={args.jobs}.")
     if args.jobs > 1:
         with ThreadPoolExecutor(args.jobs) as pool:
             results = list(pool.map(lambda j: run_one(*j, args), jobs))

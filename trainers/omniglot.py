@@ -96,7 +96,9 @@ def make_evaluator(warped, rule, steps, batch_size, augment, batch_norm="running
         ``"running"`` — the authors' protocol (released code; the paper is silent): the running statistics
         are reset at the start of the task (:meth:`~warpgrad_tf.WarpedModel.initial_state`), updated by every
         adaptation step with the layer's momentum, and the held-out images are predicted in inference mode
-        with the statistics gathered so far, so one image's prediction does not depend on the others;
+        with the statistics gathered so far, so one image's prediction does not depend on the others (Keras
+        tracks the biased batch variance, PyTorch's ``BatchNorm2d`` the unbiased one: on the last block's 1×1
+        maps with a batch of 20 the two differ by 20/19);
         ``"transductive"`` — the held-out batch is normalised with its own statistics (training mode), as
         this trainer did before the protocol was adopted.
       metric: ``metric(y, logits) -> scalar`` held-out score (accuracy).

@@ -49,13 +49,14 @@ import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 from keras import ops  # noqa: E402
 
-from trainers import common, loop  # noqa: E402
 from warpgrad_tf import algorithms, distribute, update_rules  # noqa: E402
 from warpgrad_tf.adaptation import adapt, unroll  # noqa: E402
 from warpgrad_tf.layers import WarpBlock  # noqa: E402
 from warpgrad_tf.model import WarpedModel  # noqa: E402
 from warpgrad_tf.objectives import check_objective, warp_objective  # noqa: E402
 from warpgrad_tf.tasks import synthetic2d  # noqa: E402
+
+from . import common, loop  # noqa: E402
 
 #: Seeds of held-out surfaces and starts begin here; meta-training uses seeds below it.
 EVAL_SEED_OFFSET = 10**9
@@ -440,5 +441,7 @@ def train_eval(
     return results
 
 
+main = common.entry_point(train_eval)  # the installed command warpgrad-train-synthetic2d (setup.py)
+
 if __name__ == "__main__":
-    common.run_main(train_eval)
+    main()

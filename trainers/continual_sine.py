@@ -41,7 +41,6 @@ import gin  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import logging  # noqa: E402
 
 from warpgrad_tf import algorithms, artifacts, continual_objective, distribute, update_rules  # noqa: E402
 from warpgrad_tf.adaptation import unroll  # noqa: E402
@@ -319,7 +318,7 @@ def train_eval(
     selected = step
     if select_best and best.restore() >= 0:
         selected = int(best.step)
-        logging.info("Selected the warp of meta step %d (validation loss %.4f).", selected, float(best.score))
+        print(f"Selected the warp of meta step {selected} (validation loss {float(best.score):.4f}).")
     methods = {method: warped.values("warp")}
     if warped.names["warp"]:
         methods["sgd"] = identity_warp
@@ -347,7 +346,7 @@ def train_eval(
                    training_step=step, task_family="continual_sine",
                    extra={"num_subtasks": num_subtasks, "steps_per_subtask": steps_per_subtask,
                           "objective": objective})
-    logging.info("Results: %s", results)
+    print(f"\nresults: {os.path.join(root_dir, 'results.json')}\nplot:    {os.path.join(root_dir, 'continual.png')}")
     return results
 
 

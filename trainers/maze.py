@@ -275,7 +275,8 @@ def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, ep
         plot_returns(os.path.dirname(os.path.abspath(root_dir)), os.path.join(root_dir, "returns.png"))
     if interrupted is not None:  # run_main reports it in one line (exit status 130)
         raise interrupted
-    logging.info("Summary: %s", summary)
+    print(f"\n{cell}: mean return over the last fifth of training {summary['last_fifth_mean_return']:.2f} "
+          f"({summary['episodes']} episodes)\nreturns: {os.path.join(root_dir, RETURNS_FILE)}")
     return summary
 
 

@@ -46,7 +46,6 @@ import gin  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import logging  # noqa: E402
 from keras import ops  # noqa: E402
 
 from warpgrad_tf import algorithms, distribute, update_rules  # noqa: E402
@@ -437,7 +436,7 @@ def train_eval(
     common.write_json(os.path.join(root_dir, "results.json"), results)
     if panels:
         plot(os.path.join(root_dir, "trajectories.png"), panels, warp_layer)
-    logging.info("Results: %s", results)
+    print(f"\nresults: {os.path.join(root_dir, 'results.json')}")
     return results
 
 

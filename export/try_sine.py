@@ -19,7 +19,7 @@ __all__ = ["main", "sample_task"]
 
 import numpy as np  # noqa: E402
 
-from export.load import load  # noqa: E402  (TensorFlow only)
+from .load import load  # noqa: E402  (TensorFlow only)
 
 
 def sample_task(seed, shots, query):

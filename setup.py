@@ -28,6 +28,7 @@ CORE = [
 ]
 RL = ["tf-agents==0.19.0", "tf_keras==2.21.0", "tensorflow-probability==0.23.0"]
 TEST = ["pytest==9.2.0", "ruff==0.17.6"]
+LITERT = ["ai-edge-litert>=2.3,<3"]  # export.litert / export.load_litert: on-device adaptation
 
 setup(
     name="warpgrad-tf",
@@ -39,6 +40,6 @@ setup(
     packages=find_packages(include=["warpgrad_tf", "warpgrad_tf.*", "trainers", "trainers.*",
                                     "export", "export.*", "benchmarks", "benchmarks.*"]),
     install_requires=CORE,
-    extras_require={"rl": RL, "test": TEST, "all": RL + TEST},
+    extras_require={"rl": RL, "test": TEST, "litert": LITERT, "all": RL + TEST + LITERT},
     license="Apache-2.0",
 )

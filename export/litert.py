@@ -214,7 +214,7 @@ def from_saved_model(saved_model, root_dir=None):
     meta = json.loads(loaded.metadata()["spec_json"].numpy().decode())
     warped, rule, spec = artifacts.load(root_dir)
     names = serving.parameter_names(warped.names["task"])
-    if list(names.values()) != list(meta["parameter_names"].values()) or meta["rule"] != rule.name:
+    if names != meta["parameter_names"] or meta["rule"] != rule.name:
         raise ValueError(f"{saved_model} was not exported from run {root_dir} (task parameters or inner rule "
                          "differ): pass its run directory as --root_dir.")
     for name, path in names.items():

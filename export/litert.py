@@ -70,16 +70,18 @@ class LiteRTExporter:
             if value is not None and int(value) < low:
                 raise ValueError(f"{flag} must be >= {low}; got {value}.")
         clone = litert_ops.builtin_model(warped.model)
+        # The copy's variables come in the model's order; their paths may differ (a cloned Sequential
+        # scopes them under its name), so roles and names are carried over by position.
+        self.paths = {v.path: c.path for v, c in zip(warped.model.variables, clone.variables)}
         roles = warped.role_map()
-        self.warped = WarpedModel(clone, variable_roles={
-            c.path: roles[v.path] for v, c in zip(warped.model.trainable_variables, clone.trainable_variables)})
-        if self.warped.names != warped.names:
-            raise ValueError(f"the LiteRT copy of {warped.model.name!r} names its variables differently "
-                             f"({self.warped.names['task'][:3]}... vs {warped.names['task'][:3]}...).")
+        self.warped = WarpedModel(clone, variable_roles={self.paths[p]: role for p, role in roles.items()})
+        self.names = serving.parameter_names(warped.names["task"])  # the SavedModel's {name: path}
         if learned_rate is not None:
-            learned_rate = learned_lr.from_parameter_values(self.warped, learned_rate.granularity,
-                                                            learned_rate.parameter_values(), learned_rate.minimum)
+            learned_rate = learned_lr.from_parameter_values(
+                self.warped, learned_rate.granularity,
+                {self.paths[p]: v for p, v in learned_rate.parameter_values().items()}, learned_rate.minimum)
         self.saver = serving.AdaptiveModelSaver(self.warped, rule, spec, seed=seed, learned_rate=learned_rate)
+        self._shapes = {name: warped.variables("task")[path].shape for name, path in self.names.items()}
         self.rule = rule
         d = self.saver.description()
         self.loss_fn = losses.get(d["loss"])
@@ -122,14 +124,15 @@ class LiteRTExporter:
         return {"outputs": outputs}
 
     def _named(self, task):
-        return {name: tf.identity(task[path], name=name) for name, path in self.saver.names.items()}
+        """``{parameter name: value}`` of ``{path of the copy: value}``."""
+        return {name: tf.identity(task[self.paths[path]], name=name) for name, path in self.names.items()}
 
     def description(self):
         """The SavedModel's description with the LiteRT export's fixed sizes, steps and signatures."""
-        d = dict(self.saver.description(), steps=self.steps, signatures=list(SIGNATURES), format="litert",
-                 support_size=self.support_size, query_size=self.query_size,
-                 minibatch_indices=None if self.indices is None else self.indices.tolist())
-        return d
+        return dict(self.saver.description(), steps=self.steps, signatures=list(SIGNATURES), format="litert",
+                    support_size=self.support_size, query_size=self.query_size, parameter_names=dict(self.names),
+                    parameter_shapes={name: shape.as_list() for name, shape in self._shapes.items()},
+                    minibatch_indices=None if self.indices is None else self.indices.tolist())
 
     def functions(self):
         """``{signature name: tf.function}`` with static input shapes, on a module holding the variables."""
@@ -140,7 +143,7 @@ class LiteRTExporter:
             y = tf.TensorSpec([self.support_size], tf.int32, name="support_y")
         else:
             y = tf.TensorSpec([self.support_size, *d["output_shape"]], tf.float32, name="support_y")
-        params = {name: tf.TensorSpec(v.shape, v.dtype, name=name) for name, v in self.saver.module.task.items()}
+        params = {name: tf.TensorSpec(shape, features, name=name) for name, shape in self._shapes.items()}
         sx, qx = x(self.support_size, "support_x"), x(self.query_size, "query_x")
         description = json.dumps(self.description(), sort_keys=True)
 
@@ -148,7 +151,7 @@ class LiteRTExporter:
             return self._outputs(*self._adapt_task(support_x, support_y), query_x)
 
         def infer(x, task_parameters):
-            task = {self.saver.names[name]: value for name, value in task_parameters.items()}
+            task = {self.paths[self.names[name]]: value for name, value in task_parameters.items()}
             return self._outputs(task, self.saver.adaptation_state()[3], x)
 
         return {
@@ -181,18 +184,23 @@ def _layers(model):
     return list(model._flatten_layers(include_self=False, recursive=True))
 
 
+def _layer_of(scope, layer_names):
+    """The layer whose name (Keras adds ``_1``, ``_2``… per call) is the first matching part of an op's
+    name scope, or None."""
+    for part in scope.split("/"):
+        matches = [n for n in layer_names if part == n or re.fullmatch(re.escape(n) + r"_\d+", part)]
+        if matches:
+            return max(matches, key=len)
+    return None
+
+
 def _unsupported(message, layer_names):
     """One line naming each non-builtin op of a converter error and the layer whose name scope holds it."""
-    found = {}
-    for op, scope in re.findall(r'fused\["(\w+):",\s*callsite\("([^"@]+)@', message):
-        parts = [p for p in scope.split("/") if p not in ("while", "gradient_tape")]
-        layer = next((max((n for n in layer_names if p == n or re.fullmatch(re.escape(n) + r"_\d+", p)),
-                          key=len) for p in parts
-                      if any(p == n or re.fullmatch(re.escape(n) + r"_\d+", p) for n in layer_names)), None)
-        found.setdefault(op, set()).add(layer or scope)
     listed = re.findall(r"(?:TF Select ops|Custom ops): ([^\n]+)", message)
-    for op in (o.strip() for line in listed for o in line.split(",")):
-        found.setdefault(op, set())
+    found = {o.strip(): set() for line in listed for o in line.split(",")}
+    for op, scope in re.findall(r'fused\["(\w+):",\s*(?:callsite\()?"([^"@]+)@', message):
+        if op in found:
+            found[op].add(_layer_of(scope, layer_names) or scope)
     if not found:
         return "LiteRT conversion failed: " + " ".join(message.split())[:400]
     parts = [f"{op} (layer {', '.join(sorted(layers))})" if layers else op for op, layers in sorted(found.items())]

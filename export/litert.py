@@ -35,6 +35,7 @@ checkpoint it was exported from); the architecture comes from the run directory 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -96,7 +97,7 @@ class LiteRTExporter:
         ids = tf.range(self.support_size)
         batches = adaptation.minibatches(ids, ids, batch_size, seed)
         size = min(self.support_size, int(batch_size))
-        return np.stack([batches(k)[0].numpy() for k in range(self.steps)]).reshape(self.steps, size).astype(np.int32)
+        return np.array([batches(k)[0].numpy() for k in range(self.steps)], np.int32).reshape(self.steps, size)
 
     # ------------------------------------------------------------------ traced bodies
     def _adapt_task(self, support_x, support_y):
@@ -174,9 +175,25 @@ class LiteRTExporter:
             converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(SIGNATURES))
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
             try:
-                return converter.convert()
+                with _quiet_stderr():
+                    return converter.convert()
             except Exception as e:  # the converter raises its own ConverterError (not exported by tf.lite)
                 raise ValueError(_unsupported(str(e), [layer.name for layer in _layers(self.warped.model)])) from None
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Hold back what the converter's C++ code logs to file descriptor 2 (its error, parsed by
+    :func:`_unsupported`, says what failed)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _layers(model):

@@ -185,3 +185,36 @@ def test_an_optimiser_state_of_another_rule_is_named():
     start = rule.init(warped.values("task"))
     assert wg.adapt(warped, warped.values("task"), {}, rule, wg.minibatches(x, x), wg.losses.mse, 2,
                     opt_state=start).losses.shape == (2,)
+
+
+def test_gradient_step_takes_any_objective_and_task_step_is_its_supervised_case():
+    """``gradient_step`` differentiates an arbitrary ``objective(θ) -> (loss, aux)`` (here ½ Σ c θ², gradient
+    c θ; a parameter it does not reach gets a zero gradient) and steps with the rule; ``task_step`` is the
+    same step on ``supervised_objective``: equal θ_{k+1}, rule state and loss."""
+    theta = {"a": tf.constant([1.0, -2.0]), "b": tf.constant(3.0), "unused": tf.constant([4.0])}
+    rule = wg.momentum(0.5, beta=0.9)
+    velocity = {k: tf.fill(tf.shape(v), 0.25) for k, v in theta.items()}
+    c = {"a": 2.0, "b": -1.0}
+    step = wg.adaptation.gradient_step(
+        theta, velocity, rule, lambda t: (sum(0.5 * c[k] * tf.reduce_sum(t[k] ** 2) for k in c), "aux"))
+    for k, v in theta.items():
+        grad = c.get(k, 0.0) * v.numpy()
+        np.testing.assert_allclose(step.grads[k], grad)
+        np.testing.assert_allclose(step.opt_state[k], 0.9 * 0.25 + grad)
+        np.testing.assert_allclose(step.task[k], v.numpy() - 0.5 * (0.9 * 0.25 + grad))
+    assert float(step.loss) == pytest.approx(0.5 * (2 * 5.0 - 9.0)) and step.aux == "aux"
+
+    _, warped = _pair()
+    x, y = _data()
+    task, warp, state = warped.values("task"), warped.values("warp"), warped.values("state")
+    loss_fn = wg.losses.softmax_cross_entropy
+    new_task, new_opt, _, loss = wg.task_step(warped, task, warp, rule.init(task), state, (x, y), rule, loss_fn)
+    step = wg.adaptation.gradient_step(task, rule.init(task), rule, wg.adaptation.supervised_objective(
+        warped, warp, state, (x, y), loss_fn))
+    outputs, _ = warped.apply(task, warp, x, training=True)
+    np.testing.assert_allclose(step.aux.outputs, outputs, rtol=1e-6)
+    assert float(step.loss) == float(loss)
+    for k in task:
+        np.testing.assert_array_equal(step.task[k], new_task[k])
+        np.testing.assert_array_equal(step.opt_state[k], new_opt[k])
+        assert not np.allclose(step.task[k], task[k]), k

@@ -266,6 +266,87 @@ def test_continual_updates_task_parameters_every_batch_and_warps_every_eta(float
                                   algorithms.meta_optimizers(warp=0.1), eta=2)
 
 
+def _quadratic_gradients(warped):
+    """A custom Alg. 3 gradient function ``fn(c)``: g_θ = θ and g_φ = c φ (∇ of ½‖θ‖² and ½c‖φ‖²) at the
+    current variables, with C's value ``c`` and a metric ``c``."""
+
+    def gradients(c):
+        task = {k: tf.convert_to_tensor(v) for k, v in warped.variables("task").items()}
+        warp = {k: c * tf.convert_to_tensor(v) for k, v in warped.variables("warp").items()}
+        return algorithms.ContinualGradients(task, warp, tf.constant(c, tf.float64), {"c": tf.constant(c)})
+
+    return gradients
+
+
+def test_continual_gradient_step_applies_algorithm_3_to_a_custom_gradient_function(float64):
+    """θ ← θ − λβ g_θ on every batch, g_φ summed, φ ← φ − β Σg_φ / η on every η-th batch, then g_φ = 0 (Alg. 3,
+    lines 6–13), against a hand computation with SGD (step sizes exact in float32)."""
+    warped = _warped()
+    lam, beta_init, beta_warp, eta = 0.5, 0.25, 0.5, 2
+    step = algorithms.continual_gradient_step(
+        warped, _quadratic_gradients(warped), algorithms.meta_optimizers(warp=beta_warp, init=beta_init), eta,
+        init_weight=lam)
+    state = algorithms.continual_init(warped)
+    theta, phi = _snapshot(warped)["task"], _snapshot(warped)["warp"]
+    acc = {k: np.zeros_like(v) for k, v in phi.items()}
+    for i, c in enumerate([1.0, 2.0, 3.0, 0.5, 4.0]):
+        acc = {k: acc[k] + c * phi[k] for k in acc}  # g_φ at the current φ (line 6)
+        theta = {k: v - lam * beta_init * v for k, v in theta.items()}  # lines 7, 9
+        if (i + 1) % eta == 0:  # lines 11–13
+            phi = {k: v - beta_warp * acc[k] / eta for k, v in phi.items()}
+            acc = {k: np.zeros_like(v) for k, v in acc.items()}
+        state, metrics = step(state, c)
+        now = _snapshot(warped)
+        for k in theta:
+            np.testing.assert_allclose(now["task"][k], theta[k], rtol=1e-12, err_msg=f"batch {i}: {k}")
+        for k in phi:
+            np.testing.assert_allclose(now["warp"][k], phi[k], rtol=1e-12, err_msg=f"batch {i}: {k}")
+            np.testing.assert_allclose(state.warp_grads[k], acc[k], rtol=1e-12, err_msg=f"batch {i}: g_φ {k}")
+        assert int(state.count) == (i + 1) % eta and state.warp_updates == (i + 1) // eta
+        assert float(metrics["c"]) == c and int(metrics["warp_updates"]) == (i + 1) // eta
+    # A non-finite gradient is refused before anything (θ, φ, the accumulator) changes.
+    before, sums = _snapshot(warped), [v.numpy() for v in state.sums]
+    with pytest.raises(FloatingPointError, match="stream step: non-finite meta-gradient"):
+        algorithms.continual_gradient_step(warped, _quadratic_gradients(warped), algorithms.meta_optimizers(
+            warp=0.5, init=0.25), 1, where="stream step")(state, float("nan"))
+    for role in before:
+        for k in before[role]:
+            np.testing.assert_array_equal(_snapshot(warped)[role][k], before[role][k])
+    assert all(np.array_equal(a, b.numpy()) for a, b in zip(sums, state.sums)) and int(state.count) == 1
+
+
+def test_continual_state_checkpoints_and_a_restored_stream_continues_exactly(tmp_path, float64):
+    warped = _warped()
+    step = algorithms.continual_gradient_step(warped, _quadratic_gradients(warped),
+                                              algorithms.meta_optimizers(warp=0.5, init=0.25), 2)
+    state = algorithms.continual_init(warped)
+    for c in (1.0, 2.0, 3.0):  # one warp update, the third g_φ held back (i = 1)
+        state, _ = step(state, c)
+    path = tf.train.Checkpoint(warp_accumulator=state).save(str(tmp_path / "ckpt"))
+    assert {n for n, _ in tf.train.list_variables(path) if n.startswith("warp_accumulator/")} == \
+        {f"warp_accumulator/{n}/.ATTRIBUTES/VARIABLE_VALUE" for n in ("count", "updates", "sums/0", "sums/1",
+                                                                      "sums/2", "sums/3")}
+    restored = algorithms.continual_init(warped)
+    assert int(restored.count) == 0 and not any(np.any(v.numpy()) for v in restored.sums)
+    status = tf.train.Checkpoint(warp_accumulator=restored).restore(path)
+    status.assert_consumed()
+    assert int(restored.count) == 1 and restored.warp_updates == 1
+    for k, v in state.warp_grads.items():
+        assert np.any(v.numpy() != 0)
+        np.testing.assert_array_equal(restored.warp_grads[k], v)
+    # The 4th batch completes the period with the held-back g_φ: the same φ from either state.
+    start = _snapshot(warped)
+    step(state, 0.5)
+    straight = _snapshot(warped)
+    _restore(warped, start)
+    step(restored, 0.5)
+    for role in straight:
+        for k in straight[role]:
+            np.testing.assert_array_equal(_snapshot(warped)[role][k], straight[role][k], err_msg=k)
+    assert not np.array_equal(straight["warp"][k], start["warp"][k])
+    assert int(restored.count) == 0 and restored.warp_updates == 2
+
+
 def test_learned_learning_rate_scalar_per_layer_and_clipping(float64):
     warped = _warped()
     tasks, seeds = _tasks(num=2), [3, 4]

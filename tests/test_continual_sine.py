@@ -173,34 +173,6 @@ def test_sgd_baseline_has_no_warp_and_no_meta_training(tmp_path):
     assert set(results["results"]) == {"sgd"}
 
 
-def test_meta_train_loop_logs_checkpoints_and_stops_cleanly_on_a_signal(tmp_path):
-    import signal
-
-    from trainers import common
-
-    root = str(tmp_path)
-    counter = tf.Variable(0)
-    checkpointer = common.Checkpointer(root, counter=counter)
-    writers = common.SummaryWriters(root)
-    seen, validated = [], []
-
-    def step_fn(step):
-        seen.append(step)
-        counter.assign_add(1)
-        if step == 3:
-            os.kill(os.getpid(), signal.SIGINT)  # handled by common.Interrupt: finish this step, then stop
-        return {"meta_loss": 0.5 * step}
-
-    step, interrupted = common.meta_train(step_fn, 0, 10, checkpointer, writers, log_every=2, checkpoint_every=2,
-                                          after_step=validated.append)
-    assert interrupted and step == 4 and seen == [0, 1, 2, 3] and validated == [1, 2, 3, 4]
-    assert os.listdir(os.path.join(root, "train"))
-    restored = common.Checkpointer(root, counter=tf.Variable(0))
-    assert restored.restore() == 4  # the interrupted run saved its last step
-    step, interrupted = common.meta_train(step_fn, 4, 6, restored, writers, log_every=2, checkpoint_every=2)
-    assert not interrupted and step == 6 and seen[-2:] == [4, 5]
-
-
 def test_trainer_is_reproducible_for_a_seed(tmp_path):
     # The warp blocks' hidden layers are randomly initialised; the trainer seeds them, so a rerun matches.
     runs = [continual_sine.train_eval(str(tmp_path / name), meta_steps=2, eval_orders=(("training", (0, 1)),),

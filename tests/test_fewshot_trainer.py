@@ -102,3 +102,12 @@ def test_confidence_interval_and_bad_config(tmp_path, data):
         run(tmp_path, data, gin_file, ["train_eval.method = 'leap'"])
     with pytest.raises(ValueError, match="train_eval.inner_steps"):
         run(tmp_path, data, gin_file, ["train_eval.inner_steps = 0"])
+
+
+def test_cpu_budget_stops_meta_training_validated_and_checkpointed(tmp_path, data):
+    gin_file = os.path.join(REPO, "configs", "fewshot", "miniimagenet_maml.gin")
+    results = run(tmp_path, data, gin_file, ["train_eval.meta_steps = 50", "train_eval.max_train_cpu_seconds = 0",
+                                             "train_eval.val_episodes = 1", "train_eval.eval_every = 100"])
+    assert results["meta_steps"] == 50 and results["meta_steps_done"] == 1  # spent after the first meta-step
+    assert results["best_step"] in (0, 1)  # validated at step 0 and where the budget ran out
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-1")

@@ -86,6 +86,21 @@ def test_resume_continues_exactly_and_warps_update_every_warp_period(tmp_path):
         np.testing.assert_array_equal(_checkpoint_value(a, name), _checkpoint_value(b, name))
 
 
+def test_a_diverging_task_update_stops_algorithm_3_before_it_writes_nan(tmp_path):
+    """Adam at 1e30 overflows the agent after one task update: the next iteration's gradients are not finite,
+    so the library's Algorithm 3 refuses them (FloatingPointError naming the step) and the checkpoint of the
+    first iteration is the last, with every value finite."""
+    root = str(tmp_path / "run")
+    with pytest.raises(FloatingPointError, match="maze iteration: non-finite meta-gradient"):
+        trainer.train_eval(root, cell="warp_rnn", num_iterations=4, learning_rate=1e30, grad_clip=0, meta_units=4,
+                           plot=False, **TINY)
+    assert tf.train.latest_checkpoint(os.path.join(root, "checkpoints")).endswith("ckpt-1")
+    reader = tf.train.load_checkpoint(os.path.join(root, "checkpoints"))
+    for name, dtype in reader.get_variable_to_dtype_map().items():
+        if dtype.is_floating:
+            assert np.all(np.isfinite(reader.get_tensor(name))), name
+
+
 def test_returns_figure_collects_sibling_runs(tmp_path):
     rng = np.random.default_rng(0)
     for cell, seed in (("rnn", 0), ("rnn", 1), ("warp_rnn", 0)):

@@ -96,7 +96,7 @@ def test_mirrored_two_replicas_equals_single_device(preset, tmp_path, omniglot_d
     # Resumed with a diverging inner rate, the mirrored run stops like the single-device one (exit 1, one line)
     # and saves nothing: the healthy checkpoint stays the latest, finite and unchanged.
     diverged = cli(tmp_path / "mirrored", omniglot_dir, cache, preset, "--strategy=mirrored", "--cpu_replicas=2",
-                   params=["train_eval.meta_steps=3", "train_eval.inner_lr=1e6"])
+                   params=["train_eval.meta_steps=3", "train_eval.inner_lr=1e30"])
     assert diverged.returncode == 1, (diverged.returncode, diverged.stderr[-3000:])
     last = [ln for ln in diverged.stderr.strip().splitlines() if ln.strip()][-1]
     assert last.startswith("error: ") and "diverged" in last and "Traceback" not in diverged.stderr, last

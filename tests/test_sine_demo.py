@@ -6,9 +6,13 @@ import subprocess
 import sys
 
 import gin
+import keras
+import numpy as np
 import pytest
 
-from trainers import sine_demo
+import warpgrad_tf as wg
+from trainers import common, sine_demo
+from warpgrad_tf import algorithms
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,3 +65,28 @@ def test_init_meta_learner_rows_train_and_report(tmp_path):
     assert set(table) == {"sgd", "leap", "warp_leap"}
     assert table["leap"]["final_mse"] != table["sgd"]["final_mse"]  # θ0 moved
     assert table["warp_leap"]["final_mse"] != table["leap"]["final_mse"]  # φ moved too
+
+
+def test_warp_method_is_the_library_warpgrad_row_under_algorithm_1(tmp_path):
+    """Two meta-steps of the demo's ``warp`` method move φ exactly as ``algorithms.online_step`` with the
+    methods table's ``"warpgrad"`` row and the same Adam does on the same meta-batches; θ0 stays fixed."""
+    gin.bind_parameter("warp_method.meta_steps", 2)
+    gin.bind_parameter("warp_method.meta_batch_size", 2)
+    family, rule = wg.tasks.SineTaskFamily(shots=10, query=20), wg.sgd(0.01)
+    problem = sine_demo.Problem(family, wg.WarpedModel(sine_demo.build_model()), rule, 3, seed=0)
+    trained = sine_demo.warp_method(problem, common.SummaryWriters(str(tmp_path)), str(tmp_path))
+
+    reference = wg.WarpedModel(sine_demo.build_model())  # the same seeded initialisation
+    initial_warp = reference.values("warp")
+    optimizer = keras.optimizers.Adam(5e-3)
+    optimizer.build(list(reference.warp_variables.values()))
+    learner = algorithms.methods.meta_learner_for("warpgrad", rule, wg.losses.mse, 3)
+    step = algorithms.online_step(reference, learner, algorithms.meta_optimizers(warp=optimizer))
+    for k in range(2):
+        seeds = problem.train_seeds(k, 2)
+        step(family.sample_batch(seeds), seeds)
+    for name, value in reference.values("warp").items():
+        np.testing.assert_allclose(trained.warp[name], value, rtol=1e-6, atol=1e-7, err_msg=name)
+    assert any(not np.allclose(trained.warp[n], v) for n, v in initial_warp.items())
+    for name, value in reference.values("task").items():
+        np.testing.assert_array_equal(trained.task[name], value, err_msg=name)

@@ -1,5 +1,6 @@
 """What every trainer binary shares: absl flags for gin, run directories, TensorBoard writers,
-checkpoint-and-resume with graceful interruption, a progress bar and results files.
+checkpoint-and-resume, the signal flag and progress bar of the training loop (:mod:`trainers.loop`) and
+results files.
 
 A trainer module defines one ``@gin.configurable train_eval(root_dir, ...)`` and ends with::
 
@@ -29,6 +30,10 @@ import gin  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
+
+__all__ = ["FLAGS", "Checkpointer", "ConfigError", "Interrupt", "Placement", "SummaryWriters", "check_binding_types",
+           "define_flags", "loop_sum", "parse_gin", "place_run", "progress", "run_main",
+           "write_json", "write_operative_config"]
 
 FLAGS = flags.FLAGS
 
@@ -168,7 +173,8 @@ class SummaryWriters:
 
 
 class Interrupt:
-    """Turns SIGTERM / SIGINT into a flag the training loop polls, so it can checkpoint and stop cleanly.
+    """Turns SIGTERM / SIGINT into a flag that :func:`trainers.loop.train_loop` polls after every step, so it
+    can checkpoint and stop cleanly.
 
     Use as a context manager; a second signal while handling the first exits immediately.
     """
@@ -313,41 +319,3 @@ def loop_sum(count, fn, initial):
     return total
 
 
-def meta_train(step_fn, start, total_steps, checkpointer, writers, *, log_every=10, checkpoint_every=100,
-               after_step=None, desc="meta-train", postfix="meta_loss"):
-    """The meta-training loop of a single-process trainer: progress bar, summaries, checkpoints, interruption.
-
-    Runs ``step_fn(step)`` for ``step = start, …, total_steps − 1``. ``step_fn`` performs one meta step and
-    returns a dict of scalar summaries; every ``log_every`` steps (and at the last) they are written to
-    ``writers.train`` with ``steps_per_sec``. ``after_step(step)`` (1-based count of completed steps) runs after
-    each step, e.g. for periodic validation. A checkpoint is saved every ``checkpoint_every`` steps and when
-    the loop ends; SIGINT / SIGTERM stop it cleanly after the current step (:class:`Interrupt`).
-
-    Returns:
-      ``(step, interrupted)``: the number of completed steps and whether a signal stopped the loop.
-    """
-    import time
-
-    step = int(start)
-    total_steps = int(total_steps)
-    with Interrupt() as interrupt:
-        bar = progress(total_steps, initial=min(step, total_steps), desc=desc)
-        tic = time.time()
-        while step < total_steps and not interrupt.requested:
-            summaries = step_fn(step)
-            step += 1
-            bar.update(1)
-            if step % log_every == 0 or step == total_steps:
-                summaries = dict(summaries, steps_per_sec=log_every / max(time.time() - tic, 1e-9))
-                writers.scalars(writers.train, step, summaries)
-                if postfix in summaries:
-                    bar.set_postfix({postfix: f"{float(summaries[postfix]):.4f}"})
-                tic = time.time()
-            if after_step is not None:
-                after_step(step)
-            if step % checkpoint_every == 0:
-                checkpointer.save(step)
-        bar.close()
-        if step > start:
-            checkpointer.save(step)
-    return step, interrupt.requested

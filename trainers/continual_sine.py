@@ -43,8 +43,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
-from trainers import common  # noqa: E402
-from warpgrad_tf import artifacts, continual, distribute, update_rules  # noqa: E402
+from trainers import common, loop  # noqa: E402
+from warpgrad_tf import algorithms, artifacts, continual, distribute, update_rules  # noqa: E402
 from warpgrad_tf.adaptation import unroll  # noqa: E402
 from warpgrad_tf.layers import WarpBlock  # noqa: E402
 from warpgrad_tf.losses import half_mse  # noqa: E402
@@ -245,14 +245,11 @@ def train_eval(
     identity_warp = WarpedModel(build_model(**model_kwargs)).values("warp")
     warp_vars = list(warped.variables("warp").values())
     with strategy.scope():
-        optimizer = keras.optimizers.Adam(meta_learning_rate)
+        optimizer = algorithms.meta_optimizer(meta_learning_rate, kind="adam", name="warp")
         if meta_learning:
             optimizer.build(warp_vars)
-        best = tf.Module()
-        best.warp = [tf.Variable(v, trainable=False) for v in warp_vars]
-        best.score = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
-        best.step = tf.Variable(-1, dtype=tf.int64, trainable=False)
-    checkpointer = run.checkpointer(model=warped.model, optimizer=optimizer, best=best)
+        best = loop.Best(higher_is_better=False, warp=warp_vars)  # the lowest validation loss, in the checkpoint
+    checkpointer = run.checkpointer(model=warped.model, optimizer=optimizer, **best.trackables())
     start = checkpointer.restore()
     writers = common.SummaryWriters(root_dir)
     training_order = list(range(num_subtasks))
@@ -303,12 +300,7 @@ def train_eval(
 
     def validate(step):
         curves = run_eval(step, eval_every_sequences, {method: warped.values("warp")}, validation=True)[method]
-        score = float(np.mean([np.mean(c[-1]) for c in curves.values()]))
-        if score < float(best.score):
-            best.score.assign(score)
-            best.step.assign(step)
-            for b, v in zip(best.warp, warp_vars):
-                b.assign(v)
+        return float(np.mean([np.mean(c[-1]) for c in curves.values()]))
 
     def train_step(step):
         (train_x, train_y, eval_x, eval_y), points = sample_step(step)
@@ -316,23 +308,15 @@ def train_eval(
         optimizer.apply_gradients([(grads[v.path], v) for v in warp_vars])
         return {"meta_loss": meta_loss, "task_loss": task_loss}
 
-    def after_step(step):
-        if eval_every and (step % eval_every == 0 or step == total_steps):
-            validate(step)
-
     method = "warpgrad" if warped.names["warp"] else "sgd"
-    total_steps = meta_steps if meta_learning else 0
-    step, interrupted = common.meta_train(train_step, start, total_steps, checkpointer, writers,
-                                          log_every=log_every, checkpoint_every=checkpoint_every,
-                                          after_step=after_step)
-    if interrupted:  # checkpointed by meta_train; run_main reports it in one line (exit status 130)
-        raise KeyboardInterrupt(f"interrupted at meta-step {step}: checkpoint saved, re-run to resume")
+    step, _ = loop.train_loop(train_step, start=start, total_steps=meta_steps if meta_learning else 0,
+                              checkpointer=checkpointer, log=loop.scalar_log(writers), log_every=log_every,
+                              checkpoint_every=checkpoint_every, validate=validate if eval_every else None,
+                              eval_every=eval_every, best=best)
 
     selected = step
-    if select_best and int(best.step) >= 0:
+    if select_best and best.restore() >= 0:
         selected = int(best.step)
-        for b, v in zip(best.warp, warp_vars):
-            v.assign(b)
         logging.info("Selected the warp of meta step %d (validation loss %.4f).", selected, float(best.score))
     methods = {method: warped.values("warp")}
     if warped.names["warp"]:

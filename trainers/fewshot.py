@@ -42,7 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 import warpgrad_tf as wg
-from trainers import common
+from trainers import common, loop
 from warpgrad_tf import algorithms, distribute, learned_lr
 from warpgrad_tf.algorithms import methods as methods_lib
 from warpgrad_tf.data import fewshot as fs
@@ -198,12 +198,9 @@ def train_eval(root_dir, data_dir,
                 trackables[name] = opt
     if rate is not None:
         trackables["inner_rates"] = list(rate.variables.values())
-    best_score = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_score")
-    best_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_step")
-    ckpt = run.checkpointer(best_score=best_score, best_step=best_step, **trackables)
-    best = tf.train.Checkpoint(model=list(model.variables), **({"inner_rates": trackables["inner_rates"]}
-                                                                 if rate is not None else {}))
-    best_dir = os.path.join(root_dir, "best")
+    best = loop.Best(initial=-1.0, directory=os.path.join(root_dir, "best"), model=list(model.variables),
+                     **({"inner_rates": trackables["inner_rates"]} if rate is not None else {}))
+    ckpt = run.checkpointer(**best.trackables(), **trackables)
     start = ckpt.restore()
 
     learner = methods_lib.meta_learner_for(method, rule, loss_fn, int(inner_steps), objective=objective,
@@ -212,66 +209,51 @@ def train_eval(root_dir, data_dir,
     step_fn = algorithms.online_step(warped, learner, optimizers, learned_rate=rate, clip=lr_clip, strategy=strategy)
 
     def validate(step):
-        if not int(val_episodes):
-            return float("nan")
         accs = evaluate(evaluator, warped, episodes, "val", int(val_episodes))
         score, ci = confidence_interval(accs)
         writers.scalars(writers.eval, step, {"val/accuracy": score, "val/ci95": ci})
-        if score > float(best_score.numpy()):
-            best_score.assign(score)
-            best_step.assign(int(step))
-            best.write(os.path.join(best_dir, "best"))
         return score
 
-    t0, cpu0 = time.time(), time.process_time()
-    if meta_steps and start == 0:
-        validate(0)
-    bar = common.progress(int(meta_steps), initial=min(start, int(meta_steps)), desc=f"meta-train {label}")
     data = iter(train_episodes.as_dataset("train", max(int(meta_steps) - start, 0) * meta_batch_size,
                                           start=start * meta_batch_size, batch_size=meta_batch_size))
-    last, stopped_at = {}, None
-    with common.Interrupt() as interrupt:
-        for step in range(start, int(meta_steps)):
-            ep = next(data)
-            seeds = tf.range(step * meta_batch_size, (step + 1) * meta_batch_size, dtype=tf.int64) + seed * 10**9
-            metrics = step_fn(algorithms.Tasks(ep.support_x, ep.support_y, ep.query_x, ep.query_y), seeds)
-            last = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
-            bar.update(1)
-            done = step + 1
-            if done % log_every == 0 or done == meta_steps:
-                budget = ({} if max_train_cpu_seconds is None else  # the CPU budget, not the step count, ends it
-                          {"cpu_s": f"{time.process_time() - cpu0:.0f}/{float(max_train_cpu_seconds):.0f}"})
-                bar.set_postfix(query_loss=f"{last.get('init_value', float('nan')):.3f}", **budget)
-                writers.scalars(writers.train, done, {f"train/{k}": v for k, v in last.items()})
-            out_of_time = (max_train_cpu_seconds is not None
-                           and time.process_time() - cpu0 > float(max_train_cpu_seconds))
-            validated = done % eval_every == 0 or done == meta_steps or out_of_time
-            if validated:
-                bar.set_postfix(val_acc=f"{validate(done):.3f}")
-            if done % checkpoint_every == 0 or validated:
-                ckpt.save(done)
-            if interrupt.requested:
-                ckpt.save(done)
-                bar.close()
-                raise KeyboardInterrupt(f"interrupted at meta-step {done}: checkpoint saved, re-run to resume")
-            if out_of_time:
-                stopped_at = done
-                break
-    bar.close()
+    last = {}
+
+    def train_step(step):
+        nonlocal last
+        ep = next(data)
+        seeds = tf.range(step * meta_batch_size, (step + 1) * meta_batch_size, dtype=tf.int64) + seed * 10**9
+        metrics = step_fn(algorithms.Tasks(ep.support_x, ep.support_y, ep.query_x, ep.query_y), seeds)
+        last = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+        return last
+
+    def cpu_seconds():
+        return time.process_time() - cpu0
+
+    def log(step, metrics, steps_per_sec):
+        writers.scalars(writers.train, step, {f"train/{k}": v for k, v in metrics.items()})
+        budget = ({} if max_train_cpu_seconds is None else  # the CPU budget, not the step count, ends it
+                  {"cpu_s": f"{cpu_seconds():.0f}/{float(max_train_cpu_seconds):.0f}"})
+        return dict(query_loss=f"{metrics.get('init_value', float('nan')):.3f}", **budget)
+
+    t0, cpu0 = time.time(), time.process_time()
+    end = loop.train_loop(
+        train_step, start=start, total_steps=int(meta_steps), checkpointer=ckpt, log=log, log_every=log_every,
+        checkpoint_every=checkpoint_every, validate=validate if int(val_episodes) else None, eval_every=eval_every,
+        best=best, validate_first=True, desc=f"meta-train {label}",
+        budget=None if max_train_cpu_seconds is None else lambda: cpu_seconds() > float(max_train_cpu_seconds))
     train_seconds, train_cpu_seconds = time.time() - t0, time.process_time() - cpu0
     cpu1 = time.process_time()
-    if int(best_step.numpy()) >= 0:
-        best.read(os.path.join(best_dir, "best")).assert_consumed()
+    best.restore()
 
     bar = common.progress(int(eval_episodes), desc=f"evaluate {label}")
     accs = evaluate(evaluator, warped, episodes, "test", int(eval_episodes), bar=bar)
     bar.close()
     mean, ci = confidence_interval(accs)
     eval_cpu_seconds = time.process_time() - cpu1
-    final_step = stopped_at or int(meta_steps)
+    final_step = end.step if end.budget_spent else int(meta_steps)
     writers.scalars(writers.eval, final_step, {"test/accuracy": mean, "test/ci95": ci})
     wg.artifacts.save(root_dir, warped, rule, loss="softmax_cross_entropy", steps=eval_inner_steps, batch_size=None,
-                      method=method, training_step=int(max(best_step.numpy(), 0)), task_family=f"fewshot/{dataset}",
+                      method=method, training_step=int(max(best.step.numpy(), 0)), task_family=f"fewshot/{dataset}",
                       extra={"ways": int(ways), "shots": int(shots), "learned_rate": rate is not None},
                       learned_rate=rate)
     results = {
@@ -284,7 +266,7 @@ def train_eval(root_dir, data_dir,
         "inner_steps": int(inner_steps), "eval_inner_steps": eval_inner_steps, "inner_lr": float(inner_lr),
         "meta_steps": int(meta_steps), "meta_steps_done": final_step, "meta_batch_size": meta_batch_size,
         "meta_optimizer": meta_optimizer, "init_lr": float(init_lr), "warp_lr": float(warp_lr),
-        "best_step": int(best_step.numpy()), "best_val_accuracy": float(best_score.numpy()),
+        "best_step": int(best.step.numpy()), "best_val_accuracy": float(best.score.numpy()),
         "test": {"episodes": int(accs.size), "accuracy": mean, "ci95": ci},
         "last_train_metrics": last, "meta_train_seconds_this_run": train_seconds,
         "meta_train_cpu_seconds_this_run": train_cpu_seconds, "eval_cpu_seconds": eval_cpu_seconds, "seed": int(seed),
@@ -293,7 +275,7 @@ def train_eval(root_dir, data_dir,
     }
     common.write_json(os.path.join(root_dir, "results.json"), results)
     print(f"\n{label}: {int(ways)}-way {int(shots)}-shot test accuracy {100 * mean:.2f} ± {100 * ci:.2f}% "
-          f"({accs.size} episodes); best meta-step {int(best_step.numpy())}\n"
+          f"({accs.size} episodes); best meta-step {int(best.step.numpy())}\n"
           f"results: {os.path.join(root_dir, 'results.json')}\nTensorBoard: tensorboard --logdir {root_dir}")
     return results
 

@@ -26,9 +26,9 @@ at sg[θ_k] on a batch the update did not see — the k-th batch, played with θ
 backward pass through batch k's A2C loss gives both the task gradient ∇_θ (for the task update of θ_k)
 and the warp meta-gradient ∇_φ L_meta(sg[θ_k]; φ) that Algorithm 3 accumulates (line 6). U is Adam, the
 task optimiser; Eq. 12 needs only the stepped values, never a derivative through U. The multi-task term C
-of Alg. 3 is this same A2C loss, so "θ ← θ − λβ g_θ" is the task update itself. This is implemented here
-rather than with :func:`warpgrad_tf.algorithms.continual_step`, whose tasks are supervised batches
-(``train_x, train_y, query_x, query_y``) that an RL stream does not have.
+of Alg. 3 is this same A2C loss, so "θ ← θ − λβ g_θ" is the task update itself. Algorithm 3 is the
+library's :func:`warpgrad_tf.algorithms.continual_gradient_step` with this gradient function
+(:func:`continual_gradients`) and its checkpointable :class:`~warpgrad_tf.algorithms.ContinualState`.
 
 Writes ``R/train`` (TensorBoard: ``mean_episode_return`` against episodes, loss terms, episodes/s),
 ``R/checkpoints`` (resumable: model, both optimisers, the warp accumulator and the step; every episode is
@@ -55,7 +55,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -65,8 +64,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
-from trainers import common  # noqa: E402
-from warpgrad_tf import distribute  # noqa: E402
+from trainers import common, loop  # noqa: E402
+from warpgrad_tf import algorithms, distribute  # noqa: E402
 from warpgrad_tf.envs import MazeEnv  # noqa: E402
 from warpgrad_tf.layers.rnn import CELLS, make_cell  # noqa: E402
 from warpgrad_tf.model import WarpedModel  # noqa: E402
@@ -78,32 +77,6 @@ EPISODE_BATCH = dict(batch="batch", unit="episodes", setting="train_eval.batch_s
 #: Episode-batch seeds of a run are ``seed * SEED_STRIDE + iteration``.
 SEED_STRIDE = 10**7
 RETURNS_FILE = "returns.json"
-
-
-class WarpAccumulator(tf.Module):
-    """Algorithm 3's running meta-gradient g_φ and batch count i, held in variables so they checkpoint."""
-
-    def __init__(self, warp_variables):
-        super().__init__(name="warp_accumulator")
-        self.sums = [tf.Variable(tf.zeros_like(v), trainable=False, name=f"g_{i}")
-                     for i, v in enumerate(warp_variables)]
-        self.count = tf.Variable(0, dtype=tf.int64, trainable=False, name="count")
-        self.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="updates")
-
-    def add(self, grads):
-        for acc, g in zip(self.sums, grads):
-            acc.assign_add(g)
-        self.count.assign_add(1)
-
-    def pop_mean(self):
-        """The mean accumulated gradient; resets the accumulator and counts a warp update."""
-        n = tf.cast(self.count, self.sums[0].dtype)
-        mean = [tf.convert_to_tensor(acc) / n for acc in self.sums]
-        for acc in self.sums:
-            acc.assign(tf.zeros_like(acc))
-        self.count.assign(0)
-        self.updates.assign_add(1)
-        return mean
 
 
 def _check_positive_int(name, value):
@@ -135,6 +108,22 @@ def _weighted_terms(warped, env, seed, weight, *, episodes=None, discount, value
     if weight is not None:
         metrics = {k: v * weight for k, v in metrics.items()}
     return metrics, list(grads_task.values()), list(grads_warp.values())
+
+
+def continual_gradients(warped, train_step):
+    """Algorithm 3's gradient function of the maze: ``fn(seed) ->`` :class:`~warpgrad_tf.algorithms.ContinualGradients`.
+
+    g_θ and g_φ are the one backward pass of ``train_step`` (:func:`make_train_step`) through the batch's A2C
+    loss at the current θ, φ (Eq. 12 at sg[θ_k]; C is that same loss), keyed by variable path.
+    """
+    task_paths, warp_paths = list(warped.variables("task")), list(warped.variables("warp"))
+
+    def gradients(seed):
+        metrics, grads_task, grads_warp = train_step(seed)
+        return algorithms.ContinualGradients(dict(zip(task_paths, grads_task)), dict(zip(warp_paths, grads_warp)),
+                                             metrics["loss"], metrics)
+
+    return gradients
 
 
 def make_train_step(warped, env, *, discount, value_coef, entropy_coef, jit_compile=False, strategy=None):
@@ -229,14 +218,13 @@ def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, ep
                                          env.num_actions))
         task_vars = list(warped.variables("task").values())
         warp_vars = list(warped.variables("warp").values())
-        task_optimizer = keras.optimizers.Adam(learning_rate, **clip)
+        task_optimizer = algorithms.meta_optimizer(learning_rate, kind="adam", name="task", **clip)
         task_optimizer.build(task_vars)
-        warp_optimizer = keras.optimizers.Adam(warp_learning_rate, **clip)
+        warp_optimizer = algorithms.meta_optimizer(warp_learning_rate, kind="adam", name="warp", **clip)
         trackables = dict(model=warped.model, task_optimizer=task_optimizer)
-        accumulator = None
+        accumulator = algorithms.continual_init(warped)  # Algorithm 3's g_φ and i
         if warp_vars:
             warp_optimizer.build(warp_vars)
-            accumulator = WarpAccumulator(warp_vars)
             trackables.update(warp_optimizer=warp_optimizer, warp_accumulator=accumulator)
     checkpointer = run.checkpointer(**trackables)
     start = checkpointer.restore()
@@ -245,41 +233,36 @@ def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, ep
     # context outside strategy.scope(), so each mirrored variable gets them once (and the clip sees them whole).
     train_step = make_train_step(warped, env, discount=discount, value_coef=value_coef, entropy_coef=entropy_coef,
                                  jit_compile=jit_compile, strategy=strategy if distributed else None)
+    # Algorithm 3: θ updated on every batch (task Adam), φ on every warp_period-th with the mean accumulated g_φ.
+    meta_step = algorithms.continual_gradient_step(
+        warped, continual_gradients(warped, train_step),
+        algorithms.meta_optimizers(warp=warp_optimizer if warp_vars else None, init=task_optimizer), warp_period,
+        where="maze iteration")
 
     history = [h for h in _load_history(root_dir) if h["iteration"] < start]
-    step = start
-    tic, tic_step, interrupted = time.time(), start, False
     logging.info("%s: %s; %d episodes per batch over %d replica(s)", cell, warped, batch_size, replicas)
-    with common.Interrupt() as interrupt:
-        bar = common.progress(num_iterations, initial=min(start, num_iterations), desc=f"maze {cell}")
-        while step < num_iterations and not interrupt.requested:
-            metrics, grads_task, grads_warp = train_step(tf.constant(seed * SEED_STRIDE + step, tf.int64))
-            task_optimizer.apply_gradients(zip(grads_task, task_vars))
-            if accumulator is not None:  # Algorithm 3: accumulate g_φ, update φ every η-th task update
-                accumulator.add(grads_warp)
-                if int(accumulator.count.numpy()) == warp_period:
-                    warp_optimizer.apply_gradients(zip(accumulator.pop_mean(), warp_vars))
-            step += 1
-            history.append({"iteration": step - 1, "episodes": step * batch_size,
-                            "mean_return": float(metrics["mean_episode_return"])})
-            bar.update(1)
-            if step % log_every == 0 or step == num_iterations:
-                elapsed = max(time.time() - tic, 1e-9)
-                values = {k: float(v) for k, v in metrics.items()}
-                values["episodes_per_sec"] = (step - tic_step) * batch_size / elapsed
-                values["recent_mean_return"] = float(np.mean([h["mean_return"] for h in history[-log_every:]]))
-                if accumulator is not None:
-                    values["warp_updates"] = int(accumulator.updates.numpy())
-                writers.scalars(writers.train, step * batch_size, values)
-                bar.set_postfix(ret=f"{values['recent_mean_return']:.1f}", eps=f"{values['episodes_per_sec']:.0f}")
-                tic, tic_step = time.time(), step
-            if step % checkpoint_every == 0:
-                checkpointer.save(step)
-                _write_history(root_dir, cell, seed, batch_size, replicas, history)
-        bar.close()
-        interrupted = interrupt.requested
-    if step > start:
-        checkpointer.save(step)
+
+    def iteration(step):
+        _, metrics = meta_step(accumulator, tf.constant(seed * SEED_STRIDE + step, tf.int64))
+        history.append({"iteration": step, "episodes": (step + 1) * batch_size,
+                        "mean_return": float(metrics["mean_episode_return"])})
+        return metrics
+
+    def log(step, metrics, steps_per_sec):  # TensorBoard's x-axis: episodes
+        values = {k: float(v) for k, v in metrics.items()}
+        values["episodes_per_sec"] = steps_per_sec * batch_size
+        values["recent_mean_return"] = float(np.mean([h["mean_return"] for h in history[-log_every:]]))
+        writers.scalars(writers.train, step * batch_size, values)
+        return {"ret": f"{values['recent_mean_return']:.1f}", "eps": f"{values['episodes_per_sec']:.0f}"}
+
+    interrupted = None
+    try:
+        step, _ = loop.train_loop(
+            iteration, start=start, total_steps=num_iterations, checkpointer=checkpointer, log=log,
+            log_every=log_every, checkpoint_every=checkpoint_every, desc=f"maze {cell}", unit="iteration",
+            on_save=lambda step: _write_history(root_dir, cell, seed, batch_size, replicas, history))
+    except loop.Interrupted as stop:  # checkpointed; the agent, history and figure are saved first
+        step, interrupted = stop.step, stop
     if step > start or not is_agent_run(root_dir):  # what export needs (R/model), at the checkpoint's step
         save_agent(root_dir, warped, task_optimizer, cell=cell, discount=discount, value_coef=value_coef,
                    entropy_coef=entropy_coef, training_step=step,
@@ -289,8 +272,8 @@ def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, ep
     summary = _write_history(root_dir, cell, seed, batch_size, replicas, history)
     if plot:
         plot_returns(os.path.dirname(os.path.abspath(root_dir)), os.path.join(root_dir, "returns.png"))
-    if interrupted:  # checkpoint, history and agent saved above; run_main reports it (exit status 130)
-        raise KeyboardInterrupt(f"interrupted at iteration {step}: checkpoint saved, re-run to resume")
+    if interrupted is not None:  # run_main reports it in one line (exit status 130)
+        raise interrupted
     logging.info("Summary: %s", summary)
     return summary
 

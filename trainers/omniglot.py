@@ -50,7 +50,7 @@ import numpy as np
 import tensorflow as tf
 
 import warpgrad_tf as wg
-from trainers import common
+from trainers import common, loop
 from warpgrad_tf import algorithms, distribute
 from warpgrad_tf.algorithms import methods as methods_lib
 from warpgrad_tf.data import omniglot as og
@@ -86,15 +86,11 @@ def make_evaluator(warped, rule, steps, batch_size, augment):
 
         def body(k, theta, opt, train_acc, test_acc):
             test_acc = test_acc.write(k, held_out(theta))
-            x, y = batches(k)
-            with tf.GradientTape() as tape:
-                tape.watch(theta)
-                out, _ = warped.apply(theta, warp, x, state=state, training=True)
-                loss = wg.losses.softmax_cross_entropy(y, out)
-            grads = tape.gradient(loss, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            train_acc = train_acc.write(k, wg.losses.accuracy(y, out))
-            theta, opt = rule.update(grads, opt, theta)
-            return k + 1, theta, opt, train_acc, test_acc
+            x, y = batches(k)  # adaptation's one task step; the BatchNorm state stays the model's
+            step = wg.adaptation.gradient_step(theta, opt, rule, wg.adaptation.supervised_objective(
+                warped, warp, state, (x, y), wg.losses.softmax_cross_entropy))
+            train_acc = train_acc.write(k, wg.losses.accuracy(y, step.aux.outputs))
+            return k + 1, step.task, step.opt_state, train_acc, test_acc
 
         ta = lambda n: tf.TensorArray(tf.float32, size=n, element_shape=[])  # noqa: E731
         _, theta, _, train_acc, test_acc = tf.while_loop(
@@ -267,11 +263,8 @@ def train_eval(root_dir, data_dir,
             if opt is not None:
                 opt.build(variables)
                 trackables[name] = opt
-    best_score = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_score")
-    best_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_step")
-    ckpt = run.checkpointer(best_score=best_score, best_step=best_step, **trackables)
-    best = tf.train.Checkpoint(model=model_vars)
-    best_dir = os.path.join(root_dir, "best")
+    best = loop.Best(initial=-1.0, directory=os.path.join(root_dir, "best"), model=model_vars)
+    ckpt = run.checkpointer(**best.trackables(), **trackables)
     start = ckpt.restore()
 
     learner = methods_lib.meta_learner_for(method, rule, loss_fn, int(inner_steps), objective=objective,
@@ -309,47 +302,32 @@ def train_eval(root_dir, data_dir,
         score = float(np.mean(list(per.values())))
         writers.scalars(writers.eval, step, {"val/accuracy": score, **{f"val/accuracy/{a}": v
                                                                        for a, v in per.items()}})
-        if score > float(best_score.numpy()):
-            best_score.assign(score)
-            best_step.assign(int(step))
-            best.write(os.path.join(best_dir, "best"))
         return score
 
-    t0 = time.time()
-    if meta_steps and start == 0:
-        validate(0)  # the initial meta-parameters are a candidate too
-    bar = common.progress(meta_steps, initial=min(start, meta_steps), desc=f"meta-train {label}")
     last = {}
-    with common.Interrupt() as interrupt:
-        for step in range(start, meta_steps):
-            tasks, seeds, names = meta_batch(step)
-            if offline:
-                metrics = step_fn(tasks, seeds, _task_seed(seed, step, -1, meta_batch_size) % 2**31)
-            else:
-                metrics = step_fn(tasks, seeds)
-            last = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
-            bar.update(1)
-            done = step + 1
-            if done % log_every == 0 or done == meta_steps:
-                bar.set_postfix(task_loss=f"{last.get('task_loss_last', float('nan')):.3f}")
-                keep = ("meta_loss", "task_loss_first", "task_loss_last", "init_value", "meta_steps")
-                writers.scalars(writers.train, done, {f"train/{k}": last[k] for k in keep if k in last})
-                writers.histograms(writers.train, done, {f"warp/{k}": v for k, v in warped.warp_variables.items()})
-            validated = done % eval_every == 0 or done == meta_steps
-            if validated:
-                bar.set_postfix(val_acc=f"{validate(done):.3f}")
-            if done % checkpoint_every == 0 or validated:  # best/ and best_score stay in step
-                ckpt.save(done)
-            if interrupt.requested:
-                ckpt.save(done)
-                bar.close()
-                raise KeyboardInterrupt(f"interrupted at meta-step {done}: checkpoint saved, re-run to resume")
-    bar.close()
+
+    def train_step(step):
+        nonlocal last
+        tasks, seeds, names = meta_batch(step)
+        if offline:
+            metrics = step_fn(tasks, seeds, _task_seed(seed, step, -1, meta_batch_size) % 2**31)
+        else:
+            metrics = step_fn(tasks, seeds)
+        last = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+        return last
+
+    def log(step, metrics, steps_per_sec):
+        keep = ("meta_loss", "task_loss_first", "task_loss_last", "init_value", "meta_steps")
+        writers.scalars(writers.train, step, {f"train/{k}": metrics[k] for k in keep if k in metrics})
+        writers.histograms(writers.train, step, {f"warp/{k}": v for k, v in warped.warp_variables.items()})
+        return {"task_loss": f"{metrics.get('task_loss_last', float('nan')):.3f}"}
+
+    t0 = time.time()
+    loop.train_loop(train_step, start=start, total_steps=meta_steps, checkpointer=ckpt, log=log, log_every=log_every,
+                    checkpoint_every=checkpoint_every, validate=validate, eval_every=eval_every, best=best,
+                    validate_first=True, desc=f"meta-train {label}")
     train_seconds = time.time() - t0
-    if meta_steps and start >= meta_steps and int(best_step.numpy()) < 0:
-        validate(meta_steps)
-    if int(best_step.numpy()) >= 0:  # evaluate the meta-validated choice
-        best.read(os.path.join(best_dir, "best")).assert_consumed()
+    best.restore()  # evaluate the meta-validated choice
 
     # --- evaluation on held-out alphabets
     bar = common.progress(len(test_tasks) * int(eval_repeats), desc=f"evaluate {label}")
@@ -371,7 +349,7 @@ def train_eval(root_dir, data_dir,
         writers.histograms(writers.eval, final_step, {f"warp/{k}": v for k, v in warped.warp_variables.items()})
 
     wg.artifacts.save(root_dir, warped, rule, loss="softmax_cross_entropy", steps=int(eval_steps),
-                      batch_size=task_batch_size, method=method, training_step=int(max(best_step.numpy(), 0)),
+                      batch_size=task_batch_size, method=method, training_step=int(max(best.step.numpy(), 0)),
                       task_family="omniglot", training=True)
     results = {
         "task": "omniglot", "method": method, "preset": preset, "label": label,
@@ -380,7 +358,7 @@ def train_eval(root_dir, data_dir,
         "alphabets": split, "validation": val_source, "seed": int(seed),
         "inner_steps": int(inner_steps), "inner_lr": float(inner_lr), "inner_rule": inner_rule,
         "task_batch_size": int(task_batch_size), "meta_batch_size": int(meta_batch_size),
-        "meta_steps": meta_steps, "best_step": int(best_step.numpy()), "best_val_accuracy": float(best_score.numpy()),
+        "meta_steps": meta_steps, "best_step": int(best.step.numpy()), "best_val_accuracy": float(best.score.numpy()),
         "eval_steps": int(eval_steps), "eval_repeats": int(eval_repeats),
         "held_out_accuracy": {"mean": accuracy, "per_alphabet": {a: v["accuracy"] for a, v in per_alphabet.items()}},
         "auc": {"mean": auc, "per_alphabet": {a: v["auc"] for a, v in per_alphabet.items()}},
@@ -395,7 +373,7 @@ def train_eval(root_dir, data_dir,
     common.write_json(os.path.join(root_dir, "results.json"), results)
     plot_curves(os.path.join(root_dir, "curves.png"), curves, label, int(eval_steps))
     print(f"\n{label}: held-out accuracy after {eval_steps} steps {100 * accuracy:.1f}% "
-          f"(AUC {100 * auc:.1f}) on {', '.join(split['test'])}; best meta-step {int(best_step.numpy())}"
+          f"(AUC {100 * auc:.1f}) on {', '.join(split['test'])}; best meta-step {int(best.step.numpy())}"
           f"\nresults: {os.path.join(root_dir, 'results.json')}\nplot:    {os.path.join(root_dir, 'curves.png')}"
           f"\nTensorBoard: tensorboard --logdir {root_dir}")
     return results

@@ -6,8 +6,9 @@ query points of 100 held-out tasks. Methods are small functions ``method(problem
 registered in ``METHODS``; each returns the task initialisation and warp parameters to evaluate with:
 
 * ``sgd``  — plain SGD from the fixed random initialisation (no meta-learning);
-* ``warp`` — WarpGrad (Eq. 11, exact objective, online accumulation over every trajectory point as in
-  Alg. 1) with the initialisation held fixed (λC = 0), so any gain comes from the learned geometry;
+* ``warp`` — the library's ``warpgrad`` method (:mod:`warpgrad_tf.algorithms.methods`: Eq. 11, exact objective,
+  online accumulation over every trajectory point with ``warpgrad_tf.algorithms.online_step``, Alg. 1) with
+  the initialisation held fixed (λC = 0), so any gain comes from the learned geometry;
 * ``leap``, ``reptile``, ``maml`` — initialisation meta-learners with the warps held at identity, and
   ``warp_leap`` — Warp-Leap (Eq. 15), all trained with ``warpgrad_tf.algorithms.online_step`` (Alg. 1)
   under one equal budget (``init_method.meta_steps`` × ``meta_batch_size`` task trajectories).
@@ -29,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 import warpgrad_tf as wg
-from trainers import common
+from trainers import common, loop
 from warpgrad_tf import algorithms, distribute
 
 # ---------------------------------------------------------------------------------------------- model
@@ -78,72 +79,29 @@ class Problem:
         return [self.seed * 1_000_003 + step * batch + i for i in range(batch)]
 
 
-def _warp_meta_gradient(problem, warp, tx, ty, qx, qy, objective):
-    """Mean warp meta-gradient over every point of one task's trajectory (Eq. 11, summed as in Alg. 1)."""
-    warped, rule, k_steps = problem.warped, problem.rule, problem.inner_steps
-    batches = wg.minibatches(tx, ty)
-    traj = wg.unroll(warped, problem.init_task, warp, rule, batches, wg.losses.mse, k_steps)
-
-    def body(k, acc, loss_acc):
-        theta_k, state_k = traj.point(k)
-        mg = wg.warp_objective(warped, warp, theta_k, state_k, rule, batches(k), (qx, qy), wg.losses.mse,
-                               objective=objective)
-        return k + 1, tf.nest.map_structure(tf.add, acc, mg.grads), loss_acc + mg.meta_loss
-
-    zeros = tf.nest.map_structure(tf.zeros_like, warp)
-    _, grads, loss = tf.while_loop(lambda k, *_: k < k_steps, body, (0, zeros, tf.constant(0.0)))
-    scale = 1.0 / k_steps
-    return tf.nest.map_structure(lambda g: g * scale, grads), loss * scale, traj.losses
-
-
 def meta_train_warp(problem, writers, checkpoint_dir, meta_steps, meta_batch_size, meta_lr, objective,
                     log_every):
-    """WarpGrad with a fixed initialisation: Adam on φ with the trajectory-averaged meta-gradient."""
+    """The ``warpgrad`` method (warps only, θ0 fixed, λC = 0) with Algorithm 1: Adam on φ with the meta-gradient
+    of Eq. 11 (or 12) averaged over every trajectory point of the meta-batch, on one device or several."""
     warp_vars = problem.warped.warp_variables
     with problem.strategy.scope():
-        optimizer = keras.optimizers.Adam(meta_lr)
+        optimizer = algorithms.meta_optimizer(meta_lr, kind="adam", name="warp")
         optimizer.build(list(warp_vars.values()))
     ckpt = _checkpointer(problem, checkpoint_dir, warp=list(warp_vars.values()), optimizer=optimizer)
     start = ckpt.restore()
+    learner = algorithms.methods.meta_learner_for("warpgrad", problem.rule, wg.losses.mse, problem.inner_steps,
+                                                  objective=objective)
+    step_fn = algorithms.online_step(problem.warped, learner, algorithms.meta_optimizers(warp=optimizer),
+                                     strategy=problem.strategy)
 
-    @tf.function
-    def meta_step(tx, ty, qx, qy):
-        warp = {k: tf.convert_to_tensor(v) for k, v in warp_vars.items()}
-        total = tf.nest.map_structure(tf.zeros_like, warp)
-        meta_loss, task_loss = 0.0, 0.0
-        for i in range(meta_batch_size):
-            grads, loss, losses = _warp_meta_gradient(problem, warp, tx[i], ty[i], qx[i], qy[i], objective)
-            total = tf.nest.map_structure(tf.add, total, grads)
-            meta_loss += loss / meta_batch_size
-            task_loss += losses[-1] / meta_batch_size
-        optimizer.apply([total[k] / meta_batch_size for k in warp_vars], list(warp_vars.values()))
-        return meta_loss, task_loss
+    def train_step(step):  # whole support / query sets every step: the seeds key nothing
+        batch = problem.family.sample_batch(problem.train_seeds(step, meta_batch_size))
+        metrics = step_fn(batch, list(range(meta_batch_size)))
+        return {"warp/meta_loss": metrics["meta_loss"], "warp/final_task_loss": metrics["task_loss_last"]}
 
-    if problem.distributed:  # the same estimator (Eq. 11 over every trajectory point), tasks split over replicas
-        learner = algorithms.meta_learner(problem.rule, wg.losses.mse, problem.inner_steps, init="none",
-                                          objective=objective)
-        step_fn = algorithms.online_step(problem.warped, learner, algorithms.meta_optimizers(warp=optimizer),
-                                         strategy=problem.strategy)
-
-        def meta_step(*batch):  # whole support / query sets every step: the seeds key nothing
-            metrics = step_fn(batch, list(range(meta_batch_size)))
-            return metrics["meta_loss"], metrics["task_loss_last"]
-
-    bar = common.progress(meta_steps, initial=start, desc="meta-train warp")
-    with common.Interrupt() as interrupt:
-        for step in range(start, meta_steps):
-            batch = problem.family.sample_batch(problem.train_seeds(step, meta_batch_size))
-            meta_loss, task_loss = meta_step(*batch)
-            bar.update(1)
-            if (step + 1) % log_every == 0 or step + 1 == meta_steps:
-                bar.set_postfix(meta_loss=f"{float(meta_loss):.3f}")
-                writers.scalars(writers.train, step + 1, {"warp/meta_loss": meta_loss,
-                                                          "warp/final_task_loss": task_loss})
-            if interrupt.requested:
-                ckpt.save(step + 1)
-                raise KeyboardInterrupt("interrupted: checkpoint saved, re-run to resume")
-    bar.close()
-    ckpt.save(meta_steps)
+    loop.train_loop(train_step, start=start, total_steps=meta_steps, checkpointer=ckpt, checkpoint_every=None,
+                    log=loop.scalar_log(writers, show="warp/meta_loss", rate=None), log_every=log_every,
+                    desc="meta-train warp")
     writers.histograms(writers.train, meta_steps, {f"warp/{k}": v for k, v in warp_vars.items()})
     return Trained(problem.init_task, problem.warped.values("warp"), meta_steps)
 
@@ -173,12 +131,12 @@ def meta_train_init(problem, writers, checkpoint_dir, method, meta_steps, meta_b
     learner = algorithms.methods.meta_learner_for(method, problem.rule, wg.losses.mse, problem.inner_steps)
     task_vars, warp_vars = list(warped.task_variables.values()), list(warped.warp_variables.values())
     with problem.strategy.scope():
-        init_opt = keras.optimizers.Adam(init_lr)
+        init_opt = algorithms.meta_optimizer(init_lr, kind="adam", name="init")
         init_opt.build(task_vars)
         trackables = {"task": task_vars, "init_optimizer": init_opt}
         warp_opt = None
         if learner.objective is not None:
-            warp_opt = keras.optimizers.Adam(warp_lr)
+            warp_opt = algorithms.meta_optimizer(warp_lr, kind="adam", name="warp")
             warp_opt.build(warp_vars)
             trackables.update(warp=warp_vars, warp_optimizer=warp_opt)
     ckpt = _checkpointer(problem, checkpoint_dir, **trackables)
@@ -186,20 +144,14 @@ def meta_train_init(problem, writers, checkpoint_dir, method, meta_steps, meta_b
     optimizers = algorithms.meta_optimizers(warp=warp_opt, init=init_opt)
     step_fn = algorithms.online_step(warped, learner, optimizers, strategy=problem.strategy)
 
-    bar = common.progress(meta_steps, initial=start, desc=f"meta-train {method}")
-    with common.Interrupt() as interrupt:
-        for step in range(start, meta_steps):
-            seeds = problem.train_seeds(step, meta_batch_size)
-            metrics = step_fn(problem.family.sample_batch(seeds), seeds)
-            bar.update(1)
-            if (step + 1) % log_every == 0 or step + 1 == meta_steps:
-                bar.set_postfix(task_loss=f"{float(metrics['task_loss_last']):.3f}")
-                writers.scalars(writers.train, step + 1, {f"{method}/{k}": v for k, v in metrics.items()})
-            if interrupt.requested:
-                ckpt.save(step + 1)
-                raise KeyboardInterrupt("interrupted: checkpoint saved, re-run to resume")
-    bar.close()
-    ckpt.save(meta_steps)
+    def train_step(step):
+        seeds = problem.train_seeds(step, meta_batch_size)
+        metrics = step_fn(problem.family.sample_batch(seeds), seeds)
+        return {f"{method}/{k}": v for k, v in metrics.items()}
+
+    loop.train_loop(train_step, start=start, total_steps=meta_steps, checkpointer=ckpt, checkpoint_every=None,
+                    log=loop.scalar_log(writers, show=f"{method}/task_loss_last", rate=None), log_every=log_every,
+                    desc=f"meta-train {method}")
     return Trained(warped.values("task"), warped.values("warp"), meta_steps)
 
 

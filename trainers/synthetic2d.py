@@ -49,8 +49,8 @@ import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 from keras import ops  # noqa: E402
 
-from trainers import common  # noqa: E402
-from warpgrad_tf import distribute, update_rules  # noqa: E402
+from trainers import common, loop  # noqa: E402
+from warpgrad_tf import algorithms, distribute, update_rules  # noqa: E402
 from warpgrad_tf.adaptation import adapt, unroll  # noqa: E402
 from warpgrad_tf.layers import WarpBlock  # noqa: E402
 from warpgrad_tf.model import WarpedModel  # noqa: E402
@@ -302,7 +302,7 @@ def train_eval(
         build_model(**dict(model_kwargs, num_points=runs_per_replica)))
     warp_vars = list(warped.variables("warp").values())
     with strategy.scope():
-        optimizer = keras.optimizers.Adam(meta_learning_rate)
+        optimizer = algorithms.meta_optimizer(meta_learning_rate, kind="adam", name="warp")
         optimizer.build(warp_vars)
     checkpointer = run.checkpointer(model=warped.model, optimizer=optimizer)
     start = checkpointer.restore()
@@ -366,10 +366,8 @@ def train_eval(
         optimizer.apply_gradients([(grads[v.path], v) for v in warp_vars])
         return {"meta_loss": meta_loss, "final_task_loss": final}
 
-    step, interrupted = common.meta_train(train_step, start, meta_steps, checkpointer, writers,
-                                          log_every=log_every, checkpoint_every=checkpoint_every)
-    if interrupted:  # checkpointed by meta_train; run_main reports it in one line (exit status 130)
-        raise KeyboardInterrupt(f"interrupted at meta-step {step}: checkpoint saved, re-run to resume")
+    step, _ = loop.train_loop(train_step, start=start, total_steps=meta_steps, checkpointer=checkpointer,
+                              log=loop.scalar_log(writers), log_every=log_every, checkpoint_every=checkpoint_every)
 
     warp = warped.values("warp")
     warp_final, _ = eval_pairs_fn(warp, eval_pairs)

@@ -4,7 +4,8 @@
 ``∇L_task`` is what preconditions the step (Eq. 6); nothing here knows about warps beyond passing φ to
 :meth:`WarpedModel.apply`.
 
-Two entry points share one loop body:
+One step body, :func:`gradient_step` (:func:`task_step` on an ``(x, y)`` batch), serves training
+(:func:`warpgrad_tf.algorithms.run_task`), evaluation and export. Two entry points share one loop body:
 
 * :func:`adapt` returns only the final state (constant memory in K);
 * :func:`unroll` also returns the trajectory ``(θ_k, optimiser state_k, loss_k)`` for ``k = 0..K`` —
@@ -23,6 +24,20 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
+
+__all__ = [
+    "AdaptResult",
+    "Forward",
+    "TaskUpdate",
+    "Trajectory",
+    "adapt",
+    "gradient_step",
+    "isolated",
+    "minibatches",
+    "supervised_objective",
+    "task_step",
+    "unroll",
+]
 
 
 class AdaptResult(NamedTuple):
@@ -97,17 +112,70 @@ def minibatches(x, y, batch_size=None, seed=0):
     return batches
 
 
-def task_step(warped, task, warp, opt_state, state, batch, rule, loss_fn, *, frozen=None, training=True,
-              learning_rate=None):
-    """One warped task update: returns ``(θ_{k+1}, opt_state_{k+1}, state_{k+1}, L_task(θ_k))``."""
-    x, y = batch
+class TaskUpdate(NamedTuple):
+    """One task update ``θ_{k+1} = U(θ_k, ∇L_task(θ_k; φ))`` (Alg. 1–2, line 8) and what it saw on the way.
+
+    Attributes:
+      task: θ_{k+1} (``{path: tensor}``).
+      opt_state: the update rule's state after the step.
+      loss: L_task(θ_k), the objective's value at θ_k.
+      grads: ``{path: tensor}`` ∇L_task(θ_k) (zero for parameters the loss does not reach).
+      aux: what the objective returned beside its value (:class:`Forward` for :func:`supervised_objective`).
+    """
+
+    task: dict
+    opt_state: Any
+    loss: tf.Tensor
+    grads: dict
+    aux: Any
+
+
+class Forward(NamedTuple):
+    """The auxiliary output of :func:`supervised_objective`: the model's outputs and new BatchNorm state."""
+
+    outputs: Any
+    state: dict
+
+
+def gradient_step(task, opt_state, rule, objective: Callable, *, learning_rate=None) -> TaskUpdate:
+    """The one task step that training, evaluation and export share: ``θ_{k+1} = U(θ_k, ∇ objective(θ_k))``.
+
+    Args:
+      task: θ_k (``{path: tensor}``), differentiated as given (watched on a fresh tape).
+      opt_state: the rule's state at step k.
+      rule: an :class:`~warpgrad_tf.update_rules.UpdateRule` (compose a gradient clip into it if one is wanted).
+      objective: ``objective(θ) -> (L_task(θ), aux)``; with φ fixed inside, backpropagating through the warp
+        layers is what preconditions the step (Eq. 6). :func:`supervised_objective` is the (x, y) case; the
+        RL exporter passes an A2C loss over replayed episodes.
+      learning_rate: optional override of the rule's step size (scalar or per-parameter dict).
+    """
     with tf.GradientTape() as tape:
         tape.watch(task)
-        outputs, new_state = warped.apply(task, warp, x, frozen=frozen, state=state, training=training)
-        loss = loss_fn(y, outputs)
+        loss, aux = objective(task)
     grads = tape.gradient(loss, task, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     new_task, new_opt_state = rule.update(grads, opt_state, task, learning_rate)
-    return new_task, new_opt_state, tf.nest.map_structure(tf.stop_gradient, new_state), loss
+    return TaskUpdate(new_task, new_opt_state, loss, grads, aux)
+
+
+def supervised_objective(warped, warp, state, batch, loss_fn, *, frozen=None, training=True):
+    """``objective(θ) -> (loss_fn(y, f(x; θ, φ)), Forward(outputs, new BatchNorm state))`` on ``batch = (x, y)``."""
+    x, y = batch
+
+    def objective(task):
+        outputs, new_state = warped.apply(task, warp, x, frozen=frozen, state=state, training=training)
+        return loss_fn(y, outputs), Forward(outputs, new_state)
+
+    return objective
+
+
+def task_step(warped, task, warp, opt_state, state, batch, rule, loss_fn, *, frozen=None, training=True,
+              learning_rate=None):
+    """One warped task update on ``batch = (x, y)``: returns ``(θ_{k+1}, opt_state_{k+1}, state_{k+1}, L_task(θ_k))``
+    (:func:`gradient_step` of :func:`supervised_objective`; the new BatchNorm state is stop-gradient'ed)."""
+    step = gradient_step(task, opt_state, rule, supervised_objective(warped, warp, state, batch, loss_fn,
+                                                                     frozen=frozen, training=training),
+                         learning_rate=learning_rate)
+    return step.task, step.opt_state, tf.nest.map_structure(tf.stop_gradient, step.aux.state), step.loss
 
 
 def isolated(fn):

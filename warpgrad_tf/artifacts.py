@@ -22,8 +22,8 @@ from warpgrad_tf import learned_lr, update_rules
 from warpgrad_tf.model import WarpedModel
 from warpgrad_tf.version import __version__
 
-__all__ = ["MODEL_FILE", "RATES_FILE", "SPEC_FILE", "AdaptationSpec", "learned_rate_granularity", "load",
-           "load_learned_rate", "model_dir", "save"]
+__all__ = ["AdaptationSpec", "learned_rate_granularity", "load", "load_learned_rate", "match_paths", "model_dir",
+           "MODEL_FILE", "RATES_FILE", "save", "SPEC_FILE"]
 
 MODEL_FILE = "model.keras"
 SPEC_FILE = "warpgrad.json"
@@ -115,7 +115,7 @@ def save(root_dir, warped: WarpedModel, rule, *, loss, steps, batch_size, method
     return out
 
 
-def _match_paths(roles, model):
+def match_paths(roles, model):
     """Saved variable paths → the reloaded model's. A ``keras.Sequential`` creates its variables under its
     own name scope (``"seq/dense/kernel"``) but a reloaded one does not (``"dense/kernel"``)."""
     paths = {v.path for v in model.trainable_variables}
@@ -169,9 +169,9 @@ def load(root_dir):
     except (OSError, ValueError) as e:
         why = "missing" if not os.path.exists(model_path) else "unreadable (not a .keras zip, or damaged)"
         raise ValueError(f"{model_path} is {why}: {str(e).splitlines()[0][:200]}") from e
-    spec = spec._replace(roles=_match_paths(spec.roles, model))
+    spec = spec._replace(roles=match_paths(spec.roles, model))
     if spec.learned_rate:
-        paths = list(_match_paths({p: p for p in spec.learned_rate.get("parameters", [])}, model))
+        paths = list(match_paths({p: p for p in spec.learned_rate.get("parameters", [])}, model))
         spec = spec._replace(learned_rate=dict(spec.learned_rate, parameters=paths))
     warped = WarpedModel(model, variable_roles=spec.roles)
     hp = dict(spec.rule_hyperparameters)

@@ -28,6 +28,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+__all__ = ["effective_parameters", "flatten", "Geometry", "inspect", "native_apply", "predicted_native_step",
+           "unflatten_like"]
+
 
 class Geometry(NamedTuple):
     """What the warps induce at a point θ.

@@ -44,6 +44,9 @@ import tensorflow as tf
 
 from warpgrad_tf.adaptation import task_step
 
+__all__ = ["add", "check", "fomaml", "get", "gradient", "InitGradient", "InitObjective", "leap", "maml", "multitask",
+           "none", "OBJECTIVES", "Point", "reptile", "task_gradient", "TaskInputs", "zero"]
+
 
 class Point(NamedTuple):
     """One point of a task trajectory: θ_k, L_task(θ_k; φ) on batch k and ∇_θ L_task(θ_k; φ) on batch k."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+__all__ = ["accuracy", "get", "half_mse", "mse", "softmax_cross_entropy"]
+
 
 def _targets_like(y_true, y_pred, name):
     """``y_true`` shaped like ``y_pred``: equal shapes, or one side with an extra trailing axis of size 1.

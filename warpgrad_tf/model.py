@@ -38,6 +38,8 @@ from collections.abc import Mapping
 import keras
 import tensorflow as tf
 
+__all__ = ["ROLES", "WarpedModel"]
+
 ROLES = ("task", "warp", "frozen")
 
 

@@ -25,6 +25,8 @@ import tensorflow as tf
 
 from warpgrad_tf.adaptation import task_step
 
+__all__ = ["APPROX", "check_objective", "EXACT", "meta_loss_gradient", "MetaGradient", "OBJECTIVES", "warp_objective"]
+
 EXACT = "exact"
 APPROX = "approx"
 OBJECTIVES = (EXACT, APPROX)

@@ -28,6 +28,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow as tf
 
+__all__ = ["Batch", "check_eta", "MemoryReport", "ReplayBuffer"]
+
 
 def _read_rows(leaf, rows):
     """Rows of a spilled ``[K, ...]`` record, read from its file rather than through the memory map.

@@ -64,9 +64,9 @@ import tensorflow as tf
 from warpgrad_tf import adaptation, artifacts, learned_lr, losses
 from warpgrad_tf.version import __version__
 
-__all__ = ["MAX_STEPS", "SIGNATURES", "AdaptiveModelSaver", "check_scalar", "check_task_parameters",
-           "checkpoint_objects", "checkpoint_path", "export", "latest_checkpoint_dir", "parameter_names",
-           "restore_checkpoint", "save_module", "signature_name"]
+__all__ = ["AdaptiveModelSaver", "after_check", "check_output", "check_scalar", "check_task_parameters",
+           "checkpoint_objects", "checkpoint_path", "export", "latest_checkpoint_dir", "MAX_STEPS", "parameter_names",
+           "restore_checkpoint", "save_module", "shape_assert", "signature_name", "SIGNATURES"]
 
 SIGNATURES = ("adapt", "predict", "adapt_and_predict", "metadata")
 _RESERVED = {"x", "support_x", "support_y", "query_x", "steps", "outputs"}
@@ -114,7 +114,7 @@ def _describe(dims):
                            for i, d in enumerate(dims)) + "]"
 
 
-def _shape_assert(tensor, expected, arg, what=""):
+def shape_assert(tensor, expected, arg, what=""):
     """Assert ``tensor`` is a batch of shape ``[n] + expected`` (``None`` = any size) with ``n >= 1``.
 
     Messages name ``arg``. Returns the tensor with its static shape set.
@@ -129,10 +129,10 @@ def _shape_assert(tensor, expected, arg, what=""):
         check = tf.debugging.Assert(
             shape[0] >= 1, [f"{arg} is empty: it needs at least one example; got shape", shape],
             name=f"{arg}_not_empty")
-    return _after(check, tensor, dims)
+    return after_check(check, tensor, dims)
 
 
-def _after(check, tensor, dims):
+def after_check(check, tensor, dims):
     """``tensor`` once ``check`` has run, with static shape ``dims``.
 
     ``set_shape`` rather than ``tf.ensure_shape``: Grappler specialises functions to the fed shapes and
@@ -177,7 +177,7 @@ def check_task_parameters(task_parameters, names, exported):
             _shape_ok(tf.shape(value, out_type=tf.int32), expected),
             [f"task parameter {name} must have shape {expected}; got shape", tf.shape(value)],
             name=f"{name}_shape")
-        task[path] = _after(check, value, expected)
+        task[path] = after_check(check, value, expected)
     return task
 
 
@@ -358,7 +358,7 @@ class AdaptiveModelSaver:
         return task, warp, frozen, state, rate
 
     def _check_inputs(self, x, arg):
-        x = _shape_assert(x, self._input_shape, arg)
+        x = shape_assert(x, self._input_shape, arg)
         finite = tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(x)), [f"{arg} holds non-finite values"],
                                      name=f"{arg}_finite")
         with tf.control_dependencies([finite]):
@@ -368,14 +368,14 @@ class AdaptiveModelSaver:
         support_x = self._check_inputs(support_x, "support_x")
         n = tf.shape(support_x)[0]
         if self._classification:
-            support_y = _shape_assert(support_y, [], "support_y", " of integer class labels")
+            support_y = shape_assert(support_y, [], "support_y", " of integer class labels")
             checks = [tf.debugging.Assert(
                 tf.reduce_all((support_y >= 0) & (support_y < self._num_outputs)),
                 [f"support_y holds labels outside [0, {self._num_outputs}) (the model has "
                  f"{self._num_outputs} classes); min and max label:",
                  tf.reduce_min(support_y), tf.reduce_max(support_y)], name="support_y_range")]
         else:
-            support_y = _shape_assert(support_y, self._output_shape, "support_y", " of regression targets")
+            support_y = shape_assert(support_y, self._output_shape, "support_y", " of regression targets")
             checks = [tf.debugging.Assert(
                 tf.reduce_all(tf.math.is_finite(support_y)), ["support_y holds non-finite targets"],
                 name="support_y_finite")]
@@ -430,7 +430,8 @@ def _parents(path):
         yield path
 
 
-def _check_output(export_dir, overwrite):
+def check_output(export_dir, overwrite):
+    """Refuse an export folder that is blocked by a file or (without ``overwrite``) already holds an export."""
     export_dir = os.path.abspath(export_dir)
     blocking = next((p for p in (export_dir, *_parents(export_dir)) if os.path.isfile(p)), None)
     if blocking:
@@ -449,7 +450,7 @@ def save_module(module, signatures, export_dir, overwrite=True):
 
     An existing ``export_dir`` is replaced only if it is a SavedModel (or empty) and ``overwrite`` is true.
     """
-    export_dir = _check_output(export_dir, overwrite)
+    export_dir = check_output(export_dir, overwrite)
     parent = os.path.dirname(export_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-saved_model-", dir=parent)
@@ -620,7 +621,7 @@ def export(root_dir, output, checkpoint=None, seed=None, overwrite=True):
 
     if serving_rl.is_agent_run(root_dir):
         return serving_rl.export(root_dir, output, checkpoint=checkpoint, seed=seed, overwrite=overwrite)
-    _check_output(output, overwrite)  # before the (slow) tracing
+    check_output(output, overwrite)  # before the (slow) tracing
     warped, rule, spec = artifacts.load(root_dir)
     rate = artifacts.load_learned_rate(root_dir, warped, spec)
     granularity = artifacts.learned_rate_granularity(spec)

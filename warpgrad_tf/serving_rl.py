@@ -53,11 +53,32 @@ import numpy as np
 import tensorflow as tf
 
 from warpgrad_tf import serving
+from warpgrad_tf.adaptation import gradient_step
 from warpgrad_tf.model import WarpedModel
 from warpgrad_tf.rl import a2c
 from warpgrad_tf.rl.agent import evaluate
-from warpgrad_tf.update_rules import AdamState, adam
+from warpgrad_tf.update_rules import AdamState, UpdateRule, adam
 from warpgrad_tf.version import __version__
+
+__all__ = [
+    "AGENT_FILE",
+    "AgentSaver",
+    "AgentSpec",
+    "KIND",
+    "MODEL_FILE",
+    "OPTIMIZER_FILE",
+    "SIGNATURES",
+    "clip_by_global_norm",
+    "clipped",
+    "export",
+    "is_agent_run",
+    "keras_adam_state",
+    "load_agent",
+    "optimizer_config",
+    "restore_checkpoint",
+    "save_agent",
+    "summary",
+]
 
 KIND = "maze_agent"
 AGENT_FILE = "agent.json"
@@ -78,6 +99,16 @@ def clip_by_global_norm(grads, clip):
     norm = tf.sqrt(tf.reduce_sum(tf.stack([tf.reduce_sum(tf.square(g)) for g in grads.values()])))
     scale = clip * tf.minimum(1.0 / norm, 1.0 / clip) + (norm - norm)  # NaN for a non-finite norm
     return {k: g * scale for k, g in grads.items()}
+
+
+def clipped(rule: UpdateRule, clip) -> UpdateRule:
+    """``rule`` applied to gradients clipped to global norm ``clip`` first (Keras' ``global_clipnorm``; ``clip``
+    falsy: not clipped), its hyperparameters recording ``global_clipnorm``."""
+
+    def update(grads, state, params, learning_rate=None):
+        return rule.update(clip_by_global_norm(grads, clip), state, params, learning_rate)
+
+    return rule._replace(update=update, hyperparameters=dict(rule.hyperparameters, global_clipnorm=clip))
 
 
 # ---------------------------------------------------------------------------------------- run directory
@@ -174,9 +205,9 @@ def load_agent(root_dir):
     import warpgrad_tf.layers  # noqa: F401  (registers the RNN cells for deserialisation)
 
     model = keras.saving.load_model(os.path.join(folder, MODEL_FILE), compile=False)
-    spec = spec._replace(roles=artifacts._match_paths(spec.roles, model))
+    spec = spec._replace(roles=artifacts.match_paths(spec.roles, model))
     warped = WarpedModel(model, variable_roles=spec.roles)
-    saved_paths = artifacts._match_paths({p: p for p in payload["roles"]}, model)  # {reloaded: saved}
+    saved_paths = artifacts.match_paths({p: p for p in payload["roles"]}, model)  # {reloaded: saved}
     with np.load(os.path.join(folder, OPTIMIZER_FILE)) as arrays:
         state = AdamState(tf.constant(arrays["count"], tf.int64),
                           {p: tf.constant(arrays[f"m/{saved_paths[p]}"]) for p in warped.names["task"]},
@@ -231,8 +262,8 @@ class AgentSaver:
         hp = spec.optimizer
         if hp["name"] != "adam":
             raise ValueError(f"Unknown task optimiser {hp['name']!r} in {AGENT_FILE}; only 'adam' is exported.")
-        self._rule = adam(hp["learning_rate"], hp["beta_1"], hp["beta_2"], hp["epsilon"])
-        self._clip = float(hp["global_clipnorm"] or 0.0)
+        self._rule = clipped(adam(hp["learning_rate"], hp["beta_1"], hp["beta_2"], hp["epsilon"]),
+                             float(hp["global_clipnorm"] or 0.0))  # the trainer's Keras Adam(global_clipnorm)
         self._obs, self._num_actions = int(spec.observation_size), int(spec.num_actions)
         self._state_names = [f"state_{i}" for i in range(len(spec.state_sizes))]
         self.names = serving.parameter_names(warped.names["task"], reserved=_INPUTS | set(self._state_names))
@@ -268,7 +299,7 @@ class AgentSaver:
             "kind": KIND, "cell": s.cell, "observation_shape": [self._obs], "num_actions": self._num_actions,
             "state_names": list(self._state_names), "state_sizes": [int(n) for n in s.state_sizes],
             "rule": self._rule.name, "learning_rate": float(self._rule.learning_rate),
-            "rule_hyperparameters": dict(self._rule.hyperparameters, global_clipnorm=self._clip),
+            "rule_hyperparameters": dict(self._rule.hyperparameters),
             "optimizer_step": self._optimizer_step,
             "discount": float(s.discount), "value_coef": float(s.value_coef),
             "entropy_coef": float(s.entropy_coef), "loss": "a2c", "training_step": int(s.training_step),
@@ -296,14 +327,14 @@ class AgentSaver:
     # ------------------------------------------------------------------ input checks
     def _check_batch(self, tensor, trailing, arg, batch=None, what=""):
         """``tensor`` of shape ``[n, *trailing]`` (``n >= 1``, equal to ``batch`` if given)."""
-        tensor = serving._shape_assert(tensor, trailing, arg, what)
+        tensor = serving.shape_assert(tensor, trailing, arg, what)
         if batch is None:
             return tensor
         check = tf.debugging.Assert(
             tf.reduce_all(tf.equal(tf.shape(tensor)[:batch.shape[0]], batch)),
             [f"{arg} must have the same leading dimensions as the observations; got shape", tf.shape(tensor),
              "for", batch], name=f"{arg}_batch")
-        return serving._after(check, tensor, tensor.shape.as_list())
+        return serving.after_check(check, tensor, tensor.shape.as_list())
 
     def _check_episodes(self, observations, actions, rewards, mask):
         observations = self._check_batch(observations, [None, self._obs], "observations")
@@ -361,15 +392,14 @@ class AgentSaver:
                               {self.names[n]: tf.convert_to_tensor(v) for n, v in m.adam_v.items()})
         s = self._spec
 
-        def body(k, task, opt_state):
-            with tf.GradientTape() as tape:  # θ as tensors: functional calls, nothing assigned (φ fixed)
-                tape.watch(task)
-                logits, values = evaluate(self._warped, task, warp, observations)
-                loss = a2c.a2c_loss(logits, values, actions, rewards, discount=s.discount,
-                                    value_coef=s.value_coef, entropy_coef=s.entropy_coef, mask=mask).loss
-            grads = tape.gradient(loss, task, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            task, opt_state = self._rule.update(clip_by_global_norm(grads, self._clip), opt_state, task)
-            return k + 1, task, opt_state
+        def objective(task):  # θ as tensors: functional calls, nothing assigned (φ fixed)
+            logits, values = evaluate(self._warped, task, warp, observations)
+            return a2c.a2c_loss(logits, values, actions, rewards, discount=s.discount, value_coef=s.value_coef,
+                                entropy_coef=s.entropy_coef, mask=mask).loss, ()
+
+        def body(k, task, opt_state):  # adaptation's one task step, with the clipped Adam of the trainer
+            step = gradient_step(task, opt_state, self._rule, objective)
+            return k + 1, step.task, step.opt_state
 
         _, task, _ = tf.while_loop(lambda k, *_: k < steps, body, (tf.constant(0), task, opt_state))
         return {n: tf.identity(task[p], name=n) for n, p in self.names.items()}
@@ -392,7 +422,7 @@ def export(root_dir, output, checkpoint=None, seed=None, overwrite=True):
     if seed is not None:
         raise ValueError("--seed sets the mini-batch seed of supervised exports; an agent's adapt uses the "
                          "whole logged batch and has no seed.")
-    serving._check_output(output, overwrite)
+    serving.check_output(output, overwrite)
     warped, state, spec = load_agent(root_dir)
     if checkpoint:
         if checkpoint == "latest":

@@ -17,6 +17,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow as tf
 
+__all__ = ["adam", "AdamState", "get", "momentum", "sgd", "UpdateRule"]
+
 Params = Mapping[str, tf.Tensor]
 
 

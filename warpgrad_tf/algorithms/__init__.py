@@ -13,14 +13,23 @@ from warpgrad_tf.algorithms.base import (
     meta_optimizers,
     run_task,
 )
-from warpgrad_tf.algorithms.continual import ContinualState, continual_init, continual_step
+from warpgrad_tf.algorithms.continual import (
+    ContinualGradients,
+    ContinualState,
+    continual_gradient_step,
+    continual_init,
+    continual_step,
+    supervised_gradients,
+)
 from warpgrad_tf.algorithms.offline import collect, collector, offline_step, replay_meta_gradient
 from warpgrad_tf.algorithms.online import online_meta_gradient, online_step
 
 __all__ = [
+    "ContinualGradients",
     "ContinualState",
     "collect",
     "collector",
+    "continual_gradient_step",
     "continual_init",
     "continual_step",
     "offline_step",
@@ -38,4 +47,5 @@ __all__ = [
     "online_meta_gradient",
     "online_step",
     "run_task",
+    "supervised_gradients",
 ]

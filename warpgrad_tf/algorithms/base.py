@@ -22,15 +22,15 @@ import numpy as np
 import tensorflow as tf
 
 from warpgrad_tf import initialisation as init_lib
-from warpgrad_tf.adaptation import isolated, minibatches
+from warpgrad_tf.adaptation import gradient_step, isolated, minibatches, supervised_objective
 from warpgrad_tf.meta_optimizers import MetaOptimizers, meta_optimizer, meta_optimizers
 from warpgrad_tf.objectives import check_objective, warp_objective
 from warpgrad_tf.update_rules import UpdateRule
 
-__all__ = ["META_SEED_OFFSET", "MetaGradients", "MetaLearner", "MetaOptimizers", "TaskRun", "Tasks",
-           "add_learning_rate_grads", "all_finite", "apply_meta_gradients", "as_tasks", "meta_batches", "meta_learner",
-           "meta_optimizer", "meta_optimizers", "raise_if_not_finite", "run_task", "sample_objective", "task_batches",
-           "task_seeds"]
+__all__ = ["add_learning_rate_grads", "all_finite", "apply_meta_gradients", "as_tasks", "learning_rate_zeros",
+           "meta_batches", "meta_learner", "meta_optimizer", "meta_optimizers", "META_SEED_OFFSET", "MetaGradients",
+           "MetaLearner", "MetaOptimizers", "raise_if_not_finite", "run_task", "sample_objective", "task_batches",
+           "task_seeds", "TaskRun", "Tasks"]
 
 META_SEED_OFFSET = 7919  # meta batches use the task seed + this, so L_task and L_meta see different batches
 
@@ -185,7 +185,8 @@ def meta_batches(learner, x, y, seed):
     return minibatches(x, y, learner.meta_batch_size, tf.cast(seed, tf.int64) + META_SEED_OFFSET)
 
 
-def _lr_zeros(learning_rate):
+def learning_rate_zeros(learning_rate):
+    """Zeros shaped like a learned inner rate (``rates()``), or None for a fixed (Python number) rate."""
     if learning_rate is None or isinstance(learning_rate, (int, float)):
         return None
     return tf.nest.map_structure(lambda v: tf.zeros(v.shape, v.dtype), learning_rate)
@@ -232,7 +233,7 @@ def run_task(warped, learner: MetaLearner, warp, theta0, task, seed, *, learning
 
     zeros_w = {k: tf.zeros_like(v) for k, v in warp.items()}
     zeros_t = {k: tf.zeros_like(v) for k, v in theta0.items()}
-    lr_acc = _lr_zeros(learning_rate) if do_warp and learner.objective == "exact" else None
+    lr_acc = learning_rate_zeros(learning_rate) if do_warp and learner.objective == "exact" else None
     lr_acc = () if lr_acc is None else lr_acc  # while_loop variables cannot be None
 
     def array_like(t):
@@ -243,19 +244,18 @@ def run_task(warped, learner: MetaLearner, warp, theta0, task, seed, *, learning
     losses = tf.TensorArray(dtype, size=steps + 1, element_shape=[])
 
     @isolated  # an acyclic graph per step for the optimiser (see adaptation.isolated)
-    def loss_and_grads(theta, warp, st, x, y):
-        with tf.GradientTape() as tape:
-            tape.watch(theta)
-            out, new_st = warped.apply(theta, warp, x, frozen=frozen, state=st, training=learner.training)
-            loss = tf.cast(loss_fn(y, out), dtype)
-        return loss, tape.gradient(loss, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO), new_st
+    def task_update(theta, opt, warp, st, x, y):  # adaptation's one task step (Alg. 1, line 8)
+        step = gradient_step(theta, opt, rule, supervised_objective(warped, warp, st, (x, y), loss_fn, frozen=frozen,
+                                                                    training=learner.training),
+                             learning_rate=learning_rate)
+        return step.task, step.opt_state, step.aux.state, tf.cast(step.loss, dtype), step.grads
 
     objective = sample_objective(warped, learner, frozen=frozen, learning_rate=learning_rate)
 
     def body(k, theta, opt, st, prev_theta, prev_loss, prev_grads, acc_w, acc_lr, acc_c, c_val, m_loss, losses,
              task_ta, opt_ta):
         x, y = batches(k)
-        loss, grads, new_st = loss_and_grads(theta, warp, st, x, y)
+        new_theta, new_opt, new_st, loss, grads = task_update(theta, opt, warp, st, x, y)
         if do_warp:
             mg = objective(warp, theta, opt, st, x, y, *mbatches(k))
             acc_w = {n: acc_w[n] + mg.grads[n] for n in acc_w}
@@ -271,7 +271,6 @@ def run_task(warped, learner: MetaLearner, warp, theta0, task, seed, *, learning
             task_ta = {n: ta.write(k, tf.stop_gradient(theta[n])) for n, ta in task_ta.items()}
             opt_ta = tf.nest.map_structure(lambda ta, v: ta.write(k, tf.stop_gradient(v)), opt_ta, opt)
         losses = losses.write(k, loss)
-        new_theta, new_opt = rule.update(grads, opt, theta, learning_rate)
         new_theta = tf.nest.map_structure(tf.stop_gradient, new_theta)
         new_opt = tf.nest.map_structure(tf.stop_gradient, new_opt)
         new_st = tf.nest.map_structure(tf.stop_gradient, new_st)

@@ -31,6 +31,8 @@ from typing import NamedTuple
 
 from warpgrad_tf.algorithms.base import meta_learner
 
+__all__ = ["check_model", "get", "meta_learner_for", "Method", "METHODS"]
+
 
 class Method(NamedTuple):
     """A meta-learner of the paper as a configuration.

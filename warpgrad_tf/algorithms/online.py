@@ -62,7 +62,7 @@ def online_meta_gradient_sums(warped, learner: base.MetaLearner, warp, theta0, t
     dtype = next(iter(theta0.values())).dtype
     zeros_w = {k: tf.zeros_like(v) for k, v in warp.items()}
     zeros_t = {k: tf.zeros_like(v) for k, v in theta0.items()}
-    lr0 = base._lr_zeros(learning_rate) if learning_rate is not None else None
+    lr0 = base.learning_rate_zeros(learning_rate) if learning_rate is not None else None
     lr0 = () if lr0 is None else lr0  # while_loop variables cannot be None
 
     def add_lr(acc, grad):

@@ -51,6 +51,10 @@ from PIL import Image
 
 from warpgrad_tf.data import omniglot as og
 
+__all__ = ["ClassSplit", "DATASETS", "detect_format", "Episode", "FewShotDataError", "FewShotEpisodes",
+           "FewShotNotFoundError", "FORMATS", "omniglot_alphabet_split", "read_folders", "read_mini_pickle",
+           "read_omniglot", "read_tiered_pickle", "SPLITS"]
+
 SPLITS = ("train", "val", "test")
 FORMATS = ("mini_pickle", "tiered_pickle", "folders", "omniglot")
 DATASETS = ("miniimagenet", "tieredimagenet", "omniglot")
@@ -248,7 +252,7 @@ def omniglot_alphabet_split(data_dir, seed=0, num_val_alphabets=1, num_test_alph
     sources = og.find_sources(data_dir)
     by_source = {}
     for source in sources:
-        for alphabet, _ in og._index(source):
+        for alphabet, _ in og.source_index(source):
             by_source.setdefault(alphabet, set()).add(os.path.basename(source.path).lower())
     alphabets = sorted(by_source)
     named = {"train": _names(train_alphabets), "val": _names(val_alphabets), "test": _names(test_alphabets)}

@@ -47,6 +47,10 @@ from PIL import Image
 
 from warpgrad_tf.adaptation import minibatches
 
+__all__ = ["affine_transform", "augmented_minibatches", "find_sources", "load_images", "OmniglotAlphabets",
+           "OmniglotDataError", "OmniglotNotFoundError", "OmniglotTask", "OmniglotTasks", "random_affine", "Source",
+           "source_index", "SPLITS"]
+
 _IMAGE_EXT = ".png"
 _CACHE_ENV = "WARPGRAD_TFDS_DIR"
 SPLITS = ("train", "val", "test")
@@ -153,7 +157,8 @@ def _dir_index(path):
     return index
 
 
-def _index(source):
+def source_index(source):
+    """``{(alphabet, character): [drawing files or zip members]}`` of one Omniglot source (zip or folder)."""
     return _zip_index(source.path) if source.kind == "zip" else _dir_index(source.path)
 
 
@@ -239,7 +244,7 @@ class OmniglotAlphabets(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self):
         for source_id, source in enumerate(self._sources):
-            index = _index(source)
+            index = source_index(source)
             zf = zipfile.ZipFile(source.path) if source.kind == "zip" else None
             try:
                 for (alphabet, character), members in sorted(index.items()):
@@ -284,7 +289,7 @@ def load_images(data_dir, cache_dir=None, image_size=28):
     choice = {}  # alphabet -> (number of characters, source order, source)
     for order, source in enumerate(sources):
         counts = {}
-        for alphabet, _ in _index(source):
+        for alphabet, _ in source_index(source):
             counts[alphabet] = counts.get(alphabet, 0) + 1
         for alphabet, n in counts.items():
             if alphabet not in choice or n > choice[alphabet][0]:

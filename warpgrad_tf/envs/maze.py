@@ -41,6 +41,9 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
+__all__ = ["ACTION_DELTAS", "BIAS", "maze_layout", "MazeEnv", "MazeState", "NEIGHBOURHOOD", "NUM_ACTIONS",
+           "OBSERVATION_SIZE", "PREV_ACTION", "PREV_REWARD", "TIME"]
+
 #: Actions: (row, column) displacement of up, down, left, right.
 ACTION_DELTAS = ((-1, 0), (1, 0), (0, -1), (0, 1))
 NUM_ACTIONS = len(ACTION_DELTAS)

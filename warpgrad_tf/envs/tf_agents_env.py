@@ -36,6 +36,8 @@ except (ImportError, AttributeError) as _error:  # AttributeError: tf.keras alre
 
 from warpgrad_tf.envs.maze import NUM_ACTIONS, MazeEnv, MazeState  # noqa: E402
 
+__all__ = ["maze_array_specs", "MazePyEnvironment", "MazeTFEnvironment"]
+
 
 def maze_array_specs(env: MazeEnv):
     """``(observation_spec, action_spec)`` as tf-agents ``ArraySpec``\\ s (one episode, no batch axis)."""

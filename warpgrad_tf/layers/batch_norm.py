@@ -19,6 +19,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+__all__ = ["BatchNormalization", "FusedBatchNormalization"]
+
 
 @keras.saving.register_keras_serializable(package="warpgrad_tf")
 class BatchNormalization(keras.layers.BatchNormalization):

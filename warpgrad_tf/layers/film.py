@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+__all__ = ["TaskFiLM"]
+
 
 @keras.saving.register_keras_serializable(package="warpgrad_tf")
 class TaskFiLM(keras.layers.Layer):

@@ -36,6 +36,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+__all__ = ["CELLS", "HyperRNNCell", "make_cell", "TanhRNNCell", "TNetsRNNCell", "WarpHyperRNNCell"]
+
 _PACKAGE = "warpgrad_tf"
 
 

@@ -25,6 +25,8 @@ from warpgrad_tf.model import WarpedModel
 from warpgrad_tf.models.max_pooling import MaxPooling2D
 from warpgrad_tf.models.omniglot import warp_layer
 
+__all__ = ["fewshot_convnet", "FIRST_BLOCK_ROLES", "partition"]
+
 FIRST_BLOCK_ROLES = ("warp", "task", "frozen")
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+__all__ = ["max_pool_2d", "MaxPooling2D"]
+
 
 def _pool_args(pool_size, strides, padding):
     return dict(ksize=[1, *pool_size, 1], strides=[1, *strides, 1], padding=padding)

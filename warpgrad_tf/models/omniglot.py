@@ -26,6 +26,8 @@ import keras
 from warpgrad_tf.layers import BatchNormalization, FusedBatchNormalization, TaskFiLM, WarpBlock
 from warpgrad_tf.models.max_pooling import MaxPooling2D
 
+__all__ = ["FiLMWarpBlock", "omniglot_convnet", "warp_layer", "WARP_VARIANTS"]
+
 #: Table 3 warp variants → :class:`WarpBlock` arguments (``"film"`` builds a :class:`FiLMWarpBlock`).
 WARP_VARIANTS = {
     "conv3x3": dict(kind="conv", kernel_size=3),

@@ -21,6 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+__all__ = ["ContinualSineFamily", "ContinualSineTask", "sigmoid"]
+
 
 class ContinualSineTask(NamedTuple):
     """One task sequence. Arrays are float32 with a trailing feature axis of 1.

@@ -11,6 +11,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+__all__ = ["SineTask", "SineTaskFamily"]
+
 
 class SineTask(NamedTuple):
     """One task: its constants and a support (``train``) and query (``test``) set, float32 ``[n, 1]``."""

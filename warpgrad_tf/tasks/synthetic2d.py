@@ -24,6 +24,8 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
+__all__ = ["NUM_CONSTANTS", "Surface", "surface", "SurfaceFamily"]
+
 #: Number of constants describing one surface, in the order of :meth:`Surface.constants`.
 NUM_CONSTANTS = 7
 

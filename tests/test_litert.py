@@ -128,7 +128,7 @@ def _saved_models(root, names):
 
 @pytest.fixture(scope="module")
 def sine(tmp_path_factory):
-    """The sine run exported at 10 steps through the CLI (from its SavedModel) and at 100 steps."""
+    """The sine run exported at 10 steps through the CLI (from its SavedModel), at 100 and at 0 steps."""
     root = tmp_path_factory.mktemp("litert_sine")
     _sine_run(root, np.random.default_rng(0))
     runs = _saved_models(root, ["sine"])
@@ -137,9 +137,11 @@ def sine(tmp_path_factory):
         rc = litert.main([f"--saved_model={runs['sine'][1]}", f"--output={root / 'sine.tflite'}",
                           f"--support_size={SUPPORT}", f"--query_size={QUERY}"])
     assert rc == 0, stdout.getvalue()
-    path = litert.export(str(root / "sine_100.tflite"), saved_model=runs["sine"][1], support_size=SUPPORT,
-                         query_size=QUERY, steps=100)[0]
-    jobs = {"sine": ("sine", 10, root / "sine.tflite"), "sine_100": ("sine", 100, path)}
+    jobs = {"sine": ("sine", 10, root / "sine.tflite")}
+    for steps in (100, 0):
+        jobs[f"sine_{steps}"] = ("sine", steps, litert.export(
+            str(root / f"sine_{steps}.tflite"), saved_model=runs["sine"][1], support_size=SUPPORT, query_size=QUERY,
+            steps=steps)[0])
     return dict(_run_litert(root, runs, jobs), cli=stdout.getvalue())
 
 
@@ -177,12 +179,15 @@ def test_adapt_and_predict_equals_saved_model_after_10_steps(request, fixture, n
     assert np.max(np.abs(lite["outputs"] - lite["infer_initial"])) > 100 * TOL
 
 
-def test_sine_after_100_steps(sine):
+def test_sine_after_100_and_0_steps(sine):
     lite, saved = sine["litert"]["sine_100"], sine["saved"]["sine_100"]
     diff = float(np.max(np.abs(lite["outputs"] - saved["outputs"])))
     print(f"sine, 100 steps: max |LiteRT - SavedModel| = {diff:.2e}")
     assert diff <= 1e-3
     assert np.max(np.abs(lite["outputs"] - sine["litert"]["sine"]["outputs"])) > 1e-2  # K changes predictions
+    unadapted = sine["litert"]["sine_0"]
+    np.testing.assert_allclose(unadapted["outputs"], unadapted["infer_initial"], atol=1e-6)  # K = 0: θ0's
+    np.testing.assert_allclose(unadapted["outputs"], sine["saved"]["sine_0"]["outputs"], atol=TOL)
 
 
 def test_learned_rates_are_the_saved_models(images):

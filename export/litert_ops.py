@@ -8,7 +8,7 @@ values and first derivatives as TensorFlow's:
 
 * :func:`relu` — ``∂relu(x) = dy ⊙ [x > 0]`` (a compare, a cast and a multiply);
 * :func:`conv2d` (stride 1, no dilation) — the input gradient is a convolution of the padded ``dy`` with the
-  flipped kernel, the filter gradient one matrix product per kernel tap;
+  flipped kernel, the filter gradient a convolution of the input by ``dy`` (channels and examples swapped);
 * :func:`max_pool_2d` (windows equal to strides, ``VALID``) — the gradient goes to the first maximum of
   each window (TensorFlow's choice), assembled from strided slices by stacking and reshaping;
 
@@ -47,8 +47,8 @@ def conv2d(x, kernel, padding="SAME"):
     With ``(t, b)`` the forward padding of an axis, ``y[i] = Σ_a x[i + a − t] k[a]``; its adjoint is
     ``dx[j] = Σ_a dy[j + a − (K − 1 − t)] k[K − 1 − a]`` — a ``VALID`` convolution of ``dy`` padded by
     ``K − 1 − t`` before (and to the input's length after) with the spatially flipped, in/out-swapped
-    kernel; the filter gradient ``dk[a, c] = Σ_{n,i,j} x_pad[n, i + a, j + c]ᵀ dy[n, i, j]`` is one matrix
-    product per tap.
+    kernel; the filter gradient ``dk[a, c] = Σ_{n,i,j} x_pad[n, i + a, j + c]ᵀ dy[n, i, j]`` is a ``VALID``
+    convolution of ``x_pad`` with ``dy`` as the kernel, channels taking the place of examples.
     """
     padding = padding.upper()
     kh, kw, cin, cout = (int(d) for d in kernel.shape)
@@ -66,10 +66,9 @@ def conv2d(x, kernel, padding="SAME"):
             dy_pad = tf.pad(dy, [[0, 0], [before[0], after[0]], [before[1], after[1]], [0, 0]])
             dx = tf.nn.conv2d(dy_pad, flipped, 1, "VALID")
             x_pad = tf.pad(x, [[0, 0], list(pads[0]), list(pads[1]), [0, 0]])
-            dy_rows = tf.reshape(dy, [-1, cout])
-            taps = [tf.matmul(tf.reshape(x_pad[:, a:a + ho, c:c + wo, :], [-1, cin]), dy_rows, transpose_a=True)
-                    for a in range(kh) for c in range(kw)]
-            return dx, tf.reshape(tf.stack(taps), [kh, kw, cin, cout])
+            # channels as the batch and examples as channels: one VALID convolution with dy as the kernel
+            dk = tf.nn.conv2d(tf.transpose(x_pad, [3, 1, 2, 0]), tf.transpose(dy, [1, 2, 0, 3]), 1, "VALID")
+            return dx, tf.transpose(dk, [1, 2, 0, 3])
 
         return y, grad
 

@@ -1,10 +1,58 @@
-"""Packaging for warpgrad-tf: meta-learned warped gradient descent for TensorFlow 2 / Keras 3."""
+"""Packaging for warpgrad-tf: meta-learned warped gradient descent for TensorFlow 2 / Keras 3.
+
+What an install puts into site-packages:
+
+* ``warpgrad_tf`` — the library;
+* ``warpgrad_tf_apps.trainers`` and ``warpgrad_tf_apps.export`` — the repository's ``trainers/`` and ``export/``
+  folders under one namespaced name, so no generic top-level ``trainers`` or ``export`` package can collide with
+  another project's; they run as the console commands of ``CONSOLE_SCRIPTS``. From a checkout they stay
+  ``python -m trainers.<name>`` / ``python -m export.<name>`` (both folders import their siblings relatively).
+* ``benchmarks/`` is not installed: it measures this repository against the authors' release, from a checkout.
+
+``install_requires`` declares compatible ranges (the versions tested, up to the next breaking release);
+``requirements-lock.txt`` holds the exact versions ``make`` and CI install (``pip install -c
+requirements-lock.txt``), and ``tests/test_packaging.py`` checks that every lock pin lies in its range.
+"""
 
 import os
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
+
+#: Installed name of each repository folder that is not the library.
+APPS = {"warpgrad_tf_apps.trainers": "trainers", "warpgrad_tf_apps.export": "export"}
+
+#: ``command = module:function``; every trainer's ``main`` is ``common.run_main(train_eval)``.
+CONSOLE_SCRIPTS = [
+    "warpgrad-train-sine = warpgrad_tf_apps.trainers.sine_demo:main",
+    "warpgrad-train-omniglot = warpgrad_tf_apps.trainers.omniglot:main",
+    "warpgrad-train-fewshot = warpgrad_tf_apps.trainers.fewshot:main",
+    "warpgrad-train-synthetic2d = warpgrad_tf_apps.trainers.synthetic2d:main",
+    "warpgrad-train-continual-sine = warpgrad_tf_apps.trainers.continual_sine:main",
+    "warpgrad-train-maze = warpgrad_tf_apps.trainers.maze:main",
+    "warpgrad-export = warpgrad_tf_apps.export.saved_model:main",
+    "warpgrad-try-sine = warpgrad_tf_apps.export.try_sine:main",
+    "warpgrad-export-litert = warpgrad_tf_apps.export.litert:main",
+]
+
+# TensorFlow, TensorBoard and tf_keras move together by minor release (tf_keras 2.x requires TensorFlow 2.x);
+# pre-1.0 packages are held to their tested minor release.
+CORE = [
+    "tensorflow>=2.21,<3",
+    "keras>=3.15,<4",
+    "numpy>=2.0,<3",
+    "tensorflow-datasets>=4.9,<5",
+    "tensorboard>=2.21,<3",
+    "gin-config>=0.5,<0.6",
+    "absl-py>=2.1,<3",
+    "tqdm>=4.60,<5",
+    "pillow>=10",
+    "matplotlib>=3.8,<4",
+]
+RL = ["tf-agents>=0.19,<0.20", "tf_keras>=2.21,<2.22", "tensorflow-probability>=0.23,<0.24"]
+TEST = ["pytest>=8,<10", "ruff>=0.17,<0.18"]
+LITERT = ["ai-edge-litert>=2.3,<3"]  # export.litert / export.load_litert: on-device adaptation
 
 
 def _version():
@@ -14,32 +62,29 @@ def _version():
         return scope["__version__"]
 
 
-CORE = [
-    "tensorflow==2.21.0",
-    "keras==3.15.1",
-    "numpy==2.3.5",
-    "tensorflow-datasets==4.9.10",
-    "tensorboard==2.21.0",
-    "gin-config==0.5.0",
-    "absl-py==2.5.1",
-    "tqdm==4.70.1",
-    "pillow==13.0.0",
-    "matplotlib==3.11.2",
-]
-RL = ["tf-agents==0.19.0", "tf_keras==2.21.0", "tensorflow-probability==0.23.0"]
-TEST = ["pytest==9.2.0", "ruff==0.17.6"]
-LITERT = ["ai-edge-litert>=2.3,<3"]  # export.litert / export.load_litert: on-device adaptation
+def _packages():
+    """``warpgrad_tf`` and its subpackages, and :data:`APPS` (no ``__init__`` for the namespace itself)."""
+    found = []
+    for name, folder in {"warpgrad_tf": "warpgrad_tf", **APPS}.items():
+        for dirpath, _, files in os.walk(os.path.join(_HERE, folder)):
+            if "__init__.py" in files:
+                rel = os.path.relpath(dirpath, os.path.join(_HERE, folder))
+                found.append(name if rel == "." else ".".join([name, *rel.split(os.sep)]))
+    return sorted(found)
 
-setup(
-    name="warpgrad-tf",
-    version=_version(),
-    description="Warped gradient descent (WarpGrad, Flennerhag et al., ICLR 2020) for TensorFlow 2 / Keras 3.",
-    long_description=open(os.path.join(_HERE, "README.md")).read(),
-    long_description_content_type="text/markdown",
-    python_requires=">=3.10",
-    packages=find_packages(include=["warpgrad_tf", "warpgrad_tf.*", "trainers", "trainers.*",
-                                    "export", "export.*", "benchmarks", "benchmarks.*"]),
-    install_requires=CORE,
-    extras_require={"rl": RL, "test": TEST, "litert": LITERT, "all": RL + TEST + LITERT},
-    license="Apache-2.0",
-)
+
+if __name__ == "__main__":
+    setup(
+        name="warpgrad-tf",
+        version=_version(),
+        description="Warped gradient descent (WarpGrad, Flennerhag et al., ICLR 2020) for TensorFlow 2 / Keras 3.",
+        long_description=open(os.path.join(_HERE, "README.md")).read(),
+        long_description_content_type="text/markdown",
+        python_requires=">=3.10",
+        packages=_packages(),
+        package_dir=APPS,
+        install_requires=CORE,
+        extras_require={"rl": RL, "test": TEST, "litert": LITERT, "all": RL + TEST + LITERT},
+        entry_points={"console_scripts": CONSOLE_SCRIPTS},
+        license="Apache-2.0",
+    )

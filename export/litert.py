@@ -47,9 +47,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from export import litert_ops  # noqa: E402
 from warpgrad_tf import adaptation, artifacts, learned_lr, losses, serving  # noqa: E402
 from warpgrad_tf.model import WarpedModel  # noqa: E402
+
+from . import litert_ops  # noqa: E402
 
 __all__ = ["LiteRTExporter", "SIGNATURES", "export", "from_saved_model", "main", "parse_args"]
 

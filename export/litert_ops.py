@@ -25,7 +25,7 @@ import keras
 import tensorflow as tf
 
 from warpgrad_tf.layers import BatchNormalization, FusedBatchNormalization
-from warpgrad_tf.models.max_pooling import MaxPooling2D as FastMaxPooling2D
+from warpgrad_tf.layers import MaxPooling2D as FastMaxPooling2D  # the training layer this module swaps out
 
 __all__ = ["Conv2D", "MaxPooling2D", "ReLU", "builtin_model", "conv2d", "max_pool_2d", "relu"]
 

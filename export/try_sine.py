@@ -23,7 +23,7 @@ __all__ = ["main", "sample_task"]
 
 import numpy as np  # noqa: E402
 
-from export.load import load  # noqa: E402  (TensorFlow only)
+from .load import load  # noqa: E402  (TensorFlow only)
 
 
 def sample_task(seed, shots, query):
@@ -73,7 +73,7 @@ def main(argv=None):
 
 def _compare_litert(path, model, support, query, mse):
     """Adapt the LiteRT model to the task and print its query MSE beside the SavedModel's (same K)."""
-    from export.load_litert import load as load_litert  # ai_edge_litert + NumPy only
+    from .load_litert import load as load_litert  # ai_edge_litert + NumPy only
 
     if not os.path.isfile(path):
         sys.exit(f"error: --litert {path!r} does not exist; write it with python -m export.litert.")

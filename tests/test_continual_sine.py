@@ -10,7 +10,7 @@ import tensorflow as tf
 
 import warpgrad_tf as wg
 from trainers import continual_sine
-from warpgrad_tf import artifacts, continual
+from warpgrad_tf import artifacts, continual_objective
 from warpgrad_tf.tasks.continual_sine import ContinualSineFamily
 
 
@@ -52,7 +52,7 @@ def test_sampled_sequence_follows_app_j():
 
 def test_eq23_weights_normalise_by_appearances():
     n, t = 20, 5
-    w = continual.subtask_weights(t, n)
+    w = continual_objective.subtask_weights(t, n)
     assert w.shape == (t, t)
     assert np.all(np.triu(w, k=1) == 0)  # no weight on sub-tasks not seen yet
     assert w[0, 0] == pytest.approx(1 / (n * t))  # the first sub-task appears n·T times
@@ -66,7 +66,7 @@ def test_sequence_batches_follow_the_presentation_order():
     family = ContinualSineFamily(steps_per_subtask=3, batch_size=2, eval_size=4)
     task = family.sample(0)
     order = [1, 3, 4, 2, 0]
-    batches = continual.sequence_batches(task.train_x, task.train_y, order)
+    batches = continual_objective.sequence_batches(task.train_x, task.train_y, order)
     for k in (0, 2, 3, 7, 14):
         x, y = batches(tf.constant(k))
         np.testing.assert_array_equal(x.numpy(), task.train_x[order[k // 3], k % 3])
@@ -90,14 +90,14 @@ def test_eq23_meta_gradient_matches_a_direct_computation():
         var.assign(var.numpy() + 0.3 * rng.standard_normal(var.shape))
     rule = wg.sgd(0.05)
     order = [2, 0, 1]
-    batches = continual.sequence_batches(task.train_x, task.train_y, order)
+    batches = continual_objective.sequence_batches(task.train_x, task.train_y, order)
     theta0, warp = warped.values("task"), warped.values("warp")
     trajectory = wg.unroll(warped, theta0, warp, rule, batches, wg.losses.half_mse, family.num_steps)
     points = [1, 9]
-    result = continual.eq23_meta_gradient(warped, warp, trajectory, rule, batches, task.eval_x, task.eval_y,
-                                          order, points, 4)
+    result = continual_objective.eq23_meta_gradient(warped, warp, trajectory, rule, batches, task.eval_x,
+                                                    task.eval_y, order, points, 4)
 
-    weights = continual.subtask_weights(3, 4)
+    weights = continual_objective.subtask_weights(3, 4)
     expected_loss, expected_grads = 0.0, {k: 0.0 for k in warp}
     for k in points:
         theta_k, _ = trajectory.point(k)
@@ -130,9 +130,9 @@ def test_identity_warp_is_plain_sgd_from_the_same_initialisation():
     curves = []
     for use_warp in (True, False):
         warped = _small(use_warp=use_warp)
-        batches = continual.sequence_batches(task.train_x, task.train_y, [0, 1])
-        curves.append(continual.loss_curves(warped, warped.values("task"), warped.values("warp"), rule, batches,
-                                            task.eval_x, task.eval_y, family.num_steps).numpy())
+        batches = continual_objective.sequence_batches(task.train_x, task.train_y, [0, 1])
+        curves.append(continual_objective.loss_curves(warped, warped.values("task"), warped.values("warp"), rule,
+                                                      batches, task.eval_x, task.eval_y, family.num_steps).numpy())
     assert curves[0].shape == (7, 2)
     np.testing.assert_allclose(curves[0], curves[1], rtol=1e-5)
     assert curves[0][-1].mean() < curves[0][0].mean()  # the learner does learn
@@ -202,13 +202,13 @@ def test_eq23_meta_gradient_on_a_float64_model_equals_its_finite_difference(floa
     order = [1, 0]
     cast = lambda a: tf.constant(np.asarray(a, np.float64))  # noqa: E731
     train_x, train_y, eval_x, eval_y = map(cast, (task.train_x, task.train_y, task.eval_x, task.eval_y))
-    batches = continual.sequence_batches(train_x, train_y, order)
+    batches = continual_objective.sequence_batches(train_x, train_y, order)
     trajectory = wg.unroll(warped, theta0, warp, rule, batches, wg.losses.half_mse, family.num_steps)
     points = [0, 3]
 
     def meta(phi):
-        return continual.eq23_meta_gradient(warped, phi, trajectory, rule, batches, eval_x, eval_y, order, points,
-                                            2)
+        return continual_objective.eq23_meta_gradient(warped, phi, trajectory, rule, batches, eval_x, eval_y, order,
+                                                      points, 2)
 
     result = meta(warp)
     assert result.meta_loss.dtype == tf.float64 and all(g.dtype == tf.float64 for g in result.grads.values())
@@ -216,5 +216,5 @@ def test_eq23_meta_gradient_on_a_float64_model_equals_its_finite_difference(floa
     for name in warp:
         np.testing.assert_allclose(result.grads[name].numpy().reshape(-1), fd[name], rtol=1e-6, atol=1e-9)
     assert max(np.abs(g).max() for g in fd.values()) > 1e-3
-    curves = continual.loss_curves(warped, theta0, warp, rule, batches, eval_x, eval_y, family.num_steps)
+    curves = continual_objective.loss_curves(warped, theta0, warp, rule, batches, eval_x, eval_y, family.num_steps)
     assert curves.shape == (family.num_steps + 1, 2) and curves.dtype == tf.float64

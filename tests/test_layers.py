@@ -1,5 +1,7 @@
 """Warp layers: identity initialisation, every Table 3 variant, config and .keras round trips."""
 
+import zipfile
+
 import keras
 import numpy as np
 import pytest
@@ -94,6 +96,38 @@ def test_film_round_trip_identity_and_roles(tmp_path):
     path = str(tmp_path / "film.keras")
     model.save(path)
     np.testing.assert_allclose(keras.saving.load_model(path)(x), model(x), atol=1e-6)
+
+
+def test_a_keras_file_from_before_the_move_to_layers_still_loads(tmp_path):
+    """FiLMWarpBlock and MaxPooling2D moved from warpgrad_tf.models to warpgrad_tf.layers; their registered names
+    (``warpgrad_tf>FiLMWarpBlock``, ``warpgrad_tf>MaxPooling2D``) did not, so a file that records the old
+    modules loads into the same classes with the same outputs."""
+    inputs = keras.Input((6, 6, 3))
+    x = wg.layers.MaxPooling2D(2, name="pool")(inputs)
+    outputs = wg.layers.FiLMWarpBlock(kernel_size=3, hidden_units=4, embedding_dim=2, name="warp")(x)
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(2)
+    for v in model.trainable_variables:
+        v.assign(v.numpy() + 0.1 * rng.standard_normal(v.shape))
+    path, old = tmp_path / "new.keras", tmp_path / "old.keras"
+    model.save(str(path))
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(old, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "config.json":
+                text = data.decode()
+                assert '"warpgrad_tf>FiLMWarpBlock"' in text and '"warpgrad_tf>MaxPooling2D"' in text
+                for module, before in (("warpgrad_tf.layers.film_warp", "warpgrad_tf.models.omniglot"),
+                                       ("warpgrad_tf.layers.max_pooling", "warpgrad_tf.models.max_pooling")):
+                    assert f'"{module}"' in text
+                    text = text.replace(f'"{module}"', f'"{before}"')
+                data = text.encode()
+            dst.writestr(item, data)
+    loaded = keras.saving.load_model(str(old))
+    assert type(loaded.get_layer("warp")) is wg.layers.FiLMWarpBlock
+    assert type(loaded.get_layer("pool")) is wg.layers.MaxPooling2D
+    x = rng.standard_normal((2, 6, 6, 3)).astype("float32")
+    np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)
 
 
 def test_bad_arguments_are_named():

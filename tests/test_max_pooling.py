@@ -1,11 +1,11 @@
-"""The max-pool with the oneDNN-built second derivative (warpgrad_tf/models/max_pooling.py)."""
+"""The max-pool with the oneDNN-built second derivative (warpgrad_tf/layers/max_pooling.py)."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from warpgrad_tf.models.max_pooling import MaxPooling2D, max_pool_2d
+from warpgrad_tf.layers.max_pooling import MaxPooling2D, max_pool_2d
 
 
 def _derivatives(pool, x, v):

@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 from warpgrad_tf import WarpedModel, adapt, losses, update_rules, warp_objective
-from warpgrad_tf.layers import BatchNormalization, TaskFiLM, WarpBlock
-from warpgrad_tf.models import WARP_VARIANTS, FiLMWarpBlock, FusedBatchNormalization, omniglot_convnet
+from warpgrad_tf.layers import BatchNormalization, FiLMWarpBlock, TaskFiLM, WarpBlock
+from warpgrad_tf.models import WARP_VARIANTS, FusedBatchNormalization, omniglot_convnet
 
 
 def images(n=8, seed=0):

@@ -4,14 +4,21 @@ results files.
 
 A trainer module defines one ``@gin.configurable train_eval(root_dir, ...)`` and ends with::
 
+    main = common.entry_point(train_eval)  # the installed command warpgrad-train-<name> (setup.py)
+
     if __name__ == "__main__":
-        common.run_main(train_eval)
+        main()
 
 which gives it ``--root_dir``, ``--gin_file`` (repeatable), ``--gin_param`` (repeatable) and
 ``--data_dir``, parses gin before any work, reports configuration errors as one line naming the flag or
 binding (exit status 2), a diverging meta-step as one line (exit status 1), an interruption (Ctrl-C /
 SIGTERM, after the trainer checkpointed) as one line (exit status 130), and writes the operative gin config
 to ``root_dir/operative_config.gin``.
+
+Output is what the user needs — progress, the results, one line per problem: TensorFlow's start-up lines are
+filtered (:mod:`warpgrad_tf.startup`) and absl logs only warnings and errors. ``--verbosity=0`` (absl's flag:
+INFO; 1 for debug) brings the Python logs back; ``WARPGRAD_VERBOSE=1`` brings back both those and TensorFlow's
+start-up lines, which are printed before any flag is parsed.
 """
 
 from __future__ import annotations
@@ -31,8 +38,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
+from warpgrad_tf import startup  # noqa: E402
+
 __all__ = ["FLAGS", "Checkpointer", "ConfigError", "Interrupt", "Placement", "SummaryWriters", "check_binding_types",
-           "define_flags", "loop_sum", "parse_gin", "place_run", "progress", "run_main",
+           "define_flags", "entry_point", "loop_sum", "parse_gin", "place_run", "progress", "quiet_logs", "run_main",
            "write_json", "write_operative_config"]
 
 FLAGS = flags.FLAGS
@@ -104,6 +113,7 @@ def run_main(train_eval, data_dir=False):
     define_flags(data_dir=data_dir)
 
     def main(argv):
+        quiet_logs()
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
         if not FLAGS.root_dir:
@@ -130,6 +140,21 @@ def run_main(train_eval, data_dir=False):
             sys.exit(130)
 
     app.run(main)
+
+
+def entry_point(train_eval, data_dir=False):
+    """The ``main()`` of a trainer module: :func:`run_main` on its ``train_eval`` (setup.py's console command)."""
+
+    def main():
+        run_main(train_eval, data_dir=data_dir)
+
+    return main
+
+
+def quiet_logs():
+    """absl logging at WARNING unless ``--verbosity`` was given or ``WARPGRAD_VERBOSE`` is set (module doc)."""
+    if not FLAGS["verbosity"].present and not startup.verbose():
+        logging.set_verbosity(logging.WARNING)
 
 
 def _fail(message, status=2):

@@ -9,7 +9,7 @@ The task learner is a 4-layer MLP with 200 ReLU units whose non-linearities are 
 warp block (2 dense layers, 100 tanh units). Every task sequence starts from the same fixed random
 initialisation θ0 (seeded, never meta-learned) and sees its 5 sub-tasks one at a time, 20 SGD steps each
 (learning rate 0.001, mini-batches of 5). Warp parameters are meta-learned with Adam (1e-3) on the Eq. 23
-objective (:mod:`warpgrad_tf.continual`), 5 task sequences per meta step; the paper runs 20 000 meta
+objective (:mod:`warpgrad_tf.continual_objective`), 5 task sequences per meta step; the paper runs 20 000 meta
 steps. ``use_warp=False`` (``sgd.gin``) gives the plain-SGD baseline from the same θ0.
 
 Writes ``R/train`` and ``R/eval`` TensorBoard logs, ``R/checkpoints`` (resumable), ``R/model`` (see
@@ -41,16 +41,16 @@ import gin  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import logging  # noqa: E402
 
-from trainers import common, loop  # noqa: E402
-from warpgrad_tf import algorithms, artifacts, continual, distribute, update_rules  # noqa: E402
+from warpgrad_tf import algorithms, artifacts, continual_objective, distribute, update_rules  # noqa: E402
 from warpgrad_tf.adaptation import unroll  # noqa: E402
 from warpgrad_tf.layers import WarpBlock  # noqa: E402
 from warpgrad_tf.losses import half_mse  # noqa: E402
 from warpgrad_tf.model import WarpedModel  # noqa: E402
 from warpgrad_tf.objectives import check_objective  # noqa: E402
 from warpgrad_tf.tasks.continual_sine import ContinualSineFamily  # noqa: E402
+
+from . import common, loop  # noqa: E402
 
 TRAINING_ORDER = "training"
 RANDOM_ORDER = "random"
@@ -92,8 +92,9 @@ def curves_function(warped, rule, steps):
 
     @tf.function
     def curves(task, warp, train_x, train_y, eval_x, eval_y, order):
-        batches = continual.sequence_batches(train_x, train_y, order)
-        return continual.loss_curves(warped, task, warp, rule, batches, eval_x, eval_y, steps, loss_fn=half_mse)
+        batches = continual_objective.sequence_batches(train_x, train_y, order)
+        return continual_objective.loss_curves(warped, task, warp, rule, batches, eval_x, eval_y, steps,
+                                               loss_fn=half_mse)
 
     return curves
 
@@ -260,9 +261,9 @@ def train_eval(
         theta0, warp = warped.values("task"), warped.values("warp")
 
         def one_sequence(s):
-            batches = continual.sequence_batches(train_x[s], train_y[s], training_order)
+            batches = continual_objective.sequence_batches(train_x[s], train_y[s], training_order)
             trajectory = unroll(warped, theta0, warp, rule, batches, half_mse, steps, training=False)
-            result = continual.eq23_meta_gradient(
+            result = continual_objective.eq23_meta_gradient(
                 warped, warp, trajectory, rule, batches, eval_x[s], eval_y[s], training_order, points[s],
                 steps_per_subtask, objective=objective)
             return result.meta_loss, tf.reduce_mean(trajectory.losses), result.grads
@@ -317,7 +318,7 @@ def train_eval(
     selected = step
     if select_best and best.restore() >= 0:
         selected = int(best.step)
-        logging.info("Selected the warp of meta step %d (validation loss %.4f).", selected, float(best.score))
+        print(f"Selected the warp of meta step {selected} (validation loss {float(best.score):.4f}).")
     methods = {method: warped.values("warp")}
     if warped.names["warp"]:
         methods["sgd"] = identity_warp
@@ -345,9 +346,11 @@ def train_eval(
                    training_step=step, task_family="continual_sine",
                    extra={"num_subtasks": num_subtasks, "steps_per_subtask": steps_per_subtask,
                           "objective": objective})
-    logging.info("Results: %s", results)
+    print(f"\nresults: {os.path.join(root_dir, 'results.json')}\nplot:    {os.path.join(root_dir, 'continual.png')}")
     return results
 
 
+main = common.entry_point(train_eval)  # the installed command warpgrad-train-continual-sine (setup.py)
+
 if __name__ == "__main__":
-    common.run_main(train_eval)
+    main()

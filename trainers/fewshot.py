@@ -42,11 +42,12 @@ import numpy as np
 import tensorflow as tf
 
 import warpgrad_tf as wg
-from trainers import common, loop
 from warpgrad_tf import algorithms, distribute, learned_lr
 from warpgrad_tf.algorithms import methods as methods_lib
 from warpgrad_tf.data import fewshot as fs
 from warpgrad_tf.models import fewshot as fm
+
+from . import common, loop
 
 METHODS = ("warp_maml", "maml", "fomaml", "meta_sgd", "tnets", "reptile")
 LABELS = {"warp_maml": "Warp-MAML", "maml": "MAML", "fomaml": "FOMAML", "meta_sgd": "Meta-SGD",
@@ -280,5 +281,7 @@ def train_eval(root_dir, data_dir,
     return results
 
 
+main = common.entry_point(train_eval, data_dir=True)  # the installed command warpgrad-train-fewshot (setup.py)
+
 if __name__ == "__main__":
-    common.run_main(train_eval, data_dir=True)
+    main()

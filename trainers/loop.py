@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from trainers import common
+from . import common
 
 __all__ = ["Best", "Interrupted", "LoopEnd", "scalar_log", "train_loop"]
 

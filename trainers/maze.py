@@ -64,13 +64,14 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
-from trainers import common, loop  # noqa: E402
 from warpgrad_tf import algorithms, distribute  # noqa: E402
 from warpgrad_tf.envs import MazeEnv  # noqa: E402
 from warpgrad_tf.layers.rnn import CELLS, make_cell  # noqa: E402
 from warpgrad_tf.model import WarpedModel  # noqa: E402
 from warpgrad_tf.rl import a2c, build_agent, evaluate, rollout  # noqa: E402
 from warpgrad_tf.serving_rl import is_agent_run, save_agent  # noqa: E402
+
+from . import common, loop  # noqa: E402
 
 #: How a batch of episodes that does not divide over the replicas is named in the error.
 EPISODE_BATCH = dict(batch="batch", unit="episodes", setting="train_eval.batch_size")
@@ -274,7 +275,8 @@ def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, ep
         plot_returns(os.path.dirname(os.path.abspath(root_dir)), os.path.join(root_dir, "returns.png"))
     if interrupted is not None:  # run_main reports it in one line (exit status 130)
         raise interrupted
-    logging.info("Summary: %s", summary)
+    print(f"\n{cell}: mean return over the last fifth of training {summary['last_fifth_mean_return']:.2f} "
+          f"({summary['episodes']} episodes)\nreturns: {os.path.join(root_dir, RETURNS_FILE)}")
     return summary
 
 
@@ -352,5 +354,7 @@ def plot_returns(parent_dir, path, smooth=20):
     return runs
 
 
+main = common.entry_point(train_eval)  # the installed command warpgrad-train-maze (setup.py)
+
 if __name__ == "__main__":
-    common.run_main(train_eval)
+    main()

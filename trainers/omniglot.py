@@ -50,11 +50,12 @@ import numpy as np
 import tensorflow as tf
 
 import warpgrad_tf as wg
-from trainers import common, loop
 from warpgrad_tf import algorithms, distribute
 from warpgrad_tf.algorithms import methods as methods_lib
 from warpgrad_tf.data import omniglot as og
 from warpgrad_tf.models import omniglot_convnet
+
+from . import common, loop
 
 #: gin-file name → (method of :mod:`warpgrad_tf.algorithms.methods`, algorithm, warp objective override).
 PRESETS = ("warp_leap", "warp_leap_online", "warp_leap_approx", "leap", "reptile", "fomaml", "maml", "finetune",
@@ -379,5 +380,7 @@ def train_eval(root_dir, data_dir,
     return results
 
 
+main = common.entry_point(train_eval, data_dir=True)  # the installed command warpgrad-train-omniglot (setup.py)
+
 if __name__ == "__main__":
-    common.run_main(train_eval, data_dir=True)
+    main()

@@ -30,8 +30,9 @@ import numpy as np
 import tensorflow as tf
 
 import warpgrad_tf as wg
-from trainers import common, loop
 from warpgrad_tf import algorithms, distribute
+
+from . import common, loop
 
 # ---------------------------------------------------------------------------------------------- model
 
@@ -280,6 +281,7 @@ def train_eval(root_dir, methods=("sgd", "warp", "leap", "reptile", "maml", "war
     return table
 
 
+main = common.entry_point(train_eval)  # the installed command warpgrad-train-sine (setup.py)
 
 if __name__ == "__main__":
-    common.run_main(train_eval)
+    main()

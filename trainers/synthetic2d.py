@@ -46,16 +46,16 @@ import gin  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import logging  # noqa: E402
 from keras import ops  # noqa: E402
 
-from trainers import common, loop  # noqa: E402
 from warpgrad_tf import algorithms, distribute, update_rules  # noqa: E402
 from warpgrad_tf.adaptation import adapt, unroll  # noqa: E402
 from warpgrad_tf.layers import WarpBlock  # noqa: E402
 from warpgrad_tf.model import WarpedModel  # noqa: E402
 from warpgrad_tf.objectives import check_objective, warp_objective  # noqa: E402
 from warpgrad_tf.tasks import synthetic2d  # noqa: E402
+
+from . import common, loop  # noqa: E402
 
 #: Seeds of held-out surfaces and starts begin here; meta-training uses seeds below it.
 EVAL_SEED_OFFSET = 10**9
@@ -436,9 +436,11 @@ def train_eval(
     common.write_json(os.path.join(root_dir, "results.json"), results)
     if panels:
         plot(os.path.join(root_dir, "trajectories.png"), panels, warp_layer)
-    logging.info("Results: %s", results)
+    print(f"\nresults: {os.path.join(root_dir, 'results.json')}")
     return results
 
 
+main = common.entry_point(train_eval)  # the installed command warpgrad-train-synthetic2d (setup.py)
+
 if __name__ == "__main__":
-    common.run_main(train_eval)
+    main()

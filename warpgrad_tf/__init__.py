@@ -16,9 +16,14 @@ Public API (one module per idea):
 * :mod:`warpgrad_tf.serving` — SavedModels that adapt on their own (``AdaptiveModelSaver``).
 * :mod:`warpgrad_tf.data` — Omniglot alphabets as 20-way tasks, read from local zips (``OmniglotTasks``).
 * :mod:`warpgrad_tf.models` — the Omniglot task learner with Table 3 warp variants (``omniglot_convnet``).
+* :mod:`warpgrad_tf.startup` — TensorFlow imported without its start-up noise (done first, on import).
 """
 
-from warpgrad_tf import (
+from warpgrad_tf import startup
+
+startup.import_tensorflow()  # quietly: TensorFlow's start-up lines filtered (WARPGRAD_VERBOSE=1 keeps them)
+
+from warpgrad_tf import (  # noqa: E402
     algorithms,
     artifacts,
     data,
@@ -33,13 +38,13 @@ from warpgrad_tf import (
     tasks,
     update_rules,
 )
-from warpgrad_tf.adaptation import AdaptResult, Trajectory, adapt, minibatches, task_step, unroll
-from warpgrad_tf.layers import BatchNormalization, DiracInitializer, FusedBatchNormalization, TaskFiLM, WarpBlock
-from warpgrad_tf.model import WarpedModel
-from warpgrad_tf.objectives import MetaGradient, meta_loss_gradient, warp_objective
-from warpgrad_tf.serving import AdaptiveModelSaver
-from warpgrad_tf.update_rules import UpdateRule, momentum, sgd
-from warpgrad_tf.version import __version__
+from warpgrad_tf.adaptation import AdaptResult, Trajectory, adapt, minibatches, task_step, unroll  # noqa: E402
+from warpgrad_tf.layers import BatchNormalization, DiracInitializer, FusedBatchNormalization, TaskFiLM, WarpBlock  # noqa: E402
+from warpgrad_tf.model import WarpedModel  # noqa: E402
+from warpgrad_tf.objectives import MetaGradient, meta_loss_gradient, warp_objective  # noqa: E402
+from warpgrad_tf.serving import AdaptiveModelSaver  # noqa: E402
+from warpgrad_tf.update_rules import UpdateRule, momentum, sgd  # noqa: E402
+from warpgrad_tf.version import __version__  # noqa: E402
 
 __all__ = [
     "AdaptResult",
@@ -70,6 +75,7 @@ __all__ = [
     "momentum",
     "serving",
     "sgd",
+    "startup",
     "task_step",
     "tasks",
     "unroll",

@@ -20,9 +20,8 @@ from __future__ import annotations
 import gin
 import keras
 
-from warpgrad_tf.layers import BatchNormalization, FusedBatchNormalization
+from warpgrad_tf.layers import BatchNormalization, FusedBatchNormalization, MaxPooling2D
 from warpgrad_tf.model import WarpedModel
-from warpgrad_tf.models.max_pooling import MaxPooling2D
 from warpgrad_tf.models.omniglot import warp_layer
 
 __all__ = ["fewshot_convnet", "FIRST_BLOCK_ROLES", "partition"]

@@ -23,12 +23,12 @@ from __future__ import annotations
 import gin
 import keras
 
-from warpgrad_tf.layers import BatchNormalization, FusedBatchNormalization, TaskFiLM, WarpBlock
-from warpgrad_tf.models.max_pooling import MaxPooling2D
+from warpgrad_tf.layers import BatchNormalization, FiLMWarpBlock, FusedBatchNormalization, MaxPooling2D, WarpBlock
 
-__all__ = ["FiLMWarpBlock", "omniglot_convnet", "warp_layer", "WARP_VARIANTS"]
+__all__ = ["omniglot_convnet", "warp_layer", "WARP_VARIANTS"]
 
-#: Table 3 warp variants → :class:`WarpBlock` arguments (``"film"`` builds a :class:`FiLMWarpBlock`).
+#: Table 3 warp variants → :class:`~warpgrad_tf.layers.WarpBlock` arguments (``"film"`` builds a
+#: :class:`~warpgrad_tf.layers.FiLMWarpBlock`).
 WARP_VARIANTS = {
     "conv3x3": dict(kind="conv", kernel_size=3),
     "conv1x1": dict(kind="conv", kernel_size=1),
@@ -42,63 +42,6 @@ WARP_VARIANTS = {
                           residual=True, activation="relu"),
     "film": dict(kernel_size=3, hidden_units=128, embedding_dim=8),
 }
-
-
-@keras.saving.register_keras_serializable(package="warpgrad_tf")
-class FiLMWarpBlock(keras.layers.Layer):
-    """Two-layer residual warp with a FiLM task embedding between its convolutions (Table 3, last row).
-
-    ``x → conv(hidden) → BN → ReLU → FiLM(e) → conv(C) → BN → (+x) → ReLU``. The convolutions, the
-    BatchNorm scale/shift and the FiLM projections are warp parameters φ; the FiLM embedding ``e`` is a
-    task parameter, adapted from zero on every task (App. F). The second convolution is zero-initialised,
-    so, as for every residual :class:`WarpBlock`, the block starts as ``ReLU(x)`` of its input.
-
-    Args:
-      kernel_size: spatial size of both convolutions.
-      hidden_units: output channels of the first convolution (128 in App. F).
-      embedding_dim: size of the task embedding.
-    """
-
-    warpgrad_role = "warp"
-
-    def __init__(self, kernel_size=3, hidden_units=128, embedding_dim=8, **kwargs):
-        super().__init__(**kwargs)
-        self.kernel_size = int(kernel_size)
-        self.hidden_units = int(hidden_units)
-        self.embedding_dim = int(embedding_dim)
-
-    def build(self, input_shape):
-        channels = int(input_shape[-1])
-        shape = tuple(input_shape)
-        hidden_shape = shape[:-1] + (self.hidden_units,)
-        self.conv_in = keras.layers.Conv2D(self.hidden_units, self.kernel_size, padding="same",
-                                           name="map_0", dtype=self.dtype_policy)
-        self.bn_in = BatchNormalization(name="bn_0", dtype=self.dtype_policy)
-        self.film = TaskFiLM(self.embedding_dim, name="film", dtype=self.dtype_policy)
-        self.conv_out = keras.layers.Conv2D(channels, self.kernel_size, padding="same",
-                                            kernel_initializer="zeros", name="map_1",
-                                            dtype=self.dtype_policy)
-        self.bn_out = BatchNormalization(name="bn_1", dtype=self.dtype_policy)
-        self.conv_in.build(shape)
-        self.bn_in.build(hidden_shape)
-        self.film.build(hidden_shape)
-        self.conv_out.build(hidden_shape)
-        self.bn_out.build(shape)
-        super().build(input_shape)
-
-    def call(self, inputs, training=None):
-        h = keras.ops.relu(self.bn_in(self.conv_in(inputs), training=training))
-        h = self.bn_out(self.conv_out(self.film(h)), training=training)
-        return keras.ops.relu(h + inputs)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(kernel_size=self.kernel_size, hidden_units=self.hidden_units,
-                      embedding_dim=self.embedding_dim)
-        return config
 
 
 def warp_layer(warp, warp_kwargs=None, name=None, dtype=None):

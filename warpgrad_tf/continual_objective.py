@@ -1,5 +1,8 @@
 """WarpGrad for continual learning: the incremental multi-task meta-objective of App. J (Eq. 23).
 
+This module is the objective only; Algorithm 3, the continual meta-training loop, is
+:mod:`warpgrad_tf.algorithms.continual`.
+
 A task sequence presents ``T`` sub-tasks one at a time, ``n`` SGD steps each (``K = T·n`` steps). The task
 loss at step ``k`` uses the current sub-task's mini-batch only; the warp parameters φ are meta-learned so
 that every step also keeps earlier sub-tasks solved. For a parameterisation θ_k sampled while sub-task

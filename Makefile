@@ -20,7 +20,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m trainers.sine_demo --root_dir=runs/demo
 	$(PY) -m export.saved_model --root_dir=runs/demo --output=runs/demo/saved_model
-	$(PY) -m export.try_sine --saved_model=runs/demo/saved_model
+	$(PY) -m export.litert --saved_model=runs/demo/saved_model --output=runs/demo/model.tflite \
+		--support_size=10 --query_size=100
+	$(PY) -m export.try_sine --saved_model=runs/demo/saved_model --litert=runs/demo/model.tflite
 
 test: $(STAMP)
 	$(PY) -m ruff check .

@@ -33,6 +33,7 @@ CONSOLE_SCRIPTS = [
     "warpgrad-train-maze = warpgrad_tf_apps.trainers.maze:main",
     "warpgrad-export = warpgrad_tf_apps.export.saved_model:main",
     "warpgrad-try-sine = warpgrad_tf_apps.export.try_sine:main",
+    "warpgrad-export-litert = warpgrad_tf_apps.export.litert:main",
 ]
 
 # TensorFlow, TensorBoard and tf_keras move together by minor release (tf_keras 2.x requires TensorFlow 2.x);
@@ -51,6 +52,7 @@ CORE = [
 ]
 RL = ["tf-agents>=0.19,<0.20", "tf_keras>=2.21,<2.22", "tensorflow-probability>=0.23,<0.24"]
 TEST = ["pytest>=8,<10", "ruff>=0.17,<0.18"]
+LITERT = ["ai-edge-litert>=2.3,<3"]  # export.litert / export.load_litert: on-device adaptation
 
 
 def _version():
@@ -82,7 +84,7 @@ if __name__ == "__main__":
         packages=_packages(),
         package_dir=APPS,
         install_requires=CORE,
-        extras_require={"rl": RL, "test": TEST, "all": RL + TEST},
+        extras_require={"rl": RL, "test": TEST, "litert": LITERT, "all": RL + TEST + LITERT},
         entry_points={"console_scripts": CONSOLE_SCRIPTS},
         license="Apache-2.0",
     )

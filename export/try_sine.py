@@ -1,10 +1,14 @@
 """Adapt an exported sine model to a new sine task, from the SavedModel alone (TensorFlow + NumPy only).
 
     python -m export.try_sine --saved_model=runs/demo/saved_model [--seed=S] [--shots=10] [--steps=K]
+                              [--litert=runs/demo/model.tflite]
 
 Samples ``y = A sin(x − φ)`` with A ∈ [0.1, 5], φ ∈ [0, π], x ∈ [−5, 5] (the sine family of the demo),
 adapts on ``--shots`` support points inside the SavedModel and prints the support and query MSE before
-(the meta-learned initialisation, 0 steps) and after adaptation. Nothing from ``warpgrad_tf`` is imported.
+(the meta-learned initialisation, 0 steps) and after adaptation. With ``--litert`` (a model of
+``python -m export.litert`` for ``--shots`` support and ``--query`` query points) it then adapts the LiteRT
+model to the same task in the LiteRT interpreter (:mod:`export.load_litert`) and prints its query MSE beside
+the SavedModel's after as many steps. Nothing from ``warpgrad_tf`` is imported.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ def main(argv=None):
     parser.add_argument("--shots", type=int, default=10, help="support-set size")
     parser.add_argument("--query", type=int, default=100, help="query-set size")
     parser.add_argument("--steps", type=int, default=None, help="adaptation steps (default: the run's)")
+    parser.add_argument("--litert", default=None, help=".tflite file written by python -m export.litert")
     args = parser.parse_args(argv)
     for flag, value, low in (("--shots", args.shots, 1), ("--query", args.query, 1), ("--steps", args.steps, 0)):
         if value is not None and value < low:
@@ -62,6 +67,26 @@ def main(argv=None):
         params = model.adapt(sx, sy, steps=k)
         label = f"{k} (θ0)" if k == 0 else str(k)
         print(f"{label:>7}  {mse(sy, model.predict(sx, params)):12.4f}  {mse(qy, model.predict(qx, params)):10.4f}")
+    if args.litert:
+        _compare_litert(args.litert, model, (sx, sy), (qx, qy), mse)
+
+
+def _compare_litert(path, model, support, query, mse):
+    """Adapt the LiteRT model to the task and print its query MSE beside the SavedModel's (same K)."""
+    from .load_litert import load as load_litert  # ai_edge_litert + NumPy only
+
+    if not os.path.isfile(path):
+        sys.exit(f"error: --litert {path!r} does not exist; write it with python -m export.litert.")
+    lite = load_litert(path)
+    (sx, sy), (qx, qy) = support, query
+    sizes = (lite.metadata["support_size"], lite.metadata["query_size"])
+    if sizes != (len(sx), len(qx)):
+        sys.exit(f"error: {path} was exported for {sizes[0]} support / {sizes[1]} query points; pass "
+                 f"--shots={sizes[0]} --query={sizes[1]}.")
+    k = lite.steps
+    saved = mse(qy, model.adapt_and_predict(sx, sy, qx, steps=k))
+    print(f"LiteRT {path}: after {k} steps query MSE {mse(qy, lite.adapt_and_predict(sx, sy, qx)):.4f} "
+          f"(SavedModel {saved:.4f})")
 
 
 if __name__ == "__main__":

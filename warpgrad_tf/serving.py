@@ -272,12 +272,15 @@ class AdaptiveModelSaver:
             self._adapt_and_predict,
             input_signature=[x_spec("support_x"), y_spec, x_spec("query_x"), steps_spec])
         module.metadata = tf.function(self._metadata, input_signature=[])
-        self.signatures = {
-            "adapt": module.adapt.get_concrete_function(),
-            "predict": module.predict.get_concrete_function(),
-            "adapt_and_predict": module.adapt_and_predict.get_concrete_function(),
-            "metadata": module.metadata.get_concrete_function(),
-        }
+        self._signatures = None
+
+    @property
+    def signatures(self):
+        """``{name: concrete function}`` of :data:`SIGNATURES`, traced on first use (``save`` traces them;
+        an exporter that only needs :meth:`adaptation_state` never does)."""
+        if self._signatures is None:
+            self._signatures = {name: getattr(self.module, name).get_concrete_function() for name in SIGNATURES}
+        return self._signatures
 
     # ------------------------------------------------------------------ description
     def description(self):
@@ -340,19 +343,19 @@ class AdaptiveModelSaver:
         }
 
     # ------------------------------------------------------------------ traced bodies
-    def _values(self):
+    def adaptation_state(self):
+        """``(θ0, φ, frozen, BatchNorm state, α)`` read from the export's variables, each ``{path: tensor}``
+        (α: None for the rule's rate, else the learned ``{path: rate}``): what every signature adapts and
+        predicts from, in the inner step ``θ_{k+1} = θ_k − α ∇L_task(θ_k; φ)`` (Alg. 1, lines 7–8). Another
+        exporter (:mod:`export.litert`) traces its own signatures from it."""
         m = self.module
         task = {self.names[name]: tf.convert_to_tensor(v) for name, v in m.task.items()}
         warp = {p: tf.convert_to_tensor(v) for p, v in zip(self._warp_paths, m.warp)}
         frozen = {p: tf.convert_to_tensor(v) for p, v in zip(self._frozen_paths, m.frozen)}
         state = {p: tf.convert_to_tensor(v) for p, v in zip(self._state_paths, m.state)}
-        return task, warp, frozen, state
-
-    def _learning_rate(self):
-        """The inner step size of adaptation: None (the rule's α) or the learned ``{path: α}``."""
-        if self._learned_rate is None:
-            return None
-        return {self.names[name]: tf.convert_to_tensor(v) for name, v in self.module.inner_rates.items()}
+        rate = None if self._learned_rate is None else {
+            self.names[name]: tf.convert_to_tensor(v) for name, v in m.inner_rates.items()}
+        return task, warp, frozen, state, rate
 
     def _check_inputs(self, x, arg):
         x = shape_assert(x, self._input_shape, arg)
@@ -387,11 +390,10 @@ class AdaptiveModelSaver:
         """``(θ_K, BatchNorm state after K steps)`` as ``{path: tensor}`` dicts."""
         support_x, support_y = self._check_support(support_x, support_y)
         steps = check_scalar(steps, "steps", minimum=0, maximum=MAX_STEPS)
-        task, warp, frozen, state = self._values()
+        task, warp, frozen, state, rate = self.adaptation_state()
         batches = adaptation.minibatches(support_x, support_y, self._batch_size, self._seed)
         result = adaptation.adapt(self._warped, task, warp, self._rule, batches, self._loss_fn, steps,
-                                  state=state, frozen=frozen, training=self._training,
-                                  learning_rate=self._learning_rate())
+                                  state=state, frozen=frozen, training=self._training, learning_rate=rate)
         return result.task, result.state
 
     def _adapt(self, support_x, support_y, steps):
@@ -401,14 +403,14 @@ class AdaptiveModelSaver:
     def _predict(self, x, task_parameters):
         x = self._check_inputs(x, "x")
         task = check_task_parameters(task_parameters, self.names, self.module.task)
-        _, warp, frozen, state = self._values()
+        _, warp, frozen, state, _ = self.adaptation_state()
         outputs, _ = self._warped.apply(task, warp, x, frozen=frozen, state=state, training=self._training)
         return {"outputs": outputs}
 
     def _adapt_and_predict(self, support_x, support_y, query_x, steps):
         query_x = self._check_inputs(query_x, "query_x")
         task, state = self._adapt_fn(support_x, support_y, steps)
-        _, warp, frozen, _ = self._values()
+        _, warp, frozen, _, _ = self.adaptation_state()
         outputs, _ = self._warped.apply(task, warp, query_x, frozen=frozen, state=state, training=self._training)
         return {"outputs": outputs}
 

@@ -44,6 +44,9 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import warpgrad_tf  # noqa: E402, F401  (first: TensorFlow's start-up lines are filtered, warpgrad_tf.startup)
+
+# isort: split
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 

@@ -67,16 +67,15 @@ def main(argv=None):
     import absl.logging
 
     absl.logging.set_verbosity(absl.logging.WARNING)
-    from warpgrad_tf import serving
+    from warpgrad_tf import artifacts, serving, serving_rl
 
+    exporter = serving_rl.export if artifacts.is_agent_run(args.root_dir) else serving.export
     try:
-        path, d = serving.export(args.root_dir, args.output, checkpoint=args.checkpoint, seed=args.seed)
+        path, d = exporter(args.root_dir, args.output, checkpoint=args.checkpoint, seed=args.seed)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if d.get("kind") == "maze_agent":
-        from warpgrad_tf import serving_rl
-
         print(serving_rl.summary(path, d))
     else:
         print(summary(path, d))

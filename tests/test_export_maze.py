@@ -293,3 +293,8 @@ def test_export_with_checkpoint_and_refusals(run, tmp_path):
     (tmp_path / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="not a SavedModel"):
         serving_rl.export(run["root"], str(tmp_path))
+    from warpgrad_tf import serving  # the supervised exporter names the agent exporter instead of failing later
+
+    with pytest.raises(ValueError, match="serving_rl.export"):
+        serving.export(run["root"], str(tmp_path / "sm3"))
+    assert not (tmp_path / "sm3").exists()

@@ -22,9 +22,10 @@ from warpgrad_tf import learned_lr, update_rules
 from warpgrad_tf.model import WarpedModel
 from warpgrad_tf.version import __version__
 
-__all__ = ["AdaptationSpec", "learned_rate_granularity", "load", "load_learned_rate", "match_paths", "model_dir",
-           "MODEL_FILE", "RATES_FILE", "save", "SPEC_FILE"]
+__all__ = ["AdaptationSpec", "AGENT_FILE", "is_agent_run", "learned_rate_granularity", "load", "load_learned_rate",
+           "match_paths", "model_dir", "MODEL_FILE", "RATES_FILE", "save", "SPEC_FILE"]
 
+AGENT_FILE = "agent.json"
 MODEL_FILE = "model.keras"
 SPEC_FILE = "warpgrad.json"
 RATES_FILE = "learned_rate.npz"
@@ -61,6 +62,12 @@ class AdaptationSpec(NamedTuple):
 
 def model_dir(root_dir):
     return os.path.join(root_dir, "model")
+
+
+def is_agent_run(root_dir):
+    """Whether ``root_dir`` (a run directory or its ``model/`` folder) holds a saved RL agent
+    (``agent.json``, written by :func:`warpgrad_tf.serving_rl.save_agent`) rather than a supervised model."""
+    return any(os.path.exists(os.path.join(d, AGENT_FILE)) for d in (root_dir, model_dir(root_dir)))
 
 
 def save(root_dir, warped: WarpedModel, rule, *, loss, steps, batch_size, method, training_step,

@@ -615,12 +615,12 @@ def export(root_dir, output, checkpoint=None, seed=None, overwrite=True):
     Returns:
       ``(output folder, description dict)``.
 
-    A maze agent run (``R/model/agent.json``) is exported by :func:`warpgrad_tf.serving_rl.export` instead.
+    A maze agent run (``R/model/agent.json``) is exported by :func:`warpgrad_tf.serving_rl.export` (the
+    ``export.saved_model`` CLI picks the right one); passing one here is a ValueError saying so.
     """
-    from warpgrad_tf import serving_rl
-
-    if serving_rl.is_agent_run(root_dir):
-        return serving_rl.export(root_dir, output, checkpoint=checkpoint, seed=seed, overwrite=overwrite)
+    if artifacts.is_agent_run(root_dir):
+        raise ValueError(f"{root_dir} holds an RL agent run (model/{artifacts.AGENT_FILE}): export it with "
+                         "warpgrad_tf.serving_rl.export (or python -m export.saved_model, which picks it).")
     check_output(output, overwrite)  # before the (slow) tracing
     warped, rule, spec = artifacts.load(root_dir)
     rate = artifacts.load_learned_rate(root_dir, warped, spec)

@@ -54,6 +54,7 @@ import tensorflow as tf
 
 from warpgrad_tf import serving
 from warpgrad_tf.adaptation import gradient_step
+from warpgrad_tf.artifacts import AGENT_FILE, is_agent_run
 from warpgrad_tf.model import WarpedModel
 from warpgrad_tf.rl import a2c
 from warpgrad_tf.rl.agent import evaluate
@@ -81,7 +82,6 @@ __all__ = [
 ]
 
 KIND = "maze_agent"
-AGENT_FILE = "agent.json"
 MODEL_FILE = "model.keras"
 OPTIMIZER_FILE = "task_optimizer.npz"
 SIGNATURES = ("initial_state", "act", "adapt", "metadata")
@@ -131,11 +131,6 @@ class AgentSpec(NamedTuple):
 
 def _model_dir(root_dir):
     return root_dir if os.path.exists(os.path.join(root_dir, AGENT_FILE)) else os.path.join(root_dir, "model")
-
-
-def is_agent_run(root_dir):
-    """Whether ``root_dir`` (a run directory or its ``model/`` folder) holds a saved agent."""
-    return os.path.exists(os.path.join(_model_dir(root_dir), AGENT_FILE))
 
 
 def optimizer_config(optimizer):

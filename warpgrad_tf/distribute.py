@@ -266,8 +266,9 @@ class WorkerCheckpointer:
 def sharded_sum(strategy, fn, *, finish=None, jit_compile=False):
     """The seam every meta-step runs through, on one replica or many: per-replica sums, all-reduced.
 
-    ``run = sharded_sum(strategy, fn, finish=finish)`` gives ``run(inputs_of, extra) -> (total, local)``:
-    replica g (g = global replica id) receives ``inputs_of(g)``; ``fn(inputs, extra)`` (traced in replica
+    ``run = sharded_sum(strategy, fn, finish=finish)`` gives ``run(inputs, extra) -> (total, local)``:
+    replica g (g = global replica id) receives ``inputs_of(g)``; ``inputs`` is ``inputs_of`` itself or a nest of
+    what ``run.place(inputs_of)`` returned (placed once, reused by many calls); ``fn(inputs, extra)`` (traced in replica
     context) returns ``(sums, local)`` — ``sums`` a nest of tensors to add over the replicas (``ReduceOp.SUM``;
     None leaves pass through), ``local`` a nest kept per replica (e.g. trajectory records). ``finish(total,
     extra)``, traced after the all-reduce, turns the total into the result (normalise, check finiteness), so
@@ -294,10 +295,14 @@ def sharded_sum(strategy, fn, *, finish=None, jit_compile=False):
 
         return strategy.run(replica, args=(inputs,))
 
-    def run(inputs_of, extra=()):
-        total, local = compute(_per_replica(strategy, local_ids, inputs_of), extra)
+    def place(inputs_of):
+        return _per_replica(strategy, local_ids, inputs_of)
+
+    def run(inputs, extra=()):
+        total, local = compute(place(inputs) if callable(inputs) else inputs, extra)
         return _first_local(strategy, total), {g: _local(strategy, local, r) for r, g in enumerate(local_ids)}
 
+    run.place = place
     run.replica_ids = local_ids
     run.compute = compute
     return run

@@ -68,11 +68,11 @@ def collector(warped, learner: base.MetaLearner, *, learning_rate=None, frozen=N
         seeds = [int(s) for s in seeds_t.numpy()]
         num_tasks = len(seeds)
         per = distribute.shard_size(strategy, num_tasks)
-        shards = {g: distribute.split((tasks, seeds_t), g, per) for g in run.replica_ids}
+        shards = run.place(lambda g: distribute.split((tasks, seeds_t), g, per))  # placed once for all i
         first = last = c_val = 0.0
         lr_grad = None
         for i in range(per):
-            (f, la, c, lr, bad), local = run(shards.__getitem__, tf.constant(i))
+            (f, la, c, lr, bad), local = run(shards, tf.constant(i))
             if float(bad):
                 named = sorted((g * per + i, float(out[4])) for g, out in local.items() if float(out[3]))
                 where = (f"task {named[0][0]} (seed {seeds[named[0][0]]})" if named else
@@ -228,7 +228,7 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
     learn_warp = learner.objective is not None and bool(warped.names["warp"])
 
     def replay_terms(inputs, count):
-        batch, weights, task_data, seeds, init = inputs
+        (task_data, seeds), (batch, weights, init) = inputs
         warp_sums, lr_sums, loss = {}, None, tf.zeros([], weights.dtype)
         if learn_warp:
             warp_sums, lr_sums, loss = replay_meta_gradient_sums(
@@ -264,7 +264,7 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
         collected = time.perf_counter()
 
         # replay (lines 13–23) over the global sample numbering; replica g holds samples [g·span, (g+1)·span)
-        task_data = {g: b.task_data() for g, b in buffers.items()}
+        task_data = replay.place(lambda g: buffers[g].task_data())  # the meta-batch's data: placed once per step
         theta0 = warped.values("task")
         dtype = next(iter(theta0.values())).dtype
         zeros_init = {k: tf.zeros_like(v) for k, v in theta0.items()} if has_init else {}
@@ -278,8 +278,9 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
                 owned = np.sort(indices[(indices >= g * span) & (indices < (g + 1) * span)] - g * span)
                 batch, weights = _local_batch(b, owned, eta, dtype)
                 init = b.init_gradient(owned, total_tasks=num_tasks) if has_init and owned.size else None
-                inputs[g] = (batch, weights, *task_data[g], zeros_init if init is None else init)
-            (warp_grads, lr_grad, loss, init), finite = replay(inputs.__getitem__, tf.constant(len(indices)))[0]
+                inputs[g] = (batch, weights, zeros_init if init is None else init)
+            (warp_grads, lr_grad, loss, init), finite = replay((task_data, replay.place(inputs.__getitem__)),
+                                                               tf.constant(len(indices)))[0]
             base.raise_if_not_finite(finite, f"offline replay, meta-step {meta_steps + 1}",
                                      base.MetaGradients(warp_grads, {}, lr_grad, {}), loss)
             if init_lr is not None:  # MAML's α-gradient, spread over the pass like g_θ0

@@ -34,6 +34,10 @@ and differentiates only its own): the meta-gradient sums are all-reduced and div
 one Adam update follows — a distributed meta step equals the single-device one. ``starts_per_task`` must
 divide evenly over the replicas. Only the chief writes ``root_dir``; the other workers write to scratch
 folders and resume from the chief's checkpoints. Evaluation runs on one replica.
+
+Length (≈ 450 lines, over the project's ~400): App. D is one self-contained study whose model layers, warp
+inverse, Fig. 7 plot and ``train_eval`` are used only here and only together; splitting them would make four
+single-use modules that must be read side by side.
 """
 
 from __future__ import annotations

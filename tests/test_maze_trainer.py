@@ -118,7 +118,7 @@ def test_returns_figure_collects_sibling_runs(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(cell="lstm"), r"Unknown RNN cell 'lstm' in train_eval.cell; choose one of \['hyper_rnn'"),
+    (dict(cell="lstm"), r"Unknown RNN cell 'lstm' in train_eval.cell; choose one of \['hebbian', 'hyper_rnn'"),
     (dict(batch_size=0), "maze batch_size must be an integer >= 1; got 0"),
     (dict(maze_size=10), "maze size must be an odd integer"),
     (dict(maze_size=1), "maze size 1 with rules 'published' leaves no free non-centre cell for the goal"),

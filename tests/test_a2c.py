@@ -26,12 +26,19 @@ def test_a2c_loss_equals_hand_computation_on_a_3_step_episode():
     value = (16 + 64 + 9) / 3
     entropy = (math.log(4) - (0.5 * math.log(0.5) + 0.5 * math.log(1 / 6))
                - (0.6 * math.log(0.2) + 0.4 * math.log(0.4))) / 3
+    # Σ_a p²: ¼ (uniform); ¼ + 3/36; 3/25 + 4/25.
+    sum_p2 = (1 / 4 + (1 / 4 + 3 / 36) + 7 / 25) / 3
     with tf.GradientTape() as tape:
         out = a2c_loss(logits, values, actions, rewards, discount=0.5, value_coef=0.25, entropy_coef=0.5)
     assert out.policy.numpy() == pytest.approx(policy, rel=1e-6)
     assert out.value.numpy() == pytest.approx(value, rel=1e-6)
     assert out.entropy.numpy() == pytest.approx(entropy, rel=1e-6)
-    assert out.loss.numpy() == pytest.approx(policy + 0.25 * value - 0.5 * entropy, rel=1e-6)
+    assert out.sum_p2.numpy() == pytest.approx(sum_p2, rel=1e-6)
+    # The default is the released code's loss: a penalty on Σ p², not an entropy bonus.
+    assert out.loss.numpy() == pytest.approx(policy + 0.25 * value + 0.5 * sum_p2, rel=1e-6)
+    bonus = a2c_loss(logits, values, actions, rewards, discount=0.5, value_coef=0.25, entropy_coef=0.5,
+                     regulariser="entropy")
+    assert bonus.loss.numpy() == pytest.approx(policy + 0.25 * value - 0.5 * entropy, rel=1e-6)
     # The advantage is held constant: values get gradient from the value loss only.
     np.testing.assert_allclose(tape.gradient(out.loss, values).numpy(), [[0.25 * 2 / 3 * d for d in (-4, -8, 3)]],
                                rtol=1e-6)
@@ -45,6 +52,7 @@ def test_discounted_returns():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(discount=1.5), "discount must lie in"),
     (dict(value_coef=-1.0), "coefficients must be >= 0"),
+    (dict(regulariser="l2"), r"Unknown A2C policy regulariser 'l2'; choose one of \['sum_p2', 'entropy'\]"),
 ])
 def test_bad_a2c_constants(kwargs, match):
     with pytest.raises(ValueError, match=match):

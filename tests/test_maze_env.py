@@ -24,21 +24,60 @@ def _state(env, rows_cols, goals, step=0, key_seed=0):
         prev_reward=tf.zeros([b], tf.float32), key=env.key(key_seed))
 
 
-def test_layout_is_the_grid_maze():
+def test_layout_is_the_grid_maze_with_the_centre_cleared():
     layout = maze_layout(11)
     assert layout.shape == (13, 13)
     assert layout[0].all() and layout[-1].all() and layout[:, 0].all() and layout[:, -1].all()
     interior = layout[1:-1, 1:-1]
     rows, cols = np.nonzero(interior)
-    assert len(rows) == 25  # pillars at both-even coordinates 2, 4, ..., 10
+    assert len(rows) == 24  # pillars at both-even coordinates 2, 4, ..., 10, except the centre (6, 6)
     assert np.all((rows + 1) % 2 == 0) and np.all((cols + 1) % 2 == 0)
-    assert len(MazeEnv(size=11, batch_size=1).free_cells) == 121 - 25
+    assert layout[6, 6] == 0
+    env = MazeEnv(size=11, batch_size=1)
+    assert len(env.free_cells) == 121 - 24 and env.centre == env.cell(6, 6)
+    assert len(env.goal_cells) == 121 - 24 - 1 and env.centre not in env.goal_cells
+    # This project's first maze, one option away: the centre pillar kept.
+    pillar = maze_layout(11, "pillar")
+    assert pillar[6, 6] == 1 and pillar.sum() - layout.sum() == 1
+    assert len(MazeEnv(size=11, batch_size=1, rules="pillar").free_cells) == 121 - 25
 
 
-@pytest.mark.parametrize("size", [4, 1, 0, -3, 11.0, "11", True])
+@pytest.mark.parametrize("size", [4, 0, -3, 11.0, "11", True])
 def test_impossible_maze_size_is_a_clear_error(size):
-    with pytest.raises(ValueError, match="maze size must be an odd integer >= 3"):
+    with pytest.raises(ValueError, match="maze size must be an odd integer"):
         MazeEnv(size=size, batch_size=2)
+
+
+def test_rules_that_leave_no_free_cell_or_unknown_rules_are_clear_errors():
+    with pytest.raises(ValueError, match="maze size 1 with rules 'published' leaves no free non-centre cell for "
+                                         "the goal; use size >= 3"):
+        MazeEnv(size=1, batch_size=2)
+    with pytest.raises(ValueError, match="maze size 1 with rules 'pillar' leaves no free cell for the start"):
+        MazeEnv(size=1, batch_size=2, rules="pillar")
+    with pytest.raises(ValueError, match=r"Unknown maze rules 'miconi'; choose one of \['published', 'pillar'\]"):
+        MazeEnv(rules="miconi")
+
+
+def test_published_episode_starts_at_the_centre_and_walks_through_it():
+    """A hand-built trajectory of the released maze: start on the cleared centre, leave it, come back."""
+    env = MazeEnv(size=7, batch_size=2, episode_length=10)  # 9 x 9: the centre (4, 4) is a both-even cell
+    state = env.reset(0)
+    assert np.all(state.position.numpy() == env.cell(4, 4))
+    np.testing.assert_array_equal(env.observe(state).numpy()[:, maze.NEIGHBOURHOOD], 0)  # open all round
+    goal = (1, 1)
+    state = state._replace(goal=tf.fill([2], env.cell(*goal)))
+    path = []
+    for action in (UP, UP, LEFT, UP, UP, LEFT, LEFT):  # the 2nd is blocked by the pillar (2, 4)
+        state, reward = env.step(state, tf.fill([2], action))
+        path.append((tuple(int(v) for v in env.coordinates(int(state.position[0]))), float(reward[0])))
+    assert [c for c, _ in path[:6]] == [(3, 4), (3, 4), (3, 3), (2, 3), (1, 3), (1, 2)]
+    assert [r for _, r in path] == [0.0] * 6 + [10.0]  # the goal at the 7th step ...
+    assert path[-1][0] != goal and env.layout[path[-1][0]] == 0  # ... then a teleport to a free cell
+    # Under "pillar" the centre is a wall: a step onto it from its neighbour is blocked.
+    pillar = MazeEnv(size=7, batch_size=1, rules="pillar")
+    blocked, _ = pillar.step(_state(pillar, [(4, 3)], [(1, 1)]), tf.constant([RIGHT]))
+    opened, _ = env.step(_state(env, [(4, 3), (4, 3)], [(1, 1)] * 2), tf.constant([RIGHT, RIGHT]))
+    assert int(blocked.position[0]) == pillar.cell(4, 3) and int(opened.position[0]) == env.cell(4, 4)
 
 
 @pytest.mark.parametrize("field", ["batch_size", "episode_length"])
@@ -99,14 +138,19 @@ def test_observation_layout():
     np.testing.assert_array_equal(obs[maze.NEIGHBOURHOOD], env.layout[row - 1:row + 2, col - 1:col + 2].reshape(-1))
 
 
-def test_reset_draws_goal_and_start_from_free_cells_by_seed():
-    env = MazeEnv(size=11, batch_size=200)
+def test_reset_draws_goals_among_free_non_centre_cells_by_seed():
+    env = MazeEnv(size=11, batch_size=2000)
     a, b, c = env.reset(3), env.reset(3), env.reset(4)
     np.testing.assert_array_equal(a.goal.numpy(), b.goal.numpy())
     assert not np.array_equal(a.goal.numpy(), c.goal.numpy())
+    assert set(np.unique(a.goal.numpy())) == set(env.goal_cells)  # every free cell but the centre, no other
+    assert np.all(a.position.numpy() == env.centre)
+    # "pillar": start and goal both drawn among free cells, never on one another.
+    env = MazeEnv(size=11, batch_size=200, rules="pillar")
+    a = env.reset(3)
     assert np.all(np.isin(a.goal.numpy(), env.free_cells)) and np.all(np.isin(a.position.numpy(), env.free_cells))
     assert not np.any(a.goal.numpy() == a.position.numpy())
-    assert len(np.unique(a.goal.numpy())) > 50
+    assert len(np.unique(a.goal.numpy())) > 50 and len(np.unique(a.position.numpy())) > 50
 
 
 def test_tf_environment_episode_boundaries_and_specs():

@@ -118,9 +118,16 @@ def test_returns_figure_collects_sibling_runs(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(cell="lstm"), r"Unknown RNN cell 'lstm' in train_eval.cell; choose one of \['hyper_rnn'"),
+    (dict(cell="lstm"), r"Unknown RNN cell 'lstm' in train_eval.cell; choose one of \['hebbian', 'hyper_rnn'"),
     (dict(batch_size=0), "maze batch_size must be an integer >= 1; got 0"),
-    (dict(maze_size=10), "maze size must be an odd integer >= 3"),
+    (dict(maze_size=10), "maze size must be an odd integer"),
+    (dict(maze_size=1), "maze size 1 with rules 'published' leaves no free non-centre cell for the goal"),
+    (dict(maze_rules="miconi"), r"Unknown maze rules 'miconi'; choose one of \['published', 'pillar'\]"),
+    (dict(policy_regulariser="l2"), "Unknown A2C policy regulariser 'l2'"),
+    (dict(cell="rnn", plasticity="hebb"), r"train_eval.plasticity='hebb' is not supported by cell 'rnn'; only "
+                                          r"\['hebbian', 'neuromodulated'\] are plastic"),
+    (dict(cell="hebbian", plasticity="retroactive"), r"train_eval.plasticity='retroactive' is not supported by "
+                                                     r"cell 'hebbian'; choose one of \['hebb', 'oja'\]"),
     (dict(warp_period=0), "train_eval.warp_period must be an integer >= 1"),
     (dict(discount=2.0), "discount must lie in"),
 ])

@@ -12,7 +12,9 @@ import tensorflow as tf  # noqa: E402
 from warpgrad_tf import WarpedModel  # noqa: E402
 from warpgrad_tf.layers.rnn import (  # noqa: E402
     CELLS,
+    HebbianRNNCell,
     HyperRNNCell,
+    NeuromodulatedHebbianRNNCell,
     TanhRNNCell,
     TNetsRNNCell,
     WarpHyperRNNCell,
@@ -124,9 +126,12 @@ def test_roles_in_a_warped_agent(name, warp_names):
     assert short(warped.names["task"]) == sorted(expected)
 
 
-@pytest.mark.parametrize("cls", [TanhRNNCell, WarpHyperRNNCell, HyperRNNCell, TNetsRNNCell])
-def test_config_round_trip_and_keras_rnn(cls):
-    kwargs = {"meta_units": 3} if issubclass(cls, WarpHyperRNNCell) else {}
+@pytest.mark.parametrize("cls, kwargs", [
+    (TanhRNNCell, {}), (WarpHyperRNNCell, {"meta_units": 3}), (HyperRNNCell, {"meta_units": 3}), (TNetsRNNCell, {}),
+    (HebbianRNNCell, {"rule": "oja", "eta_init": 0.2}),
+    (NeuromodulatedHebbianRNNCell, {"modulation": "retroactive", "clip": 1.5}),
+])
+def test_config_round_trip_and_keras_rnn(cls, kwargs):
     cell = cls(units=6, **kwargs)
     layer = keras.layers.RNN(cell, return_sequences=True)
     x = np.random.default_rng(3).normal(size=(2, 4, 5)).astype("float32")
@@ -142,10 +147,10 @@ def test_config_round_trip_and_keras_rnn(cls):
 
 
 def test_bad_cell_arguments_are_clear_errors():
-    with pytest.raises(ValueError, match=r"Unknown RNN cell 'lstm'; choose one of \['hyper_rnn', 'rnn'"):
+    with pytest.raises(ValueError, match=r"Unknown RNN cell 'lstm'; choose one of \['hebbian', 'hyper_rnn'"):
         make_cell("lstm")
     with pytest.raises(ValueError, match="units must be an integer >= 1"):
         TanhRNNCell(units=0)
     with pytest.raises(ValueError, match="meta_units must be an integer >= 1"):
         WarpHyperRNNCell(units=4, meta_units=0)
-    assert sorted(CELLS) == ["hyper_rnn", "rnn", "tnets_rnn", "warp_rnn"]
+    assert sorted(CELLS) == ["hebbian", "hyper_rnn", "neuromodulated", "rnn", "tnets_rnn", "warp_rnn"]

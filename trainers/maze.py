@@ -19,6 +19,21 @@ the current policy (each episode a new task: a new goal) and computes the advant
 * ``hyper_rnn`` — the HyperRNN control: the same network with the meta-LSTM trained every batch as a task
   parameter.
 * ``tnets_rnn`` — linear T-Nets warps, meta-learned like ``warp_rnn``.
+* ``hebbian`` — :class:`~warpgrad_tf.layers.rnn.HebbianRNNCell`, the Fig. 4 "Hebbian meta-learning" baseline
+  (Miconi et al. 2018): plastic recurrent weights ``V + α ⊙ Hebb``, the trace reset every episode; V, α, η
+  and the rest trained by A2C with Adam on every batch. ``plasticity`` picks the rule (``"hebb"``, ``"oja"``).
+* ``neuromodulated`` — :class:`~warpgrad_tf.layers.rnn.NeuromodulatedHebbianRNNCell` (backpropamine, Miconi
+  et al. 2019), the Fig. 4 "neuromodulated Hebbian" baseline; ``plasticity`` is ``"simple"`` or
+  ``"retroactive"`` (eligibility traces).
+
+**The maze and loss as published** (defaults; App. I is silent, so they follow the authors' released
+``maze_navigation`` code after Miconi's backpropamine ``maze.py``): the centre pillar cleared, every
+episode starting at the centre, the goal drawn among free non-centre cells, teleport to a random free cell
+after reaching it (``maze_rules="published"``; :mod:`warpgrad_tf.envs.maze`), reward 10, wall penalty 0;
+A2C with discount 0.9, value weight 0.1, a penalty 0.03 · Σ p² on the policy (``policy_regulariser=
+"sum_p2"``; :mod:`warpgrad_tf.rl.a2c`), global-norm clip 4.0, batches of 30 episodes of 200 steps. This
+project's first maze and loss stay one gin option away: ``maze_rules="pillar"`` (centre pillar kept, random
+start, goal anywhere) and ``policy_regulariser="entropy"`` (an entropy bonus).
 
 **The meta-objective (Eq. 12, approximate).** In a stream of batches the task parameters of batch k,
 θ_k = U(θ_{k−1}, ∇L_task), are the result of one task update; the approximate objective is the A2C loss
@@ -66,7 +81,7 @@ from absl import logging  # noqa: E402
 
 from warpgrad_tf import algorithms, distribute  # noqa: E402
 from warpgrad_tf.envs import MazeEnv  # noqa: E402
-from warpgrad_tf.layers.rnn import CELLS, make_cell  # noqa: E402
+from warpgrad_tf.layers.rnn import CELLS, HebbianRNNCell, NeuromodulatedHebbianRNNCell, make_cell  # noqa: E402
 from warpgrad_tf.model import WarpedModel  # noqa: E402
 from warpgrad_tf.rl import a2c, build_agent, evaluate, rollout  # noqa: E402
 from warpgrad_tf.serving_rl import is_agent_run, save_agent  # noqa: E402
@@ -86,7 +101,8 @@ def _check_positive_int(name, value):
     return int(value)
 
 
-def _weighted_terms(warped, env, seed, weight, *, episodes=None, discount, value_coef, entropy_coef):
+def _weighted_terms(warped, env, seed, weight, *, episodes=None, discount, value_coef, entropy_coef,
+                    regulariser="sum_p2"):
     """Play (a shard of) a batch, differentiate ``weight ×`` its A2C loss: ``(metrics, task_grads, warp_grads)``.
 
     The A2C loss is a mean over the played (episode, step) pairs and the metrics (its terms and the mean
@@ -101,7 +117,7 @@ def _weighted_terms(warped, env, seed, weight, *, episodes=None, discount, value
         tape.watch((task, warp))
         logits, values = evaluate(warped, task, warp, played.observations)
         loss = a2c.a2c_loss(logits, values, played.actions, played.rewards, discount=discount,
-                            value_coef=value_coef, entropy_coef=entropy_coef)
+                            value_coef=value_coef, entropy_coef=entropy_coef, regulariser=regulariser)
         objective = loss.loss if weight is None else loss.loss * weight
     grads_task, grads_warp = tape.gradient(objective, (task, warp),
                                            unconnected_gradients=tf.UnconnectedGradients.ZERO)
@@ -127,12 +143,14 @@ def continual_gradients(warped, train_step):
     return gradients
 
 
-def make_train_step(warped, env, *, discount, value_coef, entropy_coef, jit_compile=False, strategy=None):
+def make_train_step(warped, env, *, discount, value_coef, entropy_coef, regulariser="sum_p2", jit_compile=False,
+                    strategy=None):
     """``step(seed) -> (metrics, task_grads, warp_grads)``: play a batch, A2C loss, one backward pass.
 
     Gradients are lists ordered like ``warped.variables("task")`` / ``("warp")``.
 
     Args:
+      regulariser: the A2C policy regulariser (:func:`warpgrad_tf.rl.a2c.a2c_loss`).
       strategy: None — one device. A ``tf.distribute.Strategy`` (the model's variables created in its
         scope) — replica g plays and differentiates episodes ``[g·P, (g+1)·P)`` of the batch (P = batch /
         replicas; every episode keeps the seed it has on one device, see :func:`~warpgrad_tf.rl.rollout`);
@@ -142,7 +160,8 @@ def make_train_step(warped, env, *, discount, value_coef, entropy_coef, jit_comp
         the whole batch's gradient. A batch that does not divide evenly over the replicas is a ValueError.
     """
     a2c.check_coefficients(discount, value_coef, entropy_coef)
-    constants = dict(discount=discount, value_coef=value_coef, entropy_coef=entropy_coef)
+    a2c.check_regulariser(regulariser)
+    constants = dict(discount=discount, value_coef=value_coef, entropy_coef=entropy_coef, regulariser=regulariser)
 
     if strategy is None:
         return tf.function(lambda seed: _weighted_terms(warped, env, seed, None, **constants),
@@ -170,13 +189,14 @@ def make_train_step(warped, env, *, discount, value_coef, entropy_coef, jit_comp
 @gin.configurable
 def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, episode_length=200, maze_size=11,
                units=100, meta_units=64, seed=0, learning_rate=1e-3, warp_learning_rate=1e-3, warp_period=30,
-               discount=0.9, value_coef=0.1, entropy_coef=0.03, grad_clip=4.0, log_every=10,
-               checkpoint_every=100, plot=True, jit_compile=False, strategy=None):
+               discount=0.9, value_coef=0.1, entropy_coef=0.03, grad_clip=4.0, maze_rules="published",
+               policy_regulariser="sum_p2", plasticity=None, log_every=10, checkpoint_every=100, plot=True,
+               jit_compile=False, strategy=None):
     """Train a recurrent A2C agent on the maze, meta-learning warps with Algorithm 3 where the cell has them.
 
     Args:
       root_dir: run directory.
-      cell: ``"rnn"``, ``"warp_rnn"``, ``"hyper_rnn"`` or ``"tnets_rnn"``.
+      cell: ``"rnn"``, ``"warp_rnn"``, ``"hyper_rnn"``, ``"tnets_rnn"``, ``"hebbian"`` or ``"neuromodulated"``.
       num_iterations: task updates (batches of episodes); the paper runs 200 000.
       batch_size, episode_length, maze_size: episodes per batch (30), steps per episode (200), maze (11).
       units, meta_units: task RNN width (100) and meta-LSTM width (hyper-network cells only).
@@ -184,8 +204,12 @@ def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, ep
       learning_rate: Adam step size of the task parameters (1e-3).
       warp_learning_rate, warp_period: Adam step size of the warp parameters and the period η (30) of
         Algorithm 3's warp updates.
-      discount, value_coef, entropy_coef: A2C constants.
+      discount, value_coef, entropy_coef: A2C constants (γ, value weight, policy-regulariser weight).
       grad_clip: global-norm clip of each gradient before Adam (0 disables).
+      maze_rules: ``"published"`` (the released maze) or ``"pillar"`` (this project's first maze).
+      policy_regulariser: ``"sum_p2"`` (the released code's Σ p² penalty) or ``"entropy"`` (entropy bonus).
+      plasticity: the Hebbian cells' plasticity — ``"hebb"`` / ``"oja"`` for ``hebbian``, ``"simple"`` /
+        ``"retroactive"`` for ``neuromodulated``; None: the cell's default (``"hebb"``, ``"simple"``).
       log_every, checkpoint_every: iterations between summaries / checkpoints.
       plot: write ``returns.png``.
       jit_compile: XLA-compile the rollout + gradient step.
@@ -202,7 +226,9 @@ def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, ep
     log_every = _check_positive_int("log_every", log_every)
     checkpoint_every = _check_positive_int("checkpoint_every", checkpoint_every)
     a2c.check_coefficients(discount, value_coef, entropy_coef)
-    env = MazeEnv(size=maze_size, batch_size=batch_size, episode_length=episode_length)
+    a2c.check_regulariser(policy_regulariser)
+    cell_kwargs = _cell_kwargs(cell, meta_units, plasticity)
+    env = MazeEnv(size=maze_size, batch_size=batch_size, episode_length=episode_length, rules=maze_rules)
     run = common.place_run(strategy, root_dir, "maze")
     strategy, distributed, root_dir = run.strategy, run.distributed, run.out_dir
     replicas = int(strategy.num_replicas_in_sync)
@@ -212,7 +238,6 @@ def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, ep
     common.write_operative_config(root_dir)
 
     keras.utils.set_random_seed(seed)
-    cell_kwargs = {"meta_units": meta_units} if cell in ("warp_rnn", "hyper_rnn") else {}
     clip = {"global_clipnorm": float(grad_clip)} if grad_clip else {}
     with strategy.scope():  # θ, φ, both optimisers' slots and Alg. 3's accumulator mirrored over the replicas
         warped = WarpedModel(build_agent(make_cell(cell, units=units, **cell_kwargs), env.observation_size,
@@ -233,7 +258,8 @@ def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, ep
     # Distributed: gradients and metrics come back all-reduced; the updates below run once, in cross-replica
     # context outside strategy.scope(), so each mirrored variable gets them once (and the clip sees them whole).
     train_step = make_train_step(warped, env, discount=discount, value_coef=value_coef, entropy_coef=entropy_coef,
-                                 jit_compile=jit_compile, strategy=strategy if distributed else None)
+                                 regulariser=policy_regulariser, jit_compile=jit_compile,
+                                 strategy=strategy if distributed else None)
     # Algorithm 3: θ updated on every batch (task Adam), φ on every warp_period-th with the mean accumulated g_φ.
     meta_step = algorithms.continual_gradient_step(
         warped, continual_gradients(warped, train_step),
@@ -269,7 +295,8 @@ def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, ep
                    entropy_coef=entropy_coef, training_step=step,
                    extra=dict(maze_size=maze_size, episode_length=episode_length, batch_size=batch_size,
                               units=units, seed=seed, warp_learning_rate=warp_learning_rate,
-                              warp_period=warp_period, **cell_kwargs))
+                              warp_period=warp_period, maze_rules=maze_rules,
+                              policy_regulariser=policy_regulariser, **cell_kwargs))
     summary = _write_history(root_dir, cell, seed, batch_size, replicas, history)
     if plot:
         plot_returns(os.path.dirname(os.path.abspath(root_dir)), os.path.join(root_dir, "returns.png"))
@@ -278,6 +305,29 @@ def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, ep
     print(f"\n{cell}: mean return over the last fifth of training {summary['last_fifth_mean_return']:.2f} "
           f"({summary['episodes']} episodes)\nreturns: {os.path.join(root_dir, RETURNS_FILE)}")
     return summary
+
+
+#: The ``plasticity`` setting of each plastic cell: the cell's keyword and the values it supports.
+PLASTICITY = {"hebbian": ("rule", HebbianRNNCell.RULES),
+              "neuromodulated": ("modulation", NeuromodulatedHebbianRNNCell.MODULATIONS)}
+
+
+def _cell_kwargs(cell, meta_units, plasticity):
+    """The cell's own keyword arguments; a ``plasticity`` the cell does not support is a ValueError."""
+    if cell in ("warp_rnn", "hyper_rnn"):
+        kwargs = {"meta_units": meta_units}
+    else:
+        kwargs = {}
+    if plasticity is None:
+        return kwargs
+    if cell not in PLASTICITY:
+        raise ValueError(f"train_eval.plasticity={plasticity!r} is not supported by cell {cell!r}; only "
+                         f"{sorted(PLASTICITY)} are plastic.")
+    key, supported = PLASTICITY[cell]
+    if plasticity not in supported:
+        raise ValueError(f"train_eval.plasticity={plasticity!r} is not supported by cell {cell!r}; choose one "
+                         f"of {list(supported)}.")
+    return dict(kwargs, **{key: plasticity})
 
 
 def _load_history(root_dir):

@@ -390,7 +390,8 @@ class AgentSaver:
         def objective(task):  # θ as tensors: functional calls, nothing assigned (φ fixed)
             logits, values = evaluate(self._warped, task, warp, observations)
             return a2c.a2c_loss(logits, values, actions, rewards, discount=s.discount, value_coef=s.value_coef,
-                                entropy_coef=s.entropy_coef, mask=mask).loss, ()
+                                entropy_coef=s.entropy_coef, mask=mask,  # runs saved before the option: entropy
+                                regulariser=s.extra.get("policy_regulariser", "entropy")).loss, ()
 
         def body(k, task, opt_state):  # adaptation's one task step, with the clipped Adam of the trainer
             step = gradient_step(task, opt_state, self._rule, objective)

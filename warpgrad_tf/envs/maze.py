@@ -1,15 +1,27 @@
 """The grid maze of Miconi et al. (2018, 2019) used for meta-RL in WarpGrad (Sec. 4.3 (c.1), App. I).
 
-The maze is a square of ``size × size`` free interior cells surrounded by a wall border, with a wall
-*pillar* at every interior cell whose two coordinates are both even (coordinates count the border as 0,
-so the interior runs 1..size). ``size`` must be odd so that the pillars never touch the border. The paper
-uses ``size = 11`` (Miconi et al. 2019 use 9).
+The maze is a ``(size + 2) × (size + 2)`` array: ``size × size`` interior cells surrounded by a wall
+border, with a wall *pillar* at every interior cell whose two coordinates are both even (coordinates count
+the border as 0, so the interior runs 1..size). ``size`` must be odd so that the pillars never touch the
+border. The paper uses ``size = 11`` (a 13 × 13 array; Miconi et al. 2019 use 9).
 
-A *task* is a goal cell, drawn uniformly among free cells at the start of every episode and fixed for the
-episode. The agent starts on a uniformly drawn free cell other than the goal and moves up / down / left /
-right (actions 0..3); a move into a wall leaves it in place (and costs ``wall_penalty``, 0 by default).
-Stepping onto the goal gives ``goal_reward`` (10) and teleports the agent to a uniformly drawn free cell
-other than the goal. Episodes last ``episode_length`` (200) steps; the goal is never observed, so the
+**Rules** (``rules=``). The paper says it uses Miconi et al.'s maze (App. I) and is silent on the details,
+so the default follows the authors' released code (their ``maze_navigation/maze.py``, after Miconi's
+backpropamine ``maze.py``):
+
+==================  ==========================================  ===========================================
+                    ``"published"`` (default)                   ``"pillar"`` (this project's first maze)
+==================  ==========================================  ===========================================
+centre cell         cleared (``lab[CTR, CTR] = 0``)             a pillar when both-even (size 11: yes)
+start               the centre, every episode                   a uniform free cell other than the goal
+goal (the task)     uniform among free cells except the centre  uniform among free cells
+==================  ==========================================  ===========================================
+
+In both, the goal is drawn at the start of every episode and fixed for it; the agent moves up / down /
+left / right (actions 0..3); a move into a wall leaves it in place (and costs ``wall_penalty``, 0 as in
+the released code); stepping onto the goal gives ``goal_reward`` (10, the released code's ``rew``) and
+teleports the agent to a uniformly drawn free cell other than the goal (as in the released code: the
+centre is allowed). Episodes last ``episode_length`` (200) steps; the goal is never observed, so the
 agent must find it and then return to it as often as it can.
 
 Observation (``observation_size = 9 + 3 + num_actions = 16`` floats), in this order:
@@ -42,7 +54,7 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = ["ACTION_DELTAS", "BIAS", "maze_layout", "MazeEnv", "MazeState", "NEIGHBOURHOOD", "NUM_ACTIONS",
-           "OBSERVATION_SIZE", "PREV_ACTION", "PREV_REWARD", "TIME"]
+           "OBSERVATION_SIZE", "PREV_ACTION", "PREV_REWARD", "RULES", "TIME"]
 
 #: Actions: (row, column) displacement of up, down, left, right.
 ACTION_DELTAS = ((-1, 0), (1, 0), (0, -1), (0, 1))
@@ -54,6 +66,9 @@ TIME = 10
 PREV_REWARD = 11
 PREV_ACTION = slice(12, 12 + NUM_ACTIONS)
 OBSERVATION_SIZE = 12 + NUM_ACTIONS
+
+#: The maze's rule sets (module docstring): the authors' released maze, and this project's first one.
+RULES = ("published", "pillar")
 
 _GOAL_SALT = 1
 _START_SALT = 2
@@ -80,20 +95,27 @@ class MazeState(NamedTuple):
     key: tf.Tensor
 
 
-def maze_layout(size=11):
-    """The ``(size + 2) × (size + 2)`` wall map (1 = wall) of the grid maze.
+def maze_layout(size=11, rules="published"):
+    """The ``(size + 2) × (size + 2)`` wall map (1 = wall) of the grid maze under ``rules``.
+
+    ``"published"`` clears the centre pillar (the released code's ``lab[CTR, CTR] = 0``); ``"pillar"``
+    keeps it.
 
     Raises:
-      ValueError: ``size`` is not an odd integer >= 3 (an even size puts pillars against the border and
-        leaves dead corners; below 3 there is no maze).
+      ValueError: ``size`` is not an odd integer >= 1 (an even size puts pillars against the border and
+        leaves dead corners), or unknown ``rules``.
     """
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 3 or size % 2 == 0:
-        raise ValueError(f"maze size must be an odd integer >= 3 (interior cells per side; the paper uses 11); "
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1 or size % 2 == 0:
+        raise ValueError(f"maze size must be an odd integer (interior cells per side; the paper uses 11); "
                          f"got {size!r}.")
+    if rules not in RULES:
+        raise ValueError(f"Unknown maze rules {rules!r}; choose one of {list(RULES)}.")
     n = int(size) + 2
     layout = np.zeros((n, n), dtype=np.int32)
     layout[0, :] = layout[-1, :] = layout[:, 0] = layout[:, -1] = 1
     layout[2:-1:2, 2:-1:2] = 1
+    if rules == "published":
+        layout[n // 2, n // 2] = 0
     return layout
 
 
@@ -106,6 +128,11 @@ class MazeEnv:
       episode_length: steps per episode (>= 1).
       goal_reward: reward for stepping onto the goal.
       wall_penalty: reward subtracted for bumping into a wall.
+      rules: ``"published"`` (the authors' released maze) or ``"pillar"`` (module docstring).
+
+    Raises:
+      ValueError: a bad size, batch size, episode length or rule set, or rules that leave no free cell for
+        the goal (or, under ``"pillar"``, none for the start beside the goal), e.g. ``size=1``.
 
     Example::
 
@@ -116,8 +143,9 @@ class MazeEnv:
             state, reward = env.step(state, actions)    # actions: [30] int32 in 0..3
     """
 
-    def __init__(self, size=11, batch_size=30, episode_length=200, goal_reward=10.0, wall_penalty=0.0):
-        self.layout = maze_layout(size)
+    def __init__(self, size=11, batch_size=30, episode_length=200, goal_reward=10.0, wall_penalty=0.0,
+                 rules="published"):
+        self.layout = maze_layout(size, rules)
         for name, value in (("batch_size", batch_size), ("episode_length", episode_length)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"maze {name} must be an integer >= 1; got {value!r}.")
@@ -126,13 +154,24 @@ class MazeEnv:
         self.episode_length = int(episode_length)
         self.goal_reward = float(goal_reward)
         self.wall_penalty = float(wall_penalty)
+        self.rules = rules
         self.width = self.size + 2
         self.num_actions = NUM_ACTIONS
         self.observation_size = OBSERVATION_SIZE
         self.free_cells = np.flatnonzero(self.layout.reshape(-1) == 0).astype(np.int32)
+        #: Flat index of the centre cell (the start under "published").
+        self.centre = (self.width // 2) * self.width + self.width // 2
+        #: Cells the goal is drawn from: free cells, the centre excluded under "published".
+        self.goal_cells = (self.free_cells[self.free_cells != self.centre] if rules == "published"
+                           else self.free_cells)
+        needed = 1 if rules == "published" else 2  # "pillar": a start other than the goal too
+        if len(self.goal_cells) < 1 or len(self.free_cells) < needed:
+            where = "free non-centre cell for the goal" if rules == "published" else "free cell for the start"
+            raise ValueError(f"maze size {size} with rules {rules!r} leaves no {where}; use size >= 3.")
         w = self.width
         self._walls = tf.constant(self.layout.reshape(-1), tf.float32)
         self._free = tf.constant(self.free_cells)
+        self._goal_cells = tf.constant(self.goal_cells)
         self._deltas = tf.constant([dr * w + dc for dr, dc in ACTION_DELTAS], tf.int32)
         self._neighbours = tf.constant([dr * w + dc for dr in (-1, 0, 1) for dc in (-1, 0, 1)], tf.int32)
         # Time fractions as a table (computed once in NumPy) so eager and graph views agree bit for bit.
@@ -146,23 +185,29 @@ class MazeEnv:
         seed = tf.cast(seed, tf.int64)
         return tf.cast(tf.stack([seed % 2147483647, seed // 2147483647 + 7]), tf.int32)
 
-    def _free_cell(self, key, salt, step, exclude=None):
-        """Uniform free cells ``[B]``, avoiding ``exclude`` (a ``[B]`` flat index of a free cell) if given."""
+    def _free_cell(self, key, salt, step, exclude=None, cells=None):
+        """Uniform draws ``[B]`` from ``cells`` (default: the free cells), avoiding ``exclude`` (a ``[B]`` flat
+        index of one of them) if given."""
+        cells = self._free if cells is None else cells
         rng = tf.random.experimental.stateless_fold_in(tf.random.experimental.stateless_fold_in(key, salt), step)
-        count = len(self.free_cells) - (0 if exclude is None else 1)
+        count = int(cells.shape[0]) - (0 if exclude is None else 1)
         index = tf.random.stateless_uniform([self.batch_size], rng, 0, count, dtype=tf.int32)
         if exclude is not None:
-            excluded = tf.argmax(tf.cast(self._free[None, :] == exclude[:, None], tf.int32), axis=1,
+            excluded = tf.argmax(tf.cast(cells[None, :] == exclude[:, None], tf.int32), axis=1,
                                  output_type=tf.int32)
             index = tf.where(index >= excluded, index + 1, index)
-        return tf.gather(self._free, index)
+        return tf.gather(cells, index)
 
     # ------------------------------------------------------------------ dynamics
     def reset(self, seed) -> MazeState:
-        """Start a batch of episodes: goals and starts drawn from the key of ``seed``."""
+        """Start a batch of episodes: goals (and, under ``"pillar"``, starts) drawn from the key of ``seed``;
+        under ``"published"`` every episode starts at the centre."""
         key = self.key(seed)
-        goal = self._free_cell(key, _GOAL_SALT, 0)
-        start = self._free_cell(key, _START_SALT, 0, exclude=goal)
+        goal = self._free_cell(key, _GOAL_SALT, 0, cells=self._goal_cells)
+        if self.rules == "published":
+            start = tf.fill([self.batch_size], tf.constant(self.centre, tf.int32))
+        else:
+            start = self._free_cell(key, _START_SALT, 0, exclude=goal)
         return MazeState(position=start, goal=goal, step=tf.constant(0, tf.int32),
                          prev_action=tf.fill([self.batch_size], -1),
                          prev_reward=tf.zeros([self.batch_size], tf.float32), key=key)
@@ -212,4 +257,4 @@ class MazeEnv:
 
     def __repr__(self):
         return (f"MazeEnv(size={self.size}, batch_size={self.batch_size}, episode_length={self.episode_length}, "
-                f"goal_reward={self.goal_reward}, wall_penalty={self.wall_penalty})")
+                f"goal_reward={self.goal_reward}, wall_penalty={self.wall_penalty}, rules={self.rules!r})")

@@ -12,8 +12,16 @@ from warpgrad_tf.layers.batch_norm import BatchNormalization, FusedBatchNormaliz
 from warpgrad_tf.layers.film import TaskFiLM
 from warpgrad_tf.layers.film_warp import FiLMWarpBlock
 from warpgrad_tf.layers.max_pooling import MaxPooling2D, max_pool_2d
-from warpgrad_tf.layers.rnn import HyperRNNCell, TanhRNNCell, TNetsRNNCell, WarpHyperRNNCell
+from warpgrad_tf.layers.rnn import (
+    HebbianRNNCell,
+    HyperRNNCell,
+    NeuromodulatedHebbianRNNCell,
+    TanhRNNCell,
+    TNetsRNNCell,
+    WarpHyperRNNCell,
+)
 from warpgrad_tf.layers.warp import DiracInitializer, WarpBlock
 
-__all__ = ["BatchNormalization", "DiracInitializer", "FiLMWarpBlock", "FusedBatchNormalization", "HyperRNNCell",
-           "MaxPooling2D", "TNetsRNNCell", "TanhRNNCell", "TaskFiLM", "WarpBlock", "WarpHyperRNNCell", "max_pool_2d"]
+__all__ = ["BatchNormalization", "DiracInitializer", "FiLMWarpBlock", "FusedBatchNormalization", "HebbianRNNCell",
+           "HyperRNNCell", "MaxPooling2D", "NeuromodulatedHebbianRNNCell", "TNetsRNNCell",
+           "TanhRNNCell", "TaskFiLM", "WarpBlock", "WarpHyperRNNCell", "max_pool_2d"]

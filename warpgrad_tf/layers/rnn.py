@@ -1,7 +1,7 @@
 """Recurrent task learners for meta-RL (Sec. 4.3 (c.1), App. I): the Warp-HyperNetwork RNN cell (Eq. 20)
-and its controls. All are Keras 3 RNN cells (``state_size``, ``output_size``,
-``call(inputs, states) -> (output, new_states)``), usable in ``keras.layers.RNN`` or called one step at a
-time, and registered for serialisation.
+and its controls, among them the Hebbian baselines of Fig. 4 (right). All are Keras 3 RNN cells
+(``state_size``, ``output_size``, ``call(inputs, states) -> (output, new_states)``), usable in
+``keras.layers.RNN`` or called one step at a time, and registered for serialisation.
 
 =======================  ==============================================================  ================
 cell                     recurrence                                                       roles
@@ -36,7 +36,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-__all__ = ["CELLS", "HyperRNNCell", "make_cell", "TanhRNNCell", "TNetsRNNCell", "WarpHyperRNNCell"]
+__all__ = ["CELLS", "HebbianRNNCell", "HyperRNNCell", "make_cell", "NeuromodulatedHebbianRNNCell", "TanhRNNCell",
+           "TNetsRNNCell", "WarpHyperRNNCell"]
 
 _PACKAGE = "warpgrad_tf"
 
@@ -230,14 +231,195 @@ class TNetsRNNCell(_TaskRNNBase):
         return h, [h]
 
 
+class _PlasticRNNBase(_TaskRNNBase):
+    """The plastic recurrence shared by the Hebbian cells (Miconi et al. 2018, Eq. 1; 2019, Eq. 1).
+
+    Row-vector convention (pre-synaptic index i, post-synaptic j)::
+
+        h_t = tanh(x_t W + b + h_{t−1} (V + α ⊙ Hebb_{t−1}))
+
+    ``V`` (``recurrent_kernel``) is the fixed part of the recurrent weights and α (``alpha``, same shape)
+    the learned plasticity coefficient of every connection; ``Hebb`` is a per-episode trace carried in the
+    cell state, flattened to ``units²`` floats (state ``[h, Hebb]``, plus the eligibility trace for the
+    retroactive cell), so it starts at 0 with every episode's zero state (:func:`warpgrad_tf.rl.rollout`
+    and ``evaluate`` start each episode from the zero state; so does the exported ``initial_state``). Every
+    variable is a task parameter, learned by A2C with the rest of the agent.
+
+    Where the papers' code and this project differ: W, V, b use the initialisers of the other cells of this
+    module (Glorot / orthogonal / zeros) so that the baselines differ only in plasticity; α starts as
+    ``N(0, 0.01²)`` (``alpha_initializer``; Miconi et al. 2018's ``.01 * randn``).
+    """
+
+    def __init__(self, units=100, alpha_initializer=None, **kwargs):
+        super().__init__(units=units, **kwargs)
+        self.alpha_initializer = keras.initializers.get(
+            alpha_initializer if alpha_initializer is not None else {"class_name": "RandomNormal",
+                                                                      "config": {"stddev": 0.01}})
+
+    @property
+    def state_size(self):
+        return [self.units] + [self.units * self.units] * self._num_traces
+
+    _num_traces = 1
+
+    def _build_plastic(self, input_dim):
+        self._build_task(input_dim)
+        self.alpha = self.add_weight(shape=(self.units, self.units), initializer=self.alpha_initializer,
+                                     name="alpha")
+
+    def _square(self, flat):
+        return ops.reshape(flat, (-1, self.units, self.units))
+
+    def _recur(self, inputs, h, hebb):
+        """``h_t`` from the input, ``h_{t−1}`` and ``Hebb_{t−1}`` ``[B, units, units]``."""
+        weights = self.recurrent_kernel[None] + self.alpha[None] * hebb
+        recurrent = ops.einsum("bi,bij->bj", h, weights)
+        return ops.tanh(ops.matmul(inputs, self.kernel) + self.bias + recurrent)
+
+    @staticmethod
+    def _outer(pre, post):
+        """``pre_i post_j`` ``[B, units, units]``: the Hebbian product of each connection i → j."""
+        return pre[:, :, None] * post[:, None, :]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(alpha_initializer=keras.initializers.serialize(self.alpha_initializer))
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class HebbianRNNCell(_PlasticRNNBase):
+    """Hebbian RNN (differentiable plasticity, Miconi, Clune & Stanley 2018): the Fig. 4 "Hebbian" baseline.
+
+    ``h_t`` as in :class:`_PlasticRNNBase`, then the trace of every connection i → j (η learned, one scalar
+    for the network, as in the paper)::
+
+        rule="hebb":  Hebb_t = (1 − η) Hebb_{t−1} + η h_{t−1,i} h_{t,j}          (2018, Eq. 2)
+        rule="oja":   Hebb_t = Hebb_{t−1} + η h_{t,j} (h_{t−1,i} − h_{t,j} Hebb_{t−1})   (2018, Eq. 3)
+
+    State ``[h, Hebb]``. Args: ``units``; ``rule``; ``eta_init`` (0.01, the 2018 code's ``.01``);
+    ``alpha_initializer``; the initialisers of W, V, b.
+
+    Raises:
+      ValueError: a ``rule`` the cell does not support.
+    """
+
+    RULES = ("hebb", "oja")
+
+    def __init__(self, units=100, rule="hebb", eta_init=0.01, **kwargs):
+        super().__init__(units=units, **kwargs)
+        if rule not in self.RULES:
+            raise ValueError(f"HebbianRNNCell plasticity rule {rule!r} is not supported; choose one of "
+                             f"{list(self.RULES)} (neuromodulation is NeuromodulatedHebbianRNNCell).")
+        self.rule = rule
+        self.eta_init = float(eta_init)
+
+    def build(self, input_shape):
+        self._build_plastic(input_shape[-1])
+        self.eta = self.add_weight(shape=(), initializer=keras.initializers.Constant(self.eta_init), name="eta")
+
+    def call(self, inputs, states, training=False):
+        h_prev, hebb = states[0], self._square(states[1])
+        h = self._recur(inputs, h_prev, hebb)
+        if self.rule == "hebb":
+            hebb = (1.0 - self.eta) * hebb + self.eta * self._outer(h_prev, h)
+        else:
+            hebb = hebb + self.eta * h[:, None, :] * (h_prev[:, :, None] - h[:, None, :] * hebb)
+        return h, [h, ops.reshape(hebb, (-1, self.units * self.units))]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(rule=self.rule, eta_init=self.eta_init)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class NeuromodulatedHebbianRNNCell(_PlasticRNNBase):
+    """Neuromodulated Hebbian RNN (backpropamine, Miconi et al. 2019): the Fig. 4 "neuromodulated" baseline.
+
+    ``h_t`` as in :class:`_PlasticRNNBase`; the network emits a neuromodulator, a scalar per episode fanned
+    out to one value per post-synaptic neuron (the released maze code's ``h2mod`` and ``modfanout``)::
+
+        M_t = tanh(h_t w_m + b_m) f + f_b                                       [B, units]
+        modulation="simple":       Hebb_t = clip(Hebb_{t−1} + M_{t,j} h_{t−1,i} h_{t,j})      (2019, Eq. 3–4)
+        modulation="retroactive":  Hebb_t = clip(Hebb_{t−1} + M_{t,j} E_{t−1})                (2019, Eq. 5)
+                                   E_t    = (1 − η) E_{t−1} + η h_{t−1,i} h_{t,j}              (2019, Eq. 6)
+
+    clip to ``[−clip, clip]`` (2.0, the released code's ``clipval``); η (retroactive only) is learned, one
+    scalar. State ``[h, Hebb]`` or ``[h, Hebb, E]``. The retroactive Hebb step reads the eligibility trace
+    of the previous step, then the trace takes in this step's product (the order of the released code).
+
+    Raises:
+      ValueError: a ``modulation`` the cell does not support, or ``clip <= 0``.
+    """
+
+    MODULATIONS = ("simple", "retroactive")
+
+    def __init__(self, units=100, modulation="simple", clip=2.0, eta_init=0.1, modulator_initializer="glorot_uniform",
+                 **kwargs):
+        super().__init__(units=units, **kwargs)
+        if modulation not in self.MODULATIONS:
+            raise ValueError(f"NeuromodulatedHebbianRNNCell modulation {modulation!r} is not supported; choose one "
+                             f"of {list(self.MODULATIONS)}.")
+        if not float(clip) > 0:
+            raise ValueError(f"NeuromodulatedHebbianRNNCell clip must be > 0; got {clip!r}.")
+        self.modulation = modulation
+        self.clip = float(clip)
+        self.eta_init = float(eta_init)
+        self.modulator_initializer = keras.initializers.get(modulator_initializer)
+
+    @property
+    def _num_traces(self):
+        return 2 if self.modulation == "retroactive" else 1
+
+    def build(self, input_shape):
+        self._build_plastic(input_shape[-1])
+        self.modulator_kernel = self.add_weight(shape=(self.units, 1), initializer=self.modulator_initializer,
+                                                name="modulator_kernel")
+        self.modulator_bias = self.add_weight(shape=(1,), initializer="zeros", name="modulator_bias")
+        self.fanout = self.add_weight(shape=(1, self.units), initializer=self.modulator_initializer, name="fanout")
+        self.fanout_bias = self.add_weight(shape=(self.units,), initializer="zeros", name="fanout_bias")
+        if self.modulation == "retroactive":
+            self.eta = self.add_weight(shape=(), initializer=keras.initializers.Constant(self.eta_init),
+                                       name="eta")
+
+    def modulator(self, h):
+        """``M_t`` ``[B, units]`` of hidden states ``h_t``."""
+        return ops.matmul(ops.tanh(ops.matmul(h, self.modulator_kernel) + self.modulator_bias),
+                          self.fanout) + self.fanout_bias
+
+    def call(self, inputs, states, training=False):
+        h_prev, hebb = states[0], self._square(states[1])
+        h = self._recur(inputs, h_prev, hebb)
+        m = self.modulator(h)[:, None, :]
+        product = self._outer(h_prev, h)
+        flat = lambda t: ops.reshape(t, (-1, self.units * self.units))  # noqa: E731
+        if self.modulation == "simple":
+            hebb = ops.clip(hebb + m * product, -self.clip, self.clip)
+            return h, [h, flat(hebb)]
+        trace = self._square(states[2])
+        hebb = ops.clip(hebb + m * trace, -self.clip, self.clip)
+        trace = (1.0 - self.eta) * trace + self.eta * product
+        return h, [h, flat(hebb), flat(trace)]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(modulation=self.modulation, clip=self.clip, eta_init=self.eta_init,
+                      modulator_initializer=keras.initializers.serialize(self.modulator_initializer))
+        return config
+
+
 #: Cell names used by the maze trainer's gin configs.
-CELLS = {"rnn": TanhRNNCell, "warp_rnn": WarpHyperRNNCell, "hyper_rnn": HyperRNNCell, "tnets_rnn": TNetsRNNCell}
+CELLS = {"rnn": TanhRNNCell, "warp_rnn": WarpHyperRNNCell, "hyper_rnn": HyperRNNCell, "tnets_rnn": TNetsRNNCell,
+         "hebbian": HebbianRNNCell, "neuromodulated": NeuromodulatedHebbianRNNCell}
 
 
 def make_cell(name, units=100, **kwargs):
-    """Build a cell by name: ``"rnn"``, ``"warp_rnn"``, ``"hyper_rnn"`` or ``"tnets_rnn"``.
+    """Build a cell by name: ``"rnn"``, ``"warp_rnn"``, ``"hyper_rnn"``, ``"tnets_rnn"``, ``"hebbian"`` or
+    ``"neuromodulated"``.
 
-    ``kwargs`` go to the cell (``meta_units`` etc. only for the hyper-network cells).
+    ``kwargs`` go to the cell (``meta_units`` only for the hyper-network cells, ``rule`` for the Hebbian,
+    ``modulation`` for the neuromodulated one).
 
     Raises:
       ValueError: an unknown name (the message lists the known ones).

@@ -7,10 +7,17 @@ For a batch of episodes with per-step policy logits, value estimates, actions an
     policy  = −mean_{b,t} log π(a_t | s_t) A_t
     value   =  mean_{b,t} (R_t − V_t)²
     entropy =  mean_{b,t} H(π(· | s_t))
-    loss    = policy + value_coef · value − entropy_coef · entropy
+    sum_p2  =  mean_{b,t} Σ_a π(a | s_t)²               concentration of the policy
+    loss    = policy + value_coef · value + entropy_coef · sum_p2        regulariser="sum_p2" (default)
+    loss    = policy + value_coef · value − entropy_coef · entropy       regulariser="entropy"
 
-Defaults follow Miconi et al. (2019): γ = 0.9, value_coef = 0.1, entropy_coef = 0.03. The same loss is the
-task loss and (Eq. 12) the meta loss of the Warp-RNN.
+The paper (App. I) gives no A2C details; the default follows the authors' released code (their
+``maze_navigation``, after Miconi et al.'s backpropamine ``maze.py``): γ = 0.9 (``gr``), value_coef = 0.1
+(``blossv``), and an "entropy" term that in fact *penalises* Σ_a p² with weight 0.03 (``bent``; Σ p² is
+largest for a deterministic policy, so the penalty keeps the policy spread out, as an entropy bonus would).
+Their loss sums over the batch and steps and divides by batch size and episode length, i.e. the means above.
+``regulariser="entropy"`` is the textbook entropy bonus this project used first. The same loss is the task
+loss and (Eq. 12) the meta loss of the Warp-RNN.
 """
 
 from __future__ import annotations
@@ -19,14 +26,23 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+__all__ = ["A2CLoss", "REGULARISERS", "a2c_loss", "check_coefficients", "check_regulariser",
+           "discounted_returns"]
+
+#: The policy regularisers of :func:`a2c_loss` (module docstring): the released code's Σ p² penalty, or an
+#: entropy bonus.
+REGULARISERS = ("sum_p2", "entropy")
+
 
 class A2CLoss(NamedTuple):
-    """The A2C loss and its terms (scalars)."""
+    """The A2C loss and its terms (scalars); ``entropy`` and ``sum_p2`` are both reported, whichever
+    regulariser the loss uses."""
 
     loss: tf.Tensor
     policy: tf.Tensor
     value: tf.Tensor
     entropy: tf.Tensor
+    sum_p2: tf.Tensor
 
 
 def check_coefficients(discount, value_coef, entropy_coef):
@@ -47,8 +63,15 @@ def discounted_returns(rewards, discount):
     return tf.transpose(tf.reverse(returns, axis=[0]))
 
 
+def check_regulariser(regulariser):
+    """Validate the name of a policy regulariser; returns it."""
+    if regulariser not in REGULARISERS:
+        raise ValueError(f"Unknown A2C policy regulariser {regulariser!r}; choose one of {list(REGULARISERS)}.")
+    return regulariser
+
+
 def a2c_loss(logits, values, actions, rewards, *, discount=0.9, value_coef=0.1, entropy_coef=0.03,
-             mask=None) -> A2CLoss:
+             mask=None, regulariser="sum_p2") -> A2CLoss:
     """The A2C loss of a batch of episodes.
 
     Args:
@@ -56,12 +79,15 @@ def a2c_loss(logits, values, actions, rewards, *, discount=0.9, value_coef=0.1, 
       values: ``[B, T]`` value estimates V(s_t).
       actions: ``[B, T]`` int actions taken.
       rewards: ``[B, T]`` reward received after each action.
-      discount, value_coef, entropy_coef: γ and the weights of the value loss and entropy bonus.
+      discount, value_coef, entropy_coef: γ and the weights of the value loss and the policy regulariser.
       mask: optional ``[B, T]``, 1 for the steps of an episode and 0 for padding after its end: padding
         earns no reward and is left out of the means (the exported agent's logged episodes). None: every
         step counts.
+      regulariser: ``"sum_p2"`` — add ``entropy_coef · mean Σ_a p²`` (the released code, the default);
+        ``"entropy"`` — subtract ``entropy_coef · mean H(π)``.
     """
     discount, value_coef, entropy_coef = check_coefficients(discount, value_coef, entropy_coef)
+    check_regulariser(regulariser)
     logits = tf.convert_to_tensor(logits)
     rewards = tf.cast(rewards, logits.dtype)
     if mask is None:
@@ -76,6 +102,11 @@ def a2c_loss(logits, values, actions, rewards, *, discount=0.9, value_coef=0.1, 
     advantage = tf.stop_gradient(returns - values)
     policy = -mean(taken * advantage)
     value = mean(tf.square(returns - values))
-    entropy = mean(-tf.reduce_sum(tf.exp(log_probs) * log_probs, axis=-1))
-    loss = policy + value_coef * value - entropy_coef * entropy
-    return A2CLoss(loss, policy, value, entropy)
+    probs = tf.exp(log_probs)
+    entropy = mean(-tf.reduce_sum(probs * log_probs, axis=-1))
+    sum_p2 = mean(tf.reduce_sum(tf.square(probs), axis=-1))
+    if regulariser == "sum_p2":
+        loss = policy + value_coef * value + entropy_coef * sum_p2
+    else:
+        loss = policy + value_coef * value - entropy_coef * entropy
+    return A2CLoss(loss, policy, value, entropy, sum_p2)

@@ -1,0 +1,179 @@
+"""The Hebbian baselines of Fig. 4 (right): each cell's step against a NumPy implementation of its published
+update (Miconi et al. 2018 Eq. 1–3; 2019 Eq. 1–6), the per-episode trace reset, gradients reaching the
+plasticity coefficients, and unsupported plasticity settings."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from warpgrad_tf import WarpedModel  # noqa: E402
+from warpgrad_tf.envs import MazeEnv  # noqa: E402
+from warpgrad_tf.layers.rnn import HebbianRNNCell, NeuromodulatedHebbianRNNCell, make_cell  # noqa: E402
+from warpgrad_tf.rl import a2c_loss, build_agent, evaluate, rollout  # noqa: E402
+
+B, D, N = 3, 5, 6  # batch, input, units
+
+
+def _randomise(cell, rng):
+    for v in cell.weights:
+        v.assign(rng.normal(0.0, 0.5, size=v.shape) if v.shape.rank else rng.uniform(0.05, 0.5))
+    return {v.name: v.numpy() for v in cell.weights}
+
+
+def _numpy_hidden(w, x, h, hebb):
+    """x_j(t) = tanh(Σ_k W_kj x_k + b_j + Σ_i (V_ij + α_ij Hebb_ij) h_i(t−1)), one example at a time."""
+    out = np.empty_like(h)
+    for n in range(len(x)):
+        out[n] = np.tanh(x[n] @ w["kernel"] + w["bias"] + h[n] @ (w["recurrent_kernel"] + w["alpha"] * hebb[n]))
+    return out
+
+
+def _numpy_hebbian(w, x, h, hebb, rule):
+    new_h = _numpy_hidden(w, x, h, hebb)
+    eta, new = w["eta"], np.empty_like(hebb)
+    for n in range(len(x)):
+        for i in range(N):
+            for j in range(N):
+                if rule == "hebb":  # Miconi et al. 2018, Eq. 2
+                    new[n, i, j] = (1 - eta) * hebb[n, i, j] + eta * h[n, i] * new_h[n, j]
+                else:  # Eq. 3 (Oja)
+                    new[n, i, j] = hebb[n, i, j] + eta * new_h[n, j] * (h[n, i] - new_h[n, j] * hebb[n, i, j])
+    return new_h, new
+
+
+def _numpy_neuromodulated(w, x, h, hebb, trace, modulation, clip):
+    new_h = _numpy_hidden(w, x, h, hebb)
+    new_hebb, new_trace = np.empty_like(hebb), np.empty_like(hebb)
+    for n in range(len(x)):
+        m = np.tanh(new_h[n] @ w["modulator_kernel"][:, 0] + w["modulator_bias"][0])  # the scalar neuromodulator
+        fan = m * w["fanout"][0] + w["fanout_bias"]  # one value per post-synaptic neuron j
+        for i in range(N):
+            for j in range(N):
+                product = h[n, i] * new_h[n, j]
+                if modulation == "simple":  # Miconi et al. 2019, Eq. 3-4
+                    new_hebb[n, i, j] = np.clip(hebb[n, i, j] + fan[j] * product, -clip, clip)
+                else:  # Eq. 5-6
+                    new_hebb[n, i, j] = np.clip(hebb[n, i, j] + fan[j] * trace[n, i, j], -clip, clip)
+                    new_trace[n, i, j] = (1 - w["eta"]) * trace[n, i, j] + w["eta"] * product
+    return new_h, new_hebb, new_trace
+
+
+@pytest.mark.parametrize("kind", ["hebb", "oja", "simple", "retroactive"])
+def test_each_cell_step_equals_numpy_of_its_published_update(float64, kind):
+    rng = np.random.default_rng(0)
+    if kind in HebbianRNNCell.RULES:
+        cell = HebbianRNNCell(units=N, rule=kind)
+    else:
+        cell = NeuromodulatedHebbianRNNCell(units=N, modulation=kind, clip=0.8)  # a clip that binds
+    cell.build((None, D))
+    w = _randomise(cell, rng)
+    x, h = rng.normal(size=(B, D)), np.tanh(rng.normal(size=(B, N)))
+    hebb, trace = rng.uniform(-1, 1, size=(B, N, N)), rng.uniform(-1, 1, size=(B, N, N))
+    states = [h, hebb.reshape(B, -1)] + ([trace.reshape(B, -1)] if kind == "retroactive" else [])
+    assert cell.state_size == [N] + [N * N] * (len(states) - 1)
+    out, new = cell(tf.constant(x), [tf.constant(s) for s in states])
+    if kind in HebbianRNNCell.RULES:
+        ref = _numpy_hebbian(w, x, h, hebb, kind)
+    else:
+        ref_h, ref_hebb, ref_trace = _numpy_neuromodulated(w, x, h, hebb, trace, kind, 0.8)
+        ref = (ref_h, ref_hebb) + ((ref_trace,) if kind == "retroactive" else ())
+        assert np.any(np.abs(ref_hebb) == 0.8)  # the clip is exercised
+    np.testing.assert_allclose(out.numpy(), ref[0], atol=1e-6)
+    assert len(new) == len(ref)
+    for got, want in zip(new, ref):
+        np.testing.assert_allclose(got.numpy().reshape(want.shape), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, kwargs", [("hebbian", {}), ("neuromodulated", {"modulation": "retroactive"})])
+def test_trace_resets_at_an_episode_boundary_and_plasticity_gets_gradients(name, kwargs):
+    env = MazeEnv(size=5, batch_size=2, episode_length=6)
+    warped = WarpedModel(build_agent(make_cell(name, units=5, **kwargs), env.observation_size, env.num_actions))
+    task, warp = warped.values("task"), warped.values("warp")
+    assert not warp  # every variable of a Hebbian agent is a task parameter, learned by A2C
+    state, obs, actions, rewards = env.reset(3), [], [], []
+    for t in range(env.episode_length):  # a logged batch of 2 episodes under random actions
+        obs.append(env.observe(state))
+        actions.append(env.random_actions(3, t))
+        state, reward = env.step(state, actions[-1])
+        rewards.append(reward)
+    observations, actions, rewards = tf.stack(obs, 1), tf.stack(actions, 1), tf.stack(rewards, 1)
+    # Episode boundary: stepping the cell through episode 0 leaves a non-zero Hebbian trace; episode 1 of
+    # the batch, as the trainer replays it (evaluate), acts as the agent started from the zero state, not
+    # as the agent carrying episode 0's trace over.
+    cell, policy = warped.model.get_layer(name), warped.model.get_layer("policy")
+
+    def run(episode, state):
+        logits = []
+        for t in range(env.episode_length):
+            h, state = cell(episode[:, t], state)
+            logits.append(policy(h))
+        return tf.stack(logits, 1), state
+
+    zero = [tf.zeros([1, s]) for s in cell.state_size]
+    _, after_first = run(observations[:1], zero)
+    assert np.abs(after_first[1].numpy()).max() > 1e-3
+    replayed, _ = evaluate(warped, task, warp, observations)
+    fresh, _ = run(observations[1:], zero)
+    carried, _ = run(observations[1:], after_first)
+    np.testing.assert_allclose(replayed[1:].numpy(), fresh.numpy(), atol=1e-6)
+    assert np.abs(carried.numpy() - fresh.numpy()).max() > 1e-5
+    # The plasticity coefficients (α, η, the neuromodulator) receive non-zero A2C gradients.
+    with tf.GradientTape() as tape:
+        tape.watch(task)
+        logits, values = evaluate(warped, task, warp, observations)
+        loss = a2c_loss(logits, values, actions, rewards).loss
+    grads = tape.gradient(loss, task)
+    plastic = [p for p in task if p.split("/")[-1] in ("alpha", "eta", "modulator_kernel", "fanout")]
+    assert len(plastic) == (2 if name == "hebbian" else 4)
+    for path in plastic:
+        assert np.abs(grads[path].numpy()).max() > 0, path
+
+
+def test_unsupported_plasticity_settings_are_clear_errors():
+    with pytest.raises(ValueError, match=r"HebbianRNNCell plasticity rule 'retroactive' is not supported; "
+                                         r"choose one of \['hebb', 'oja'\]"):
+        HebbianRNNCell(units=4, rule="retroactive")
+    with pytest.raises(ValueError, match=r"modulation 'oja' is not supported; choose one of \['simple', "):
+        NeuromodulatedHebbianRNNCell(units=4, modulation="oja")
+    with pytest.raises(ValueError, match="clip must be > 0"):
+        NeuromodulatedHebbianRNNCell(units=4, clip=0.0)
+
+
+def test_saved_model_of_a_hebbian_agent_acts_like_the_in_memory_agent(tmp_path):
+    """The agent exporter is generic over the cell: a neuromodulated (retroactive) agent, saved as the trainer
+    saves it and exported, acts like the in-memory agent along a logged rollout, traces and all."""
+    import keras
+
+    from export.load import load as load_export
+    from warpgrad_tf import serving_rl
+
+    env = MazeEnv(size=5, batch_size=2, episode_length=6)
+    cell = make_cell("neuromodulated", units=5, modulation="retroactive")
+    warped = WarpedModel(build_agent(cell, env.observation_size, env.num_actions))
+    rng = np.random.default_rng(4)
+    for v in (cell.alpha, cell.fanout):  # plasticity strong enough to matter
+        v.assign(rng.normal(0.0, 1.0, size=v.shape))
+    optimizer = keras.optimizers.Adam(1e-3, global_clipnorm=4.0)
+    optimizer.build(list(warped.variables("task").values()))
+    root, out = str(tmp_path / "run"), str(tmp_path / "saved_model")
+    serving_rl.save_agent(root, warped, optimizer, cell="neuromodulated", discount=0.9, value_coef=0.1,
+                          entropy_coef=0.03, training_step=0, extra={"policy_regulariser": "sum_p2"})
+    serving_rl.export(root, out)
+    task, warp = warped.values("task"), warped.values("warp")
+    logged = tf.function(lambda s: rollout(warped, task, warp, env, s))(tf.constant(11, tf.int64))
+    want, values = evaluate(warped, task, warp, logged.observations)
+    agent = load_export(out)
+    state = agent.initial_state(2)
+    assert sorted(state) == ["state_0", "state_1", "state_2"] and state["state_1"].shape == (2, 25)
+    got, got_values = [], []
+    for t in range(env.episode_length):
+        logits, value, state = agent.act(logged.observations[:, t].numpy(), state)
+        got.append(logits.numpy())
+        got_values.append(value.numpy())
+    assert np.abs(state["state_1"].numpy()).max() > 1e-3  # the exported trace moved
+    np.testing.assert_allclose(np.stack(got, 1), want.numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.stack(got_values, 1), values.numpy(), atol=1e-5)

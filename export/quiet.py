@@ -8,6 +8,8 @@ imported), and ``tests/test_startup.py`` holds its :data:`NOISE` equal to the li
 * :func:`import_tensorflow` — ``import tensorflow`` with ``TF_CPP_MIN_LOG_LEVEL=2`` by default (which also
   hides the C++ "Local rendezvous is aborting" INFO line a rejected input prints before its error), the
   start-up lines that ignore that setting filtered out of stderr (file descriptor 2), every other line kept.
+* :func:`filtered_stderr` with :data:`LITERT_NOISE` — the LiteRT interpreter's "Created TensorFlow Lite
+  XNNPACK delegate for CPU" line, held back by :mod:`export.load_litert`.
 * :func:`quiet_loading` — ``tf.saved_model.load`` without absl's warnings, e.g. the one per saved gradient
   function "Importing a function … with ops with unsaved custom gradients" of a model with the library's
   max-pool (why: :mod:`warpgrad_tf.serving`); the loaded signatures never need those gradients.
@@ -22,7 +24,8 @@ import re
 import sys
 import tempfile
 
-__all__ = ["NOISE", "VERBOSE_ENV", "filtered_stderr", "import_tensorflow", "is_noise", "quiet_loading", "verbose"]
+__all__ = ["LITERT_NOISE", "NOISE", "VERBOSE_ENV", "filtered_stderr", "import_tensorflow", "is_noise", "quiet_loading",
+           "verbose"]
 
 #: The environment variable that keeps every TensorFlow log line.
 VERBOSE_ENV = "WARPGRAD_VERBOSE"
@@ -36,7 +39,8 @@ NOISE = (
     r"\] This TensorFlow binary is optimized to use available CPU instructions",
     r"\] Unable to register cu(DNN|FFT|BLAS) factory",
 )
-_NOISE = tuple(re.compile(p) for p in NOISE)
+#: The LiteRT interpreter's line (:mod:`export.load_litert`), printed once per process by its default delegate.
+LITERT_NOISE = (r"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$",)
 
 
 def verbose():
@@ -47,15 +51,15 @@ def verbose():
     return os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() in ("0", "1")
 
 
-def is_noise(line):
-    """Whether one stderr line (without its newline) is TensorFlow start-up noise (:data:`NOISE`)."""
-    return any(p.search(line) for p in _NOISE)
+def is_noise(line, patterns=NOISE):
+    """Whether one stderr line (without its newline) matches one of ``patterns`` (default :data:`NOISE`)."""
+    return any(re.search(p, line) for p in patterns)
 
 
 @contextlib.contextmanager
-def filtered_stderr():
+def filtered_stderr(patterns=NOISE):
     """Point file descriptor 2 at a temporary file for the ``with`` block, then write back to stderr every
-    captured line that :func:`is_noise` does not match (nothing happens when fd 2 cannot be duplicated)."""
+    captured line that matches none of ``patterns`` (nothing happens when fd 2 cannot be duplicated)."""
     try:
         saved = os.dup(2)
     except OSError:
@@ -72,7 +76,7 @@ def filtered_stderr():
             os.close(saved)
             capture.seek(0)
             kept = [line for line in capture.read().decode("utf-8", "replace").splitlines(keepends=True)
-                    if not is_noise(line.rstrip("\r\n"))]
+                    if not is_noise(line.rstrip("\r\n"), patterns)]
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()

@@ -19,30 +19,66 @@ loads as an :class:`AdaptiveAgent`::
     logits, value, state = agent.act(observation, state)                 # exported θ
     params = agent.adapt(observations, actions, rewards, steps=1)        # one trainer task update
     logits, value, state = agent.act(observation, state, params)
+
+Quiet by default (:mod:`export.quiet`): TensorFlow's start-up lines and the absl warnings of loading (e.g.
+"Importing a function … with ops with unsaved custom gradients") are held back; ``WARPGRAD_VERBOSE=1``
+brings them back. Copied on its own (without ``quiet.py``), it loads just as well, with TensorFlow's logs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 
-import tensorflow as tf
+try:  # export/quiet.py beside it: TensorFlow only, like this file
+    from .quiet import import_tensorflow, quiet_loading
+except ImportError:  # this file copied on its own
+    import tensorflow as _tensorflow
+
+    def import_tensorflow():
+        return _tensorflow
+
+    quiet_loading = contextlib.nullcontext
+
+tf = import_tensorflow()
 
 __all__ = ["AdaptiveAgent", "AdaptiveModel", "load"]
+
+# TensorFlow's runtime check of a declared input shape (tf.ensure_shape in the exported graph).
+_SHAPE_ERROR = re.compile(r"Shape of tensor (\w+) \[([^\]]*)\] is not compatible with expected shape \[([^\]]*)\]")
 
 
 def _invalid(message):
     return tf.errors.InvalidArgumentError(None, None, message)
 
 
-def _checked(fn, *args):
-    """``fn(*args)``, with a failed in-graph check re-raised as its own message alone.
+def _shape_message(match, parameters=()):
+    """"support_x must have shape [n, 28, 28, 1] (rank 4); got shape [20, 28, 28]" for TensorFlow's
+    "Shape of tensor support_x [20,28,28] is not compatible with expected shape [?,28,28,1]"."""
+    name, got, expected = match.groups()
+    dims = [d for d in expected.split(",") if d]
+    if name in parameters:  # a task parameter: its exact shape
+        return f"task parameter {name} must have shape [{', '.join(dims)}]; got shape [{got.replace(',', ', ')}]"
+    shown = ["n" if i == 0 and d == "?" else d for i, d in enumerate(dims)]
+    return (f"{name} must have shape [{', '.join(shown)}] (rank {len(dims)}); got shape "
+            f"[{got.replace(',', ', ')}]")
 
-    TensorFlow wraps an ``Assert`` in "Graph execution error: … assertion failed: [msg] [value] [[node …]]";
-    users of this helper see ``support_x must have shape [n, 1] (rank 2); got shape [5 2]`` instead.
+
+def _checked(fn, parameters=(), **inputs):
+    """``fn(**inputs)`` (a serving signature), with a failed in-graph check re-raised as its own message alone.
+
+    TensorFlow wraps an ``Assert`` in "Graph execution error: … assertion failed: [msg] [value] [[node …]]"
+    and reports a declared shape as "Shape of tensor x [5,2] is not compatible with expected shape [?,1]";
+    users of this helper see ``x must have shape [n, 1] (rank 2); got shape [5, 2]`` instead (``parameters``:
+    the task parameter names, whose shapes are exact).
     """
     try:
-        return fn(*args)
+        return fn(**inputs)
     except tf.errors.InvalidArgumentError as e:
+        shape = _SHAPE_ERROR.search(e.message)
+        if shape:
+            raise _invalid(_shape_message(shape, parameters)) from None
         failed = [ln for ln in e.message.splitlines() if ln.startswith("assertion failed: ")]
         if not failed:
             raise
@@ -73,7 +109,8 @@ class _Export:
 
     def __init__(self, export_dir, saved_model=None):
         self.export_dir = export_dir
-        self.saved_model = tf.saved_model.load(export_dir) if saved_model is None else saved_model
+        self.saved_model = _load_quietly(export_dir) if saved_model is None else saved_model
+        self.signatures = self.saved_model.signatures  # the serving path: every call checked in the graph
         for name in self.SIGNATURES:
             if name not in self.saved_model.signatures:
                 raise ValueError(f"{export_dir} is not an {self.KIND}: it has no {name!r} signature "
@@ -133,8 +170,8 @@ class AdaptiveModel(_Export):
     # ------------------------------------------------------------------ the three calls
     def adapt(self, support_x, support_y, steps=None):
         """Adapted task parameters ``{parameter name: tensor}`` after ``steps`` updates on the support set."""
-        return _checked(self.saved_model.adapt, self._features(support_x, "support_x"),
-                        self._labels(support_y), self._steps(steps))
+        return _checked(self.signatures["adapt"], support_x=self._features(support_x, "support_x"),
+                        support_y=self._labels(support_y), steps=self._steps(steps))
 
     def predict(self, x, task_parameters=None):
         """Outputs under ``task_parameters`` (default: the initialisation θ0)."""
@@ -144,13 +181,13 @@ class AdaptiveModel(_Export):
             raise _invalid(f"task_parameters must have exactly the keys {sorted(expected)}; missing "
                            f"{sorted(expected - set(params))}, unexpected {sorted(set(params) - expected)}.")
         params = {k: self._features(v, k) for k, v in params.items()}
-        return _checked(self.saved_model.predict, self._features(x, "x"), params)["outputs"]
+        return _checked(self.signatures["predict"], expected, x=self._features(x, "x"), **params)["outputs"]
 
     def adapt_and_predict(self, support_x, support_y, query_x, steps=None):
         """Query outputs after adapting to the support set for ``steps`` updates."""
-        return _checked(self.saved_model.adapt_and_predict, self._features(support_x, "support_x"),
-                        self._labels(support_y), self._features(query_x, "query_x"),
-                        self._steps(steps))["outputs"]
+        return _checked(self.signatures["adapt_and_predict"], support_x=self._features(support_x, "support_x"),
+                        support_y=self._labels(support_y), query_x=self._features(query_x, "query_x"),
+                        steps=self._steps(steps))["outputs"]
 
 
 class AdaptiveAgent(_Export):
@@ -167,7 +204,7 @@ class AdaptiveAgent(_Export):
 
     def initial_state(self, batch_size):
         """The zero recurrent state ``{state name: [batch_size, size]}``."""
-        return _checked(self.saved_model.initial_state, _integer(batch_size, "batch_size", 1))
+        return _checked(self.signatures["initial_state"], batch_size=_integer(batch_size, "batch_size", 1))
 
     def act(self, observation, state, task_parameters=None):
         """``(logits [B, A], value [B], next state)`` of one step under ``task_parameters`` (default θ)."""
@@ -179,9 +216,9 @@ class AdaptiveAgent(_Export):
         names = self.metadata["state_names"]
         if set(state) != set(names):
             raise _invalid(f"state must have exactly the keys {names}; got {sorted(state)}.")
-        out = _checked(self.saved_model.act, self._features(observation, "observation"),
-                                   {k: self._features(state[k], k) for k in names},
-                                   {k: self._features(v, k) for k, v in params.items()})
+        out = _checked(self.signatures["act"], expected, observation=self._features(observation, "observation"),
+                       **{k: self._features(state[k], k) for k in names},
+                       **{k: self._features(v, k) for k, v in params.items()})
         return out["logits"], out["value"], {k: out[k] for k in names}
 
     def adapt(self, observations, actions, rewards, mask=None, steps=1):
@@ -197,12 +234,18 @@ class AdaptiveAgent(_Export):
         mask = tf.ones(tf.shape(actions), tf.float32) if mask is None else tf.convert_to_tensor(mask)
         if not (mask.dtype.is_floating or mask.dtype.is_integer or mask.dtype.is_bool):
             raise _invalid(f"mask must hold 0 / 1 values; got dtype {mask.dtype.name}.")
-        return _checked(self.saved_model.adapt, observations, tf.saturate_cast(actions, tf.int32),
-                        tf.cast(rewards, tf.float32), tf.cast(mask, tf.float32), _integer(steps, "steps"))
+        return _checked(self.signatures["adapt"], observations=observations,
+                        actions=tf.saturate_cast(actions, tf.int32), rewards=tf.cast(rewards, tf.float32),
+                        mask=tf.cast(mask, tf.float32), steps=_integer(steps, "steps"))
+
+
+def _load_quietly(export_dir):
+    with quiet_loading():
+        return tf.saved_model.load(export_dir)
 
 
 def load(export_dir):
     """Load an adaptive SavedModel (:class:`AdaptiveModel`, or :class:`AdaptiveAgent` for a maze agent)."""
-    saved_model = tf.saved_model.load(export_dir)
+    saved_model = _load_quietly(export_dir)
     kind = AdaptiveAgent if "act" in saved_model.signatures else AdaptiveModel
     return kind(export_dir, saved_model)

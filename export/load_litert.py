@@ -11,14 +11,24 @@ This file imports nothing else: copy it next to the ``.tflite`` file and adapt o
 Inputs are checked before the interpreter sees them (it would otherwise resize its tensors and run on
 anything): a wrong shape or dtype, non-finite values or out-of-range labels raise ``ValueError`` naming the
 input, e.g. ``support_x must have shape [10, 1] (exported for support_size=10); got [5, 1]``.
+
+Quiet by default: the interpreter's "Created TensorFlow Lite XNNPACK delegate for CPU" line is held back
+(:mod:`export.quiet`, standard library only; ``WARPGRAD_VERBOSE=1`` keeps it, as does this file copied alone).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
+
+try:  # export/quiet.py beside it (standard library only)
+    from .quiet import LITERT_NOISE, filtered_stderr, verbose
+except ImportError:  # this file copied on its own
+    LITERT_NOISE, verbose = (), lambda: True
+    filtered_stderr = None
 
 __all__ = ["LiteRTModel", "load"]
 
@@ -37,14 +47,17 @@ class LiteRTModel:
 
     def __init__(self, path, num_threads=None):
         self.path = path
-        self.interpreter = Interpreter(model_path=path, num_threads=num_threads)
-        found = self.interpreter.get_signature_list()
-        missing = [name for name in SIGNATURES if name not in found]
-        if missing:
-            raise ValueError(f"{path} is not an adaptive LiteRT model of export.litert: it has no {missing} "
-                             f"signatures (signatures: {sorted(found)}).")
-        self._runners = {name: self.interpreter.get_signature_runner(name) for name in SIGNATURES}
-        self.metadata = json.loads(bytes(np.asarray(self._runners["metadata"]()["spec_json"]).item()).decode())
+        quiet = contextlib.nullcontext() if verbose() else filtered_stderr(LITERT_NOISE)
+        with quiet:  # the interpreter's delegate line comes with its first run (the metadata below)
+            self.interpreter = Interpreter(model_path=path, num_threads=num_threads)
+            found = self.interpreter.get_signature_list()
+            missing = [name for name in SIGNATURES if name not in found]
+            if missing:
+                raise ValueError(f"{path} is not an adaptive LiteRT model of export.litert: it has no {missing} "
+                                 f"signatures (signatures: {sorted(found)}).")
+            self._runners = {name: self.interpreter.get_signature_runner(name) for name in SIGNATURES}
+            meta = self._runners["metadata"]()["spec_json"]
+        self.metadata = json.loads(bytes(np.asarray(meta).item()).decode())
         self._classification = self.metadata["label_dtype"].startswith("int")
 
     @property

@@ -8,7 +8,8 @@ adapts on ``--shots`` support points inside the SavedModel and prints the suppor
 (the meta-learned initialisation, 0 steps) and after adaptation. With ``--litert`` (a model of
 ``python -m export.litert`` for ``--shots`` support and ``--query`` query points) it then adapts the LiteRT
 model to the same task in the LiteRT interpreter (:mod:`export.load_litert`) and prints its query MSE beside
-the SavedModel's after as many steps. Nothing from ``warpgrad_tf`` is imported.
+the SavedModel's after as many steps. Nothing from ``warpgrad_tf`` is imported; TensorFlow starts quietly
+(:mod:`export.quiet`; ``WARPGRAD_VERBOSE=1`` shows its logs).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import argparse
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from .quiet import import_tensorflow
+
+import_tensorflow()  # before anything imports TensorFlow: its start-up lines filtered
 
 __all__ = ["main", "sample_task"]
 

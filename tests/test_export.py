@@ -4,7 +4,9 @@ Two small trained-looking runs are written with ``artifacts.save``: a sine MLP w
 mini-batches of 5 from 10 shots, exported through the CLI with ``--checkpoint``) and an Omniglot-shaped
 conv net (BatchNorm + ReLU + max-pool blocks, conv warps, a frozen layer, 20 classes, SGD). A separate
 Python process that imports only TensorFlow (and NumPy) loads both SavedModels; its outputs must match
-in-memory adaptation with the library (``warpgrad_tf.adapt`` + ``WarpedModel.apply``) to 1e-5.
+in-memory adaptation with the library (``warpgrad_tf.adapt`` + ``WarpedModel.apply``) to 1e-5. Two more
+processes load the Omniglot export with :mod:`export.load` and feed it a wrong shape: quiet by default,
+every TensorFlow line back with ``WARPGRAD_VERBOSE=1``.
 """
 
 import contextlib
@@ -23,7 +25,7 @@ import tensorflow as tf
 import warpgrad_tf as wg
 from export import saved_model as saved_model_cli
 from export.load import load as load_export
-from warpgrad_tf import artifacts, serving
+from warpgrad_tf import artifacts, run_checkpoints, serving
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
@@ -48,7 +50,7 @@ def _omniglot_model():
         x = keras.layers.Conv2D(8, 3, padding="same", name=f"conv_{i}")(x)
         x = keras.layers.BatchNormalization(name=f"bn_{i}")(x)
         x = keras.layers.ReLU(name=f"relu_{i}")(x)
-        x = keras.layers.MaxPooling2D(2, name=f"pool_{i}")(x)
+        x = wg.layers.MaxPooling2D(2, name=f"pool_{i}")(x)  # the Omniglot learner's (custom second derivative)
         x = wg.WarpBlock("conv", name=f"warp_{i}")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     out = keras.layers.Dense(OMNI_CLASSES, name="head")(x)
@@ -162,6 +164,22 @@ print("keras imported:", "keras" in sys.modules)
 """
 
 
+REJECTED = r"""
+import sys
+import numpy as np
+from export.load import load
+
+model = load(sys.argv[1])
+try:
+    model.adapt(np.zeros((2, 28, 28), np.float32), np.zeros(2, np.int32), 1)
+except Exception as e:
+    print(type(e).__name__, e)
+"""
+
+#: Lines a load and a rejected input of an Omniglot export print unless export.load holds them back.
+LOAD_NOISE = ("with ops with unsaved custom gradients", "Local rendezvous is aborting")
+
+
 def _saved_model_cli_commands(runs):
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     sx, sy, qx = runs["data"]["sine"]
@@ -183,15 +201,20 @@ def fresh(runs):
         exports[name] = {"dir": runs["dirs"][name], "data": path, "steps": runs["steps"][name],
                          "meta_out": str(root / f"{name}_meta.json")}
     args = {"exports": exports, "out": str(root / "fresh.npz")}
-    commands = {"fresh": [sys.executable, "-c", FRESH_PROCESS, json.dumps(args)], **_saved_model_cli_commands(runs)}
-    procs = {k: subprocess.Popen(c, cwd=str(root), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True) for k, c in commands.items()}
+    commands = {"fresh": [sys.executable, "-c", FRESH_PROCESS, json.dumps(args)], **_saved_model_cli_commands(runs),
+                "quiet": [sys.executable, "-c", REJECTED, runs["dirs"]["omni"]],
+                "loud": [sys.executable, "-c", REJECTED, runs["dirs"]["omni"]]}
+    # export.load on its own (no TF_CPP_MIN_LOG_LEVEL set): quiet, and with WARPGRAD_VERBOSE=1 everything back.
+    plain = {k: v for k, v in ENV.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "WARPGRAD_VERBOSE")}
+    envs = {"quiet": plain, "loud": dict(plain, WARPGRAD_VERBOSE="1")}
+    procs = {k: subprocess.Popen(c, cwd=str(root), env=envs.get(k, ENV), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for k, c in commands.items()}
     done = {k: (p.communicate(timeout=300), p.returncode) for k, p in procs.items()}
     (_, err), rc = done["fresh"]
     assert rc == 0, err[-3000:]
     results = dict(np.load(args["out"]))
     meta = {name: json.load(open(e["meta_out"])) for name, e in exports.items()}
-    return results, meta, {k: done[k] for k in ("show", "run")}
+    return results, meta, {k: done[k] for k in ("show", "run", "quiet", "loud", "fresh")}
 
 
 # ---------------------------------------------------------------------------------------- equivalence
@@ -255,6 +278,74 @@ def test_saved_model_cli_show_and_run(runs, fresh):
     np.testing.assert_allclose(got, runs["expected"]["sine"][SINE_STEPS].ravel(), atol=1e-4)
 
 
+def test_saved_model_cli_shows_the_declared_contract(runs, fresh):
+    (show, _), _ = fresh[2]["show"]
+    ours = {block.split("'")[0]: block for block in show.split("signature_def['")[1:] if not block.startswith("__")}
+    assert set(ours) == {"adapt", "predict", "adapt_and_predict", "metadata"}
+    assert not [name for name, block in ours.items() if "unknown_rank" in block]  # TF's init op aside
+    adapt = ours["adapt_and_predict"]
+    declared = {name: (dtype, shape) for name, dtype, shape in re.findall(
+        r"inputs\['(\w+)'\] tensor_info:\s+dtype: (\w+)\s+shape: (\([^)]*\))", adapt)}
+    assert declared == {"support_x": ("DT_FLOAT", "(-1, 28, 28, 1)"), "query_x": ("DT_FLOAT", "(-1, 28, 28, 1)"),
+                        "support_y": ("DT_INT32", "(-1)"), "steps": ("DT_INT32", "()")}, adapt
+    kernel = next(v for p, v in runs["models"]["omni"].values("task").items() if p.endswith("head/kernel"))
+    shape = re.escape(str(tuple(kernel.shape)))
+    assert re.search(rf"inputs\['head__kernel'\] tensor_info:\s+dtype: DT_FLOAT\s+shape: {shape}", show), show
+
+
+def test_loading_and_a_rejected_input_are_quiet_unless_verbose(fresh):
+    (out, err), rc = fresh[2]["quiet"]
+    assert rc == 0, err[-2000:]
+    assert out.strip() == "InvalidArgumentError support_x must have shape [n, 28, 28, 1] (rank 4); got shape " \
+                          "[2, 28, 28]", out
+    assert err == "", err[-2000:]  # no start-up line, no absl warning, no C++ INFO line
+    (_, fresh_err), _ = fresh[2]["fresh"]  # TensorFlow imported first, TF_CPP_MIN_LOG_LEVEL=2: load still quiet
+    assert not any(n in fresh_err for n in LOAD_NOISE), fresh_err[-2000:]
+    (out, err), rc = fresh[2]["loud"]
+    assert rc == 0 and "support_x must have shape" in out, err[-2000:]
+    for line in LOAD_NOISE + ("oneDNN custom operations are on",):
+        assert line in err, (line, err[-2000:])
+
+
+# ---------------------------------------------------------------------------------------- declared specs
+def test_signatures_declare_rank_sizes_and_label_dtype(runs, loaded):
+    """The loaded signatures carry the contract: rank, image / feature size, label dtype, parameter shapes."""
+    omni, sine = (loaded[n].saved_model.signatures for n in ("omni", "sine"))
+    spec = omni["adapt_and_predict"].structured_input_signature[1]
+    assert spec["support_x"] == tf.TensorSpec([None, 28, 28, 1], tf.float32, "support_x")
+    assert spec["query_x"] == tf.TensorSpec([None, 28, 28, 1], tf.float32, "query_x")
+    assert spec["support_y"] == tf.TensorSpec([None], tf.int32, "support_y")
+    assert spec["steps"] == tf.TensorSpec([], tf.int32, "steps")
+    sine_spec = sine["adapt"].structured_input_signature[1]
+    assert sine_spec["support_x"].shape.as_list() == [None, 1]
+    assert sine_spec["support_y"] == tf.TensorSpec([None, 1], tf.float32, "support_y")
+    predict = omni["predict"].structured_input_signature[1]
+    task = {name: v.numpy() for name, v in loaded["omni"].initial_parameters.items()}
+    assert set(predict) == set(task) | {"x"}
+    for name, value in task.items():
+        assert predict[name].shape.as_list() == list(value.shape), name
+
+
+def test_declared_shapes_are_still_checked_when_fed(runs, loaded):
+    """A loaded signature does not check its specs, and Grappler trusts them: a transposed parameter (same
+    size) or a vector of steps must still be refused, naming the argument."""
+    sx, sy, qx = runs["data"]["sine"]
+    model = loaded["sine"]
+    sig = model.saved_model.signatures
+    params = model.initial_parameters
+    name = next(n for n, v in params.items() if v.shape.rank == 2 and v.shape[0] != v.shape[1])
+    flipped = dict(params, **{name: tf.transpose(params[name])})
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"Shape of tensor {name} \["):
+        sig["predict"](x=tf.constant(qx), **flipped)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"task parameter {name} must have shape "
+                                                             rf"\[{params[name].shape[0]}, {params[name].shape[1]}\]"):
+        model.predict(qx, flipped)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"Shape of tensor steps \[2\]"):
+        sig["adapt"](support_x=tf.constant(sx), support_y=tf.constant(sy), steps=tf.constant([1, 2]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"support_x is empty"):  # a named in-graph check
+        sig["adapt"](support_x=tf.constant(sx[:0]), support_y=tf.constant(sy[:0]), steps=tf.constant(1))
+
+
 # ---------------------------------------------------------------------------------------- bad input
 @pytest.fixture(scope="module")
 def loaded(runs):
@@ -293,7 +384,10 @@ def test_bad_input_raises_invalid_argument_naming_it(runs, loaded, case):
     inputs = dict(support_x=sx, support_y=sy, query_x=qx, steps=np.int32(2))
     inputs.update(override)
     signature = loaded["omni"].saved_model.signatures["adapt_and_predict"]
-    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"\b{arg} (must|is empty|holds)"):
+    # A declared dimension is TensorFlow's runtime check ("Shape of tensor support_x [...] is not compatible"),
+    # the rest the named in-graph checks: both name the argument.
+    named = rf"\b{arg} (must|is empty|holds)|Shape of tensor {arg} \["
+    with pytest.raises(tf.errors.InvalidArgumentError, match=named):
         signature(**{k: tf.constant(v) for k, v in inputs.items()})
     if case in ("rank", "label_too_large", "negative_steps"):  # adapt checks its arguments too (via the helper)
         with pytest.raises(tf.errors.InvalidArgumentError, match=rf"\b{arg} (must|is empty|holds)"):
@@ -366,16 +460,16 @@ def test_checkpoint_restore_and_checkpoint_without_model_weights(runs, tmp_path)
     prefix = tf.train.Checkpoint(step=tf.Variable(1, dtype=tf.int64), other=tf.Variable(1.0)).save(
         str(tmp_path / "ckpt"))
     with pytest.raises(ValueError, match="holds no model weights"):
-        serving.restore_checkpoint(warped, prefix)
+        run_checkpoints.restore_checkpoint(warped, prefix)
     with pytest.raises(FileNotFoundError):
-        serving.restore_checkpoint(warped, str(tmp_path / "missing"))
+        run_checkpoints.restore_checkpoint(warped, str(tmp_path / "missing"))
     # A whole-model checkpoint reaches every warp variable (WarpBlock keeps its maps as attributes).
     expected = [v.numpy().copy() for v in warped.model.variables]
     prefix = tf.train.Checkpoint(step=tf.Variable(7, dtype=tf.int64), model=warped.model).save(
         str(tmp_path / "model_ckpt"))
     for v in warped.model.variables:
         v.assign(tf.zeros_like(v))
-    assert serving.restore_checkpoint(warped, prefix) == 7
+    assert run_checkpoints.restore_checkpoint(warped, prefix) == 7
     for before, v in zip(expected, warped.model.variables):
         np.testing.assert_array_equal(before, v.numpy())
 
@@ -392,17 +486,17 @@ def test_checkpoints_the_omniglot_and_fewshot_trainers_write(runs, tmp_path):
     for prefix, step in ((latest, 9), (best, None)):
         for v in warped.model.variables:
             v.assign(tf.zeros_like(v))
-        assert serving.restore_checkpoint(warped, prefix) == step
+        assert run_checkpoints.restore_checkpoint(warped, prefix) == step
         for e, v in zip(expected, warped.model.variables):
             np.testing.assert_array_equal(e, v.numpy(), err_msg=v.path)
     fewer = tf.train.Checkpoint(model=trained[:-1]).write(str(tmp_path / "fewer"))
     with pytest.raises(ValueError, match=f"stores {len(expected) - 1} model variables"):
-        serving.restore_checkpoint(warped, fewer)
-    assert serving.latest_checkpoint_dir(str(tmp_path)) == str(tmp_path / "checkpoints")
+        run_checkpoints.restore_checkpoint(warped, fewer)
+    assert run_checkpoints.latest_checkpoint_dir(str(tmp_path)) == str(tmp_path / "checkpoints")
     phase = tmp_path / "demo"
     tf.train.Checkpoint(v=tf.Variable(1.0)).save(str(phase / "warp" / "checkpoints" / "ckpt"))
     with pytest.raises(FileNotFoundError, match=r"keeps its checkpoints in \[.*warp/checkpoints'\]"):
-        serving.latest_checkpoint_dir(str(phase))
+        run_checkpoints.latest_checkpoint_dir(str(phase))
 
 
 def test_every_layer_is_registered_by_importing_warpgrad_tf():

@@ -224,6 +224,48 @@ def agent(run):
     return load_export(run["out"])
 
 
+def test_signatures_declare_ranks_and_sizes(run, agent):
+    sig = agent.saved_model.signatures
+    adapt = sig["adapt"].structured_input_signature[1]
+    assert adapt["observations"] == tf.TensorSpec([None, None, 16], tf.float32, "observations")
+    assert adapt["actions"] == tf.TensorSpec([None, None], tf.int32, "actions")
+    assert adapt["rewards"].shape.as_list() == adapt["mask"].shape.as_list() == [None, None]
+    assert adapt["steps"] == tf.TensorSpec([], tf.int32, "steps")
+    assert sig["initial_state"].structured_input_signature[1]["batch_size"].shape.rank == 0
+    act = sig["act"].structured_input_signature[1]
+    assert act["observation"].shape.as_list() == [None, 16]
+    sizes = [TINY["units"], TINY["meta_units"], TINY["meta_units"]]
+    assert [act[f"state_{i}"].shape.as_list() for i in range(3)] == [[None, n] for n in sizes]
+    for name, value in agent.initial_parameters.items():
+        assert act[name].shape == value.shape, name
+    # Declared, and still checked when fed straight to the signature (a loaded signature trusts its specs).
+    state = agent.initial_state(2)
+    obs = tf.constant(run["episodes"]["observations"][:, 0])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"Shape of tensor state_0 \[2,3\]"):
+        sig["act"](observation=obs, **dict(state, state_0=tf.zeros([2, 3])), **agent.initial_parameters)
+
+
+def test_task_optimiser_state_is_keras_public_state_and_its_next_step(run):
+    """The Adam state the export continues is the trainer's (read from Keras' public ``optimizer.variables``),
+    and ``clipped(adam(...))`` from it takes Keras' next step; Keras' TensorFlow optimiser cannot run
+    statelessly (the reason given in warpgrad_tf.serving_rl: this fails the day it can)."""
+    from warpgrad_tf.update_rules import adam
+
+    _, warped, optimizer = _reference_agent(run["root"])
+    task = warped.variables("task")
+    state = serving_rl.keras_adam_state(optimizer, task)
+    assert int(state.count) == int(optimizer.iterations) == TINY["num_iterations"]
+    rng = np.random.default_rng(0)
+    grads = {p: tf.constant(rng.standard_normal(v.shape).astype(np.float32)) for p, v in task.items()}
+    rule = serving_rl.clipped(adam(1e-3), 4.0)  # the trainer's Adam(1e-3, global_clipnorm=4)
+    want, _ = rule.update(grads, state, {p: tf.convert_to_tensor(v) for p, v in task.items()})
+    optimizer.apply_gradients([(grads[p], v) for p, v in task.items()])
+    for p, v in task.items():
+        np.testing.assert_allclose(v.numpy(), want[p].numpy(), atol=1e-6, err_msg=p)
+    with pytest.raises(ValueError, match="stateless_apply is not supported with the TensorFlow backend"):
+        optimizer.stateless_apply(list(optimizer.variables), list(grads.values()), list(task.values()))
+
+
 def test_mask_drops_padding_after_episode_end(run, agent):
     """Episodes of length 3 padded to 5 adapt exactly like the same episodes cut to length 3."""
     e = run["episodes"]

@@ -27,7 +27,7 @@ from tests.helpers import conv_dense_model, perturb_warps
 from tests.test_export import ENV, FRESH_PROCESS, TOL
 from tests.test_fewshot_data import SIZE, write_mini_pickles
 from trainers import fewshot
-from warpgrad_tf import artifacts, learned_lr, serving
+from warpgrad_tf import artifacts, learned_lr, run_checkpoints, serving
 
 INNER_LR, STEPS = 0.4, (2,)
 DIFFERS = 1e-3  # the learned rates must change adaptation by more than this (max abs output difference)
@@ -208,10 +208,10 @@ def test_a_learned_rate_is_never_exported_with_the_initial_alpha(runs, tmp_path)
     rate = artifacts.load_learned_rate(str(root / "meta_sgd"), warped, spec)
     no_rates = tf.train.Checkpoint(model=list(warped.model.variables)).write(str(tmp_path / "no_rates"))
     with pytest.raises(ValueError, match="holds no meta-learned inner rates"):
-        serving.restore_checkpoint(warped, no_rates, learned_rate=rate)
+        run_checkpoints.restore_checkpoint(warped, no_rates, learned_rate=rate)
     latest = tf.train.latest_checkpoint(str(root / "meta_sgd" / "checkpoints"))
     with pytest.raises(ValueError, match="records no learned rate"):
-        serving.restore_checkpoint(warped, latest)
+        run_checkpoints.restore_checkpoint(warped, latest)
     damaged = tmp_path / "damaged"
     shutil.copytree(root / "scalar", damaged)
     (damaged / "model" / artifacts.RATES_FILE).write_bytes(b"not an npz")

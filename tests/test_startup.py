@@ -91,3 +91,12 @@ def test_trainers_log_warnings_only_unless_asked(tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "a WARNING line" in proc.stderr
         assert ("an INFO line" in proc.stderr) is info, (flags, env, proc.stderr[-2000:])
+
+
+def test_export_tools_filter_the_same_lines_without_warpgrad_tf():
+    """export/quiet.py (TensorFlow only, for export.load and export.try_sine) is the library's filter's twin."""
+    from export import quiet
+
+    assert quiet.NOISE == startup.NOISE and quiet.VERBOSE_ENV == startup.VERBOSE_ENV
+    assert all(quiet.is_noise(line) for line in STARTUP_LINES)
+    assert not any(quiet.is_noise(line) for line in REAL_LINES)

@@ -31,13 +31,24 @@ Signatures (also callable as attributes of the loaded object):
 Parameter names: signature keys must be identifiers, so variable paths are sanitised
 (``"sequential/dense/kernel"`` → ``"sequential__dense__kernel"``); ``metadata()`` maps one to the other.
 
-Input checking: a loaded signature does not check the shapes of what it is fed, so data inputs are declared
-with unknown shape and checked inside the graph; bad input raises ``InvalidArgumentError`` whose message
-names the argument (``support_x``, ``support_y``, ``query_x``, ``steps`` — at most :data:`MAX_STEPS` —,
-``x`` or a parameter name). The
-dtype of each input is fixed by its spec: ``float32`` features, ``int32`` class labels for the
-``softmax_cross_entropy`` loss and ``float32`` targets for ``mse``. (TensorFlow itself rejects a tensor of
-the wrong dtype before the graph runs; :mod:`export.load` turns that into a named error as well.)
+Input contract (:mod:`warpgrad_tf.serving_checks`): each signature declares what is known of its inputs —
+``support_x`` / ``query_x`` / ``x`` as ``[n, *input_shape]`` of the model's input dtype, ``support_y`` as
+``[n]`` ``int32`` class labels for the ``softmax_cross_entropy`` loss or ``[n, *output_shape]`` ``float32``
+targets for ``mse``, ``steps`` an ``int32`` scalar, each task parameter its exact shape — so
+``saved_model_cli show --all`` gives the contract. A loaded signature does not enforce its specs, so every
+input is checked inside the graph: a wrong shape raises ``InvalidArgumentError`` naming the argument
+(TensorFlow's "Shape of tensor support_x [...] is not compatible with expected shape [...]"), and named
+checks cover the rest — empty batches, ``support_x`` / ``support_y`` sizes, labels in range, finite
+values, ``steps`` in ``[0, MAX_STEPS]``. (TensorFlow itself rejects a tensor of the wrong dtype before the
+graph runs; :mod:`export.load` turns that, and the shape errors, into one-line named errors.)
+
+Loading quietly: ``tf.saved_model.load`` of a model with the library's max-pool (Omniglot, few-shot) logs
+one absl warning per saved gradient function ("Importing a function … with ops with unsaved custom
+gradients"): its second derivative is a custom gradient nested in the first, which ``tf.saved_model.save``
+does not trace (``SaveOptions(experimental_custom_gradients=False)`` only moves the warning to every
+function holding a max-pool). The signatures never need it — the task gradient is traced into ``adapt``
+already. ``absl.logging.set_verbosity(absl.logging.ERROR)`` before loading is the one switch that silences
+it; :mod:`export.load` does so unless ``WARPGRAD_VERBOSE=1``.
 
 Example::
 
@@ -53,132 +64,28 @@ Example::
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
-import tempfile
 
 import numpy as np
 import tensorflow as tf
 
-from warpgrad_tf import adaptation, artifacts, learned_lr, losses
+from warpgrad_tf import adaptation, artifacts, learned_lr, losses, run_checkpoints, serving_checks
+from warpgrad_tf.saved_model_files import check_output, save_module
+from warpgrad_tf.serving_checks import batch_spec, check_finite, check_scalar, check_task_parameters, scalar_spec
 from warpgrad_tf.version import __version__
 
-__all__ = ["AdaptiveModelSaver", "after_check", "check_output", "check_scalar", "check_task_parameters",
-           "checkpoint_objects", "checkpoint_path", "export", "latest_checkpoint_dir", "MAX_STEPS", "parameter_names",
-           "restore_checkpoint", "save_module", "shape_assert", "signature_name", "SIGNATURES"]
+__all__ = ["AdaptiveModelSaver", "RESERVED", "SIGNATURES", "export", "parameter_names"]
 
 SIGNATURES = ("adapt", "predict", "adapt_and_predict", "metadata")
-_RESERVED = {"x", "support_x", "support_y", "query_x", "steps", "outputs"}
+#: The signatures' input and output names (task parameter names keep clear of them).
+RESERVED = {"x", "support_x", "support_y", "query_x", "steps", "outputs"}
 # Losses whose targets are integer class labels in [0, num_outputs); every other loss takes float targets.
 _CLASSIFICATION_LOSSES = {"softmax_cross_entropy"}
 
 
-def signature_name(path):
-    """A signature-safe name for a variable path: ``"seq/dense/kernel:0"`` → ``"seq__dense__kernel_0"``."""
-    name = re.sub(r"[^A-Za-z0-9_]", "_", path.replace("/", "__"))
-    if not name or not (name[0].isalpha()):
-        name = "p_" + name
-    return name
-
-
 def parameter_names(paths, reserved=None):
     """``{signature name: variable path}`` for ``paths`` (order kept), unique and clear of input names
-    (``reserved``; default: this module's signature inputs)."""
-    reserved = _RESERVED if reserved is None else set(reserved)
-    mapping = {}
-    for path in paths:
-        base = signature_name(path)
-        name, i = base, 1
-        while name in mapping or name in reserved:
-            name, i = f"{base}_{i}", i + 1
-        mapping[name] = path
-    return mapping
-
-
-def _shape_ok(shape, dims):
-    """Scalar bool: the runtime ``shape`` has ``len(dims)`` entries equal to ``dims`` (``None`` = any)."""
-    fixed = [(i, int(d)) for i, d in enumerate(dims) if d is not None]
-
-    def dims_ok():
-        if not fixed:
-            return tf.constant(True)
-        idx = tf.constant([i for i, _ in fixed], tf.int32)
-        return tf.reduce_all(tf.equal(tf.gather(shape, idx), tf.constant([d for _, d in fixed], tf.int32)))
-
-    return tf.cond(tf.equal(tf.size(shape), len(dims)), dims_ok, lambda: tf.constant(False))
-
-
-def _describe(dims):
-    return "[" + ", ".join("n" if i == 0 and d is None else ("?" if d is None else str(d))
-                           for i, d in enumerate(dims)) + "]"
-
-
-def shape_assert(tensor, expected, arg, what=""):
-    """Assert ``tensor`` is a batch of shape ``[n] + expected`` (``None`` = any size) with ``n >= 1``.
-
-    Messages name ``arg``. Returns the tensor with its static shape set.
-    """
-    dims = [None] + [None if d is None else int(d) for d in expected]
-    shape = tf.shape(tensor, out_type=tf.int32)
-    check = tf.debugging.Assert(
-        _shape_ok(shape, dims),
-        [f"{arg} must have shape {_describe(dims)}{what} (rank {len(dims)}); got shape", shape],
-        name=f"{arg}_shape")
-    with tf.control_dependencies([check]):
-        check = tf.debugging.Assert(
-            shape[0] >= 1, [f"{arg} is empty: it needs at least one example; got shape", shape],
-            name=f"{arg}_not_empty")
-    return after_check(check, tensor, dims)
-
-
-def after_check(check, tensor, dims):
-    """``tensor`` once ``check`` has run, with static shape ``dims``.
-
-    ``set_shape`` rather than ``tf.ensure_shape``: Grappler specialises functions to the fed shapes and
-    would report an EnsureShape mismatch before the assertion that names the argument could run.
-    """
-    with tf.control_dependencies([check]):
-        tensor = tf.identity(tensor)
-    tensor.set_shape(dims)
-    return tensor
-
-
-MAX_STEPS = 1_000_000  # in-model adaptation records one loss per step: 2**31 − 1 steps would abort the process
-
-
-def check_scalar(value, name, minimum, maximum=None):
-    """``value`` as a scalar, after in-graph checks that it is one and is ``>= minimum`` (and ``<= maximum``).
-
-    A failed check raises ``InvalidArgumentError`` naming the argument (e.g. ``steps must be >= 0; got -1``).
-    """
-    check = tf.debugging.Assert(tf.equal(tf.rank(value), 0),
-                                [f"{name} must be a scalar int32; got shape", tf.shape(value)], name=f"{name}_scalar")
-    with tf.control_dependencies([check]):
-        value = tf.reshape(value, [-1])[0]
-        checks = [tf.debugging.Assert(value >= minimum, [f"{name} must be >= {minimum}; got", value],
-                                      name=f"{name}_minimum")]
-        if maximum is not None:
-            checks.append(tf.debugging.Assert(value <= maximum, [f"{name} must be <= {maximum}; got", value],
-                                              name=f"{name}_maximum"))
-    with tf.control_dependencies(checks):
-        return tf.identity(value)
-
-
-def check_task_parameters(task_parameters, names, exported):
-    """``{variable path: tensor}`` of signature task parameters (``{signature name: tensor}``), each checked
-    in-graph against the shape of its exported value (``exported[name]``); ``names`` maps signature names
-    to paths. A wrong shape raises ``InvalidArgumentError`` naming the parameter."""
-    task = {}
-    for name, path in names.items():
-        expected = exported[name].shape.as_list()
-        value = task_parameters[name]
-        check = tf.debugging.Assert(
-            _shape_ok(tf.shape(value, out_type=tf.int32), expected),
-            [f"task parameter {name} must have shape {expected}; got shape", tf.shape(value)],
-            name=f"{name}_shape")
-        task[path] = after_check(check, value, expected)
-    return task
+    (``reserved``; default: this module's signature inputs). :func:`warpgrad_tf.serving_checks.parameter_names`."""
+    return serving_checks.parameter_names(paths, RESERVED if reserved is None else reserved)
 
 
 class AdaptiveModelSaver:
@@ -238,11 +145,11 @@ class AdaptiveModelSaver:
         # tracked dict must be strings; paths are kept in metadata).
         module.task = {name: tf.Variable(warped.values("task")[path], trainable=False, name=name)
                        for name, path in self.names.items()}
-        module.warp = [tf.Variable(v, trainable=False, name=signature_name(p))
+        module.warp = [tf.Variable(v, trainable=False, name=serving_checks.signature_name(p))
                        for p, v in warped.values("warp").items()]
-        module.frozen = [tf.Variable(v, trainable=False, name=signature_name(p))
+        module.frozen = [tf.Variable(v, trainable=False, name=serving_checks.signature_name(p))
                          for p, v in warped.values("frozen").items()]
-        module.state = [tf.Variable(v, trainable=False, name=signature_name(p))
+        module.state = [tf.Variable(v, trainable=False, name=serving_checks.signature_name(p))
                         for p, v in warped.values("state").items()]
         self._warp_paths = list(warped.names["warp"])
         self._frozen_paths = list(warped.names["frozen"])
@@ -258,10 +165,11 @@ class AdaptiveModelSaver:
                 "mean": float(values.mean()), "min": float(values.min()), "max": float(values.max())}
         self.module = module
 
-        x_spec = lambda name: tf.TensorSpec(None, self._input_dtype, name=name)  # noqa: E731
-        y_spec = tf.TensorSpec(None, self._label_dtype, name="support_y")
-        steps_spec = tf.TensorSpec(None, tf.int32, name="steps")
-        param_specs = {name: tf.TensorSpec(None, var.dtype, name=name) for name, var in module.task.items()}
+        # The declared contract (module doc; serving_checks): rank, feature / image size, label dtype, shapes.
+        x_spec = lambda name: batch_spec(name, self._input_shape, self._input_dtype)  # noqa: E731
+        y_spec = batch_spec("support_y", [] if self._classification else self._output_shape, self._label_dtype)
+        steps_spec = scalar_spec("steps")
+        param_specs = {name: tf.TensorSpec(var.shape, var.dtype, name=name) for name, var in module.task.items()}
 
         support_specs = [x_spec("support_x"), y_spec, steps_spec]
         # Traced once, called by both adapt and adapt_and_predict (one copy of the inner loop in the file).
@@ -358,27 +266,23 @@ class AdaptiveModelSaver:
         return task, warp, frozen, state, rate
 
     def _check_inputs(self, x, arg):
-        x = shape_assert(x, self._input_shape, arg)
-        finite = tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(x)), [f"{arg} holds non-finite values"],
-                                     name=f"{arg}_finite")
-        with tf.control_dependencies([finite]):
+        x = serving_checks.shape_assert(x, self._input_shape, arg)
+        with tf.control_dependencies([check_finite(x, arg)]):
             return tf.identity(x)
 
     def _check_support(self, support_x, support_y):
         support_x = self._check_inputs(support_x, "support_x")
         n = tf.shape(support_x)[0]
         if self._classification:
-            support_y = shape_assert(support_y, [], "support_y", " of integer class labels")
+            support_y = serving_checks.shape_assert(support_y, [], "support_y")
             checks = [tf.debugging.Assert(
                 tf.reduce_all((support_y >= 0) & (support_y < self._num_outputs)),
                 [f"support_y holds labels outside [0, {self._num_outputs}) (the model has "
                  f"{self._num_outputs} classes); min and max label:",
                  tf.reduce_min(support_y), tf.reduce_max(support_y)], name="support_y_range")]
         else:
-            support_y = shape_assert(support_y, self._output_shape, "support_y", " of regression targets")
-            checks = [tf.debugging.Assert(
-                tf.reduce_all(tf.math.is_finite(support_y)), ["support_y holds non-finite targets"],
-                name="support_y_finite")]
+            support_y = serving_checks.shape_assert(support_y, self._output_shape, "support_y")
+            checks = [check_finite(support_y, "support_y", "targets")]
         checks.append(tf.debugging.Assert(
             tf.equal(tf.shape(support_y)[0], n),
             ["support_x and support_y must hold the same number of examples; got", n, "and",
@@ -389,7 +293,7 @@ class AdaptiveModelSaver:
     def _adapt_task(self, support_x, support_y, steps):
         """``(θ_K, BatchNorm state after K steps)`` as ``{path: tensor}`` dicts."""
         support_x, support_y = self._check_support(support_x, support_y)
-        steps = check_scalar(steps, "steps", minimum=0, maximum=MAX_STEPS)
+        steps = check_scalar(steps, "steps", minimum=0, maximum=serving_checks.MAX_STEPS)
         task, warp, frozen, state, rate = self.adaptation_state()
         batches = adaptation.minibatches(support_x, support_y, self._batch_size, self._seed)
         result = adaptation.adapt(self._warped, task, warp, self._rule, batches, self._loss_fn, steps,
@@ -424,178 +328,6 @@ class AdaptiveModelSaver:
         return save_module(self.module, self.signatures, export_dir, overwrite)
 
 
-def _parents(path):
-    while os.path.dirname(path) != path:
-        path = os.path.dirname(path)
-        yield path
-
-
-def check_output(export_dir, overwrite):
-    """Refuse an export folder that is blocked by a file or (without ``overwrite``) already holds an export."""
-    export_dir = os.path.abspath(export_dir)
-    blocking = next((p for p in (export_dir, *_parents(export_dir)) if os.path.isfile(p)), None)
-    if blocking:
-        raise FileExistsError(f"--output {export_dir}: {blocking} is a file, not a folder.")
-    if os.path.exists(export_dir):
-        is_saved_model = os.path.exists(os.path.join(export_dir, "saved_model.pb"))
-        if os.listdir(export_dir) and not (is_saved_model and overwrite):
-            raise FileExistsError(
-                f"{export_dir} exists and is {'a SavedModel' if is_saved_model else 'not a SavedModel'}; "
-                "choose another --output" + (" or pass overwrite=True" if is_saved_model else "") + ".")
-    return export_dir
-
-
-def save_module(module, signatures, export_dir, overwrite=True):
-    """``tf.saved_model.save`` into ``export_dir`` through a temporary folder and a rename (never half-written).
-
-    An existing ``export_dir`` is replaced only if it is a SavedModel (or empty) and ``overwrite`` is true.
-    """
-    export_dir = check_output(export_dir, overwrite)
-    parent = os.path.dirname(export_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-saved_model-", dir=parent)
-    try:
-        tf.saved_model.save(module, tmp, signatures=signatures)
-        if os.path.exists(export_dir):
-            shutil.rmtree(export_dir)
-        os.replace(tmp, export_dir)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
-    return export_dir
-
-
-def checkpoint_path(checkpoint):
-    """The checkpoint prefix a ``--checkpoint`` names (a prefix, or a folder: its latest); FileNotFoundError if none."""
-    path = tf.train.latest_checkpoint(checkpoint) if os.path.isdir(checkpoint) else checkpoint
-    if not path or not tf.io.gfile.glob(path + ".index"):
-        raise FileNotFoundError(f"No checkpoint at {checkpoint!r}.")
-    return path
-
-
-def checkpoint_objects(path):
-    """``{name: [child names]}`` of a checkpoint's top-level objects, from its object graph (variable names
-    alone can hide an object whose variables are keyed under another)."""
-    from tensorflow.core.protobuf import trackable_object_graph_pb2
-
-    graph = trackable_object_graph_pb2.TrackableObjectGraph()
-    graph.ParseFromString(tf.train.load_checkpoint(path).get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
-    return {child.local_name: [c.local_name for c in graph.nodes[child.node_id].children]
-            for child in graph.nodes[0].children}
-
-
-def _model_saved_as_list(path):
-    """How many variables a checkpoint's ``model`` object holds when it is a list of variables, else None."""
-    names = checkpoint_objects(path).get("model")
-    return len(names) if names and all(n.isdigit() for n in names) else None
-
-
-def latest_checkpoint_dir(root_dir):
-    """``R/checkpoints`` (what ``--checkpoint=latest`` means); a FileNotFoundError listing the run's other
-    checkpoint folders (e.g. the sine demo's ``R/<phase>/checkpoints``) when it has none there."""
-    folder = os.path.join(root_dir, "checkpoints")
-    if tf.train.latest_checkpoint(folder):
-        return folder
-    others = sorted(os.path.dirname(p) for p in tf.io.gfile.glob(os.path.join(root_dir, "*", "checkpoints",
-                                                                               "checkpoint")))
-    hint = (f"; this run keeps its checkpoints in {others}: pass one of them as --checkpoint" if others
-            else "")
-    raise FileNotFoundError(f"No checkpoint at {folder!r}{hint}.")
-
-
-def _restore_rates(path, learned_rate):
-    """Assign the checkpoint's ``inner_rates`` (the trainers' ``list(rate.variables.values())``) to
-    ``learned_rate``'s variables, after checking count and shapes; a run/checkpoint mismatch either way is a
-    ValueError."""
-    names = checkpoint_objects(path).get("inner_rates")
-    if learned_rate is None:
-        if names:
-            raise ValueError(f"Checkpoint {path} holds {len(names)} meta-learned inner rates, but the run's "
-                             "R/model records no learned rate: is it from another run?")
-        return
-    variables = list(learned_rate.variables.values())
-    if not names:
-        raise ValueError(f"Checkpoint {path} holds no meta-learned inner rates ('inner_rates'), but the run "
-                         f"learned {learned_rate.granularity} rates: is it from another run?")
-    if len(names) != len(variables):
-        raise ValueError(f"Checkpoint {path} stores {len(names)} inner rates; the run's {learned_rate.granularity} "
-                         f"learned rate has {len(variables)}: is it from another run?")
-    reader = tf.train.load_checkpoint(path)
-    values = [reader.get_tensor(f"inner_rates/{i}/.ATTRIBUTES/VARIABLE_VALUE") for i in range(len(variables))]
-    for (group, v), value in zip(learned_rate.variables.items(), values):
-        if tuple(value.shape) != tuple(v.shape):
-            raise ValueError(f"Checkpoint {path}: inner rate {group!r} has shape {tuple(value.shape)} there and "
-                             f"{tuple(v.shape)} in this run: is it from another run?")
-    for v, value in zip(variables, values):
-        v.assign(value)
-
-
-def restore_checkpoint(warped, checkpoint, learned_rate=None):
-    """Restore a warped model's weights from a trainer checkpoint (a prefix, or a folder: its latest).
-
-    Trainer checkpoints (:class:`trainers.common.Checkpointer`) hold the global step under ``step`` and
-    either the Keras model under ``model`` (the object, or ``list(model.variables)`` as the Omniglot and
-    few-shot trainers and their ``R/best/best`` checkpoints save it) or lists of role variables under
-    ``task`` / ``warp`` / ``frozen`` (in :meth:`~warpgrad_tf.WarpedModel.variables` order). Whatever the
-    checkpoint holds is restored (every object must match); the rest keeps the values of ``model.keras``.
-
-    A run that meta-learned its inner rate (the few-shot trainer's Meta-SGD) checkpoints the rates as
-    ``inner_rates`` (``list(rate.variables.values())``); they are restored into ``learned_rate`` (the run's
-    :class:`~warpgrad_tf.learned_lr.LearnedRate`), which must then be given — and a checkpoint without them
-    is refused, as is one with rates for a run that learned none.
-
-    Returns:
-      the checkpoint's global step (the training step of the restored weights), or None when it holds none
-      (the Omniglot / few-shot trainers' ``R/best/best``).
-    """
-    path = checkpoint_path(checkpoint)
-    top = {name.split("/")[0] for name, _ in tf.train.list_variables(path)}
-    objects = {}
-    model_list = _model_saved_as_list(path)
-    if model_list is not None:  # the Omniglot / few-shot trainers save list(model.variables) as "model"
-        variables = list(warped.model.variables)
-        if model_list != len(variables):
-            raise ValueError(f"Checkpoint {path} stores {model_list} model variables; the model of this run "
-                             f"(R/model/model.keras) has {len(variables)}: is it from another run?")
-        reader = tf.train.load_checkpoint(path)
-        values = [reader.get_tensor(f"model/{i}/.ATTRIBUTES/VARIABLE_VALUE") for i in range(len(variables))]
-        for v, value in zip(variables, values):
-            if tuple(value.shape) != tuple(v.shape):
-                raise ValueError(f"Checkpoint {path}: model variable {v.path!r} has shape {tuple(value.shape)} "
-                                 f"there and {tuple(v.shape)} in R/model/model.keras: is it from another run?")
-        _restore_rates(path, learned_rate)
-        for v, value in zip(variables, values):
-            v.assign(value)
-        has_step = reader.has_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")
-        return int(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) if has_step else None
-    if "model" in top:
-        objects["model"] = warped.model
-    for role in ("task", "warp", "frozen"):
-        if role in top and "model" not in top:
-            objects[role] = list(warped.variables(role).values())
-    if not objects:
-        raise ValueError(f"Checkpoint {path} holds no model weights (its objects are {sorted(top)}); expected "
-                         "'model' (the Keras model) or 'task' / 'warp' / 'frozen' variable lists.")
-    step = tf.Variable(0, dtype=tf.int64, trainable=False)
-    ckpt = tf.train.Checkpoint(step=step, **objects)
-    if "model" in objects:
-        # tf.train.Checkpoint only reaches variables through TF-tracked attributes; Keras 3 layers that keep
-        # sub-layers in Python lists (WarpBlock.maps) are invisible to it. Refuse rather than export stale
-        # values for them.
-        reachable = {id(t) for t in tf.train.TrackableView(ckpt).descendants()}
-        missed = [v.path for v in warped.model.variables if id(v) not in reachable]
-        if missed:
-            raise ValueError(f"Checkpoint {path} stores the Keras model as 'model', through which "
-                             f"tf.train.Checkpoint cannot reach {missed} (layers held in Python lists); export "
-                             "R/model/model.keras instead, or checkpoint the role variables as lists "
-                             "(task=[...], warp=[...]).")
-    _restore_rates(path, learned_rate)
-    status = ckpt.restore(path)
-    status.expect_partial()
-    status.assert_existing_objects_matched()
-    return int(step.numpy())
-
-
 def export(root_dir, output, checkpoint=None, seed=None, overwrite=True):
     """Export the trained model of run ``root_dir`` (``R/model``) to the SavedModel folder ``output``.
 
@@ -621,7 +353,7 @@ def export(root_dir, output, checkpoint=None, seed=None, overwrite=True):
     if artifacts.is_agent_run(root_dir):
         raise ValueError(f"{root_dir} holds an RL agent run (model/{artifacts.AGENT_FILE}): export it with "
                          "warpgrad_tf.serving_rl.export (or python -m export.saved_model, which picks it).")
-    check_output(output, overwrite)  # before the (slow) tracing
+    check_output(output, overwrite)  # before the (slow) loading and tracing
     warped, rule, spec = artifacts.load(root_dir)
     rate = artifacts.load_learned_rate(root_dir, warped, spec)
     granularity = artifacts.learned_rate_granularity(spec)
@@ -632,9 +364,8 @@ def export(root_dir, output, checkpoint=None, seed=None, overwrite=True):
                              "with --checkpoint=latest (or R/best/best), whose inner_rates are used.")
         rate = learned_lr.learned_rate(warped, rule.learning_rate, granularity)  # values from the checkpoint
     if checkpoint:
-        if checkpoint == "latest":
-            checkpoint = latest_checkpoint_dir(root_dir)
-        step = restore_checkpoint(warped, checkpoint, learned_rate=rate)
+        path = run_checkpoints.resolve_checkpoint(root_dir, checkpoint)
+        step = run_checkpoints.restore_checkpoint(warped, path, learned_rate=rate)
         if step is not None:
             spec = spec._replace(training_step=step)
     saver = AdaptiveModelSaver(warped, rule, spec, seed=seed, learned_rate=rate)

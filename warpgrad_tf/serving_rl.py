@@ -6,11 +6,8 @@ is exported like the supervised models of :mod:`warpgrad_tf.serving`: a bare :cl
 plain ``tf.Variable``\ s (θ at the end of training, φ, and the task optimiser's state) and
 ``tf.function``\ s traced from explicit specs. Loading needs TensorFlow only.
 
-Run directory (written by :func:`save_agent` at the end of ``trainers/maze.py``)::
-
-    R/model/model.keras          the one-step Keras model [observation, *state] -> [logits, value, *state]
-    R/model/agent.json           kind "maze_agent": cell, A2C constants, task optimiser, roles, step
-    R/model/task_optimizer.npz   the task optimiser's (Adam's) state: step count, m and v per parameter
+The run directory it reads (``R/model/{model.keras, agent.json, task_optimizer.npz}``, written by
+``trainers/maze.py``) is :mod:`warpgrad_tf.agent_run`; its names are re-exported here.
 
 Signatures:
 
@@ -36,28 +33,55 @@ Signatures:
     (learning rate, β1, β2, ε, clip), A2C discount and coefficients, training step, package version,
     parameter names and paths, and everything as JSON (``spec_json``).
 
-Episode tensors: ``observations [B, T, obs]`` float32, ``actions [B, T]`` int32 in ``[0, A)``,
-``rewards [B, T]`` float32 (the reward after each action), ``mask [B, T]`` float32 — 1 for the steps of
-an episode, 0 for padding after its end (per row a run of ones then zeros; all ones = the trainer's
-fixed-length episodes). Bad input raises ``InvalidArgumentError`` naming the argument.
+Episode tensors (declared in the signatures, checked in the graph: :mod:`warpgrad_tf.serving_checks`):
+``observations [B, T, obs]`` float32, ``actions [B, T]`` int32 in ``[0, A)``, ``rewards [B, T]`` float32
+(the reward after each action), ``mask [B, T]`` float32 — 1 for the steps of an episode, 0 for padding after
+its end (per row a run of ones then zeros; all ones = the trainer's fixed-length episodes); ``steps`` and
+``batch_size`` int32 scalars, ``observation [B, obs]``, each state ``[B, size]``, each task parameter its
+exact shape. Bad input raises ``InvalidArgumentError`` naming the argument.
+
+Why the task update is :func:`warpgrad_tf.update_rules.adam` and not Keras' optimiser run statelessly
+(``keras.optimizers.Adam(...).stateless_apply(optimizer.variables, grads, θ)``, which would make training
+and serving run one update): in Keras 3 (3.15) on the TensorFlow backend the optimiser is
+``keras.src.backend.tensorflow.optimizer.TFOptimizer``, whose ``stateless_apply`` raises "stateless_apply is
+not supported with the TensorFlow backend (as it is incompatible with tf.distribute)"; the generic
+``StatelessScope`` route under it fails as well, because ``TFOptimizer.assign`` / ``assign_add`` unwrap each
+slot to its ``tf.Variable`` and call ``.assign`` on it, and inside the scope that value is a plain tensor.
+Running the optimiser *statefully* inside the SavedModel would need ``tf.Variable`` scratch copies of θ, m
+and v assigned on every call, so ``adapt`` would no longer be a pure function and two concurrent calls (TF
+Serving) would race. So serving runs the library's explicit-state Adam — one function,
+:func:`~warpgrad_tf.update_rules.adam` composed with :func:`clipped`, inside the one task step
+:func:`~warpgrad_tf.adaptation.gradient_step` — continuing the trainer's Keras Adam state, read through
+Keras' public stateless state (``optimizer.variables``, :func:`warpgrad_tf.agent_run.keras_adam_state`);
+``tests/test_export_maze.py`` holds the exported update equal to the trainer's Keras step, and
+``tests/test_serving_contract.py`` fails the day Keras' TensorFlow optimiser gains ``stateless_apply``.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from typing import NamedTuple
 
-import keras
-import numpy as np
 import tensorflow as tf
 
-from warpgrad_tf import serving
+from warpgrad_tf import run_checkpoints, serving_checks
 from warpgrad_tf.adaptation import gradient_step
-from warpgrad_tf.artifacts import AGENT_FILE, is_agent_run
-from warpgrad_tf.model import WarpedModel
+from warpgrad_tf.agent_run import (
+    AGENT_FILE,
+    KIND,
+    MODEL_FILE,
+    OPTIMIZER_FILE,
+    AgentSpec,
+    is_agent_run,
+    keras_adam_state,
+    load_agent,
+    optimizer_config,
+    restore_checkpoint,
+    save_agent,
+)
 from warpgrad_tf.rl import a2c
 from warpgrad_tf.rl.agent import evaluate
+from warpgrad_tf.saved_model_files import check_output, save_module
+from warpgrad_tf.serving_checks import batch_spec, check_finite, check_scalar, scalar_spec
 from warpgrad_tf.update_rules import AdamState, UpdateRule, adam
 from warpgrad_tf.version import __version__
 
@@ -68,6 +92,7 @@ __all__ = [
     "KIND",
     "MODEL_FILE",
     "OPTIMIZER_FILE",
+    "RESERVED",
     "SIGNATURES",
     "clip_by_global_norm",
     "clipped",
@@ -81,14 +106,9 @@ __all__ = [
     "summary",
 ]
 
-KIND = "maze_agent"
-MODEL_FILE = "model.keras"
-OPTIMIZER_FILE = "task_optimizer.npz"
 SIGNATURES = ("initial_state", "act", "adapt", "metadata")
-_INPUTS = {"batch_size", "observation", "observations", "actions", "rewards", "mask", "steps", "logits", "value"}
-# Keras optimiser options the exported Adam does not reproduce; a run that used one is refused.
-_UNSUPPORTED = ("weight_decay", "clipnorm", "clipvalue", "use_ema", "loss_scale_factor",
-                "gradient_accumulation_steps", "amsgrad")
+#: The signatures' input and output names (task parameter names keep clear of them).
+RESERVED = {"batch_size", "observation", "observations", "actions", "rewards", "mask", "steps", "logits", "value"}
 
 
 # ---------------------------------------------------------------------------------------- the task update
@@ -111,131 +131,7 @@ def clipped(rule: UpdateRule, clip) -> UpdateRule:
     return rule._replace(update=update, hyperparameters=dict(rule.hyperparameters, global_clipnorm=clip))
 
 
-# ---------------------------------------------------------------------------------------- run directory
-class AgentSpec(NamedTuple):
-    """What ``R/model/agent.json`` holds: how the agent acts and how its task parameters are updated."""
-
-    cell: str
-    observation_size: int
-    num_actions: int
-    state_sizes: list
-    discount: float
-    value_coef: float
-    entropy_coef: float
-    optimizer: dict  # {"name": "adam", "learning_rate", "beta_1", "beta_2", "epsilon", "global_clipnorm"}
-    training_step: int
-    roles: dict
-    extra: dict = {}
-    kind: str = KIND
-
-
-def _model_dir(root_dir):
-    return root_dir if os.path.exists(os.path.join(root_dir, AGENT_FILE)) else os.path.join(root_dir, "model")
-
-
-def optimizer_config(optimizer):
-    """The Adam hyperparameters of a Keras optimiser; anything the export would not reproduce is refused."""
-    config = optimizer.get_config()
-    if type(optimizer) is not keras.optimizers.Adam:
-        raise ValueError(f"Only a keras.optimizers.Adam task optimiser can be exported; got "
-                         f"{type(optimizer).__name__}.")
-    used = [k for k in _UNSUPPORTED if config.get(k)]
-    if used:
-        raise ValueError(f"The task optimiser uses {used}, which the exported Adam does not reproduce.")
-    return {"name": "adam", "learning_rate": float(np.float32(config["learning_rate"])),
-            "beta_1": float(config["beta_1"]), "beta_2": float(config["beta_2"]),
-            "epsilon": float(config["epsilon"]), "global_clipnorm": float(config["global_clipnorm"] or 0.0)}
-
-
-def keras_adam_state(optimizer, variables):
-    """The :class:`AdamState` of a built ``keras.optimizers.Adam`` for ``{path: variable}``."""
-    index = lambda v: optimizer._get_variable_index(v)  # noqa: E731
-    return AdamState(tf.convert_to_tensor(optimizer.iterations),
-                     {p: tf.convert_to_tensor(optimizer._momentums[index(v)]) for p, v in variables.items()},
-                     {p: tf.convert_to_tensor(optimizer._velocities[index(v)]) for p, v in variables.items()})
-
-
-def save_agent(root_dir, warped: WarpedModel, optimizer, *, cell, discount, value_coef, entropy_coef,
-               training_step, extra=None):
-    """Write ``R/model/{model.keras, agent.json, task_optimizer.npz}`` (each via a temp file + rename).
-
-    ``optimizer`` is the built Keras Adam of the task parameters (in ``warped.variables("task")`` order).
-    """
-    out = os.path.join(root_dir, "model")
-    os.makedirs(out, exist_ok=True)
-    model = warped.model
-    spec = AgentSpec(cell=cell, observation_size=int(model.inputs[0].shape[-1]),
-                     num_actions=int(model.outputs[0].shape[-1]),
-                     state_sizes=[int(s.shape[-1]) for s in model.inputs[1:]],
-                     discount=float(discount), value_coef=float(value_coef), entropy_coef=float(entropy_coef),
-                     optimizer=optimizer_config(optimizer), training_step=int(training_step),
-                     roles=warped.role_map(), extra=dict(extra or {}))
-    state = keras_adam_state(optimizer, warped.variables("task"))
-    arrays = {"count": state.count.numpy()}
-    arrays.update({f"m/{p}": t.numpy() for p, t in state.m.items()})
-    arrays.update({f"v/{p}": t.numpy() for p, t in state.v.items()})
-    tmp = os.path.join(out, "tmp-" + OPTIMIZER_FILE)
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, os.path.join(out, OPTIMIZER_FILE))
-    tmp = os.path.join(out, "tmp-" + MODEL_FILE)
-    model.save(tmp)
-    os.replace(tmp, os.path.join(out, MODEL_FILE))
-    tmp = os.path.join(out, "tmp-" + AGENT_FILE)
-    with open(tmp, "w") as f:
-        json.dump(dict(spec._asdict(), version=__version__), f, indent=2)
-    os.replace(tmp, os.path.join(out, AGENT_FILE))
-    return out
-
-
-def load_agent(root_dir):
-    """``(WarpedModel, AdamState, AgentSpec)`` of a saved agent (run directory or its ``model/`` folder)."""
-    from warpgrad_tf import artifacts
-
-    folder = _model_dir(root_dir)
-    with open(os.path.join(folder, AGENT_FILE)) as f:
-        payload = json.load(f)
-    payload.pop("version", None)
-    spec = AgentSpec(**payload)
-    import warpgrad_tf.layers  # noqa: F401  (registers the RNN cells for deserialisation)
-
-    model = keras.saving.load_model(os.path.join(folder, MODEL_FILE), compile=False)
-    spec = spec._replace(roles=artifacts.match_paths(spec.roles, model))
-    warped = WarpedModel(model, variable_roles=spec.roles)
-    saved_paths = artifacts.match_paths({p: p for p in payload["roles"]}, model)  # {reloaded: saved}
-    with np.load(os.path.join(folder, OPTIMIZER_FILE)) as arrays:
-        state = AdamState(tf.constant(arrays["count"], tf.int64),
-                          {p: tf.constant(arrays[f"m/{saved_paths[p]}"]) for p in warped.names["task"]},
-                          {p: tf.constant(arrays[f"v/{saved_paths[p]}"]) for p in warped.names["task"]})
-    return warped, state, spec
-
-
-def restore_checkpoint(warped, spec, checkpoint):
-    """``(AdamState, step)`` from a maze trainer checkpoint, whose model weights are restored into ``warped``."""
-    path = serving.checkpoint_path(checkpoint)
-    top = set(serving.checkpoint_objects(path))
-    if not {"model", "task_optimizer"} <= top:
-        raise ValueError(f"Checkpoint {path} is not a maze trainer checkpoint (its objects are {sorted(top)}); "
-                         "expected 'model' and 'task_optimizer'.")
-    hp = spec.optimizer
-    clip = {"global_clipnorm": hp["global_clipnorm"]} if hp["global_clipnorm"] else {}
-    optimizer = keras.optimizers.Adam(hp["learning_rate"], beta_1=hp["beta_1"], beta_2=hp["beta_2"],
-                                      epsilon=hp["epsilon"], **clip)
-    task = warped.variables("task")
-    optimizer.build(list(task.values()))
-    step = tf.Variable(0, dtype=tf.int64, trainable=False)
-    status = tf.train.Checkpoint(step=step, model=warped.model, task_optimizer=optimizer).restore(path)
-    status.expect_partial()
-    status.assert_existing_objects_matched()
-    return keras_adam_state(optimizer, task), int(step.numpy())
-
-
 # ---------------------------------------------------------------------------------------- the export
-def _check_finite(tensor, arg, what):
-    return tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(tensor)), [f"{arg} holds non-finite {what}"],
-                               name=f"{arg}_finite")
-
-
 class AgentSaver:
     """Build the adaptation-only export of a recurrent A2C agent (signatures in the module docstring).
 
@@ -261,12 +157,12 @@ class AgentSaver:
                              float(hp["global_clipnorm"] or 0.0))  # the trainer's Keras Adam(global_clipnorm)
         self._obs, self._num_actions = int(spec.observation_size), int(spec.num_actions)
         self._state_names = [f"state_{i}" for i in range(len(spec.state_sizes))]
-        self.names = serving.parameter_names(warped.names["task"], reserved=_INPUTS | set(self._state_names))
+        self.names = serving_checks.parameter_names(warped.names["task"], RESERVED | set(self._state_names))
 
         module = tf.Module(name="adaptive_agent")
         task_values = warped.values("task")
         module.task = {n: tf.Variable(task_values[p], trainable=False, name=n) for n, p in self.names.items()}
-        module.warp = [tf.Variable(v, trainable=False, name=serving.signature_name(p))
+        module.warp = [tf.Variable(v, trainable=False, name=serving_checks.signature_name(p))
                        for p, v in warped.values("warp").items()]
         self._optimizer_step = int(adam_state.count)
         module.adam_count = tf.Variable(tf.cast(adam_state.count, tf.int64), trainable=False, name="adam_count")
@@ -274,15 +170,16 @@ class AgentSaver:
         module.adam_v = {n: tf.Variable(adam_state.v[p], trainable=False, name=f"v_{n}") for n, p in self.names.items()}
         self.module = module
 
-        f32 = lambda name: tf.TensorSpec(None, tf.float32, name=name)  # noqa: E731
-        params = {n: tf.TensorSpec(None, v.dtype, name=n) for n, v in module.task.items()}
-        states = {n: f32(n) for n in self._state_names}
-        module.initial_state = tf.function(self._initial_state,
-                                           input_signature=[tf.TensorSpec(None, tf.int32, name="batch_size")])
-        module.act = tf.function(self._act, input_signature=[f32("observation"), states, params])
+        # The declared contract (module doc; serving_checks): ranks, observation and state sizes, shapes.
+        f32, episodes = tf.float32, lambda name, dtype=tf.float32: batch_spec(name, [None], dtype)  # noqa: E731
+        params = {n: tf.TensorSpec(v.shape, v.dtype, name=n) for n, v in module.task.items()}
+        states = {n: batch_spec(n, [int(s)], f32) for n, s in zip(self._state_names, spec.state_sizes)}
+        module.initial_state = tf.function(self._initial_state, input_signature=[scalar_spec("batch_size")])
+        module.act = tf.function(self._act, input_signature=[batch_spec("observation", [self._obs], f32), states,
+                                                             params])
         module.adapt = tf.function(self._adapt, input_signature=[
-            f32("observations"), tf.TensorSpec(None, tf.int32, name="actions"), f32("rewards"), f32("mask"),
-            tf.TensorSpec(None, tf.int32, name="steps")])
+            batch_spec("observations", [None, self._obs], f32), episodes("actions", tf.int32), episodes("rewards"),
+            episodes("mask"), scalar_spec("steps")])
         module.metadata = tf.function(self._metadata, input_signature=[])
         self.signatures = {name: getattr(module, name).get_concrete_function() for name in SIGNATURES}
 
@@ -320,21 +217,21 @@ class AgentSaver:
         }
 
     # ------------------------------------------------------------------ input checks
-    def _check_batch(self, tensor, trailing, arg, batch=None, what=""):
-        """``tensor`` of shape ``[n, *trailing]`` (``n >= 1``, equal to ``batch`` if given)."""
-        tensor = serving.shape_assert(tensor, trailing, arg, what)
+    def _check_batch(self, tensor, trailing, arg, batch=None):
+        """``tensor`` of shape ``[n, *trailing]`` (``n >= 1``; its leading dimensions equal to ``batch`` if given)."""
+        tensor = serving_checks.shape_assert(tensor, trailing, arg)
         if batch is None:
             return tensor
         check = tf.debugging.Assert(
             tf.reduce_all(tf.equal(tf.shape(tensor)[:batch.shape[0]], batch)),
             [f"{arg} must have the same leading dimensions as the observations; got shape", tf.shape(tensor),
              "for", batch], name=f"{arg}_batch")
-        return serving.after_check(check, tensor, tensor.shape.as_list())
+        return serving_checks.after_check(check, tensor, tensor.shape.as_list())
 
     def _check_episodes(self, observations, actions, rewards, mask):
         observations = self._check_batch(observations, [None, self._obs], "observations")
         bt = tf.shape(observations)[:2]
-        actions = self._check_batch(actions, [None], "actions", bt, " of integer actions")
+        actions = self._check_batch(actions, [None], "actions", bt)
         rewards = self._check_batch(rewards, [None], "rewards", bt)
         mask = self._check_batch(mask, [None], "mask", bt)
         a = self._num_actions
@@ -343,7 +240,7 @@ class AgentSaver:
                                 [f"actions holds actions outside [0, {a}) (the agent has {a} actions); min and "
                                  "max action:", tf.reduce_min(actions), tf.reduce_max(actions)],
                                 name="actions_range"),
-            _check_finite(rewards, "rewards", "rewards"),
+            check_finite(rewards, "rewards", "rewards"),
             tf.debugging.Assert(tf.reduce_all((mask == 0.0) | (mask == 1.0)),
                                 ["mask must hold only 0 and 1"], name="mask_binary"),
             tf.debugging.Assert(tf.reduce_all(mask[:, 1:] <= mask[:, :-1]),
@@ -362,7 +259,7 @@ class AgentSaver:
         return task, warp
 
     def _initial_state(self, batch_size):
-        b = serving.check_scalar(batch_size, "batch_size", minimum=1)
+        b = check_scalar(batch_size, "batch_size", minimum=1)
         return {n: tf.zeros([b, int(s)], tf.float32, name=n) for n, s in zip(self._state_names, self._spec.state_sizes)}
 
     def _act(self, observation, state, task_parameters):
@@ -370,7 +267,7 @@ class AgentSaver:
         batch = tf.shape(observation)[:1]
         states = [self._check_batch(state[n], [int(s)], n, batch)
                   for n, s in zip(self._state_names, self._spec.state_sizes)]
-        task = serving.check_task_parameters(task_parameters, self.names, self.module.task)
+        task = serving_checks.check_task_parameters(task_parameters, self.names, self.module.task)
         _, warp = self._values()
         (logits, value, *new_state), _ = self._warped.apply(task, warp, [observation, *states])
         out = {"logits": logits, "value": value[:, 0]}
@@ -379,7 +276,7 @@ class AgentSaver:
 
     def _adapt(self, observations, actions, rewards, mask, steps):
         observations, actions, rewards, mask = self._check_episodes(observations, actions, rewards, mask)
-        steps = serving.check_scalar(steps, "steps", minimum=0, maximum=serving.MAX_STEPS)
+        steps = check_scalar(steps, "steps", minimum=0, maximum=serving_checks.MAX_STEPS)
         task, warp = self._values()
         m = self.module
         opt_state = AdamState(tf.convert_to_tensor(m.adam_count),
@@ -402,8 +299,8 @@ class AgentSaver:
 
     # ------------------------------------------------------------------ saving
     def save(self, export_dir, overwrite=True):
-        """Write the SavedModel to ``export_dir`` (temporary folder + rename, as :mod:`warpgrad_tf.serving`)."""
-        return serving.save_module(self.module, self.signatures, export_dir, overwrite)
+        """Write the SavedModel to ``export_dir`` (temporary folder + rename: :mod:`warpgrad_tf.saved_model_files`)."""
+        return save_module(self.module, self.signatures, export_dir, overwrite)
 
 
 def export(root_dir, output, checkpoint=None, seed=None, overwrite=True):
@@ -418,12 +315,10 @@ def export(root_dir, output, checkpoint=None, seed=None, overwrite=True):
     if seed is not None:
         raise ValueError("--seed sets the mini-batch seed of supervised exports; an agent's adapt uses the "
                          "whole logged batch and has no seed.")
-    serving.check_output(output, overwrite)
+    check_output(output, overwrite)
     warped, state, spec = load_agent(root_dir)
     if checkpoint:
-        if checkpoint == "latest":
-            checkpoint = serving.latest_checkpoint_dir(root_dir)
-        state, step = restore_checkpoint(warped, spec, checkpoint)
+        state, step = restore_checkpoint(warped, spec, run_checkpoints.resolve_checkpoint(root_dir, checkpoint))
         spec = spec._replace(training_step=step)
     saver = AgentSaver(warped, state, spec)
     return saver.save(output, overwrite=overwrite), saver.description()

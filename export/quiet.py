@@ -1,0 +1,111 @@
+"""TensorFlow's start-up and SavedModel loading without their noise, for the TensorFlow-only tools of ``export/``.
+
+:mod:`export.load` and :mod:`export.try_sine` must run where ``warpgrad_tf`` is not installed, so they cannot use
+:mod:`warpgrad_tf.startup`; this is its TensorFlow-only counterpart (standard library until TensorFlow is
+imported), and ``tests/test_startup.py`` holds its :data:`NOISE` equal to the library's. Quiet by default;
+``WARPGRAD_VERBOSE=1`` (or an explicit ``TF_CPP_MIN_LOG_LEVEL`` of 0 or 1) brings every line back.
+
+* :func:`import_tensorflow` — ``import tensorflow`` with ``TF_CPP_MIN_LOG_LEVEL=2`` by default (which also
+  hides the C++ "Local rendezvous is aborting" INFO line a rejected input prints before its error), the
+  start-up lines that ignore that setting filtered out of stderr (file descriptor 2), every other line kept.
+* :func:`filtered_stderr` with :data:`LITERT_NOISE` — the LiteRT interpreter's "Created TensorFlow Lite
+  XNNPACK delegate for CPU" line, held back by :mod:`export.load_litert`.
+* :func:`quiet_loading` — ``tf.saved_model.load`` without absl's warnings, e.g. the one per saved gradient
+  function "Importing a function … with ops with unsaved custom gradients" of a model with the library's
+  max-pool (why: :mod:`warpgrad_tf.serving`); the loaded signatures never need those gradients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sys
+import tempfile
+
+__all__ = ["LITERT_NOISE", "NOISE", "VERBOSE_ENV", "filtered_stderr", "import_tensorflow", "is_noise", "quiet_loading",
+           "verbose"]
+
+#: The environment variable that keeps every TensorFlow log line.
+VERBOSE_ENV = "WARPGRAD_VERBOSE"
+
+#: Start-up lines that say nothing a user must act on (a regular expression each, searched per line).
+NOISE = (
+    r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$",
+    r"\] oneDNN custom operations are on\.",
+    r"\] Could not find cuda drivers on your machine, GPU will not be used\.",
+    r"\] failed call to cuInit: ",
+    r"\] This TensorFlow binary is optimized to use available CPU instructions",
+    r"\] Unable to register cu(DNN|FFT|BLAS) factory",
+)
+#: The LiteRT interpreter's line (:mod:`export.load_litert`), printed once per process by its default delegate.
+LITERT_NOISE = (r"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$",)
+
+
+def verbose():
+    """True when the user asked for TensorFlow's own logs: ``WARPGRAD_VERBOSE`` set (not ``0``/empty), or
+    ``TF_CPP_MIN_LOG_LEVEL`` set to 0 or 1."""
+    if os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no"):
+        return True
+    return os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() in ("0", "1")
+
+
+def is_noise(line, patterns=NOISE):
+    """Whether one stderr line (without its newline) matches one of ``patterns`` (default :data:`NOISE`)."""
+    return any(re.search(p, line) for p in patterns)
+
+
+@contextlib.contextmanager
+def filtered_stderr(patterns=NOISE):
+    """Point file descriptor 2 at a temporary file for the ``with`` block, then write back to stderr every
+    captured line that matches none of ``patterns`` (nothing happens when fd 2 cannot be duplicated)."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        sys.stderr.flush()
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture.read().decode("utf-8", "replace").splitlines(keepends=True)
+                    if not is_noise(line.rstrip("\r\n"), patterns)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
+def import_tensorflow():
+    """``import tensorflow`` quietly (module doc); returns the module. Plain when it is imported already or
+    :func:`verbose` holds."""
+    if "tensorflow" in sys.modules or verbose():
+        import tensorflow as tf
+
+        return tf
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with filtered_stderr():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # the cuInit line, inside the capture
+    return tf
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """absl's Python warnings held back for the ``with`` block (e.g. around ``tf.saved_model.load``), unless
+    :func:`verbose`; errors still show."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    if not verbose():
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -50,8 +50,8 @@ class Taps:
     Attributes:
       layers: the tapped layer names, in the order given.
       inputs: ``{layer name: tensor}`` the input each tapped layer was called on (after Keras' dtype cast).
-      outputs: ``{layer name: tensor}`` its output *before* its own ``activation`` (the pre-activation
-        ``s = W a + b`` of a Dense or Conv2D layer); the tensor is the one the rest of the model consumes, so
+      outputs: ``{layer name: tensor}`` its output, for a Dense or Conv layer *before* its own ``activation``
+        (the pre-activation ``s = W a + b``); the tensor is the one the rest of the model consumes, so
         ``tape.gradient(loss, taps.outputs)`` gives ∂loss/∂s on a tape that recorded the forward.
     """
 
@@ -59,6 +59,9 @@ class Taps:
         self.layers = tuple(layers)
         self.inputs = {}
         self.outputs = {}
+
+
+_ACTIVATED = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 
 
 def _layer_key(layer_or_name):
@@ -298,8 +301,9 @@ class WarpedModel:
             taps.inputs["head"], taps.outputs["head"]
 
         Nothing is assigned into a variable: for the duration of the block each tapped layer's ``call`` is
-        wrapped (at trace time) to record its input and to apply its ``activation`` after recording the
-        pre-activation. A tapped layer called twice inside the block is an error (a shared layer has no single
+        wrapped (at trace time) to record its input and output (a Dense or Conv layer's output before its
+        ``activation``, which is applied after recording). Fig. 9's pre-/post-warp activations are the inputs
+        and outputs of tapped warp layers (``benchmarks/omniglot_fisher.py``). A tapped layer called twice inside the block is an error (a shared layer has no single
         input to record).
         """
         by_name = {layer.name: layer for layer in self.model._flatten_layers(include_self=False, recursive=True)}
@@ -313,7 +317,9 @@ class WarpedModel:
 
         def wrap(name, layer):
             call = layer.call
-            activation = getattr(layer, "activation", None)
+            # Only Dense and convolution layers end in their own activation; any other layer (a WarpBlock's
+            # ``activation`` is its hidden layers') is recorded whole.
+            activation = getattr(layer, "activation", None) if isinstance(layer, _ACTIVATED) else None
 
             def tapped(inputs, *args, **kwargs):
                 if name in taps.inputs:

@@ -124,7 +124,7 @@ def main(argv=None):
           f"init; mean ± s.e. over seeds {seeds}; task batch {args.task_batch_size}, lr {args.lr}"
           + (f" (KFAC {args.kfac_lr})" if args.kfac_lr else ""))
     print(f"{'method':<28}{'accuracy':>16}{'paper':>16}   per seed")
-    for row, entry in table.items():
+    for entry in table.values():
         per = " ".join(f"{100 * run['accuracy']:.1f}" for run in entry["runs"])
         print(f"{entry['label']:<28}{entry['accuracy']['mean']:>9.1f} ± {entry['accuracy']['stderr']:<4.1f}"
               f"{entry['paper'][0]:>9.1f} ± {entry['paper'][1]:<4.1f}   {per}")

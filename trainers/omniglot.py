@@ -285,7 +285,8 @@ def train_eval(root_dir, data_dir,
         warped = wg.WarpedModel(model)
         if shared_init and learns_warp:
             keras.utils.set_random_seed(int(seed))
-            plain = {v.path: v for v in omniglot_convnet(num_classes=data.num_classes, warp=None).variables}
+            plain = omniglot_convnet(num_classes=data.num_classes, warp=None, warp_kwargs=None)
+            plain = {v.path: v for v in plain.variables}
             for path, var in {**warped.task_variables, **warped.variables("state")}.items():
                 var.assign(plain[path])
     if learns_warp and not warped.names["warp"]:

@@ -137,8 +137,9 @@ def plot(path, summary, title):
         ax.set_xticklabels(layers)
         ax.set_xlabel("warp layer")
         ax.set_ylabel(ylabel)
-        ax.axhline(0, color="k", lw=0.5)
-        ax.legend()
+        ax.legend(fontsize=8)
+    axes[0].axhline(0, color="k", lw=0.5)
+    axes[1].set_yscale("log")  # deeper layers' norms are orders of magnitude larger
     axes[0].set_title("mean activation, pre vs post warp")
     axes[1].set_title("distance of the covariance from I")
     fig.suptitle(title, fontsize=9)

@@ -175,8 +175,8 @@ def kfac_blocks(warped):
 
 def factor_statistics(block, inputs, output_grads):
     """``(A_batch, G_batch)`` of one block from a layer's inputs and the per-example pre-activation gradients."""
-    dtype = output_grads.dtype
-    a = tf.cast(inputs, dtype)
+    dtype = output_grads.dtype if output_grads.dtype in (tf.float32, tf.float64) else tf.float32  # bf16 compute
+    a, output_grads = tf.cast(inputs, dtype), tf.cast(output_grads, dtype)
     n = tf.cast(tf.shape(a)[0], dtype)
     if block.kind == "conv2d":
         kh, kw = block.kernel_shape[:2]

@@ -287,8 +287,11 @@ def train_eval(root_dir, data_dir,
             keras.utils.set_random_seed(int(seed))
             plain = omniglot_convnet(num_classes=data.num_classes, warp=None, warp_kwargs=None)
             plain = {v.path: v for v in plain.variables}
-            for path, var in {**warped.task_variables, **warped.variables("state")}.items():
+            for path, var in warped.task_variables.items():
                 var.assign(plain[path])
+            for path, var in warped.variables("state").items():  # the warps' own BatchNorm keeps its statistics
+                if path in plain:
+                    var.assign(plain[path])
     if learns_warp and not warped.names["warp"]:
         raise ValueError(f"train_eval.method={method!r} meta-learns warps, but train_eval.warp={warp!r} gives "
                          "the learner none: choose a warp (e.g. 'conv3x3') or a method without warps.")

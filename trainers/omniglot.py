@@ -68,7 +68,7 @@ __all__ = ["ALGORITHMS", "BATCH_NORM_EVAL", "LABELS", "PRESETS", "evaluate", "ma
 
 #: gin-file name → (method of :mod:`warpgrad_tf.algorithms.methods`, algorithm, warp objective override).
 PRESETS = ("warp_leap", "warp_leap_online", "warp_leap_approx", "leap", "reptile", "fomaml", "maml", "finetune",
-           "sgd")
+           "sgd", "kfac")
 ALGORITHMS = ("offline", "online")
 LABELS = {"warp_leap": "Warp-Leap", "leap": "Leap", "reptile": "Reptile", "fomaml": "FOMAML", "maml": "MAML",
           "finetune": "Fine-tune", "sgd": "SGD", "warp_maml": "Warp-MAML", "warpgrad": "WarpGrad",
@@ -208,7 +208,7 @@ def train_eval(root_dir, data_dir,
                meta_steps=1000, meta_batch_size=20, warp_lr=0.1, init_lr=0.1, meta_optimizer="sgd",
                init_weight=1.0,
                # model
-               warp="conv3x3",
+               warp="conv3x3", shared_init=False,
                # evaluation and meta-validation
                eval_steps=100, eval_repeats=1, eval_every=100, val_steps=None, batch_norm_eval="running",
                # bookkeeping
@@ -227,12 +227,17 @@ def train_eval(root_dir, data_dir,
       replay_memory_mb: memory budget (MB) of the offline replay buffer; trajectory records beyond it are
         spilled to ``<root_dir>/replay`` and read back when replayed (App. F's disk buffer). None keeps
         the whole meta-batch in memory (≈ 45 MB per task of 100 steps for the 64-filter learner).
-      inner_steps, inner_lr, inner_rule, task_batch_size, augment: task adaptation (100, 0.1, SGD, 20).
+      inner_steps, inner_lr, inner_rule, task_batch_size, augment: task adaptation (100, 0.1, SGD, 20);
+        ``inner_rule`` is a name of :func:`warpgrad_tf.update_rules.get` (``"sgd"``, ``"momentum"``, ``"kfac"``,
+        the last configured by ``kfac.*`` gin bindings, :func:`warpgrad_tf.kfac.kfac`).
       meta_steps, meta_batch_size: meta-training length and tasks per meta-step (0 steps: no meta-training).
       warp_lr, init_lr, meta_optimizer, init_weight: meta-optimisers of φ and θ0 (β; SGD 0.1 as in the
         authors' code) and λ.
       warp: warp variant of :func:`~warpgrad_tf.models.omniglot_convnet` for methods that meta-learn warps;
         methods that do not run the same network without warp layers (identical to identity warps).
+      shared_init: draw θ0 from the warp-free learner under ``seed`` (then the warps), so every warp variant and
+        the warp-free baselines start from the same task parameters (App. G's fixed random initialisation;
+        without it a warp variant with random hidden layers, e.g. ``2layer_bn_res``, shifts θ0's draws).
       eval_steps, eval_repeats: adaptation steps on held-out alphabets and repeats with other seeds.
       eval_every, val_steps: meta-validation period (meta-steps) and its adaptation steps (default
         ``eval_steps``).
@@ -278,10 +283,19 @@ def train_eval(root_dir, data_dir,
     with strategy.scope():  # φ, θ0, BatchNorm state and optimiser slots mirrored over the replicas
         model = omniglot_convnet(num_classes=data.num_classes, warp=warp if learns_warp else None)
         warped = wg.WarpedModel(model)
+        if shared_init and learns_warp:
+            keras.utils.set_random_seed(int(seed))
+            plain = omniglot_convnet(num_classes=data.num_classes, warp=None, warp_kwargs=None)
+            plain = {v.path: v for v in plain.variables}
+            for path, var in warped.task_variables.items():
+                var.assign(plain[path])
+            for path, var in warped.variables("state").items():  # the warps' own BatchNorm keeps its statistics
+                if path in plain:
+                    var.assign(plain[path])
     if learns_warp and not warped.names["warp"]:
         raise ValueError(f"train_eval.method={method!r} meta-learns warps, but train_eval.warp={warp!r} gives "
                          "the learner none: choose a warp (e.g. 'conv3x3') or a method without warps.")
-    rule = wg.update_rules.get(inner_rule, inner_lr)
+    rule = wg.update_rules.get(inner_rule, inner_lr, warped=warped)  # kfac preconditions the model's layers
     loss_fn = wg.losses.softmax_cross_entropy
     label = LABELS.get(method, method) + ("" if preset in (None, method) else f" ({preset})")
 

@@ -5,7 +5,8 @@ Public API (one module per idea):
 * :mod:`warpgrad_tf.layers` — warp layers (``WarpBlock``, ``TaskFiLM``) and BatchNorm with exact second
   derivatives (``BatchNormalization``, ``FusedBatchNormalization``).
 * :class:`WarpedModel` — task / warp / frozen partition and the functional forward.
-* :mod:`warpgrad_tf.update_rules` — inner update rules (``sgd``, ``momentum``).
+* :mod:`warpgrad_tf.update_rules` — inner update rules (``sgd``, ``momentum``); :mod:`warpgrad_tf.kfac` —
+  KFAC, the natural-gradient baseline (App. G).
 * :mod:`warpgrad_tf.adaptation` — K-step task adaptation (``adapt``, ``unroll``, ``minibatches``).
 * :mod:`warpgrad_tf.objectives` — the warp meta-objective (Eq. 11 exact, Eq. 12 approx).
 * :mod:`warpgrad_tf.geometry` — the preconditioner warps induce (Eq. 6–9).
@@ -29,6 +30,7 @@ from warpgrad_tf import (  # noqa: E402
     data,
     geometry,
     initialisation,
+    kfac,
     learned_lr,
     losses,
     models,
@@ -65,6 +67,7 @@ __all__ = [
     "data",
     "geometry",
     "initialisation",
+    "kfac",
     "learned_lr",
     "losses",
     "meta_loss_gradient",

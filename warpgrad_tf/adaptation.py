@@ -148,12 +148,39 @@ def gradient_step(task, opt_state, rule, objective: Callable, *, learning_rate=N
         layers is what preconditions the step (Eq. 6). :func:`supervised_objective` is the (x, y) case; the
         RL exporter passes an A2C loss over replayed episodes.
       learning_rate: optional override of the rule's step size (scalar or per-parameter dict).
+
+    A rule with a ``curvature`` seam (KFAC) also gets statistics of the tapped layers' inputs and
+    pre-activation gradients (:func:`_curvature_step`); every other rule takes the first-order path unchanged.
     """
+    curvature = getattr(rule, "curvature", None)
+    if curvature is not None:
+        return _curvature_step(task, opt_state, rule, curvature, objective, learning_rate)
     with tf.GradientTape() as tape:
         tape.watch(task)
         loss, aux = objective(task)
     grads = tape.gradient(loss, task, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     new_task, new_opt_state = rule.update(grads, opt_state, task, learning_rate)
+    return TaskUpdate(new_task, new_opt_state, loss, grads, aux)
+
+
+def _curvature_step(task, opt_state, rule, curvature, objective, learning_rate):
+    """:func:`gradient_step` for a rule with a curvature seam (KFAC, :mod:`warpgrad_tf.kfac`): the forward runs
+    under ``curvature.record()`` (:meth:`~warpgrad_tf.WarpedModel.tap`), and on the same tape the probe loss
+    ``curvature.probe(aux, opt_state)`` is differentiated with respect to the tapped pre-activations; the
+    resulting ``curvature.statistics`` go to ``rule.update(..., curvature=...)``."""
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(task)
+        with curvature.record() as taps:
+            loss, aux = objective(task)
+        probe = curvature.probe(aux, opt_state)
+    grads = tape.gradient(loss, task, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    missing = [name for name in curvature.layers if name not in taps.outputs]
+    if missing:
+        raise ValueError(f"rule {rule.name!r}: the objective's forward pass never ran the tapped layers {missing}.")
+    output_grads = tape.gradient(probe, taps.outputs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    del tape
+    new_task, new_opt_state = rule.update(grads, opt_state, task, learning_rate,
+                                          curvature=curvature.statistics(taps, output_grads))
     return TaskUpdate(new_task, new_opt_state, loss, grads, aux)
 
 

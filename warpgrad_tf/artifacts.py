@@ -182,7 +182,7 @@ def load(root_dir):
         spec = spec._replace(learned_rate=dict(spec.learned_rate, parameters=paths))
     warped = WarpedModel(model, variable_roles=spec.roles)
     hp = dict(spec.rule_hyperparameters)
-    rule = update_rules.get(spec.rule, hp.pop("learning_rate"), **hp)
+    rule = update_rules.get(spec.rule, hp.pop("learning_rate"), warped=warped, **hp)  # kfac needs the model
     return warped, rule, spec
 
 

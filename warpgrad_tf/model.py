@@ -33,14 +33,35 @@ stop-gradient); ``training=False`` uses the moving statistics held in ``state``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 
 import keras
 import tensorflow as tf
 
-__all__ = ["ROLES", "WarpedModel"]
+__all__ = ["ROLES", "Taps", "WarpedModel"]
 
 ROLES = ("task", "warp", "frozen")
+
+
+class Taps:
+    """What one forward pass under :meth:`WarpedModel.tap` saw at the tapped layers.
+
+    Attributes:
+      layers: the tapped layer names, in the order given.
+      inputs: ``{layer name: tensor}`` the input each tapped layer was called on (after Keras' dtype cast).
+      outputs: ``{layer name: tensor}`` its output, for a Dense or Conv layer *before* its own ``activation``
+        (the pre-activation ``s = W a + b``); the tensor is the one the rest of the model consumes, so
+        ``tape.gradient(loss, taps.outputs)`` gives ∂loss/∂s on a tape that recorded the forward.
+    """
+
+    def __init__(self, layers):
+        self.layers = tuple(layers)
+        self.inputs = {}
+        self.outputs = {}
+
+
+_ACTIVATED = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 
 
 def _layer_key(layer_or_name):
@@ -267,6 +288,67 @@ class WarpedModel:
         )
         new_state = {v.path: t for v, t in zip(self._non_trainable, new_non_trainable)}
         return outputs, new_state
+
+    @contextlib.contextmanager
+    def tap(self, layers):
+        """Record the inputs and pre-activation outputs of ``layers`` in the forward passes run inside the block.
+
+        The curvature seam of :func:`warpgrad_tf.adaptation.gradient_step` (KFAC's activation and
+        pre-activation-gradient factors, Martens & Grosse 2015, need both; :mod:`warpgrad_tf.kfac`)::
+
+            with warped.tap(["conv1", "head"]) as taps:
+                outputs, _ = warped.apply(task, warp, x)
+            taps.inputs["head"], taps.outputs["head"]
+
+        Nothing is assigned into a variable: for the duration of the block each tapped layer's ``call`` is
+        wrapped (at trace time) to record its input and output (a Dense or Conv layer's output before its
+        ``activation``, which is applied after recording). Fig. 9's pre-/post-warp activations are the inputs
+        and outputs of tapped warp layers (``benchmarks/omniglot_fisher.py``). A tapped layer called twice
+        inside the block is an error (a shared layer has no single input to record).
+        """
+        by_name = {layer.name: layer for layer in self.model._flatten_layers(include_self=False, recursive=True)}
+        names = [layers] if isinstance(layers, str) else list(layers)
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise ValueError(f"WarpedModel.tap: no layers named {missing} in model {self.model.name!r}; layers are "
+                             f"{sorted(by_name)}.")
+        taps = Taps(names)
+        patched = []
+
+        def wrap(name, layer):
+            call = layer.call
+            # Only Dense and convolution layers end in their own activation; any other layer (a WarpBlock's
+            # ``activation`` is its hidden layers') is recorded whole.
+            activation = getattr(layer, "activation", None) if isinstance(layer, _ACTIVATED) else None
+
+            def tapped(inputs, *args, **kwargs):
+                if name in taps.inputs:
+                    raise ValueError(f"WarpedModel.tap: layer {name!r} was called twice in one tapped forward pass "
+                                     "(a shared layer has no single input to record).")
+                taps.inputs[name] = inputs
+                if activation is None:
+                    out = call(inputs, *args, **kwargs)
+                    taps.outputs[name] = out
+                    return out
+                layer.activation = keras.activations.linear
+                try:
+                    out = call(inputs, *args, **kwargs)
+                finally:
+                    layer.activation = activation
+                taps.outputs[name] = out
+                return activation(out)
+
+            return tapped
+
+        try:
+            for name in names:
+                layer = by_name[name]
+                layer.call = wrap(name, layer)
+                patched.append(layer)
+            yield taps
+        finally:
+            for layer in patched:
+                del layer.call
 
     def __repr__(self):
         counts = ", ".join(f"{r}={self.num_parameters(r)}" for r in ROLES)

@@ -31,6 +31,9 @@ class UpdateRule(NamedTuple):
       init: ``init(params) -> state``.
       update: ``update(grads, state, params, learning_rate=None) -> (new_params, new_state)``.
       hyperparameters: the rule's constants, for metadata and logs.
+      curvature: None for first-order rules; a rule that needs curvature statistics (KFAC,
+        :mod:`warpgrad_tf.kfac`) carries a :class:`~warpgrad_tf.kfac.Curvature` here, and
+        :func:`~warpgrad_tf.adaptation.gradient_step` then calls ``update(..., curvature=statistics)``.
     """
 
     name: str
@@ -38,6 +41,7 @@ class UpdateRule(NamedTuple):
     init: Callable[[Params], Any]
     update: Callable[..., tuple]
     hyperparameters: dict
+    curvature: Any = None
 
 
 def _check_lr(learning_rate):
@@ -172,9 +176,20 @@ def adam(learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
     return UpdateRule("adam", lr0, init, update, hp)
 
 
-def get(name, learning_rate, **kwargs):
-    """Look up a rule by name (``"sgd"`` or ``"momentum"``); unknown names are an error that lists both."""
-    rules = {"sgd": sgd, "momentum": momentum}
+def get(name, learning_rate, *, warped=None, **kwargs):
+    """Look up a rule by name (``"sgd"``, ``"momentum"`` or ``"kfac"``); unknown names are an error listing them.
+
+    ``"kfac"`` (:func:`warpgrad_tf.kfac.kfac`) preconditions a model's layers, so it needs ``warped``, the
+    :class:`~warpgrad_tf.WarpedModel` it will adapt; the other rules ignore it.
+    """
+    rules = {"sgd": sgd, "momentum": momentum, "kfac": None}
     if name not in rules:
         raise ValueError(f"Unknown inner update rule {name!r}; choose one of {sorted(rules)}.")
+    if name == "kfac":
+        from warpgrad_tf import kfac  # noqa: PLC0415 (kfac builds on UpdateRule: imported on use)
+
+        if warped is None:
+            raise ValueError("inner update rule 'kfac' needs the WarpedModel it preconditions: "
+                             "update_rules.get('kfac', lr, warped=warped).")
+        return kfac.kfac(learning_rate, warped, **kwargs)
     return rules[name](learning_rate, **kwargs)

@@ -18,11 +18,16 @@ maml           maml       —             frozen/none    MAML, second order (Fin
 fomaml         fomaml     —             frozen/none    first-order MAML
 meta_sgd       maml       —             frozen/none    Meta-SGD: per-parameter α learned through MAML
 finetune       multitask  —             frozen/none    pre-train on the average task loss, then fine-tune
-sgd            none       —             frozen/none    plain SGD / momentum SGD (the rule) from random θ0
+sgd            none       —             frozen/none    SGD / momentum / KFAC (the inner rule), random θ0
 =============  =========  ============  =============  ====================================================
 
 "frozen/none": warp-free baselines run on models without warp layers, or with warp layers left at their
 identity initialisation and never meta-learned (the same network as the warped methods, ``P = I``).
+
+The table says what is meta-learned, not how a task is adapted: the inner rule is orthogonal to it. The KFAC
+baseline of Table 2 and Table 4 (App. G) is therefore the ``sgd`` row with the KFAC inner rule
+(:mod:`warpgrad_tf.kfac`, ``configs/omniglot/kfac.gin``), and Table 4's warps-only WarpGrad rows are the
+``warpgrad`` row (λC(θ0) = 0) with linear or non-linear warp layers.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ Public API (one module per idea):
 * :class:`WarpedModel` — task / warp / frozen partition and the functional forward.
 * :mod:`warpgrad_tf.update_rules` — inner update rules (``sgd``, ``momentum``).
 * :mod:`warpgrad_tf.adaptation` — K-step task adaptation (``adapt``, ``unroll``, ``minibatches``).
+* :mod:`warpgrad_tf.accelerate` — XLA with a fallback (``compiled``) and tasks adapted side by side
+  (``map_tasks``, the ``vectorize=`` option of the meta-steps).
 * :mod:`warpgrad_tf.objectives` — the warp meta-objective (Eq. 11 exact, Eq. 12 approx).
 * :mod:`warpgrad_tf.geometry` — the preconditioner warps induce (Eq. 6–9).
 * :mod:`warpgrad_tf.initialisation` — objectives C(θ0) on the initialisation (Leap, MAML, FOMAML, Reptile, …).
@@ -24,6 +26,7 @@ from warpgrad_tf import startup
 startup.import_tensorflow()  # quietly: TensorFlow's start-up lines filtered (WARPGRAD_VERBOSE=1 keeps them)
 
 from warpgrad_tf import (  # noqa: E402
+    accelerate,
     algorithms,
     artifacts,
     data,
@@ -60,6 +63,7 @@ __all__ = [
     "WarpedModel",
     "__version__",
     "adapt",
+    "accelerate",
     "algorithms",
     "artifacts",
     "data",

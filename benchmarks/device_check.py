@@ -1,8 +1,9 @@
 """One-shot accelerator check (issue 21): devices, the accelerator-relevant tests, then the Omniglot task-step and
 full meta-step benchmarks in float32 / bfloat16 / XLA, sequential vs vectorised — one JSON.
 
-Parts, each in its own process under a wall-clock guard (a part that overruns is killed and recorded as
-``"timed_out"``; the next one still runs), the whole bounded by ``--budget_s`` (default 480 s = 8 minutes):
+Parts, each in its own process under a wall-clock guard (its share of the budget, at least ``--min_part_s`` =
+60 s; a part that overruns is killed and recorded as ``"timed_out"``; the next one still runs), the whole bounded
+by ``--budget_s`` (default 480 s = 8 minutes; a part that would start with under 5 s left is skipped):
 
 1. ``devices`` — TensorFlow's physical devices, the GPU names and compute capabilities, the TF / CUDA build.
 2. ``tests`` — ``tests/test_xla.py`` (XLA == plain graph), ``tests/test_vectorized.py`` (vectorised ==
@@ -104,6 +105,7 @@ def main(argv=None):
     p.add_argument("--out", default="device_check.json", help="where to write the JSON")
     p.add_argument("--budget_s", type=float, default=480.0, help="wall-clock bound of the whole check")
     p.add_argument("--quick", action="store_true", help="tiny sizes and the fast tests only (a CPU smoke run)")
+    p.add_argument("--min_part_s", type=float, default=60.0, help="the least wall-clock guard of a part")
     args = p.parse_args(argv)
     scratch = os.path.dirname(os.path.abspath(args.out)) or "."
     deadline = time.perf_counter() + args.budget_s
@@ -114,7 +116,7 @@ def main(argv=None):
             records.append({"name": name, "status": "skipped", "reason": "the check's budget was spent"})
             print(f"[device_check] {name}: skipped (budget spent)", flush=True)
             continue
-        records.append(run_part(name, part_argv, min(left, share * args.budget_s), json_path))
+        records.append(run_part(name, part_argv, min(left, max(args.min_part_s, share * args.budget_s)), json_path))
     devices = next((r for r in records if r["name"] == "devices"), {})
     try:
         devices = json.loads(devices.get("output_tail", "").strip().splitlines()[-1])

@@ -302,8 +302,8 @@ def sharded_sum(strategy, fn, *, finish=None, jit_compile=False):
         return compute
 
     plain = make_compute(fn)  # XLA for the terms only; the all-reduce stays outside the compiled cluster
-    compute = accelerate.with_fallback(make_compute(tf.function(fn, jit_compile=True)), plain, jit_compile,
-                                       getattr(fn, "__name__", "the per-replica terms")) if jit_compile else plain
+    compute = accelerate.with_fallback(make_compute(tf.function(fn, jit_compile=True)) if jit_compile else None,
+                                       plain, jit_compile, getattr(fn, "__name__", "the per-replica terms"))
 
     def place(inputs_of):
         return _per_replica(strategy, local_ids, inputs_of)

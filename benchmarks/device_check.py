@@ -82,8 +82,9 @@ def PARTS(quick, scratch):  # noqa: N802 — the plan, one entry per part: (name
     if quick:
         tests = ["tests/test_xla.py::test_xla_fallback_runs_the_plain_graph_with_a_notice_or_fails_when_strict"]
     size = (["--batch_size=16", "--steps=5", "--repeats=2"] if quick else ["--steps=100", "--repeats=3"])
-    meta = (["--tasks=2", "--warmup_tasks=1", "--steps=3", "--batch=16", "--filters=8"] if quick
-            else ["--tasks=2", "--warmup_tasks=1"])
+    # warm-up on as many tasks as the timed step: the vectorised path traces per meta-batch shape
+    meta = (["--tasks=2", "--warmup_tasks=2", "--steps=3", "--batch=16", "--filters=8"] if quick
+            else ["--tasks=2", "--warmup_tasks=2"])
     parts = [("devices", ["-c", _DEVICES], 0.03, None),
              ("tests", ["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests], 0.30, None)]
     for label, extra in (("float32", []), ("bfloat16", ["--policy=mixed_bfloat16"]), ("xla", ["--jit"])):

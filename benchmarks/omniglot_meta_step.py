@@ -75,8 +75,12 @@ def main(argv=None):
     p.add_argument("--dtype", default=None, help="Keras dtype policy of the learner, e.g. mixed_bfloat16")
     p.add_argument("--replay_memory_mb", type=float, default=None,
                    help="replay buffer memory budget; records beyond it spill to a temporary folder")
+    p.add_argument("--jit_compile", default="false", choices=["false", "true", "strict"],
+                   help="XLA for collection and replay (warpgrad_tf.accelerate; true falls back with a notice)")
+    p.add_argument("--vectorize", action="store_true", help="adapt the tasks side by side (and replay η > 1)")
     p.add_argument("--json", default=None, help="also write the figures here")
     args = p.parse_args(argv)
+    jit = {"false": False, "true": True, "strict": "strict"}[args.jit_compile]
 
     keras.utils.set_random_seed(0)
     warped = wg.WarpedModel(omniglot_convnet(filters=args.filters, warp="conv3x3", dtype=args.dtype))
@@ -88,7 +92,7 @@ def main(argv=None):
     buffer = None if spill is None else wg.replay.ReplayBuffer(
         spill.name, max_bytes_in_memory=int(args.replay_memory_mb * 2**20))
     step = algorithms.offline_step(warped, learner, algorithms.meta_optimizers(warp=0.1, init=0.1), args.eta,
-                                   buffer=buffer)
+                                   buffer=buffer, jit_compile=jit, vectorize=args.vectorize)
     load0 = os.getloadavg()[0]
 
     t = time.perf_counter()
@@ -109,6 +113,7 @@ def main(argv=None):
         "load_average_1min": [load0, os.getloadavg()[0]], "cpus": os.cpu_count(),
     }
     print(f"Warp-Leap meta-step (offline η={args.eta}, {args.objective}, {args.dtype or 'float32'}, "
+          f"{'XLA, ' if jit else ''}{'vectorised, ' if args.vectorize else ''}"
           f"replay memory {'unbounded' if args.replay_memory_mb is None else f'{args.replay_memory_mb:g} MB'}, "
           f"task batch {args.batch}, "
           f"{args.filters} filters, K={args.steps}): {args.tasks} tasks in {seconds:.1f} s "

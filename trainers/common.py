@@ -40,9 +40,9 @@ from absl import app, flags, logging  # noqa: E402
 
 from warpgrad_tf import startup  # noqa: E402
 
-__all__ = ["FLAGS", "Checkpointer", "ConfigError", "Interrupt", "Placement", "SummaryWriters", "check_binding_types",
-           "define_flags", "entry_point", "loop_sum", "parse_gin", "place_run", "progress", "quiet_logs", "run_main",
-           "write_json", "write_operative_config"]
+__all__ = ["FLAGS", "accelerator_options", "Checkpointer", "ConfigError", "Interrupt", "Placement", "SummaryWriters",
+           "check_binding_types", "define_flags", "entry_point", "loop_sum", "parse_gin", "place_run", "progress",
+           "quiet_logs", "run_main", "write_json", "write_operative_config"]
 
 FLAGS = flags.FLAGS
 
@@ -297,6 +297,22 @@ class Checkpointer:
     def save(self, step):
         self.step.assign(int(step))
         return self.manager.save(checkpoint_number=int(step))
+
+
+def accelerator_options(jit_compile=False, vectorize=False, name="train_eval"):
+    """``train_eval.jit_compile`` / ``train_eval.vectorize`` checked, as keyword arguments of the meta-step
+    builders (``online_step`` / ``offline_step``): ``jit_compile`` is False, True (XLA, falling back to the plain
+    graph with a one-line notice when the model's ops do not compile) or ``"strict"`` (that failure is an
+    error); ``vectorize`` adapts the tasks of a meta-batch side by side (:mod:`warpgrad_tf.accelerate`)."""
+    from warpgrad_tf import accelerate
+
+    try:
+        jit_compile = accelerate.check_jit_compile(jit_compile)
+    except ValueError as e:
+        raise ValueError(f"{name}.jit_compile: {e}") from None
+    if not isinstance(vectorize, bool):
+        raise ValueError(f"{name}.vectorize must be True or False; got {vectorize!r}.")
+    return {"jit_compile": jit_compile, "vectorize": vectorize}
 
 
 def progress(total, initial=0, desc="meta-train"):

@@ -212,7 +212,9 @@ def train_eval(root_dir, data_dir,
                # evaluation and meta-validation
                eval_steps=100, eval_repeats=1, eval_every=100, val_steps=None, batch_norm_eval="running",
                # bookkeeping
-               checkpoint_every=50, log_every=10, seed=0, deterministic=False, strategy=None):
+               checkpoint_every=50, log_every=10, seed=0, deterministic=False, strategy=None,
+               # accelerators
+               jit_compile=False, vectorize=False):
     """Meta-train ``method`` on Omniglot alphabets, meta-validate, evaluate on held-out alphabets.
 
     Args:
@@ -251,6 +253,9 @@ def train_eval(root_dir, data_dir,
       deterministic: enable TensorFlow op determinism (bit-exact resume).
       strategy: a ``tf.distribute.Strategy`` (``--strategy``) whose replicas share every meta-batch; None:
         the default (single-device) strategy.
+      jit_compile, vectorize: accelerator options of the meta-step (:func:`trainers.common.accelerator_options`):
+        XLA (False / True with a fallback notice / ``"strict"``) and tasks adapted side by side. Off by default:
+        on a 2-core CPU both are slower (benchmarks/README.md).
     """
     _check_config(preset, method, algorithm, objective, inner_steps, meta_steps, eta, meta_batch_size,
                   checkpoint_every, eval_every, batch_norm_eval)
@@ -334,8 +339,9 @@ def train_eval(root_dir, data_dir,
             raise ValueError(f"train_eval.replay_memory_mb must be >= 0 (MB); got {replay_memory_mb}.")
         spill = dict(spill_dir=os.path.join(root_dir, "replay"),
                      max_bytes_in_memory=int(float(replay_memory_mb) * 2**20))
-    step_fn = (algorithms.offline_step(warped, learner, optimizers, int(eta), strategy=strategy, **spill)
-               if offline else algorithms.online_step(warped, learner, optimizers, strategy=strategy))
+    accel = common.accelerator_options(jit_compile, vectorize)
+    step_fn = (algorithms.offline_step(warped, learner, optimizers, int(eta), strategy=strategy, **spill, **accel)
+               if offline else algorithms.online_step(warped, learner, optimizers, strategy=strategy, **accel))
 
     def meta_batch(step):
         rng = np.random.default_rng([int(seed), int(step), 17])

@@ -8,6 +8,8 @@ Public API (one module per idea):
 * :mod:`warpgrad_tf.update_rules` — inner update rules (``sgd``, ``momentum``); :mod:`warpgrad_tf.kfac` —
   KFAC, the natural-gradient baseline (App. G).
 * :mod:`warpgrad_tf.adaptation` — K-step task adaptation (``adapt``, ``unroll``, ``minibatches``).
+* :mod:`warpgrad_tf.accelerate` — XLA with a fallback (``compiled``) and tasks adapted side by side
+  (``map_tasks``, the ``vectorize=`` option of the meta-steps).
 * :mod:`warpgrad_tf.objectives` — the warp meta-objective (Eq. 11 exact, Eq. 12 approx).
 * :mod:`warpgrad_tf.geometry` — the preconditioner warps induce (Eq. 6–9).
 * :mod:`warpgrad_tf.initialisation` — objectives C(θ0) on the initialisation (Leap, MAML, FOMAML, Reptile, …).
@@ -25,6 +27,7 @@ from warpgrad_tf import startup
 startup.import_tensorflow()  # quietly: TensorFlow's start-up lines filtered (WARPGRAD_VERBOSE=1 keeps them)
 
 from warpgrad_tf import (  # noqa: E402
+    accelerate,
     algorithms,
     artifacts,
     data,
@@ -62,6 +65,7 @@ __all__ = [
     "WarpedModel",
     "__version__",
     "adapt",
+    "accelerate",
     "algorithms",
     "artifacts",
     "data",

@@ -11,8 +11,9 @@ One step body, :func:`gradient_step` (:func:`task_step` on an ``(x, y)`` batch),
 * :func:`unroll` also returns the trajectory ``(θ_k, optimiser state_k, loss_k)`` for ``k = 0..K`` —
   the samples from ``p(θ | τ)`` on which the warp meta-objective is evaluated (Sec. 2.4, Alg. 2).
 
-Both run a ``tf.while_loop``; wrap the caller in ``tf.function`` (optionally ``jit_compile=True`` on
-accelerators — on a 2-core CPU XLA measured ~10× slower, so it is off by default). ``steps`` may be a
+Both run a ``tf.while_loop``; wrap the caller in ``tf.function``, or pass ``jit_compile=True`` to run the
+loop as one XLA function (with a fallback, :mod:`warpgrad_tf.accelerate`; on a 2-core CPU XLA measured
+~10× slower, so it is off by default). ``steps`` may be a
 Python int or a scalar tensor. Mini-batches come from a ``batches(k) -> (x, y)`` callable, usually
 :func:`minibatches`, so the data pipeline is traced into the loop and exported models can adapt alone.
 """
@@ -25,6 +26,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow as tf
 
+from warpgrad_tf import accelerate
+
 __all__ = [
     "AdaptResult",
     "Forward",
@@ -33,6 +36,7 @@ __all__ = [
     "adapt",
     "gradient_step",
     "isolated",
+    "minibatch_indices",
     "minibatches",
     "supervised_objective",
     "task_step",
@@ -82,13 +86,52 @@ class Trajectory(NamedTuple):
         return tf.nest.map_structure(take, self.task), tf.nest.map_structure(take, self.opt_state)
 
 
+_MASK32 = 0xFFFFFFFF
+_MIX = (0x7FEB352D, 0x2C1B3C6D)  # odd multipliers < 2^31: every product of a 32-bit value fits an int64
+
+
+def _mix32(x):
+    """A 32-bit integer mix (xor-shift-multiply, after C. Wellons' ``lowbias32``) on int64 values in [0, 2^32).
+
+    Only shifts, xors, masks and products below 2^63 of non-negative int64s: the same bits on every device,
+    inside and outside XLA and under ``tf.vectorized_map``.
+    """
+    bw = tf.bitwise
+    x = bw.bitwise_xor(x, bw.right_shift(x, 16))
+    x = bw.bitwise_and(x * _MIX[0], _MASK32)
+    x = bw.bitwise_xor(x, bw.right_shift(x, 15))
+    x = bw.bitwise_and(x * _MIX[1], _MASK32)
+    return bw.bitwise_xor(x, bw.right_shift(x, 16))
+
+
+def minibatch_indices(seed, k, n, size):
+    """The ``size`` example indices (of ``n``) that :func:`minibatches` draws at step ``k`` under ``seed``.
+
+    A random permutation keyed by ``(seed, k)``: example ``i`` gets the score
+    ``mix(mix(i) ⊕ h(seed, k)) · 2^20 + i`` (:func:`_mix32`, fixed-width integer arithmetic; the ``+ i``
+    makes scores distinct, so the sort has no ties) and the ``size`` lowest scores are taken, i.e. a draw
+    without replacement, independent across steps. Integer hashing, unlike ``tf.random.stateless_uniform``
+    (whose stream differs under XLA even with ``alg="philox"``), gives identical indices on every device,
+    with and without ``jit_compile`` and inside ``tf.vectorized_map`` — so XLA, vectorised and exported
+    adaptation see the same batches. ``n < 2^20``.
+    """
+    bw = tf.bitwise
+    seed = tf.cast(seed, tf.int64)
+    lo = bw.bitwise_and(seed, _MASK32)
+    hi = bw.bitwise_and(bw.right_shift(seed, 32), _MASK32)
+    key = _mix32(bw.bitwise_xor(_mix32(bw.bitwise_xor(_mix32(hi), lo)), bw.bitwise_and(tf.cast(k, tf.int64), _MASK32)))
+    position = tf.range(tf.cast(n, tf.int64), dtype=tf.int64)
+    score = bw.left_shift(_mix32(bw.bitwise_xor(_mix32(position), key)), 20) + position
+    return tf.argsort(score)[:size]
+
+
 def minibatches(x, y, batch_size=None, seed=0):
     """A ``batches(k)`` function drawing a mini-batch of ``batch_size`` examples for step ``k``.
 
-    Examples are drawn without replacement within a step, independently across steps, from a stateless
-    generator keyed by ``(seed, k)``: the same seed gives the same batches in training, evaluation and in
-    an exported SavedModel. With ``batch_size=None`` (or ≥ the number of examples) every step sees the
-    whole set.
+    Examples are drawn without replacement within a step, independently across steps, by an integer hash
+    keyed by ``(seed, k)`` (:func:`minibatch_indices`): the same seed gives the same batches in training,
+    evaluation and an exported SavedModel, on any device, with or without XLA and vectorised over tasks.
+    With ``batch_size=None`` (or ≥ the number of examples) every step sees the whole set.
     """
     x = tf.convert_to_tensor(x)
     y = tf.convert_to_tensor(y)
@@ -98,15 +141,14 @@ def minibatches(x, y, batch_size=None, seed=0):
             and x.shape[0] != y.shape[0]:
         raise ValueError(f"minibatches: x has {x.shape[0]} examples but y has {y.shape[0]} "
                          f"(shapes {x.shape.as_list()} and {y.shape.as_list()}).")
+    if x.shape.rank and x.shape[0] is not None and x.shape[0] >= 2 ** 20:
+        raise ValueError(f"minibatches: at most 2^20 - 1 examples per task; x has {x.shape[0]}.")
 
     def batches(k):
         n = tf.shape(x)[0]
         if batch_size is None:
             return x, y
-        size = tf.minimum(n, int(batch_size))
-        key = tf.stack([tf.cast(seed, tf.int64), tf.cast(k, tf.int64)])
-        scores = tf.random.stateless_uniform([n], seed=key)
-        idx = tf.argsort(scores)[:size]
+        idx = minibatch_indices(seed, k, n, tf.minimum(n, int(batch_size)))
         return tf.gather(x, idx), tf.gather(y, idx)
 
     return batches
@@ -284,8 +326,21 @@ def _check_steps(steps):
     return tf.constant(int(steps), tf.int32)
 
 
+def _compiled_loop(loop, name, jit_compile, warped, task, warp, rule, batches, loss_fn, steps, opt_state, state,
+                   **options):
+    """``loop`` (:func:`adapt` / :func:`unroll`) run as one XLA function of (θ, φ, optimiser state, BatchNorm state),
+    with :func:`~warpgrad_tf.accelerate.compiled`'s fallback; K and everything else are compiled in."""
+    steps = int(tf.get_static_value(steps)) if tf.get_static_value(steps) is not None else steps
+
+    def run(task, warp, opt_state, state):
+        return loop(warped, task, warp, rule, batches, loss_fn, steps, opt_state=opt_state, state=state, **options)
+
+    return accelerate.compiled(run, jit_compile, name=name, autograph=False)(task, warp, opt_state, state)
+
+
 def adapt(warped, task, warp, rule, batches: Callable, loss_fn: Callable, steps, *, opt_state=None,
-          state=None, frozen=None, training=True, learning_rate=None, check_finite=True) -> AdaptResult:
+          state=None, frozen=None, training=True, learning_rate=None, check_finite=True,
+          jit_compile=False) -> AdaptResult:
     """Adapt task parameters for ``steps`` updates with warps fixed (Alg. 1, lines 7–8).
 
     Args:
@@ -299,10 +354,18 @@ def adapt(warped, task, warp, rule, batches: Callable, loss_fn: Callable, steps,
       opt_state, state, frozen: optional starting optimiser state, BatchNorm state and frozen values.
       training: forward mode for the task loss (BatchNorm batch statistics when True).
       learning_rate: optional override of the rule's step size (scalar or per-parameter dict).
-      check_finite: stop with ``InvalidArgumentError`` naming the step if a task loss is not finite.
+      check_finite: stop with ``InvalidArgumentError`` naming the step if a task loss is not finite (not
+        under XLA, which compiles the check away; see :mod:`warpgrad_tf.accelerate`).
+      jit_compile: run the whole loop as one XLA-compiled function (True: falling back to the plain graph with
+        a one-line notice when the model's ops do not compile; ``"strict"``: an error instead). Each call
+        traces anew; to adapt many tasks, wrap a caller in ``tf.function(jit_compile=True)`` once instead.
     """
     steps = _check_steps(steps)
     opt_state, state = _prepare(warped, task, warp, rule, opt_state, state)
+    if jit_compile:
+        return _compiled_loop(adapt, "adapt", jit_compile, warped, task, warp, rule, batches, loss_fn, steps,
+                              opt_state, state, frozen=frozen, training=training, learning_rate=learning_rate,
+                              check_finite=check_finite)
     losses = tf.TensorArray(tf.float32, size=steps, element_shape=[])
 
     step = _checked_step(warped, warp, rule, batches, loss_fn, frozen, training, learning_rate, check_finite)
@@ -317,14 +380,20 @@ def adapt(warped, task, warp, rule, batches: Callable, loss_fn: Callable, steps,
 
 
 def unroll(warped, task, warp, rule, batches: Callable, loss_fn: Callable, steps, *, opt_state=None,
-           state=None, frozen=None, training=True, learning_rate=None, check_finite=True) -> Trajectory:
+           state=None, frozen=None, training=True, learning_rate=None, check_finite=True,
+           jit_compile=False) -> Trajectory:
     """Adapt like :func:`adapt` and return the whole trajectory θ_0..θ_K (Alg. 2, lines 6–10).
 
     The returned tensors are stop-gradient'ed: WarpGrad never backpropagates through the trajectory.
     ``losses[k]`` is L_task(θ_k) on ``batches(k)``; ``losses[K]`` costs one extra forward pass.
+    ``jit_compile`` as in :func:`adapt`.
     """
     steps = _check_steps(steps)
     opt_state, state = _prepare(warped, task, warp, rule, opt_state, state)
+    if jit_compile:
+        return _compiled_loop(unroll, "unroll", jit_compile, warped, task, warp, rule, batches, loss_fn, steps,
+                              opt_state, state, frozen=frozen, training=training, learning_rate=learning_rate,
+                              check_finite=check_finite)
 
     def array_like(t):
         return tf.TensorArray(t.dtype, size=steps + 1, element_shape=t.shape)

@@ -34,6 +34,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from warpgrad_tf import accelerate
 from warpgrad_tf import meta_optimizers as meta_opt_lib
 from warpgrad_tf.model import WarpedModel
 
@@ -274,7 +275,9 @@ def sharded_sum(strategy, fn, *, finish=None, jit_compile=False):
     extra)``, traced after the all-reduce, turns the total into the result (normalise, check finiteness), so
     every replica holds the same result and the step's Python code sees it once. ``extra`` is a nest of
     tensors shared by every replica (counts, step numbers). ``jit_compile`` compiles ``fn`` with XLA; the
-    all-reduce stays outside the compiled cluster.
+    all-reduce stays outside the compiled cluster. ``True`` falls back to the plain graph with a one-line
+    notice when ``fn``'s ops do not compile, ``"strict"`` raises instead
+    (:func:`~warpgrad_tf.accelerate.with_fallback`; ``run.compute.xla`` tells which path runs).
 
     Returns ``total`` (``finish``'s result, from the first local replica) and ``local`` as
     ``{g: nest}`` for this worker's replicas. On the default strategy this is one call of ``fn`` on g = 0:
@@ -284,16 +287,23 @@ def sharded_sum(strategy, fn, *, finish=None, jit_compile=False):
     mirrored variable receives the global gradient once.
     """
     local_ids = _replica_ids(strategy)
-    terms = tf.function(fn, jit_compile=True) if jit_compile else fn  # XLA for the terms; all-reduce outside
+    jit_compile = accelerate.check_jit_compile(jit_compile)
 
-    @tf.function(reduce_retracing=True)
-    def compute(inputs, extra):
-        def replica(inputs):
-            sums, local = terms(inputs, extra)
-            total = _all_reduce(sums)
-            return (total if finish is None else finish(total, extra)), local
+    def make_compute(terms):
+        @tf.function(reduce_retracing=True)
+        def compute(inputs, extra):
+            def replica(inputs):
+                sums, local = terms(inputs, extra)
+                total = _all_reduce(sums)
+                return (total if finish is None else finish(total, extra)), local
 
-        return strategy.run(replica, args=(inputs,))
+            return strategy.run(replica, args=(inputs,))
+
+        return compute
+
+    plain = make_compute(fn)  # XLA for the terms only; the all-reduce stays outside the compiled cluster
+    compute = accelerate.with_fallback(make_compute(tf.function(fn, jit_compile=True)) if jit_compile else None,
+                                       plain, jit_compile, getattr(fn, "__name__", "the per-replica terms"))
 
     def place(inputs_of):
         return _per_replica(strategy, local_ids, inputs_of)

@@ -22,7 +22,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from warpgrad_tf import distribute
+from warpgrad_tf import accelerate, distribute
 from warpgrad_tf import replay as replay_lib
 from warpgrad_tf.algorithms import base
 
@@ -34,7 +34,7 @@ def _has_init(learner):
 
 
 def collector(warped, learner: base.MetaLearner, *, learning_rate=None, frozen=None, jit_compile=False,
-              strategy=None):
+              strategy=None, vectorize=False):
     """Compiled collection (Alg. 2, lines 3–12): ``collect_into(tasks, seeds, buffers) -> (metrics, lr_grad)``.
 
     Adapts every task of a meta-batch from θ0 for K steps with φ fixed, recording (θ_k, optimiser state_k)
@@ -46,21 +46,46 @@ def collector(warped, learner: base.MetaLearner, *, learning_rate=None, frozen=N
 
     Returns the mean collection metrics (``task_loss_first``, ``task_loss_last``, ``init_value``) over the
     whole meta-batch and the mean learning-rate gradient of C (MAML's α), or None.
+
+    ``jit_compile`` compiles each replica's task run with XLA (:func:`~warpgrad_tf.distribute.sharded_sum`'s
+    fallback); ``vectorize=True`` adapts a replica's P tasks side by side in one traced loop
+    (:func:`~warpgrad_tf.accelerate.map_tasks` over the same :func:`~warpgrad_tf.algorithms.run_task`, one
+    call per meta-batch instead of P) — the same trajectories up to floating-point order.
     """
     strategy = strategy or tf.distribute.get_strategy()
     has_init = _has_init(learner)
 
-    def task_terms(shard, i):
-        tasks, seeds = shard
-        run = base.run_task(warped, learner, warped.values("warp"), warped.values("task"),
-                            tuple(t[i] for t in tasks), seeds[i], learning_rate=learning_rate, frozen=frozen,
-                            accumulate_warp=False, record=True)
+    def one_task(task, seed):
+        run = base.run_task(warped, learner, warped.values("warp"), warped.values("task"), task, seed,
+                            learning_rate=learning_rate, frozen=frozen, accumulate_warp=False, record=True)
         init = run.init.grads if has_init else {}
         bad = 1.0 - tf.cast(base.all_finite(run.losses, init), tf.float32)
-        totals = (run.losses[0], run.losses[-1], run.init.value, run.init.learning_rate_grad, bad)
-        return totals, (run.task_record, run.opt_record, init, bad, run.losses[-1])
+        lr = () if run.init.learning_rate_grad is None else run.init.learning_rate_grad
+        return (run.losses[0], run.losses[-1], run.init.value, lr, bad), \
+            (run.task_record, run.opt_record, init, bad, run.losses[-1])
+
+    def task_terms(shard, i):  # task i of the shard, or (vectorised) all of them: i is then unused
+        tasks, seeds = shard
+        if not vectorize:
+            return one_task(tuple(t[i] for t in tasks), seeds[i])
+        totals, local = accelerate.map_tasks(lambda a: one_task(tuple(a[0]), a[1]), (tuple(tasks), seeds))
+        total = lambda t: tf.reduce_sum(t, axis=0)  # noqa: E731
+        return tf.nest.map_structure(total, totals[:4]) + (tf.reduce_max(totals[4]),), local
 
     run = distribute.sharded_sum(strategy, task_terms, jit_compile=jit_compile)
+
+    def calls(shards, per):
+        """``(totals, local)`` for i = 0..P−1: one call per task, or one vectorised call sliced per task."""
+        if not vectorize:
+            for i in range(per):
+                yield run(shards, tf.constant(i))
+            return
+        (f, la, c, lr, bad), local = run(shards, tf.constant(0))
+        for i in range(per):
+            local_i = {g: tf.nest.map_structure(lambda t, i=i: t[i], out) for g, out in local.items()}
+            last = i == per - 1  # the shard's totals once; a bad flag at its task (or, elsewhere, at the end)
+            bad_i = max(float(out[3]) for out in local_i.values()) or (float(bad) if last else 0.0)
+            yield ((f, la, c, lr) if i == 0 else (0.0, 0.0, 0.0, ())) + (bad_i,), local_i
 
     def collect_into(tasks, seeds, buffers):
         tasks = base.as_tasks(tasks)
@@ -71,8 +96,8 @@ def collector(warped, learner: base.MetaLearner, *, learning_rate=None, frozen=N
         shards = run.place(lambda g: distribute.split((tasks, seeds_t), g, per))  # placed once for all i
         first = last = c_val = 0.0
         lr_grad = None
-        for i in range(per):
-            (f, la, c, lr, bad), local = run(shards, tf.constant(i))
+        for i, ((f, la, c, lr, bad), local) in enumerate(calls(shards, per)):
+            lr = None if isinstance(lr, tuple) else lr
             if float(bad):
                 named = sorted((g * per + i, float(out[4])) for g, out in local.items() if float(out[3]))
                 where = (f"task {named[0][0]} (seed {seeds[named[0][0]]})" if named else
@@ -114,11 +139,13 @@ def _weighted(w, t):
 
 
 def replay_meta_gradient_sums(warped, learner: base.MetaLearner, warp, batch: replay_lib.Batch, task_data,
-                              seeds, *, weights=None, learning_rate=None, frozen=None, state=None):
+                              seeds, *, weights=None, learning_rate=None, frozen=None, state=None, vectorize=False):
     """Weighted sums ``Σ_i w_i ∇L(φ; θ_i)`` over the samples of one buffer mini-batch (w_i = 1 by default).
 
     The sums behind :func:`replay_meta_gradient` (same arguments, plus ``weights``: ``[η]``, 0 for padding
     samples that must not count). Returns ``(warp_sums, learning_rate_sums or None, meta_loss_sum)``.
+    ``vectorize=True`` evaluates the η samples side by side (:func:`~warpgrad_tf.accelerate.map_tasks`) instead
+    of one after the other; same sums up to floating-point order.
     """
     train_x, train_y, query_x, query_y = task_data
     n = tf.shape(batch.step)[0]
@@ -130,6 +157,26 @@ def replay_meta_gradient_sums(warped, learner: base.MetaLearner, warp, batch: re
     lr0 = tf.nest.map_structure(lambda v: tf.zeros(v.shape, v.dtype), learning_rate) if lr_vars else ()
 
     objective = base.sample_objective(warped, learner, frozen=frozen, learning_rate=learning_rate)
+    if vectorize:
+        def sample(i):
+            j, k = batch.task_index[i], batch.step[i]
+            theta = {p: t[i] for p, t in batch.task.items()}
+            opt = tf.nest.map_structure(lambda t: t[i], batch.opt_state)
+            tb = base.task_batches(learner, train_x[j], train_y[j], seeds[j])(k)
+            mb = base.meta_batches(learner, query_x[j], query_y[j], seeds[j])(k)
+            mg = objective(warp, theta, opt, state, *tb, *mb)
+            lr = mg.learning_rate_grad if lr_vars and mg.learning_rate_grad is not None else lr0
+            return mg.grads, lr, tf.cast(mg.meta_loss, dtype)
+
+        grads, lr_terms, losses = accelerate.map_tasks(sample, tf.range(n))
+
+        def weighted_sum(t):
+            w = tf.reshape(weights, [-1] + [1] * (t.shape.rank - 1))
+            return tf.reduce_sum(_weighted(w, t), axis=0)
+
+        acc_w = {p: weighted_sum(grads[p]) for p in warp}
+        acc_lr = tf.nest.map_structure(lambda t, a: tf.cast(weighted_sum(tf.cast(t, dtype)), a.dtype), lr_terms, lr0)
+        return acc_w, (acc_lr if lr_vars else None), weighted_sum(losses)
 
     def body(i, acc_w, acc_lr, loss):
         j, k, w = batch.task_index[i], batch.step[i], weights[i]
@@ -182,7 +229,7 @@ def _local_batch(buffer, owned, eta, dtype):
 
 def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimizers, eta, *, buffer=None,
                  learned_rate=None, clip=None, frozen=None, jit_compile=False, strategy=None, spill_dir=None,
-                 max_bytes_in_memory=None):
+                 max_bytes_in_memory=None, vectorize=False):
     """A meta-step function ``step(tasks, seeds, shuffle_seed=None) -> metrics`` running Algorithm 2.
 
     The one implementation for one device and for the replicas of a ``tf.distribute`` strategy
@@ -202,6 +249,10 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
       spill_dir, max_bytes_in_memory: configure each replica's buffer (App. F's disk buffer: records beyond
         ``max_bytes_in_memory`` bytes go to ``spill_dir``); not with ``buffer``.
       strategy: the ``tf.distribute.Strategy`` (None: the current one); the meta-batch must divide evenly.
+      jit_compile: XLA for the collection's task runs and the replay step's meta-gradient terms (Eq. 11 / 12),
+        with :func:`~warpgrad_tf.distribute.sharded_sum`'s fallback (True) or without (``"strict"``).
+      vectorize: adapt a replica's tasks side by side in collection, and evaluate a replay mini-batch's η
+        samples side by side (:func:`collector`, :func:`replay_meta_gradient_sums`).
       Other arguments as :func:`~warpgrad_tf.algorithms.online_step`.
 
     ``metrics`` holds the collection losses, ``meta_steps`` (the number of warp updates), the mean
@@ -215,7 +266,7 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
     strategy = strategy or tf.distribute.get_strategy()
     rates = learned_rate.rates() if learned_rate is not None else None
     collect_into = collector(warped, learner, learning_rate=rates, frozen=frozen, jit_compile=jit_compile,
-                             strategy=strategy)
+                             strategy=strategy, vectorize=vectorize)
     local_ids = collect_into.replica_ids
     if buffer is not None:
         if len(local_ids) != 1 or spill_dir is not None or max_bytes_in_memory is not None:
@@ -233,7 +284,7 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
         if learn_warp:
             warp_sums, lr_sums, loss = replay_meta_gradient_sums(
                 warped, learner, warped.values("warp"), batch, task_data, seeds, weights=weights,
-                learning_rate=rates, frozen=frozen)
+                learning_rate=rates, frozen=frozen, vectorize=vectorize and eta > 1)
         return (warp_sums, lr_sums, loss, init), ()
 
     def replay_finish(total, count):

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 import tensorflow as tf
 
-from warpgrad_tf import distribute
+from warpgrad_tf import accelerate, distribute
 from warpgrad_tf.algorithms import base
 
 __all__ = ["MetaGradientSums", "normalise", "online_meta_gradient", "online_meta_gradient_sums", "online_step"]
@@ -54,8 +54,16 @@ class MetaGradientSums(NamedTuple):
 
 
 def online_meta_gradient_sums(warped, learner: base.MetaLearner, warp, theta0, tasks, seeds, *,
-                              learning_rate=None, frozen=None, state=None) -> MetaGradientSums:
-    """The sums behind :func:`online_meta_gradient` (same arguments), before normalisation."""
+                              learning_rate=None, frozen=None, state=None, vectorize=False) -> MetaGradientSums:
+    """The sums behind :func:`online_meta_gradient` (same arguments), before normalisation.
+
+    ``vectorize=True`` adapts the tasks side by side (:func:`~warpgrad_tf.accelerate.map_tasks`: one traced
+    loop with a leading task axis) and sums their terms; the default adapts them one after the other. Both
+    run the same :func:`~warpgrad_tf.algorithms.run_task`.
+    """
+    if vectorize:
+        return _vectorized_sums(warped, learner, warp, theta0, tasks, seeds, learning_rate=learning_rate,
+                                frozen=frozen, state=state)
     tasks = base.Tasks(*tasks)
     seeds = tf.convert_to_tensor(seeds, tf.int64)
     num_tasks = tf.shape(seeds)[0]
@@ -87,6 +95,33 @@ def online_meta_gradient_sums(warped, learner: base.MetaLearner, warp, theta0, t
     none_if_empty = lambda acc: None if isinstance(acc, tuple) else acc  # noqa: E731
     return MetaGradientSums(acc_w, acc_t, none_if_empty(acc_lr_w), none_if_empty(acc_lr_c), meta_loss, first,
                             last, c_val, num_tasks)
+
+
+def _vectorized_sums(warped, learner, warp, theta0, tasks, seeds, *, learning_rate, frozen, state):
+    """:func:`online_meta_gradient_sums` with the tasks adapted side by side (``vectorize=True``)."""
+    tasks = base.Tasks(*tasks)
+    seeds = tf.convert_to_tensor(seeds, tf.int64)
+
+    def one(args):
+        task, seed = args
+        run = base.run_task(warped, learner, warp, theta0, tuple(task), seed, learning_rate=learning_rate,
+                            frozen=frozen, state=state, accumulate_warp=True)
+        lr = () if run.learning_rate_grad is None else run.learning_rate_grad
+        lr_c = () if run.init.learning_rate_grad is None else run.init.learning_rate_grad
+        return (run.warp_grads, run.init.grads, lr, lr_c, run.meta_loss, run.losses[0], run.losses[-1],
+                run.init.value)
+
+    terms = accelerate.map_tasks(one, (tasks, seeds))
+    total = lambda t: tf.reduce_sum(t, axis=0)  # noqa: E731
+    acc_w, acc_t, lr_w, lr_c, meta_loss, first, last, c_val = tf.nest.map_structure(total, terms)
+    has_lr = learning_rate is not None and not isinstance(learning_rate, (int, float))
+    lr_w = lr_w if has_lr and not isinstance(lr_w, tuple) else None
+    lr_c = lr_c if has_lr and not isinstance(lr_c, tuple) else None
+    if has_lr:  # one side may be absent (no warp objective / no C term): zeros, as the sequential path sums
+        zeros = base.learning_rate_zeros(learning_rate)
+        lr_w = zeros if lr_w is None else lr_w
+        lr_c = zeros if lr_c is None else lr_c
+    return MetaGradientSums(acc_w, acc_t, lr_w, lr_c, meta_loss, first, last, c_val, tf.shape(seeds)[0])
 
 
 def normalise(learner: base.MetaLearner, sums: MetaGradientSums) -> base.MetaGradients:
@@ -124,7 +159,7 @@ def online_meta_gradient(warped, learner: base.MetaLearner, warp, theta0, tasks,
 
 
 def online_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimizers, *, learned_rate=None,
-                clip=None, frozen=None, jit_compile=False, strategy=None):
+                clip=None, frozen=None, jit_compile=False, strategy=None, vectorize=False):
     """A meta-step function ``step(tasks, seeds) -> metrics`` running Algorithm 1 on ``warped``'s variables.
 
     The one implementation for one device and for the replicas of a ``tf.distribute`` strategy: the
@@ -142,9 +177,12 @@ def online_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimize
         run, e.g. by :func:`warpgrad_tf.distribute.build`).
       learned_rate: a :class:`~warpgrad_tf.learned_lr.LearnedRate` used as the inner rate and meta-learned when
         ``optimizers.learning_rate`` is set, its meta-gradient clipped at ``clip``.
-      jit_compile: compile the meta-gradient with XLA.
+      jit_compile: compile each replica's meta-gradient terms with XLA (True: with a fallback to the plain
+        graph and a one-line notice when they do not compile; ``"strict"``: an error instead).
       strategy: the ``tf.distribute.Strategy`` (None: the current one, i.e. one device); the meta-batch must
         divide evenly over its replicas.
+      vectorize: adapt each replica's tasks side by side in one traced loop
+        (:func:`online_meta_gradient_sums`); same meta-gradients up to floating-point order.
 
     ``step.meta_gradient(tasks, seeds)`` returns the :class:`~warpgrad_tf.algorithms.MetaGradients` without
     applying them.
@@ -155,7 +193,7 @@ def online_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimize
     def replica_sums(shard, num_tasks):
         tasks, seeds = shard
         sums = online_meta_gradient_sums(warped, learner, warped.values("warp"), warped.values("task"), tasks,
-                                         seeds, learning_rate=rates, frozen=frozen)
+                                         seeds, learning_rate=rates, frozen=frozen, vectorize=vectorize)
         return sums._replace(num_tasks=None), ()
 
     def finish(sums, num_tasks):

@@ -1,7 +1,15 @@
-"""Multi-shot Omniglot (Sec. 4.2, App. E/F, Table 2): meta-train one method, evaluate on held-out alphabets.
+"""Multi-shot Omniglot (Sec. 4.2, App. E/F, Tables 2–3) and tieredImageNet (App. H): meta-train one method, evaluate.
 
     python -m trainers.omniglot --gin_file=configs/omniglot/warp_leap.gin --data_dir=D --root_dir=R \
         [--gin_param=train_eval.meta_steps=100 ...]
+    python -m trainers.omniglot --gin_file=configs/omniglot/ablation/<row>.gin ...          # a row of Table 3
+    python -m trainers.omniglot --gin_file=configs/tieredimagenet_multishot/warp_leap.gin --data_dir=D --root_dir=R
+
+Multi-shot tieredImageNet (``train_eval.source="fewshot"``) replaces the alphabets by 10-way 640-shot tasks of
+the few-shot reader (:class:`~warpgrad_tf.data.fewshot.MultiShotTasks`, the standard pickles or folders) and the
+learner by App. H's six-block :func:`~warpgrad_tf.models.fewshot_convnet`; the rest below holds for both.
+Table 3's "learned α" is ``train_eval.learned_rate="scalar"`` (App. F: one α meta-learned by the exact
+objective, Adam 0.001, meta-gradients clipped at ±0.001).
 
 Protocol. Every usable alphabet (>= 20 characters) is one 20-way task with 15 training and 5 held-out
 drawings per character (:class:`~warpgrad_tf.data.omniglot.OmniglotTasks`, split by the gin-configurable

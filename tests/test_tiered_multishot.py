@@ -128,17 +128,23 @@ def test_one_meta_step_end_to_end(tiered, tmp_path):
     assert moved["bn1/moving_mean"] == 0  # meta-training threads BatchNorm statistics, never assigns them
 
 
+def _first_line(error):
+    """What the trainer's command prints (``error: <line one>``; gin appends "In call to configurable" lines)."""
+    return str(error).strip().splitlines()[0]
+
+
 def test_missing_and_corrupt_files_are_one_line_errors_naming_them(tiered, tmp_path):
     os.remove(os.path.join(tiered, "val_images_png.pkl"))
     with pytest.raises(fs.FewShotNotFoundError) as e:
         _train(tmp_path / "missing", tiered)
-    assert "val_images_png.pkl" in str(e.value) and len(str(e.value).strip().splitlines()) == 1
+    assert _first_line(e.value).startswith("Missing few-shot file") and "val_images_png.pkl'." in _first_line(e.value)
 
     with open(os.path.join(tiered, "val_images_png.pkl"), "wb") as f:
         f.write(b"\x80\x02not a pickle")
     with pytest.raises(fs.FewShotDataError) as e:
         _train(tmp_path / "corrupt", tiered)
-    assert "val_images_png.pkl" in str(e.value) and len(str(e.value).strip().splitlines()) == 1
+    assert _first_line(e.value).startswith("Corrupt or unreadable pickle") and "val_images_png.pkl" in _first_line(
+        e.value)
 
     # a pickle that loads but holds images that are not PNGs: named when a task reads them
     with open(os.path.join(tiered, "val_images_png.pkl"), "wb") as f:

@@ -55,7 +55,7 @@ def test_every_row_runs_end_to_end_with_its_own_configuration(tmp_path, omniglot
     for row in ("scale", "conv1x1", "relu", "bn", "bn_relu", "bn_res_relu", "2layer_bn_res", "film"):
         assert got[row] == ("warp_leap", "offline", "exact", row)
     operative = (out / "online" / "seed3" / "operative_config.gin").read_text()
-    assert "trainers.omniglot.train_eval.warp_lr = 0.001" in operative
+    assert "train_eval.warp_lr = 0.001\n" in operative
     alpha = runs["learned_alpha"]["learned_rate"]
     assert alpha["granularity"] == "scalar" and alpha["values"]["*"] != runs["learned_alpha"]["inner_lr"]  # α moved
     assert all(runs[row]["learned_rate"] is None for row in ablation.ROWS if row != "learned_alpha")

@@ -68,10 +68,21 @@ def test_every_row_runs_end_to_end_with_its_own_configuration(tmp_path, omniglot
     assert "row pairs ordered against the paper" in printed
 
 
+def test_every_row_has_a_gin_file_and_a_trainer_preset():
+    import glob
+    import os
+
+    from trainers import omniglot as trainer
+
+    files = {os.path.basename(p)[:-4] for p in glob.glob(os.path.join(ablation.REPO, ablation.ABLATION_DIR, "*.gin"))}
+    assert files == set(ablation.ROWS)
+    assert set(trainer.ABLATION_PRESETS) == {f"ablation/{row}" for row in ablation.ROWS}
+
+
 def test_ranks_and_discordant_pairs():
     ours, paper = {"a": 50.0, "b": 60.0, "c": 60.0}, {"a": 80.0, "b": 70.0, "c": 90.0}
     assert ablation.ranks(ours) == {"a": 3, "b": 1, "c": 1}
-    assert ablation.discordant_pairs(ours, paper) == [("a", "b"), ("a", "c")]  # b = c: a tie is not counted
+    assert ablation.discordant_pairs(ours, paper) == [("a", "b")]  # a < c agrees; b = c, a tie, is not counted
 
 
 @pytest.mark.parametrize("flags, message", [

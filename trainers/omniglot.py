@@ -72,15 +72,18 @@ from warpgrad_tf.models import fewshot_convnet, omniglot_convnet
 
 from . import common, loop
 
-__all__ = ["ALGORITHMS", "BATCH_NORM_EVAL", "LABELS", "PRESETS", "SOURCES", "evaluate", "main", "make_evaluator",
-           "plot_curves", "task_name", "train_eval"]
+__all__ = ["ABLATION_PRESETS", "ALGORITHMS", "BATCH_NORM_EVAL", "LABELS", "MULTISHOT_PRESETS", "PRESETS", "SOURCES",
+           "evaluate", "main", "make_evaluator", "plot_curves", "task_name", "train_eval"]
 
 #: gin-file name → (method of :mod:`warpgrad_tf.algorithms.methods`, algorithm, warp objective override).
 PRESETS = ("warp_leap", "warp_leap_online", "warp_leap_approx", "leap", "reptile", "fomaml", "maml", "finetune",
-           "sgd") + tuple(f"ablation/{row}" for row in (  # Table 3's rows: configs/omniglot/ablation/<row>.gin
-               "leap", "conv3x3", "approx", "online", "learned_alpha", "scale", "conv1x1", "relu", "bn", "bn_relu",
-               "bn_res_relu", "2layer_bn_res", "film")) + tuple(f"tieredimagenet_multishot/{m}" for m in (
-               "warp_leap", "leap", "reptile", "sgd"))  # App. H: configs/tieredimagenet_multishot/<method>.gin
+           "sgd")
+#: Table 3's rows (App. F): ``configs/omniglot/ablation/<row>.gin`` sets ``preset = "ablation/<row>"``.
+ABLATION_PRESETS = tuple(f"ablation/{row}" for row in (
+    "leap", "conv3x3", "approx", "online", "learned_alpha", "scale", "conv1x1", "relu", "bn", "bn_relu", "bn_res_relu",
+    "2layer_bn_res", "film"))
+#: App. H's multi-shot tieredImageNet: ``configs/tieredimagenet_multishot/<method>.gin``.
+MULTISHOT_PRESETS = tuple(f"tieredimagenet_multishot/{m}" for m in ("warp_leap", "leap", "reptile", "sgd"))
 ALGORITHMS = ("offline", "online")
 LABELS = {"warp_leap": "Warp-Leap", "leap": "Leap", "reptile": "Reptile", "fomaml": "FOMAML", "maml": "MAML",
           "finetune": "Fine-tune", "sgd": "SGD", "warp_maml": "Warp-MAML", "warpgrad": "WarpGrad",
@@ -204,8 +207,9 @@ def plot_curves(path, curves, label, eval_steps, title="Omniglot, held-out alpha
 
 def _check_config(preset, method, algorithm, objective, inner_steps, meta_steps, eta, meta_batch_size,
                   checkpoint_every, eval_every, batch_norm_eval, source, learned_rate):
-    if preset is not None and preset not in PRESETS:
-        raise ValueError(f"Unknown train_eval.preset {preset!r}; choose one of {list(PRESETS)}.")
+    if preset is not None and preset not in PRESETS + ABLATION_PRESETS + MULTISHOT_PRESETS:
+        raise ValueError(f"Unknown train_eval.preset {preset!r}; choose one of "
+                         f"{list(PRESETS + ABLATION_PRESETS + MULTISHOT_PRESETS)}.")
     methods_lib.get(method)
     if algorithm not in ALGORITHMS:
         raise ValueError(f"Unknown train_eval.algorithm {algorithm!r}; choose one of {list(ALGORITHMS)}.")

@@ -183,7 +183,8 @@ def main(argv=None):
         acc = entry["accuracy"]
         best = ",".join(str(run["best_step"]) for run in entry["runs"])
         print(f"{entry['label']:<52}{acc['mean']:>7.1f} ± {acc['stderr']:<4.1f}{entry['auc']['mean']:>8.1f}"
-              f"{entry['rank']:>6}{entry['paper']['mean']:>8.1f}{entry['paper_rank']:>6}{best:>6}   {entry['gin_file']}")
+              f"{entry['rank']:>6}{entry['paper']['mean']:>8.1f}{entry['paper_rank']:>6}{best:>6}   "
+              f"{entry['gin_file']}")
     print(f"\n{len(pairs)} of {len(table) * (len(table) - 1) // 2} row pairs ordered against the paper"
           + (": " + "; ".join(f"{a} < {b}" for a, b in pairs) if pairs else "."))
     print(f"all runs: {wall:.0f} s wall, {cpu:.0f} CPU-s\ntable: {os.path.join(args.out, 'table3.json')}")

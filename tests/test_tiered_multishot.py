@@ -154,3 +154,22 @@ def test_missing_and_corrupt_files_are_one_line_errors_naming_them(tiered, tmp_p
         data.tasks("val")[0]
     assert "Cannot decode image" in str(e.value) and "val_images_png.pkl" in str(e.value)
     assert len(str(e.value).strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("method", ["warp_leap", "leap", "reptile", "sgd"])
+def test_every_gin_file_parses_to_app_h_settings(method):
+    from trainers import omniglot as trainer
+
+    gin.clear_config()
+    try:
+        gin.parse_config(qualified_gin([f"configs/tieredimagenet_multishot/{method}.gin"], []))
+        q = lambda name: gin.query_parameter(f"trainers.omniglot.train_eval.{name}")  # noqa: E731
+        assert q("preset") in trainer.MULTISHOT_PRESETS and q("preset").endswith(method) and q("method") == method
+        assert (q("source"), q("inner_rule"), q("inner_steps"), q("meta_batch_size")) == ("fewshot", "momentum", 100, 5)
+        assert q("task_batch_size") == (256 if method == "sgd" else 64)
+        assert q("meta_steps") == (0 if method == "sgd" else 2000)
+        assert gin.query_parameter("fewshot_convnet.filters") == [64, 64, 160, 160, 256, 256]
+        assert (gin.query_parameter("MultiShotTasks.ways"), gin.query_parameter("MultiShotTasks.shots"),
+                gin.query_parameter("MultiShotTasks.queries")) == (10, 640, 50)
+    finally:
+        gin.clear_config()

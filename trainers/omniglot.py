@@ -1,7 +1,15 @@
-"""Multi-shot Omniglot (Sec. 4.2, App. E/F, Table 2): meta-train one method, evaluate on held-out alphabets.
+"""Multi-shot Omniglot (Sec. 4.2, App. E/F, Tables 2–3) and tieredImageNet (App. H): meta-train one method, evaluate.
 
     python -m trainers.omniglot --gin_file=configs/omniglot/warp_leap.gin --data_dir=D --root_dir=R \
         [--gin_param=train_eval.meta_steps=100 ...]
+    python -m trainers.omniglot --gin_file=configs/omniglot/ablation/<row>.gin ...          # a row of Table 3
+    python -m trainers.omniglot --gin_file=configs/tieredimagenet_multishot/warp_leap.gin --data_dir=D --root_dir=R
+
+Multi-shot tieredImageNet (``train_eval.source="fewshot"``) replaces the alphabets by 10-way 640-shot tasks of
+the few-shot reader (:class:`~warpgrad_tf.data.fewshot.MultiShotTasks`, the standard pickles or folders) and the
+learner by App. H's six-block :func:`~warpgrad_tf.models.fewshot_convnet`; the rest below holds for both.
+Table 3's "learned α" is ``train_eval.learned_rate="scalar"`` (App. F: one α meta-learned by the exact
+objective, Adam 0.001, meta-gradients clipped at ±0.001).
 
 Protocol. Every usable alphabet (>= 20 characters) is one 20-way task with 15 training and 5 held-out
 drawings per character (:class:`~warpgrad_tf.data.omniglot.OmniglotTasks`, split by the gin-configurable
@@ -56,25 +64,40 @@ import numpy as np
 import tensorflow as tf
 
 import warpgrad_tf as wg
-from warpgrad_tf import algorithms, distribute
+from warpgrad_tf import algorithms, distribute, learned_lr
 from warpgrad_tf.algorithms import methods as methods_lib
+from warpgrad_tf.data import fewshot as fs
 from warpgrad_tf.data import omniglot as og
-from warpgrad_tf.models import omniglot_convnet
+from warpgrad_tf.models import fewshot_convnet, omniglot_convnet
 
 from . import common, loop
 
-__all__ = ["ALGORITHMS", "BATCH_NORM_EVAL", "LABELS", "PRESETS", "evaluate", "main", "make_evaluator", "plot_curves",
-           "train_eval"]
+__all__ = ["ABLATION_PRESETS", "ALGORITHMS", "BATCH_NORM_EVAL", "LABELS", "MULTISHOT_PRESETS", "PRESETS", "SOURCES",
+           "evaluate", "main", "make_evaluator", "plot_curves", "task_name", "train_eval"]
 
 #: gin-file name → (method of :mod:`warpgrad_tf.algorithms.methods`, algorithm, warp objective override).
 PRESETS = ("warp_leap", "warp_leap_online", "warp_leap_approx", "leap", "reptile", "fomaml", "maml", "finetune",
            "sgd", "kfac")
+#: Table 3's rows (App. F): ``configs/omniglot/ablation/<row>.gin`` sets ``preset = "ablation/<row>"``.
+ABLATION_PRESETS = tuple(f"ablation/{row}" for row in (
+    "leap", "conv3x3", "approx", "online", "learned_alpha", "scale", "conv1x1", "relu", "bn", "bn_relu", "bn_res_relu",
+    "2layer_bn_res", "film"))
+#: App. H's multi-shot tieredImageNet: ``configs/tieredimagenet_multishot/<method>.gin``.
+MULTISHOT_PRESETS = tuple(f"tieredimagenet_multishot/{m}" for m in ("warp_leap", "leap", "reptile", "sgd"))
 ALGORITHMS = ("offline", "online")
 LABELS = {"warp_leap": "Warp-Leap", "leap": "Leap", "reptile": "Reptile", "fomaml": "FOMAML", "maml": "MAML",
           "finetune": "Fine-tune", "sgd": "SGD", "warp_maml": "Warp-MAML", "warpgrad": "WarpGrad",
           "tnets": "T-Nets"}
 #: ``train_eval.batch_norm_eval`` choices: how held-out images are normalised (:func:`make_evaluator`).
 BATCH_NORM_EVAL = ("running", "transductive")
+#: ``train_eval.source`` choices: Omniglot alphabets (Sec. 4.2), or multi-shot tasks of a few-shot data set
+#: (App. H: 10-way 640-shot tieredImageNet, :class:`~warpgrad_tf.data.fewshot.MultiShotTasks`).
+SOURCES = ("omniglot", "fewshot")
+
+
+def task_name(task):
+    """An evaluation task's name: the Omniglot alphabet, or a multi-shot task's ``"<split>/<number>"``."""
+    return task.alphabet if isinstance(task, og.OmniglotTask) else task.name
 
 
 def _task_seed(seed, step, i, meta_batch_size):
@@ -84,7 +107,8 @@ def _task_seed(seed, step, i, meta_batch_size):
 # ---------------------------------------------------------------------------------------------- evaluation
 
 
-def make_evaluator(warped, rule, steps, batch_size, augment, batch_norm="running", metric=wg.losses.accuracy):
+def make_evaluator(warped, rule, steps, batch_size, augment, batch_norm="running", metric=wg.losses.accuracy,
+                   learning_rate=None):
     """``run(θ0, φ, train_x, train_y, test_x, test_y, seed) -> (train_acc [K], held_out [K+1])``.
 
     Adapts θ0 for ``steps`` task steps (:func:`warpgrad_tf.adaptation.gradient_step`, training mode, φ fixed)
@@ -103,6 +127,8 @@ def make_evaluator(warped, rule, steps, batch_size, augment, batch_norm="running
         ``"transductive"`` — the held-out batch is normalised with its own statistics (training mode), as
         this trainer did before the protocol was adopted.
       metric: ``metric(y, logits) -> scalar`` held-out score (accuracy).
+      learning_rate: the inner rate override of every step (a meta-learned α, :mod:`warpgrad_tf.learned_lr`),
+        or None for the rule's own.
     """
     if batch_norm not in BATCH_NORM_EVAL:
         raise ValueError(f"make_evaluator: unknown batch_norm {batch_norm!r}; choose one of {list(BATCH_NORM_EVAL)}.")
@@ -120,7 +146,7 @@ def make_evaluator(warped, rule, steps, batch_size, augment, batch_norm="running
             test_acc = test_acc.write(k, held_out(theta, state))
             x, y = batches(k)  # adaptation's one task step, in training mode (batch statistics)
             step = wg.adaptation.gradient_step(theta, opt, rule, wg.adaptation.supervised_objective(
-                warped, warp, state, (x, y), wg.losses.softmax_cross_entropy))
+                warped, warp, state, (x, y), wg.losses.softmax_cross_entropy), learning_rate=learning_rate)
             train_acc = train_acc.write(k, wg.losses.accuracy(y, step.aux.outputs))
             state = tf.nest.map_structure(tf.stop_gradient, step.aux.state)
             return k + 1, step.task, step.opt_state, state, train_acc, test_acc
@@ -137,7 +163,7 @@ def make_evaluator(warped, rule, steps, batch_size, augment, batch_norm="running
 
 
 def evaluate(evaluator, warped, tasks, repeats, seed, bar=None):
-    """``{alphabet: (train_acc [R, K], held_out_acc [R, K+1])}`` from the model's current θ0, φ."""
+    """``{task name: (train_acc [R, K], held_out_acc [R, K+1])}`` from the model's current θ0, φ."""
     theta0, warp = warped.values("task"), warped.values("warp")
     out = {}
     for task in tasks:
@@ -150,11 +176,11 @@ def evaluate(evaluator, warped, tasks, repeats, seed, bar=None):
             test.append(b.numpy())
             if bar is not None:
                 bar.update(1)
-        out[task.alphabet] = (np.stack(train), np.stack(test))
+        out[task_name(task)] = (np.stack(train), np.stack(test))
     return out
 
 
-def plot_curves(path, curves, label, eval_steps):
+def plot_curves(path, curves, label, eval_steps, title="Omniglot, held-out alphabets"):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,7 +195,7 @@ def plot_curves(path, curves, label, eval_steps):
     ax.set_xlabel("adaptation step")
     ax.set_ylabel("held-out accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"Omniglot, held-out alphabets: {label}")
+    ax.set_title(f"{title}: {label}")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -180,14 +206,20 @@ def plot_curves(path, curves, label, eval_steps):
 
 
 def _check_config(preset, method, algorithm, objective, inner_steps, meta_steps, eta, meta_batch_size,
-                  checkpoint_every, eval_every, batch_norm_eval):
-    if preset is not None and preset not in PRESETS:
-        raise ValueError(f"Unknown train_eval.preset {preset!r}; choose one of {list(PRESETS)}.")
+                  checkpoint_every, eval_every, batch_norm_eval, source, learned_rate):
+    if preset is not None and preset not in PRESETS + ABLATION_PRESETS + MULTISHOT_PRESETS:
+        raise ValueError(f"Unknown train_eval.preset {preset!r}; choose one of "
+                         f"{list(PRESETS + ABLATION_PRESETS + MULTISHOT_PRESETS)}.")
     methods_lib.get(method)
     if algorithm not in ALGORITHMS:
         raise ValueError(f"Unknown train_eval.algorithm {algorithm!r}; choose one of {list(ALGORITHMS)}.")
     if objective not in (None, "exact", "approx"):
         raise ValueError(f"train_eval.objective must be None, 'exact' or 'approx'; got {objective!r}.")
+    if source not in SOURCES:
+        raise ValueError(f"Unknown train_eval.source {source!r}; choose one of {list(SOURCES)}.")
+    if learned_rate is not None and learned_rate not in learned_lr.GRANULARITIES:
+        raise ValueError(f"Unknown train_eval.learned_rate {learned_rate!r}; choose None or one of "
+                         f"{list(learned_lr.GRANULARITIES)}.")
     if batch_norm_eval not in BATCH_NORM_EVAL:
         raise ValueError(f"Unknown train_eval.batch_norm_eval {batch_norm_eval!r}; choose one of "
                          f"{list(BATCH_NORM_EVAL)}.")
@@ -200,8 +232,11 @@ def _check_config(preset, method, algorithm, objective, inner_steps, meta_steps,
 
 @gin.configurable(denylist=["root_dir", "data_dir"])
 def train_eval(root_dir, data_dir,
+               # data
+               source="omniglot",
                # method
                method="warp_leap", preset=None, algorithm="offline", objective=None, eta=1, replay_memory_mb=None,
+               learned_rate=None, lr_meta_lr=1e-3, lr_clip=1e-3,
                # task adaptation (inner loop)
                inner_steps=100, inner_lr=0.1, inner_rule="sgd", task_batch_size=20, augment=True,
                # meta-training (outer loop)
@@ -217,9 +252,19 @@ def train_eval(root_dir, data_dir,
                jit_compile=False, vectorize=False):
     """Meta-train ``method`` on Omniglot alphabets, meta-validate, evaluate on held-out alphabets.
 
+    With ``source="fewshot"`` the tasks are multi-shot tasks of a few-shot data set instead (App. H: 10-way
+    640-shot tieredImageNet, :class:`~warpgrad_tf.data.fewshot.MultiShotTasks`, configured by gin) and the
+    learner is :func:`~warpgrad_tf.models.fewshot_convnet` (App. H's six-block network in
+    ``configs/tieredimagenet_multishot/``); everything else — methods, Algorithms 1 / 2, evaluation,
+    meta-validation, checkpoints — is this trainer's. Meta-training task ``i`` of meta-step ``t`` is episode
+    ``seed · 1000003 + t · meta_batch_size + i`` of the train split; validation and test use the split's
+    first ``MultiShotTasks.num_val_tasks`` / ``num_test_tasks`` episodes.
+
     Args:
       root_dir: run directory (re-running with the same one resumes).
-      data_dir: folder(s) with the Omniglot zips or extracted folders.
+      data_dir: folder(s) with the Omniglot zips or extracted folders (``source="fewshot"``: the few-shot
+        data set's folder, :mod:`warpgrad_tf.data.fewshot`).
+      source: ``"omniglot"`` (alphabets, :class:`~warpgrad_tf.data.omniglot.OmniglotTasks`) or ``"fewshot"``.
       method: a name of :data:`warpgrad_tf.algorithms.methods.METHODS` (``warp_leap``, ``leap``, ...).
       preset: the gin file's name (for results; informational).
       algorithm: ``"offline"`` (Alg. 2, replay in mini-batches of ``eta``) or ``"online"`` (Alg. 1); only
@@ -229,6 +274,13 @@ def train_eval(root_dir, data_dir,
       replay_memory_mb: memory budget (MB) of the offline replay buffer; trajectory records beyond it are
         spilled to ``<root_dir>/replay`` and read back when replayed (App. F's disk buffer). None keeps
         the whole meta-batch in memory (≈ 45 MB per task of 100 steps for the 64-filter learner).
+      learned_rate: meta-learn the inner learning rate α (:mod:`warpgrad_tf.learned_lr`): ``"scalar"`` (App. F,
+        Table 3's "learned α": one α, as warps can learn layer-wise scaling), ``"per_layer"`` or
+        ``"per_parameter"``; None keeps ``inner_lr`` fixed (a method with its own learned rate, Meta-SGD,
+        uses that). α starts at ``inner_lr`` and needs the exact warp objective (Eq. 11) or MAML, the
+        objectives differentiated through a task step.
+      lr_meta_lr, lr_clip: α's meta-optimiser (Adam, learning rate 0.001) and its meta-gradient clip (±0.001),
+        App. F's values.
       inner_steps, inner_lr, inner_rule, task_batch_size, augment: task adaptation (100, 0.1, SGD, 20);
         ``inner_rule`` is a name of :func:`warpgrad_tf.update_rules.get` (``"sgd"``, ``"momentum"``, ``"kfac"``,
         the last configured by ``kfac.*`` gin bindings, :func:`warpgrad_tf.kfac.kfac`).
@@ -258,14 +310,19 @@ def train_eval(root_dir, data_dir,
         on a 2-core CPU both are slower (benchmarks/README.md).
     """
     _check_config(preset, method, algorithm, objective, inner_steps, meta_steps, eta, meta_batch_size,
-                  checkpoint_every, eval_every, batch_norm_eval)
+                  checkpoint_every, eval_every, batch_norm_eval, source, learned_rate)
     m = methods_lib.get(method)
-    if m.learned_rate is not None:
-        raise ValueError(f"method {method!r} meta-learns the inner learning rate; not supported by this trainer.")
+    granularity = learned_rate or m.learned_rate
+    if granularity is not None and (objective or m.objective) != "exact" and m.init != "maml":
+        raise ValueError(f"train_eval.learned_rate={granularity!r} needs a meta-gradient w.r.t. the inner rate: the "
+                         f"exact warp objective (Eq. 11) or MAML; method {method!r} with objective "
+                         f"{objective or m.objective!r} has none.")
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     if data_dir is None:
-        raise ValueError("--data_dir is required: a folder with the Omniglot zips or extracted folders.")
+        raise ValueError("--data_dir is required: a folder with the Omniglot zips or extracted folders"
+                         + (" (train_eval.source='fewshot': the few-shot data set's folder)." if source == "fewshot"
+                            else "."))
     learns_warp = (objective or m.objective) is not None
     meta_steps = int(meta_steps) if m.init != "none" or learns_warp else 0  # sgd: nothing to meta-learn
     val_steps = int(val_steps or eval_steps)
@@ -274,29 +331,50 @@ def train_eval(root_dir, data_dir,
     if distributed:
         distribute.shard_size(strategy, int(meta_batch_size))  # an indivisible meta-batch fails here, early
 
-    data = og.OmniglotTasks(data_dir)
-    split = data.split_alphabets
-    if not split["test"]:
-        raise ValueError("The Omniglot split has no test alphabets (OmniglotTasks.num_test_alphabets).")
-    if meta_steps and not split["train"]:
-        raise ValueError("The Omniglot split has no meta-training alphabets (OmniglotTasks.num_train_alphabets).")
-    train_tasks, test_tasks = data.tasks("train"), data.tasks("test")
-    val_tasks = data.tasks("val") or train_tasks
-    val_source = "val alphabets" if split["val"] else "held-out drawings of the meta-training alphabets"
+    omniglot = source == "omniglot"
+    if omniglot:
+        data = og.OmniglotTasks(data_dir)
+        split = data.split_alphabets
+        if not split["test"]:
+            raise ValueError("The Omniglot split has no test alphabets (OmniglotTasks.num_test_alphabets).")
+        if meta_steps and not split["train"]:
+            raise ValueError("The Omniglot split has no meta-training alphabets "
+                             "(OmniglotTasks.num_train_alphabets).")
+        train_tasks, test_tasks = data.tasks("train"), data.tasks("test")
+        val_tasks = data.tasks("val") or train_tasks
+        val_source = "val alphabets" if split["val"] else "held-out drawings of the meta-training alphabets"
+    else:  # App. H multi-shot tasks (tieredImageNet): episodes of the few-shot reader
+        data = fs.MultiShotTasks(data_dir)
+        split = data.split_tasks
+        if not split["test"]:
+            raise ValueError("train_eval.source='fewshot' needs test tasks: MultiShotTasks.num_test_tasks >= 1.")
+        if not split["val"]:  # no fallback: validating on test tasks would choose the model on the test set
+            raise ValueError("train_eval.source='fewshot' needs validation tasks (meta-validation chooses the "
+                             "evaluated model): MultiShotTasks.num_val_tasks >= 1.")
+        test_tasks, val_tasks, val_source = data.tasks("test"), data.tasks("val"), "val tasks"
 
     keras.utils.set_random_seed(int(seed))
-    with strategy.scope():  # φ, θ0, BatchNorm state and optimiser slots mirrored over the replicas
-        model = omniglot_convnet(num_classes=data.num_classes, warp=warp if learns_warp else None)
-        warped = wg.WarpedModel(model)
+    # a learned α: FusedBatchNormalization in the task loop with learned-rate variables makes TensorFlow report
+    # "nodes in a cycle" (see trainers/fewshot.py); the plain-op BatchNormalization gives the same results.
+    fused = {"fused_batch_norm": False} if granularity else {}
+    with strategy.scope():  # φ, θ0, BatchNorm state, learned α and optimiser slots mirrored over the replicas
+        def build(w, **kwargs):
+            if omniglot:
+                return omniglot_convnet(num_classes=data.num_classes, warp=w, **fused, **kwargs)
+            height, _, channels = data.image_shape
+            return fewshot_convnet(num_classes=data.num_classes, image_size=height, channels=channels, warp=w,
+                                   **fused, **kwargs)
+
+        warped = wg.WarpedModel(build(warp if learns_warp else None))
         if shared_init and learns_warp:
             keras.utils.set_random_seed(int(seed))
-            plain = omniglot_convnet(num_classes=data.num_classes, warp=None, warp_kwargs=None)
-            plain = {v.path: v for v in plain.variables}
+            plain = {v.path: v for v in build(None, warp_kwargs=None).variables}
             for path, var in warped.task_variables.items():
                 var.assign(plain[path])
             for path, var in warped.variables("state").items():  # the warps' own BatchNorm keeps its statistics
                 if path in plain:
                     var.assign(plain[path])
+        rate = learned_lr.learned_rate(warped, inner_lr, granularity) if granularity else None
     if learns_warp and not warped.names["warp"]:
         raise ValueError(f"train_eval.method={method!r} meta-learns warps, but train_eval.warp={warp!r} gives "
                          "the learner none: choose a warp (e.g. 'conv3x3') or a method without warps.")
@@ -307,31 +385,41 @@ def train_eval(root_dir, data_dir,
     os.makedirs(root_dir, exist_ok=True)
     common.write_operative_config(root_dir)
     writers = common.SummaryWriters(root_dir)
-    evaluator = make_evaluator(warped, rule, int(eval_steps), task_batch_size, augment, batch_norm_eval)
+    rates = rate.rates() if rate is not None else None
+    evaluator = make_evaluator(warped, rule, int(eval_steps), task_batch_size, augment, batch_norm_eval,
+                               learning_rate=rates)
     val_evaluator = evaluator if val_steps == int(eval_steps) else make_evaluator(
-        warped, rule, val_steps, task_batch_size, augment, batch_norm_eval)
+        warped, rule, val_steps, task_batch_size, augment, batch_norm_eval, learning_rate=rates)
 
     # --- meta-training state: every variable of the model, both optimisers, step, best validation score
-    model_vars = list(model.variables)
+    model_vars = list(warped.model.variables)
     task_vars, warp_vars = list(warped.task_variables.values()), list(warped.warp_variables.values())
     trackables = {"model": model_vars}
     with strategy.scope():
         warp_opt, init_opt, _ = algorithms.meta_optimizers(
             init=init_lr if m.init != "none" else None, warp=warp_lr if learns_warp and warp_vars else None,
             kind=meta_optimizer, flag="train_eval.meta_optimizer")
+        lr_opt = algorithms.meta_optimizer(lr_meta_lr if rate is not None else None, kind="adam",
+                                           name="learning_rate")
+        rate_vars = list(rate.variables.values()) if rate is not None else []
         for name, opt, variables in (("init_optimizer", init_opt, task_vars),
-                                     ("warp_optimizer", warp_opt, warp_vars)):
+                                     ("warp_optimizer", warp_opt, warp_vars),
+                                     ("lr_optimizer", lr_opt, rate_vars)):
             if opt is not None:
                 opt.build(variables)
                 trackables[name] = opt
-    best = loop.Best(initial=-1.0, directory=os.path.join(root_dir, "best"), model=model_vars)
+    if rate is not None:
+        trackables["inner_rates"] = rate_vars
+    best = loop.Best(initial=-1.0, directory=os.path.join(root_dir, "best"), model=model_vars,
+                     **({"inner_rates": rate_vars} if rate is not None else {}))
     ckpt = run.checkpointer(**best.trackables(), **trackables)
     start = ckpt.restore()
 
     learner = methods_lib.meta_learner_for(method, rule, loss_fn, int(inner_steps), objective=objective,
                                            init_weight=init_weight, batch_size=task_batch_size,
                                            meta_batch_size=task_batch_size)
-    optimizers = algorithms.meta_optimizers(warp=warp_opt, init=init_opt)
+    optimizers = algorithms.meta_optimizers(warp=warp_opt, init=init_opt, learning_rate=lr_opt)
+    clip = None if lr_clip is None else float(lr_clip)
     offline = learns_warp and algorithm == "offline"
     spill = {}
     if replay_memory_mb is not None:
@@ -340,16 +428,22 @@ def train_eval(root_dir, data_dir,
         spill = dict(spill_dir=os.path.join(root_dir, "replay"),
                      max_bytes_in_memory=int(float(replay_memory_mb) * 2**20))
     accel = common.accelerator_options(jit_compile, vectorize)
-    step_fn = (algorithms.offline_step(warped, learner, optimizers, int(eta), strategy=strategy, **spill, **accel)
-               if offline else algorithms.online_step(warped, learner, optimizers, strategy=strategy, **accel))
+    step_fn = (algorithms.offline_step(warped, learner, optimizers, int(eta), learned_rate=rate, clip=clip,
+                                       strategy=strategy, **spill, **accel)
+               if offline else algorithms.online_step(warped, learner, optimizers, learned_rate=rate, clip=clip,
+                                                      strategy=strategy, **accel))
 
     def meta_batch(step):
-        rng = np.random.default_rng([int(seed), int(step), 17])
-        names = [split["train"][i] for i in rng.integers(len(split["train"]), size=int(meta_batch_size))]
         seeds = [_task_seed(seed, step, i, meta_batch_size) for i in range(int(meta_batch_size))]
+        if omniglot:
+            rng = np.random.default_rng([int(seed), int(step), 17])
+            names = [split["train"][i] for i in rng.integers(len(split["train"]), size=int(meta_batch_size))]
+            tasks = [data.task(name) for name in names]
+        else:  # episode number = the task's seed: a pure function of (seed, step, i), so resume is exact
+            tasks = [data.task("train", s) for s in seeds]
+            names = [t.name for t in tasks]
         xs, ys = [], []
-        for name, s in zip(names, seeds):
-            task = data.task(name)
+        for task, s in zip(tasks, seeds):
             x = tf.convert_to_tensor(task.train_images)
             if augment:
                 x = og.random_affine(x, tf.constant([s, -2], tf.int64))
@@ -410,14 +504,19 @@ def train_eval(root_dir, data_dir,
     if warped.warp_variables:
         writers.histograms(writers.eval, final_step, {f"warp/{k}": v for k, v in warped.warp_variables.items()})
 
+    family = "omniglot" if omniglot else f"multishot/{data.dataset}"
     wg.artifacts.save(root_dir, warped, rule, loss="softmax_cross_entropy", steps=int(eval_steps),
                       batch_size=task_batch_size, method=method, training_step=int(max(best.step.numpy(), 0)),
-                      task_family="omniglot", training=True, extra={"batch_norm_eval": batch_norm_eval})
+                      task_family=family, training=True, extra={"batch_norm_eval": batch_norm_eval},
+                      learned_rate=rate)
     results = {
-        "task": "omniglot", "method": method, "preset": preset, "label": label,
+        "task": family, "method": method, "preset": preset, "label": label,
         "algorithm": ("offline" if offline else "online") if meta_steps else None,
         "objective": learner.objective, "eta": int(eta) if offline else None,
-        "alphabets": split, "validation": val_source, "seed": int(seed),
+        "alphabets" if omniglot else "tasks": split, "validation": val_source, "seed": int(seed),
+        "source": source, "warp": warp if learns_warp else None,
+        "learned_rate": None if rate is None else {"granularity": granularity, "values": {
+            k: float(np.mean(v.numpy())) for k, v in rate.variables.items()}},
         "inner_steps": int(inner_steps), "inner_lr": float(inner_lr), "inner_rule": inner_rule,
         "task_batch_size": int(task_batch_size), "meta_batch_size": int(meta_batch_size),
         "meta_steps": meta_steps, "best_step": int(best.step.numpy()), "best_val_accuracy": float(best.score.numpy()),
@@ -433,7 +532,8 @@ def train_eval(root_dir, data_dir,
         "warp_parameters": warped.num_parameters("warp"), "task_parameters": warped.num_parameters("task"),
     }
     common.write_json(os.path.join(root_dir, "results.json"), results)
-    plot_curves(os.path.join(root_dir, "curves.png"), curves, label, int(eval_steps))
+    plot_curves(os.path.join(root_dir, "curves.png"), curves, label, int(eval_steps),
+                title="Omniglot, held-out alphabets" if omniglot else f"{data.dataset}, held-out tasks")
     print(f"\n{label}: held-out accuracy after {eval_steps} steps {100 * accuracy:.1f}% "
           f"(AUC {100 * auc:.1f}; BatchNorm {batch_norm_eval}) on {', '.join(split['test'])}; best meta-step "
           f"{int(best.step.numpy())}"

@@ -32,6 +32,10 @@ Determinism: episode ``i`` of a split is a pure function of ``(seed, split, i)``
 drawn with stateless TensorFlow RNGs in the ``tf.data`` pipeline; only the image fetch (array indexing or
 decoding) runs in Python. Images come out float32 in [0, 1], ``[N·K, H, W, C]`` and ``[N·L, H, W, C]``.
 
+Multi-shot tasks (App. H: 10-way 640-shot tieredImageNet) come from the same files: :class:`MultiShotTasks`
+draws them with :class:`FewShotEpisodes` (K = 640 training and L = 50 held-out images per class) for the
+multi-shot trainer (``trainers/omniglot.py``, ``train_eval.source="fewshot"``).
+
 Bad input raises :class:`FewShotDataError` (a ``ValueError``) or :class:`FewShotNotFoundError` (a
 ``FileNotFoundError``), one line naming the file or folder at fault.
 """
@@ -52,8 +56,8 @@ from PIL import Image
 from warpgrad_tf.data import omniglot as og
 
 __all__ = ["ClassSplit", "DATASETS", "detect_format", "Episode", "FewShotDataError", "FewShotEpisodes",
-           "FewShotNotFoundError", "FORMATS", "omniglot_alphabet_split", "read_folders", "read_mini_pickle",
-           "read_omniglot", "read_tiered_pickle", "SPLITS"]
+           "FewShotNotFoundError", "FORMATS", "MultiShotTask", "MultiShotTasks", "omniglot_alphabet_split",
+           "read_folders", "read_mini_pickle", "read_omniglot", "read_tiered_pickle", "SPLITS"]
 
 SPLITS = ("train", "val", "test")
 FORMATS = ("mini_pickle", "tiered_pickle", "folders", "omniglot")
@@ -486,3 +490,106 @@ class FewShotEpisodes:
         sizes = ", ".join(f"{s}={len(c.names)}" for s, c in self._splits.items())
         return (f"FewShotEpisodes({self.dataset}/{self.data_format}: {sizes} classes, {self.ways}-way "
                 f"{self.shots}-shot, {self.queries} queries, seed={self.seed})")
+
+
+# ---------------------------------------------------------------------------------------------- multi-shot tasks
+class MultiShotTask(NamedTuple):
+    """One multi-shot task drawn from few-shot data (App. H: 10-way 640-shot tieredImageNet).
+
+    The fields mirror :class:`~warpgrad_tf.data.omniglot.OmniglotTask`'s images and labels, so the multi-shot
+    trainer (:mod:`trainers.omniglot` with ``source="fewshot"``) runs either.
+
+    Attributes:
+      name: ``"<split>/<episode>"``.
+      classes: the split's class names; label ``i`` is ``classes[i]``.
+      train_images: float32 ``[N·K, H, W, C]`` in [0, 1] (the K-shot training set, adapted on).
+      train_labels: int32 ``[N·K]``.
+      test_images: float32 ``[N·L, H, W, C]`` (the L held-out images per class, scored on).
+      test_labels: int32 ``[N·L]``.
+    """
+
+    name: str
+    classes: tuple
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+
+class _TaskList:
+    """A fixed, lazily materialised list of :class:`MultiShotTask` (one task's images are hundreds of MB)."""
+
+    def __init__(self, source, split, count):
+        self.source, self.split, self.count = source, split, int(count)
+
+    def __len__(self):
+        return self.count
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.count:
+            raise IndexError(i)
+        return self.source.task(self.split, i)
+
+
+@gin.configurable
+class MultiShotTasks:
+    """Multi-shot N-way K-shot tasks of a few-shot data set (App. H), read by :class:`FewShotEpisodes`.
+
+    The same files and formats as the few-shot trainer (``tiered_pickle``, ``mini_pickle``, ``folders``,
+    ``omniglot``); App. H's multi-shot protocol is N = 10, K = 640, L = 50 on tieredImageNet. Meta-training
+    tasks are episodes of the ``train`` split numbered by the trainer (a pure function of seed and number);
+    meta-validation and test use the first ``num_val_tasks`` / ``num_test_tasks`` episodes of ``val`` and
+    ``test``. Images are fetched in NumPy, not inside ``tf.data``, so a corrupt image or pickle is a
+    :class:`FewShotDataError` (one line naming the file) and a missing one a :class:`FewShotNotFoundError`.
+
+    Args:
+      data_dir: the data folder.
+      dataset: ``"tieredimagenet"`` (App. H), ``"miniimagenet"`` or ``"omniglot"``.
+      ways, shots, queries: N, K and L (10, 640, 50).
+      num_val_tasks, num_test_tasks: fixed validation and test tasks.
+      seed: seeds every episode.
+      data_format, image_size: as :class:`FewShotEpisodes` (``image_size`` resizes tieredImageNet PNGs and
+        image folders; default 84).
+    """
+
+    def __init__(self, data_dir, dataset="tieredimagenet", ways=10, shots=640, queries=50, num_val_tasks=10,
+                 num_test_tasks=20, seed=0, data_format=None, image_size=None):
+        for name, value in (("num_val_tasks", num_val_tasks), ("num_test_tasks", num_test_tasks)):
+            if isinstance(value, bool) or int(value) < 0:
+                raise FewShotDataError(f"MultiShotTasks.{name} must be an int >= 0; got {value!r}.")
+        self.episodes = FewShotEpisodes(data_dir, dataset, ways, shots, queries, seed=seed, data_format=data_format,
+                                        image_size=image_size)
+        self.dataset = dataset
+        self.num_classes = self.episodes.ways
+        self.image_shape = self.episodes.image_shape
+        self.counts = {"val": int(num_val_tasks), "test": int(num_test_tasks)}
+        self.split_tasks = {"train": [f"train/*: {len(self.episodes.classes('train').names)} classes"],
+                            "val": [f"val/{i}" for i in range(self.counts["val"])],
+                            "test": [f"test/{i}" for i in range(self.counts["test"])]}
+
+    def task(self, split, number) -> MultiShotTask:
+        """Task (episode) ``number`` of ``split`` as NumPy arrays; bad images raise :class:`FewShotDataError`."""
+        ep = self.episodes
+        cs = ep.classes(split)
+        classes, items, quarters = (t.numpy() for t in ep.episode_indices(split, int(number)))
+        images = cs.store.fetch(items)
+        for q in (1, 2, 3):  # Omniglot's rotated classes (never for ImageNet data)
+            sel = np.repeat(quarters, items.shape[1]) == q
+            if sel.any():
+                images[sel] = np.rot90(images[sel], q, axes=(1, 2))
+        images = images.reshape(ep.ways, ep.shots + ep.queries, *self.image_shape).astype(np.float32) / 255.0
+        labels = np.repeat(np.arange(ep.ways, dtype=np.int32)[:, None], ep.shots + ep.queries, axis=1)
+        flat = lambda a: a.reshape(-1, *a.shape[2:])  # noqa: E731
+        return MultiShotTask(f"{split}/{int(number)}", tuple(cs.names[c] for c in classes),
+                             flat(images[:, :ep.shots]), flat(labels[:, :ep.shots]),
+                             flat(images[:, ep.shots:]), flat(labels[:, ep.shots:]))
+
+    def tasks(self, split):
+        """The fixed tasks of ``"val"`` or ``"test"`` (a lazy list: each is read when indexed)."""
+        if split not in self.counts:
+            raise ValueError(f"MultiShotTasks.tasks: split must be 'val' or 'test'; got {split!r} (meta-training "
+                             "tasks are drawn by number with task('train', n)).")
+        return _TaskList(self, split, self.counts[split])
+
+    def __repr__(self):
+        return f"MultiShotTasks({self.episodes!r}, val={self.counts['val']}, test={self.counts['test']} tasks)"

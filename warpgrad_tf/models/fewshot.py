@@ -12,6 +12,10 @@ with the WarpGrad objective — :func:`partition` with ``first_block="warp"``. T
 meta-learned through C(θ0)) and ``"frozen"`` (block 1 neither adapted nor meta-learned by Algorithm 1; it
 keeps its initial values).
 
+The multi-shot tieredImageNet learner of App. H is the same builder with six blocks of
+``[64, 64, 160, 160, 256, 256]`` filters, max-pooling after the first five (``pool_blocks``), 10 outputs
+(``configs/tieredimagenet_multishot/``).
+
 Layer names: ``conv{i}``, ``bn{i}``, ``relu{i}``, ``pool{i}``, ``warp{i}``, ``head``.
 """
 
@@ -31,19 +35,22 @@ FIRST_BLOCK_ROLES = ("warp", "task", "frozen")
 
 @gin.configurable
 def fewshot_convnet(num_classes=5, filters=128, num_blocks=4, image_size=84, channels=3, warp="conv3x3",
-                    warp_kwargs=None, warp_blocks=None, bn_momentum=0.9, bn_epsilon=1e-5, fused_batch_norm=True,
-                    name="fewshot_convnet"):
+                    warp_kwargs=None, warp_blocks=None, pool_blocks=None, bn_momentum=0.9, bn_epsilon=1e-5,
+                    fused_batch_norm=True, name="fewshot_convnet"):
     """Build the (warped) few-shot learner of App. H as a functional ``keras.Model``.
 
     Args:
       num_classes: N, outputs of the linear head.
-      filters: channels of every task convolution and warp layer (128 in App. H; 32–64 are common).
-      num_blocks: conv blocks (4).
+      filters: channels of every task convolution and warp layer (128 in App. H; 32–64 are common), or one
+        value per block (App. H's multi-shot learner: ``[64, 64, 160, 160, 256, 256]``).
+      num_blocks: conv blocks (4; 6 for the multi-shot learner).
       image_size, channels: input shape (84×84×3 for mini/tieredImageNet, 28×28×1 for Omniglot).
       warp: a :data:`~warpgrad_tf.models.omniglot.WARP_VARIANTS` name (``"conv3x3"``: linear 3×3 conv,
         App. H; ``"conv1x1"`` for T-Nets' channel-mixing transforms) or ``None`` for no warp layers.
       warp_kwargs: overrides of the variant's :class:`~warpgrad_tf.layers.WarpBlock` arguments.
       warp_blocks: 1-based blocks followed by a warp layer (default: the last three).
+      pool_blocks: 1-based blocks that end with the 2×2 max-pool (default: all; App. H's multi-shot learner
+        pools after the first five of six, 84 → 42 → 21 → 10 → 5 → 2, a ``2×2×256`` map).
       bn_momentum, bn_epsilon: BatchNorm constants (moving statistics are never used by the few-shot
         trainer, which normalises with batch statistics as MAML does).
       fused_batch_norm: task BatchNorm as :class:`~warpgrad_tf.layers.FusedBatchNormalization` (else
@@ -53,22 +60,27 @@ def fewshot_convnet(num_classes=5, filters=128, num_blocks=4, image_size=84, cha
     num_blocks = int(num_blocks)
     if num_blocks < 1:
         raise ValueError(f"fewshot_convnet needs num_blocks >= 1; got {num_blocks}.")
-    if int(filters) < 1:
-        raise ValueError(f"fewshot_convnet needs filters >= 1; got {filters}.")
+    widths = [int(f) for f in filters] if isinstance(filters, (list, tuple)) else [int(filters)] * num_blocks
+    if len(widths) != num_blocks or min(widths) < 1:
+        raise ValueError(f"fewshot_convnet needs filters >= 1, one value or one per block ({num_blocks}); "
+                         f"got {filters}.")
+    pooled = tuple(range(1, num_blocks + 1)) if pool_blocks is None else tuple(int(b) for b in pool_blocks)
     blocks = tuple(range(max(2, num_blocks - 2), num_blocks + 1)) if warp_blocks is None else tuple(warp_blocks)
-    bad = [b for b in blocks if not 1 <= int(b) <= num_blocks]
-    if bad:
-        raise ValueError(f"fewshot_convnet.warp_blocks {bad} are not blocks 1..{num_blocks}.")
+    for flag, chosen in (("warp_blocks", blocks), ("pool_blocks", pooled)):
+        bad = [b for b in chosen if not 1 <= int(b) <= num_blocks]
+        if bad:
+            raise ValueError(f"fewshot_convnet.{flag} {bad} are not blocks 1..{num_blocks}.")
     if warp is None and warp_kwargs:
         raise ValueError("fewshot_convnet: warp_kwargs given but warp=None (no warp layers).")
     norm = FusedBatchNormalization if fused_batch_norm else BatchNormalization
     inputs = keras.Input((int(image_size), int(image_size), int(channels)), name="images")
     x = inputs
     for i in range(1, num_blocks + 1):
-        x = keras.layers.Conv2D(int(filters), 3, padding="same", name=f"conv{i}")(x)
+        x = keras.layers.Conv2D(widths[i - 1], 3, padding="same", name=f"conv{i}")(x)
         x = norm(momentum=bn_momentum, epsilon=bn_epsilon, name=f"bn{i}")(x)
         x = keras.layers.ReLU(name=f"relu{i}")(x)
-        x = MaxPooling2D(2, name=f"pool{i}")(x)
+        if i in pooled:
+            x = MaxPooling2D(2, name=f"pool{i}")(x)
         if warp is not None and i in blocks:
             x = warp_layer(warp, warp_kwargs, name=f"warp{i}")(x)
     x = keras.layers.Flatten(name="flatten")(x)

@@ -59,3 +59,22 @@ def float64():
 def _seed():
     keras.utils.set_random_seed(1234)
     yield
+
+
+@pytest.fixture
+def nondeterministic_ops():
+    """Run a test with TensorFlow op determinism off, restored afterwards.
+
+    An in-process trainer run with ``train_eval.deterministic=True`` enables op determinism for the rest of the
+    process, and XLA has no deterministic max-pool gradient ("GPU MaxPool gradient ops do not yet have a
+    deterministic XLA implementation"), so the XLA tests would test that limitation instead of their property.
+    """
+    from tensorflow.python.framework import config as tf_config
+
+    was = tf_config.is_op_determinism_enabled()
+    tf_config.disable_op_determinism()
+    try:
+        yield
+    finally:
+        if was:
+            tf_config.enable_op_determinism()

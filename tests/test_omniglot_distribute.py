@@ -50,7 +50,7 @@ def initial_model_values():
     return model
 
 
-@pytest.mark.parametrize("preset", ["warp_leap", "warp_leap_online"])
+@pytest.mark.parametrize("preset", ["warp_leap"])  # Alg. 1 mirrored == single: tests/test_distribute.py
 def test_mirrored_two_replicas_equals_single_device(preset, tmp_path, omniglot_dir, cache):
     single = cli(tmp_path / "single", omniglot_dir, cache, preset)
     assert single.returncode == 0, single.stderr[-3000:]

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import logging as absl_logging
 
 import warpgrad_tf as wg
 from tests.helpers import dense_warped_mlp, perturb_warps
@@ -34,6 +35,9 @@ def _sine():
 
 
 MODELS = {"sine_mlp": _sine, "omniglot": _omniglot}
+
+
+pytestmark = pytest.mark.usefixtures("nondeterministic_ops")
 
 
 def _relative(a, b):
@@ -114,8 +118,13 @@ def test_xla_fallback_runs_the_plain_graph_with_a_notice_or_fails_when_strict(ca
     args = (warped, warped.values("task"), warped.values("warp"), wg.sgd(0.05), wg.minibatches(x, y),
             _not_compilable(loss), 2)
     plain = wg.adapt(*args)
-    with caplog.at_level(logging.WARNING):
-        fallback = wg.adapt(*args, jit_compile=True)
+    verbosity = absl_logging.get_verbosity()  # an in-process CLI run earlier in the session may have raised it
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    try:
+        with caplog.at_level(logging.WARNING):
+            fallback = wg.adapt(*args, jit_compile=True)
+    finally:
+        absl_logging.set_verbosity(verbosity)
     notices = [r.getMessage() for r in caplog.records if "XLA compilation of adapt failed" in r.getMessage()]
     assert len(notices) == 1 and "\n" not in notices[0]
     np.testing.assert_allclose(fallback.losses, plain.losses, rtol=1e-6)

@@ -38,6 +38,10 @@ multi-shot trainer (``trainers/omniglot.py``, ``train_eval.source="fewshot"``).
 
 Bad input raises :class:`FewShotDataError` (a ``ValueError``) or :class:`FewShotNotFoundError` (a
 ``FileNotFoundError``), one line naming the file or folder at fault.
+
+Length (≈ 600 lines, over the project's ~400): the readers of the three on-disk formats (pickles, image
+folders, Omniglot) feed both task families built from them — few-shot episodes and App. H's multi-shot
+tasks — which share the class splits and the store; a format fix lands once.
 """
 
 from __future__ import annotations

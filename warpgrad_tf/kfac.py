@@ -52,7 +52,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from warpgrad_tf.update_rules import UpdateRule
+from warpgrad_tf.rule import UpdateRule
 
 __all__ = ["Block", "Curvature", "DISTRIBUTIONS", "KFACState", "factor_statistics", "kfac", "kfac_blocks",
            "precondition", "probe_loss", "sample_targets"]

@@ -11,37 +11,18 @@ Alg. 1 line 8), or momentum SGD, whose buffer is then part of the state sampled 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
+from warpgrad_tf import kfac
+from warpgrad_tf.rule import UpdateRule
+
 __all__ = ["adam", "AdamState", "get", "momentum", "sgd", "UpdateRule"]
 
-Params = Mapping[str, tf.Tensor]
 
-
-class UpdateRule(NamedTuple):
-    """An inner-loop optimiser.
-
-    Attributes:
-      name: ``"sgd"`` or ``"momentum"`` (used in exported metadata).
-      learning_rate: default step size α (> 0).
-      init: ``init(params) -> state``.
-      update: ``update(grads, state, params, learning_rate=None) -> (new_params, new_state)``.
-      hyperparameters: the rule's constants, for metadata and logs.
-      curvature: None for first-order rules; a rule that needs curvature statistics (KFAC,
-        :mod:`warpgrad_tf.kfac`) carries a :class:`~warpgrad_tf.kfac.Curvature` here, and
-        :func:`~warpgrad_tf.adaptation.gradient_step` then calls ``update(..., curvature=statistics)``.
-    """
-
-    name: str
-    learning_rate: float
-    init: Callable[[Params], Any]
-    update: Callable[..., tuple]
-    hyperparameters: dict
-    curvature: Any = None
 
 
 def _check_lr(learning_rate):
@@ -186,8 +167,6 @@ def get(name, learning_rate, *, warped=None, **kwargs):
     if name not in rules:
         raise ValueError(f"Unknown inner update rule {name!r}; choose one of {sorted(rules)}.")
     if name == "kfac":
-        from warpgrad_tf import kfac  # noqa: PLC0415 (kfac builds on UpdateRule: imported on use)
-
         if warped is None:
             raise ValueError("inner update rule 'kfac' needs the WarpedModel it preconditions: "
                              "update_rules.get('kfac', lr, warped=warped).")

@@ -44,7 +44,6 @@ this module implements KFAC on the project's own seam.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import gin
@@ -52,7 +51,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from warpgrad_tf.rule import UpdateRule
+from warpgrad_tf.rule import UpdateRule, step_size
 
 __all__ = ["Block", "Curvature", "DISTRIBUTIONS", "KFACState", "factor_statistics", "kfac", "kfac_blocks",
            "precondition", "probe_loss", "sample_targets"]
@@ -222,15 +221,6 @@ def probe_loss(outputs, targets, distribution):
     return 0.5 * tf.reduce_sum(tf.square(targets - outputs))
 
 
-def _rate(learning_rate, default, name, like):
-    lr = default if learning_rate is None else learning_rate
-    if isinstance(lr, Mapping):
-        lr = lr[name]
-    if isinstance(lr, (int, float, np.number)):  # a number: no float32 round trip in float64 models
-        return tf.constant(float(lr), dtype=like.dtype)
-    return tf.cast(lr, like.dtype)
-
-
 def _eigh(m):
     d, q = tf.linalg.eigh(m)
     return q, tf.maximum(d, 0)
@@ -320,14 +310,14 @@ def kfac(learning_rate, warped, damping=1e-3, decay=0.95, factor_every=1, invers
             steps[path] = grads[path]
         scale = None
         if kl_clip is not None:
-            lr = _rate(learning_rate, lr0, blocks[0].kernel, params[blocks[0].kernel])
+            lr = step_size(learning_rate, lr0, blocks[0].kernel, params[blocks[0].kernel])
             inner = tf.add_n([tf.reduce_sum(steps[k] * grads[k]) for k in steps])
             scale = tf.minimum(tf.constant(1.0, inner.dtype),
                                tf.sqrt(tf.constant(float(kl_clip), inner.dtype) / tf.maximum(lr * lr * inner, 1e-30)))
         out = {}
         for k, p in params.items():
             step = steps[k] if scale is None else scale * steps[k]
-            out[k] = p - _rate(learning_rate, lr0, k, p) * tf.cast(step, p.dtype)
+            out[k] = p - step_size(learning_rate, lr0, k, p) * tf.cast(step, p.dtype)
         return out, KFACState(count + 1, **new)
 
     hp = {"learning_rate": lr0, "damping": damping, "decay": decay, "factor_every": factor_every,

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
-__all__ = ["Params", "UpdateRule"]
+__all__ = ["Params", "step_size", "UpdateRule"]
 
 Params = Mapping[str, tf.Tensor]
 
@@ -37,3 +38,14 @@ class UpdateRule(NamedTuple):
     update: Callable[..., tuple]
     hyperparameters: dict
     curvature: Any = None
+
+
+def step_size(learning_rate, default, name, like):
+    """The step size for parameter ``name``: ``learning_rate`` (None: ``default``) as a scalar, or the matching
+    entry of a per-parameter dict, in ``like``'s dtype (a Python number is not rounded through float32)."""
+    lr = default if learning_rate is None else learning_rate
+    if isinstance(lr, Mapping):
+        lr = lr[name]
+    if isinstance(lr, (int, float, np.number)):
+        return tf.constant(float(lr), dtype=like.dtype)
+    return tf.cast(lr, like.dtype)

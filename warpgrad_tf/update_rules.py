@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from warpgrad_tf import kfac
-from warpgrad_tf.rule import UpdateRule
+from warpgrad_tf.rule import UpdateRule, step_size
 
 __all__ = ["adam", "AdamState", "get", "momentum", "sgd", "UpdateRule"]
 
@@ -59,16 +59,6 @@ def _check_override(learning_rate, params):
                                  f"{p.shape} (use a scalar, that shape, or a per-parameter dict).")
 
 
-def _rate(learning_rate, default, name, like):
-    """The step size for parameter ``name``: a scalar, or the matching entry of a per-parameter dict."""
-    lr = default if learning_rate is None else learning_rate
-    if isinstance(lr, Mapping):
-        lr = lr[name]
-    if isinstance(lr, (int, float, np.number)):  # a number: no float32 round trip in float64 models
-        return tf.constant(float(lr), dtype=like.dtype)
-    return tf.cast(lr, like.dtype)
-
-
 def sgd(learning_rate):
     """Plain gradient descent: ``θ ← θ − α g``. State is empty."""
     lr0 = _check_lr(learning_rate)
@@ -80,7 +70,7 @@ def sgd(learning_rate):
     def update(grads, state, params, learning_rate=None):
         if learning_rate is not None:
             _check_override(learning_rate, params)
-        new = {k: params[k] - _rate(learning_rate, lr0, k, params[k]) * grads[k] for k in params}
+        new = {k: params[k] - step_size(learning_rate, lr0, k, params[k]) * grads[k] for k in params}
         return new, state
 
     return UpdateRule("sgd", lr0, init, update, {"learning_rate": lr0})
@@ -105,7 +95,7 @@ def momentum(learning_rate, beta=0.9, nesterov=False):
             _check_override(learning_rate, params)
         velocity = {k: beta * state[k] + grads[k] for k in params}
         step = {k: grads[k] + beta * velocity[k] for k in params} if nesterov else velocity
-        new = {k: params[k] - _rate(learning_rate, lr0, k, params[k]) * step[k] for k in params}
+        new = {k: params[k] - step_size(learning_rate, lr0, k, params[k]) * step[k] for k in params}
         return new, velocity
 
     return UpdateRule("momentum", lr0, init, update,
@@ -145,7 +135,7 @@ def adam(learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
         for k, p in params.items():
             dtype = p.dtype
             t = tf.cast(state.count + 1, dtype)
-            alpha = (_rate(learning_rate, lr0, k, p) * tf.sqrt(1 - tf.pow(tf.cast(beta_2, dtype), t))
+            alpha = (step_size(learning_rate, lr0, k, p) * tf.sqrt(1 - tf.pow(tf.cast(beta_2, dtype), t))
                      / (1 - tf.pow(tf.cast(beta_1, dtype), t)))
             g = tf.cast(grads[k], dtype)
             m[k] = state.m[k] + (g - state.m[k]) * (1 - beta_1)

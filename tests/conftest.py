@@ -38,6 +38,17 @@ def omniglot_dir():
     return path
 
 
+@pytest.fixture(scope="session")
+def omniglot_cache(tmp_path_factory, omniglot_dir):
+    """A TFDS cache of ``omniglot_dir``'s images, decoded once for the whole session (every trainer or
+    benchmark run given it as ``WARPGRAD_TFDS_DIR`` or ``cache_dir`` reads it instead of decoding again)."""
+    path = str(tmp_path_factory.mktemp("tfds_omniglot"))
+    from warpgrad_tf.data import omniglot as og
+
+    og.load_images(omniglot_dir, cache_dir=path)
+    return path
+
+
 @pytest.fixture
 def float64():
     """Run a test with Keras' float type *and* dtype policy set to float64 (for finite-difference checks).

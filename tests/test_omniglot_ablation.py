@@ -18,13 +18,9 @@ TINY = ["train_eval.meta_steps=1", "train_eval.inner_steps=1", "train_eval.meta_
         "omniglot_convnet.filters=2", "omniglot_convnet.num_blocks=1"]
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory, omniglot_dir):
-    path = str(tmp_path_factory.mktemp("tfds_ablation"))
-    from warpgrad_tf.data import omniglot as og
-
-    og.load_images(omniglot_dir, cache_dir=path)
-    return path
+@pytest.fixture
+def cache(omniglot_cache):
+    return omniglot_cache  # the session's one decoded cache (conftest)
 
 
 def test_every_row_runs_end_to_end_with_its_own_configuration(tmp_path, omniglot_dir, cache, monkeypatch, capsys):

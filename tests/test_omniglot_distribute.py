@@ -23,13 +23,9 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory, omniglot_dir):
-    path = str(tmp_path_factory.mktemp("tfds_distribute"))
-    from warpgrad_tf.data import omniglot as og
-
-    og.load_images(omniglot_dir, cache_dir=path)
-    return path
+@pytest.fixture
+def cache(omniglot_cache):
+    return omniglot_cache  # the session's one decoded cache (conftest)
 
 
 def cli(root, omniglot_dir, cache, preset, *extra, params=()):

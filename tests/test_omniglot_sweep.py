@@ -19,13 +19,9 @@ TINY = ["train_eval.meta_steps=1", "train_eval.inner_steps=1", "train_eval.meta_
         "omniglot_convnet.filters=4"]
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory, omniglot_dir):
-    path = str(tmp_path_factory.mktemp("tfds_sweep"))
-    from warpgrad_tf.data import omniglot as og
-
-    og.load_images(omniglot_dir, cache_dir=path)
-    return path
+@pytest.fixture
+def cache(omniglot_cache):
+    return omniglot_cache  # the session's one decoded cache (conftest)
 
 
 def test_sweep_runs_end_to_end_and_writes_table_and_figure(tmp_path, omniglot_dir, cache, monkeypatch, capsys):

@@ -29,13 +29,9 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="session")
-def tfds_cache(tmp_path_factory, omniglot_dir):
-    path = str(tmp_path_factory.mktemp("tfds_trainer"))
-    from warpgrad_tf.data import omniglot as og
-
-    og.load_images(omniglot_dir, cache_dir=path)  # build once; every run below reads it
-    return path
+@pytest.fixture
+def tfds_cache(omniglot_cache):
+    return omniglot_cache  # the session's one decoded cache (conftest)
 
 
 SELECTOR = "trainers.omniglot.train_eval"  # other trainers also define train_eval: qualify the gin selector

@@ -38,10 +38,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from warpgrad_tf import startup  # noqa: E402
+from warpgrad_tf import run_checkpoints, settings, startup  # noqa: E402
 
 __all__ = ["FLAGS", "accelerator_options", "Checkpointer", "ConfigError", "Interrupt", "Placement", "SummaryWriters",
-           "check_binding_types", "define_flags", "entry_point", "loop_sum", "parse_gin", "place_run", "progress",
+           "check_binding_types", "check_settings", "define_flags",
+           "entry_point", "loop_sum", "parse_gin", "place_run", "progress",
            "quiet_logs", "run_main", "write_json", "write_operative_config"]
 
 FLAGS = flags.FLAGS
@@ -104,6 +105,23 @@ def check_binding_types(fn, name="train_eval"):
                               f"got {value!r} ({type(value).__name__}).")
 
 
+def check_settings(arguments, *configurables, name="train_eval"):
+    """The first line of every trainer's ``train_eval``: ``check_settings(locals(), *other configurables)``.
+
+    Before anything is written: every numeric argument in range (:data:`warpgrad_tf.settings.RANGES`), the
+    gin bindings of the other ``configurables`` the run will call (the sine demo's ``warp_method``...) too,
+    and ``root_dir`` a folder that can be written. A :class:`~warpgrad_tf.settings.SettingError` (a
+    ValueError: one line, exit status 2) names the binding or flag at fault.
+    """
+    arguments = dict(arguments)
+    root_dir = arguments.pop("root_dir", None)
+    settings.check(arguments, name)
+    for fn in configurables:
+        settings.check(gin.get_bindings(fn), getattr(fn, "__name__", str(fn)))
+    if root_dir is not None:
+        settings.check_output_dir(root_dir)
+
+
 def run_main(train_eval, data_dir=False):
     """Entry point for ``python -m trainers.X``: flags → gin → ``train_eval(root_dir=..., [data_dir=...])``.
 
@@ -133,11 +151,15 @@ def run_main(train_eval, data_dir=False):
             train_eval(**kwargs)
         except (ConfigError, ValueError, FileNotFoundError) as e:
             _fail(str(e))
-        except FloatingPointError as e:  # a diverging meta-step: refused before any update, nothing saved
-            _fail(str(e), status=1)
+        except (FloatingPointError, run_checkpoints.UnreadableCheckpoints) as e:  # a diverging meta-step
+            _fail(str(e), status=1)  # (refused before any update, nothing saved) or no checkpoint reads back
         except KeyboardInterrupt as e:  # SIGINT / SIGTERM: the loop checkpointed (see Interrupt); no traceback
             print(str(e) or "interrupted.", file=sys.stderr)
             sys.exit(130)
+        except Exception as e:  # noqa: BLE001 - any other failure: one line, exit 1; --verbosity: the traceback
+            if FLAGS["verbosity"].present or startup.verbose():
+                raise
+            _fail(f"{type(e).__name__}: {e} (--verbosity=0 shows the traceback)", status=1)
 
     app.run(main)
 
@@ -271,32 +293,43 @@ class Checkpointer:
     def __init__(self, root_dir, max_to_keep=3, **trackables):
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         self.checkpoint = tf.train.Checkpoint(step=self.step, **trackables)
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(root_dir, "checkpoints"), max_to_keep=max_to_keep)
+        self.directory, self.max_to_keep = os.path.join(root_dir, "checkpoints"), max_to_keep
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=max_to_keep)
 
     def restore(self):
-        """Resume from the newest checkpoint: every tracked value restored and every checkpointed value used.
+        """Resume from the newest readable checkpoint: every tracked value restored and every checkpointed
+        value used.
 
-        A checkpoint written under another configuration (a different model, cell or optimiser in the same
-        ``--root_dir``) is a :class:`ConfigError` naming the folder — not a silent partial restore.
+        A newer checkpoint that does not read back (truncated, corrupt, missing a file) is named in one line and
+        set aside (:func:`warpgrad_tf.run_checkpoints.restore_point`); when none reads back,
+        :class:`~warpgrad_tf.run_checkpoints.UnreadableCheckpoints` (one line, exit status 1). A checkpoint
+        written under another configuration (a different model, cell or optimiser in the same ``--root_dir``)
+        is a :class:`ConfigError` naming the folder — not a silent partial restore.
         """
-        latest = self.manager.latest_checkpoint
+        latest = run_checkpoints.restore_point(self.directory)
+        if latest != self.manager.latest_checkpoint:  # the list changed: the manager re-reads it
+            self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=self.max_to_keep)
         if latest:
-            try:
-                status = self.checkpoint.restore(latest)
-                status.assert_existing_objects_matched()
-                status.assert_consumed()
-            except (AssertionError, ValueError) as e:
-                detail = " ".join(str(e).split())[:300]
-                raise ConfigError(f"{latest} was written by a different configuration (another model, cell or "
-                                  f"optimiser) than this run's: use a new --root_dir, or the gin files that "
-                                  f"started it. ({detail})") from e
+            _restore_matching(self.checkpoint, latest)
             logging.info("Resumed from %s at step %d.", latest, int(self.step))
         return int(self.step)
 
     def save(self, step):
         self.step.assign(int(step))
         return self.manager.save(checkpoint_number=int(step))
+
+
+def _restore_matching(checkpoint, path):
+    """``checkpoint.restore(path)`` with every object matched both ways; a mismatch is a :class:`ConfigError`."""
+    try:
+        status = checkpoint.restore(path)
+        status.assert_existing_objects_matched()
+        status.assert_consumed()
+    except (AssertionError, ValueError) as e:
+        detail = " ".join(str(e).split())[:300]
+        raise ConfigError(f"{path} was written by a different configuration (another model, cell or "
+                          f"optimiser) than this run's: use a new --root_dir, or the gin files that "
+                          f"started it. ({detail})") from e
 
 
 def accelerator_options(jit_compile=False, vectorize=False, name="train_eval"):

@@ -219,6 +219,7 @@ def train_eval(
     Returns:
       The results dict written to ``root_dir/results.json``.
     """
+    common.check_settings(locals())  # before anything is written
     check_objective(objective)
     run = common.place_run(strategy, root_dir, "continual_sine")
     strategy, distributed, root_dir = run.strategy, run.distributed, run.out_dir

@@ -144,6 +144,7 @@ def train_eval(root_dir, data_dir,
       strategy: a ``tf.distribute.Strategy`` (``--strategy``) whose replicas share every meta-batch; None:
         the default (single-device) strategy.
     """
+    common.check_settings(locals())  # before anything is written
     _check(method, ways, shots, queries, inner_steps, meta_steps, meta_batch_size, eval_episodes, val_episodes,
            eval_every, checkpoint_every, first_block)
     m = methods_lib.get(method)

@@ -223,6 +223,7 @@ def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, ep
     Returns:
       A summary dict (also written into ``returns.json``).
     """
+    common.check_settings(locals())  # before anything is written
     if cell not in CELLS:
         raise ValueError(f"Unknown RNN cell {cell!r} in train_eval.cell; choose one of {sorted(CELLS)}.")
     num_iterations = _check_positive_int("num_iterations", num_iterations)

@@ -313,6 +313,7 @@ def train_eval(root_dir, data_dir,
         XLA (False / True with a fallback notice / ``"strict"``) and tasks adapted side by side. Off by default:
         on a 2-core CPU both are slower (benchmarks/README.md).
     """
+    common.check_settings(locals())  # before anything is written
     _check_config(preset, method, algorithm, objective, inner_steps, meta_steps, eta, meta_batch_size,
                   checkpoint_every, eval_every, batch_norm_eval, source, learned_rate)
     m = methods_lib.get(method)

@@ -237,6 +237,7 @@ def train_eval(root_dir, methods=("sgd", "warp", "leap", "reptile", "maml", "war
     ``strategy`` (``--strategy``): a ``tf.distribute.Strategy`` whose replicas share each meta-batch
     (``meta_batch_size`` must be a multiple of the replica count); None or the default runs on one device.
     """
+    common.check_settings(locals(), build_model, warp_method, init_method)  # before anything is written
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"Unknown method(s) {unknown} in train_eval.methods; choose from {sorted(METHODS)}.")

@@ -275,6 +275,7 @@ def train_eval(
     Returns:
       The results dict written to ``root_dir/results.json``.
     """
+    common.check_settings(locals())  # before anything is written
     check_objective(objective)
     if int(starts_per_task) < 1:
         raise ValueError(f"train_eval.starts_per_task must be >= 1; got {starts_per_task}.")

@@ -34,7 +34,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from warpgrad_tf import accelerate
+from warpgrad_tf import accelerate, run_checkpoints
 from warpgrad_tf import meta_optimizers as meta_opt_lib
 from warpgrad_tf.model import WarpedModel
 
@@ -242,8 +242,11 @@ class WorkerCheckpointer:
             if self.chief else None
 
     def restore(self):
-        """Restore the chief's latest checkpoint (if any); returns the step to continue from."""
-        latest = tf.train.latest_checkpoint(self.directory)
+        """Restore the chief's newest readable checkpoint (if any; the chief sets damaged newer ones aside,
+        :func:`warpgrad_tf.run_checkpoints.restore_point`); returns the step to continue from."""
+        latest = run_checkpoints.restore_point(self.directory, set_aside_damaged=self.chief)
+        if self.chief and latest != self.manager.latest_checkpoint:  # the list changed: re-read it
+            self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=self.max_to_keep)
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
         return int(self.step)

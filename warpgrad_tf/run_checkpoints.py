@@ -6,16 +6,141 @@ save it) or as role lists ``task`` / ``warp`` / ``frozen``, plus ``inner_rates``
 meta-learned. This module is the one place in ``warpgrad_tf/`` that reads those layouts (the exporters
 :func:`warpgrad_tf.serving.export` and :func:`warpgrad_tf.serving_rl.export` take weights from a checkpoint
 through it); the run folder's own format is :mod:`warpgrad_tf.artifacts`.
+
+It is also where a resuming run picks its checkpoint (:func:`restore_point`, used by
+:class:`trainers.common.Checkpointer` and :class:`warpgrad_tf.distribute.WorkerCheckpointer`): the newest one
+whose every tensor reads back. What TensorFlow guarantees when it writes one: each file of the checkpoint
+(``ckpt-N.index``, ``ckpt-N.data-*``) is written under a temporary name and renamed into place, and the
+``checkpoint`` list is rewritten (temporary file + rename) only after them, so a process killed mid-save
+leaves the previous checkpoints and list intact. Nothing is fsync'ed, though: after a power loss or kernel
+crash, on a full disk that the file system reports late, or on a store without atomic rename, a listed
+checkpoint can be truncated or lost. Reading every tensor back (the bundle reader checks each one's
+CRC32C) finds those; docs/reliability.md says what happens then.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import sys
 
 import tensorflow as tf
 
-__all__ = ["checkpoint_objects", "checkpoint_path", "latest_checkpoint_dir", "resolve_checkpoint",
-           "restore_checkpoint"]
+__all__ = ["UnreadableCheckpoints", "checkpoint_objects", "checkpoint_path", "checkpoint_problem",
+           "latest_checkpoint_dir", "resolve_checkpoint", "restore_checkpoint", "restore_point", "set_aside"]
+
+#: suffix of a checkpoint's files set aside as unreadable (``ckpt-4.index.damaged``; never deleted)
+DAMAGED = ".damaged"
+
+
+class UnreadableCheckpoints(RuntimeError):
+    """No checkpoint of a run's folder reads back: the trainers report it in one line (exit status 1)."""
+
+
+def _first_line(error):
+    text = " ".join(str(error).split())
+    return (text or type(error).__name__)[:200]
+
+
+def checkpoint_problem(prefix):
+    """None when every tensor of checkpoint ``prefix`` reads back, else ``"<file>: <what is wrong>"``."""
+    name = os.path.basename(prefix)
+    if not tf.io.gfile.exists(prefix + ".index"):
+        return f"{name}.index: missing"
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+    except Exception as e:  # noqa: BLE001 - any failure to read is a damaged index (OpError, IndexError, ...)
+        return f"{name}.index: {_first_line(e)}"
+    try:
+        for key in reader.get_variable_to_shape_map():
+            reader.get_tensor(key)
+    except Exception as e:  # noqa: BLE001 - truncated ("Read less bytes"), checksum mismatch, missing shard
+        shards = sorted(os.path.basename(p) for p in tf.io.gfile.glob(prefix + ".data-*"))
+        return f"{shards[0] if len(shards) == 1 else name + '.data-*'}: {_first_line(e)}"
+    return None
+
+
+def set_aside(prefix):
+    """Rename every file of checkpoint ``prefix`` to ``<file>.damaged`` (``.damaged2``, ... if taken); returns
+    the new names. Nothing is deleted."""
+    moved = []
+    for path in sorted(tf.io.gfile.glob(prefix + ".*")):
+        if DAMAGED in os.path.basename(path)[len(os.path.basename(prefix)):]:
+            continue
+        target, n = path + DAMAGED, 1
+        while tf.io.gfile.exists(target):
+            n += 1
+            target = f"{path}{DAMAGED}{n}"
+        tf.io.gfile.rename(path, target)
+        moved.append(target)
+    return moved
+
+
+def _listed(directory):
+    """The checkpoints the folder's ``checkpoint`` list names (oldest first), or — when that list is missing
+    or unreadable — the ``ckpt-N.index`` files present, by N."""
+    state = tf.train.get_checkpoint_state(directory)
+    if state is not None and state.all_model_checkpoint_paths:
+        return list(state.all_model_checkpoint_paths), state
+    found = []
+    for path in tf.io.gfile.glob(os.path.join(directory, "*.index")):
+        match = re.fullmatch(r"(.*-)(\d+)\.index", os.path.basename(path))
+        if match:
+            found.append((int(match.group(2)), path[:-len(".index")]))
+    return [p for _, p in sorted(found)], None
+
+
+def _rewrite_list(directory, keep, state):
+    """The folder's ``checkpoint`` list naming only ``keep`` (newest last), written atomically."""
+    stamps = list(state.all_model_checkpoint_timestamps) if state is not None else []
+    paths = list(state.all_model_checkpoint_paths) if state is not None else []
+    by_path = dict(zip(paths, stamps)) if len(stamps) == len(paths) else {}
+    proto = tf.compat.v1.train.generate_checkpoint_state_proto(
+        directory, os.path.basename(keep[-1]), all_model_checkpoint_paths=[os.path.basename(p) for p in keep],
+        all_model_checkpoint_timestamps=[by_path[p] for p in keep] if all(p in by_path for p in keep) else None,
+        last_preserved_timestamp=state.last_preserved_timestamp if state is not None else None)
+    path = os.path.join(directory, "checkpoint")
+    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+        f.write(str(proto))
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+
+
+def restore_point(directory, set_aside_damaged=True, report=None):
+    """The checkpoint a run resuming from ``directory`` should read: the newest one whose every tensor reads
+    back (:func:`checkpoint_problem`), or None for a fresh run (no checkpoint).
+
+    Each newer, unreadable one is reported in one line (``report``, default: stderr) naming the file and the
+    problem; with ``set_aside_damaged`` (the chief; other workers only read) its files are renamed
+    (:func:`set_aside`) and it is dropped from the folder's ``checkpoint`` list, so neither a later restore
+    nor the CheckpointManager's clean-up tries it again. When none reads back nothing is changed and
+    :class:`UnreadableCheckpoints` says how to start afresh.
+    """
+    listed, state = _listed(directory)
+    damaged = []
+    for prefix in reversed(listed):
+        problem = checkpoint_problem(prefix)
+        if problem is None:
+            break
+        damaged.append((prefix, problem))
+    else:
+        if damaged:
+            names = ", ".join(f"{os.path.basename(p)} ({why})" for p, why in damaged[:3])
+            raise UnreadableCheckpoints(
+                f"no readable checkpoint in {directory}: {names}{' ...' if len(damaged) > 3 else ''}; to start "
+                f"afresh, move {directory} aside or use a new --root_dir (nothing was changed).")
+        return None
+    if report is None:
+        def report(line):
+            print(line, file=sys.stderr)
+    for bad, problem in damaged:
+        aside = f"; set aside as {os.path.basename(bad)}.*{DAMAGED}" if set_aside_damaged else ""
+        report(f"warning: checkpoint {bad} is unreadable ({problem}){aside}; resuming from "
+               f"{os.path.basename(prefix)}.")
+        if set_aside_damaged:
+            set_aside(bad)
+    if set_aside_damaged and (damaged or state is None):
+        _rewrite_list(directory, [p for p in listed if p not in dict(damaged)], state)
+    return prefix
 
 
 def checkpoint_path(checkpoint):

@@ -50,7 +50,7 @@ import warpgrad_tf  # noqa: E402, F401  (first: TensorFlow's start-up lines are 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from warpgrad_tf import adaptation, artifacts, learned_lr, losses, serving  # noqa: E402
+from warpgrad_tf import adaptation, artifacts, learned_lr, losses, saved_model_files, serving, settings  # noqa: E402
 from warpgrad_tf.model import WarpedModel  # noqa: E402
 
 from . import litert_ops  # noqa: E402
@@ -273,7 +273,10 @@ def _assign(variable, value, source):
 
 def export(output, *, root_dir=None, saved_model=None, support_size, query_size, steps=None):
     """Write ``output`` (``.tflite``) from run ``root_dir`` or SavedModel ``saved_model``; returns
-    ``(output, description dict, size in bytes)``."""
+    ``(output, description dict, size in bytes)``. The sizes and ``output`` are checked first
+    (:mod:`warpgrad_tf.settings`), before anything is loaded or written."""
+    settings.check({"support_size": support_size, "query_size": query_size, "steps": steps}, "--")
+    settings.check_output_file(output, "--output")
     if saved_model:
         warped, rule, spec, seed, rate = from_saved_model(saved_model, root_dir)
     else:
@@ -282,11 +285,7 @@ def export(output, *, root_dir=None, saved_model=None, support_size, query_size,
     exporter = LiteRTExporter(warped, rule, spec, support_size=support_size, query_size=query_size, steps=steps,
                               seed=seed, learned_rate=rate)
     flatbuffer = exporter.convert()
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    tmp = output + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(flatbuffer)
-    os.replace(tmp, output)
+    saved_model_files.write_file(output, flatbuffer)  # temporary name beside it + rename: never half-written
     return output, exporter.description(), len(flatbuffer)
 
 
@@ -299,23 +298,34 @@ def parse_args(argv=None):
     parser.add_argument("--support_size", type=int, required=True, help="support examples per task (fixed)")
     parser.add_argument("--query_size", type=int, required=True, help="query / infer examples (fixed)")
     parser.add_argument("--steps", type=int, default=None, help="adaptation steps K (default: the run's)")
+    parser.add_argument("--verbosity", type=int, default=None, help="set (e.g. 0) to show tracebacks and logs")
     args = parser.parse_args(argv)
     if not (args.root_dir or args.saved_model):
         parser.error("pass --root_dir or --saved_model")
     return args
 
 
+def _first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def main(argv=None):
     args = parse_args(argv)
     import absl.logging
 
-    absl.logging.set_verbosity(absl.logging.ERROR)
+    absl.logging.set_verbosity(absl.logging.ERROR if args.verbosity is None else absl.logging.INFO)
     try:
         path, d, size = export(args.output, root_dir=args.root_dir, saved_model=args.saved_model,
                                support_size=args.support_size, query_size=args.query_size, steps=args.steps)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:  # bad flags, paths or inputs: exit 2
+        print(f"error: {_first_line(e)}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - any other failure: one line, exit 1 (--verbosity: the traceback)
+        if args.verbosity is not None:
+            raise
+        print(f"error: {type(e).__name__}: {_first_line(e)} (--verbosity=0 shows the traceback)", file=sys.stderr)
+        return 1
     print(f"Exported {d['task_family'] or 'model'} ({d['method']}, training step {d['training_step']}) to {path} "
           f"({size / 1024:.1f} KiB, LiteRT builtins only)\n"
           f"  support {d['support_size']} x {d['input_shape']}, query {d['query_size']}; {d['steps']} steps of "

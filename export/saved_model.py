@@ -38,6 +38,7 @@ def parse_args(argv=None):
                              "instead of model.keras")
     parser.add_argument("--seed", type=int, default=None,
                         help="mini-batch seed of in-model adaptation (default: the run's, else 0)")
+    parser.add_argument("--verbosity", type=int, default=None, help="set (e.g. 0) to show tracebacks and logs")
     return parser.parse_args(argv)
 
 
@@ -62,19 +63,35 @@ def _learned_summary(learned):
             "learning_rate")
 
 
+def _first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def main(argv=None):
+    """Exit status 0, 2 for a bad flag, path or run (one line), 1 for any other failure (one line; the
+    traceback with ``--verbosity``). Flags and ``--output`` are checked before the run is loaded; the SavedModel
+    is written to a temporary folder beside ``--output`` and renamed (:mod:`warpgrad_tf.saved_model_files`)."""
     args = parse_args(argv)
     import absl.logging
 
-    absl.logging.set_verbosity(absl.logging.WARNING)
-    from warpgrad_tf import artifacts, serving, serving_rl
+    absl.logging.set_verbosity(absl.logging.WARNING if args.verbosity is None else absl.logging.INFO)
+    from warpgrad_tf import artifacts, saved_model_files, serving, serving_rl, settings
 
-    exporter = serving_rl.export if artifacts.is_agent_run(args.root_dir) else serving.export
     try:
+        settings.check({"seed": args.seed}, "--")
+        settings.check_output_dir(args.output, "--output", renamed_into_place=True)
+        saved_model_files.check_output(args.output, overwrite=True)
+        exporter = serving_rl.export if artifacts.is_agent_run(args.root_dir) else serving.export
         path, d = exporter(args.root_dir, args.output, checkpoint=args.checkpoint, seed=args.seed)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_first_line(e)}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - any other failure: one line, exit 1 (--verbosity: the traceback)
+        if args.verbosity is not None:
+            raise
+        print(f"error: {type(e).__name__}: {_first_line(e)} (--verbosity=0 shows the traceback)", file=sys.stderr)
+        return 1
     if d.get("kind") == "maze_agent":
         print(serving_rl.summary(path, d))
     else:

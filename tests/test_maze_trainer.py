@@ -119,7 +119,7 @@ def test_returns_figure_collects_sibling_runs(tmp_path):
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(cell="lstm"), r"Unknown RNN cell 'lstm' in train_eval.cell; choose one of \['hebbian', 'hyper_rnn'"),
-    (dict(batch_size=0), "maze batch_size must be an integer >= 1; got 0"),
+    (dict(batch_size=0), "train_eval.batch_size must be >= 1; got 0"),
     (dict(maze_size=10), "maze size must be an odd integer"),
     (dict(maze_size=1), "maze size 1 with rules 'published' leaves no free non-centre cell for the goal"),
     (dict(maze_rules="miconi"), r"Unknown maze rules 'miconi'; choose one of \['published', 'pillar'\]"),
@@ -128,7 +128,7 @@ def test_returns_figure_collects_sibling_runs(tmp_path):
                                           r"\['hebbian', 'neuromodulated'\] are plastic"),
     (dict(cell="hebbian", plasticity="retroactive"), r"train_eval.plasticity='retroactive' is not supported by "
                                                      r"cell 'hebbian'; choose one of \['hebb', 'oja'\]"),
-    (dict(warp_period=0), "train_eval.warp_period must be an integer >= 1"),
+    (dict(warp_period=0), "train_eval.warp_period must be >= 1"),
     (dict(discount=2.0), "discount must lie in"),
 ])
 def test_bad_input_is_a_clear_error(tmp_path, kwargs, match):

@@ -277,8 +277,13 @@ def train_eval(root_dir, methods=("sgd", "warp", "leap", "reptile", "maml", "war
     for row in table.values():
         print(f"{row['label']:<32}{row['final_mse']:>10.3f}{row['final_mse_stderr']:>10.3f}"
               f"{row['meta_train_seconds']:>14.1f}")
-    print(f"\nresults: {os.path.join(root_dir, 'results.json')}\nplot:    {os.path.join(root_dir, 'curves.png')}"
-          f"\nTensorBoard: tensorboard --logdir {root_dir}\nmodel:   {wg.artifacts.model_dir(root_dir)}")
+    print()
+    for label, path in (("results:", os.path.join(root_dir, "results.json")),
+                        ("plot:   ", os.path.join(root_dir, "curves.png")),
+                        ("model:  ", wg.artifacts.model_dir(root_dir))):  # only what exists (no model without warp)
+        if os.path.exists(path):
+            print(f"{label} {path}")
+    print(f"TensorBoard: tensorboard --logdir {root_dir}")
     return table
 
 

@@ -1,6 +1,8 @@
-"""Writing a SavedModel folder safely: the output check and the write through a temporary folder.
+"""Writing export outputs safely: the output check and the write through a temporary name in the destination
+folder, renamed into place at the end and removed on any failure, so nothing half-written remains.
 
-Shared by both adaptive savers (:mod:`warpgrad_tf.serving`, :mod:`warpgrad_tf.serving_rl`); no paper equation.
+Shared by both adaptive savers (:mod:`warpgrad_tf.serving`, :mod:`warpgrad_tf.serving_rl`) and the LiteRT
+exporter (:func:`write_file`); no paper equation.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import tempfile
 
 import tensorflow as tf
 
-__all__ = ["check_output", "save_module"]
+__all__ = ["check_output", "save_module", "write_file"]
 
 
 def _parents(path):
@@ -53,3 +55,19 @@ def save_module(module, signatures, export_dir, overwrite=True):
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
     return export_dir
+
+
+def write_file(path, data):
+    """Write ``data`` (bytes) to ``path`` through a temporary file in its folder and a rename; on any failure
+    the temporary file is removed and an existing ``path`` is left as it was."""
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path

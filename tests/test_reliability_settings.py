@@ -164,6 +164,9 @@ def test_a_file_export_failing_mid_write_leaves_nothing_and_keeps_the_old_file(t
     with pytest.raises(OSError, match="No space left"):
         saved_model_files.write_file(str(target), b"new" * 1000)
     assert sorted(os.listdir(tmp_path)) == ["model.tflite"] and target.read_bytes() == b"old"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask  # as open() would have made it, not mkstemp's 0600
 
 
 def test_a_saved_model_export_failing_mid_write_leaves_nothing(tmp_path, monkeypatch):

@@ -11,9 +11,10 @@ A trainer module defines one ``@gin.configurable train_eval(root_dir, ...)`` and
 
 which gives it ``--root_dir``, ``--gin_file`` (repeatable), ``--gin_param`` (repeatable) and
 ``--data_dir``, parses gin before any work, reports configuration errors as one line naming the flag or
-binding (exit status 2), a diverging meta-step as one line (exit status 1), an interruption (Ctrl-C /
-SIGTERM, after the trainer checkpointed) as one line (exit status 130), and writes the operative gin config
-to ``root_dir/operative_config.gin``.
+binding (exit status 2), a diverging meta-step, a run with no readable checkpoint or any other failure as one
+line (exit status 1; ``--verbosity`` shows the traceback), an interruption (Ctrl-C / SIGTERM, after the
+trainer checkpointed) as one line (exit status 130), and writes the operative gin config to
+``root_dir/operative_config.gin``. Each ``train_eval`` starts with :func:`check_settings` (docs/reliability.md).
 
 Output is what the user needs — progress, the results, one line per problem: TensorFlow's start-up lines are
 filtered (:mod:`warpgrad_tf.startup`) and absl logs only warnings and errors. ``--verbosity=0`` (absl's flag:
@@ -41,9 +42,8 @@ from absl import app, flags, logging  # noqa: E402
 from warpgrad_tf import run_checkpoints, settings, startup  # noqa: E402
 
 __all__ = ["FLAGS", "accelerator_options", "Checkpointer", "ConfigError", "Interrupt", "Placement", "SummaryWriters",
-           "check_binding_types", "check_settings", "define_flags",
-           "entry_point", "loop_sum", "parse_gin", "place_run", "progress",
-           "quiet_logs", "run_main", "write_json", "write_operative_config"]
+           "check_binding_types", "check_settings", "define_flags", "entry_point", "loop_sum", "parse_gin",
+           "place_run", "progress", "quiet_logs", "run_main", "write_json", "write_operative_config"]
 
 FLAGS = flags.FLAGS
 
@@ -159,7 +159,8 @@ def run_main(train_eval, data_dir=False):
         except Exception as e:  # noqa: BLE001 - any other failure: one line, exit 1; --verbosity: the traceback
             if FLAGS["verbosity"].present or startup.verbose():
                 raise
-            _fail(f"{type(e).__name__}: {e} (--verbosity=0 shows the traceback)", status=1)
+            first = (str(e).strip().splitlines() or [""])[0]
+            _fail(f"{type(e).__name__}: {first} (--verbosity=0 shows the traceback)", status=1)
 
     app.run(main)
 
@@ -310,26 +311,21 @@ class Checkpointer:
         if latest != self.manager.latest_checkpoint:  # the list changed: the manager re-reads it
             self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=self.max_to_keep)
         if latest:
-            _restore_matching(self.checkpoint, latest)
+            try:
+                status = self.checkpoint.restore(latest)
+                status.assert_existing_objects_matched()
+                status.assert_consumed()
+            except (AssertionError, ValueError) as e:
+                detail = " ".join(str(e).split())[:300]
+                raise ConfigError(f"{latest} was written by a different configuration (another model, cell or "
+                                  f"optimiser) than this run's: use a new --root_dir, or the gin files that "
+                                  f"started it. ({detail})") from e
             logging.info("Resumed from %s at step %d.", latest, int(self.step))
         return int(self.step)
 
     def save(self, step):
         self.step.assign(int(step))
         return self.manager.save(checkpoint_number=int(step))
-
-
-def _restore_matching(checkpoint, path):
-    """``checkpoint.restore(path)`` with every object matched both ways; a mismatch is a :class:`ConfigError`."""
-    try:
-        status = checkpoint.restore(path)
-        status.assert_existing_objects_matched()
-        status.assert_consumed()
-    except (AssertionError, ValueError) as e:
-        detail = " ".join(str(e).split())[:300]
-        raise ConfigError(f"{path} was written by a different configuration (another model, cell or "
-                          f"optimiser) than this run's: use a new --root_dir, or the gin files that "
-                          f"started it. ({detail})") from e
 
 
 def accelerator_options(jit_compile=False, vectorize=False, name="train_eval"):

@@ -16,6 +16,12 @@ import tensorflow as tf
 __all__ = ["check_output", "save_module", "write_file"]
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _parents(path):
     while os.path.dirname(path) != path:
         path = os.path.dirname(path)
@@ -47,6 +53,7 @@ def save_module(module, signatures, export_dir, overwrite=True):
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-saved_model-", dir=parent)
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's folder is private (0700); the export is not
         tf.saved_model.save(module, tmp, signatures=signatures)
         if os.path.exists(export_dir):
             shutil.rmtree(export_dir)
@@ -66,6 +73,7 @@ def write_file(path, data):
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is private (0600); the export is not
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 
 from .execute import finished, load_record
@@ -59,7 +60,8 @@ def tabulate(study, records):
 def format_table(study, table, markdown=False):
     cols = list(dict.fromkeys(c for row in table.values() for c in row))
     label = lambda row: study.labels.get(row, row)  # noqa: E731
-    cell = lambda s: f"{s['mean']:.1f} ± {s['stderr']:.1f} (n={s['n']})"  # noqa: E731
+    digits = lambda x: 1 if abs(x) >= 10 else 3  # noqa: E731
+    cell = lambda s: f"{s['mean']:.{digits(s['mean'])}f} ± {s['stderr']:.{digits(s['mean'])}f} (n={s['n']})"  # noqa: E731
     heads = [c if c else study.metric for c in cols]
     if study.columns_title and any(cols):
         heads = [f"{study.columns_title} {c}" for c in cols]
@@ -96,10 +98,23 @@ def write_page_block(path, text, heading):
 
 def write_hparams(logdir, records):
     """One TensorBoard HParams session per run: its configuration (trainer, gin files, bindings, seed) and its
-    final metrics, under ``logdir/<run name>``."""
+    final metrics and cost, under ``logdir/<run name>`` (``tensorboard --logdir <root>/hparams``)."""
     from tensorboard.compat.proto import event_pb2, summary_pb2
-    from tensorboard.plugins.hparams import summary_v2 as hp
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    def session_start(values, name, when):  # the summary tensorboard.plugins.hparams.api.hparams writes, minus TF
+        info = plugin_data_pb2.SessionStartInfo(group_name=name, start_time_secs=when)
+        for key, value in sorted(values.items()):
+            if isinstance(value, (int, float)):
+                info.hparams[key].number_value = value
+            else:
+                info.hparams[key].string_value = str(value)
+        summary = summary_pb2.Summary()
+        summary.value.add(tag=metadata.SESSION_START_INFO_TAG, tensor=metadata.NULL_TENSOR,
+                          metadata=metadata.create_summary_metadata(
+                              plugin_data_pb2.HParamsPluginData(session_start_info=info)))
+        return summary
 
     def hparams_of(r):
         c = r["config"]
@@ -111,9 +126,10 @@ def write_hparams(logdir, records):
         return values
 
     for r in records:
+        shutil.rmtree(os.path.join(logdir, r["name"]), ignore_errors=True)  # one session per run, the latest
         writer = EventFileWriter(os.path.join(logdir, r["name"]))
         when = time.time()
-        writer.add_event(event_pb2.Event(wall_time=when, summary=hp.hparams_pb(hparams_of(r), trial_id=r["name"])))
+        writer.add_event(event_pb2.Event(wall_time=when, summary=session_start(hparams_of(r), r["name"], when)))
         values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in r["metrics"].items()]
         values += [summary_pb2.Summary.Value(tag=f"cost/{k}", simple_value=float(v))
                    for k, v in r["cost"].items() if isinstance(v, (int, float))]

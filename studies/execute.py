@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .study import APPS, StudyError, resolve_gin, trainer_module
 
-__all__ = ["RECORD", "commit", "finished", "load_record", "machine", "run_all", "run_one"]
+__all__ = ["RECORD", "commit", "finished", "load_record", "machine", "qualified_gin", "run_all", "run_one"]
 
 RECORD = "run.json"
 _LOCK = threading.Lock()
@@ -104,6 +104,19 @@ def _attempt_subprocess(run, run_dir, data_dir, nice):
                              "peak_rss_mb": usage.ru_maxrss / 1024.0}
 
 
+def qualified_gin(gin_files, bindings, module="trainers.omniglot"):
+    """The lines of ``gin_files`` (see :func:`~.study.resolve_gin`) and ``bindings`` with ``train_eval.``
+    qualified as ``<module>.train_eval.``: every trainer imported into one process defines a ``train_eval``,
+    which makes the short selector ambiguous."""
+    lines = []
+    for g in gin_files:
+        with open(resolve_gin(g) or g) as f:
+            lines += f.read().splitlines()
+    selector = f"{module}.train_eval."
+    return [ln.replace("train_eval.", selector, 1) if ln.strip().startswith("train_eval.") else ln
+            for ln in lines + list(bindings)]
+
+
 def _attempt_in_process(run, run_dir, data_dir):
     """The trainer's ``train_eval`` in this process (tiny budgets: no TensorFlow start-up per run)."""
     import importlib
@@ -112,13 +125,7 @@ def _attempt_in_process(run, run_dir, data_dir):
     import gin
 
     module = importlib.import_module(trainer_module(run.trainer))
-    selector = f"{module.__name__}.train_eval."
-    lines = []
-    for g in run.gin_files:
-        with open(resolve_gin(g)) as f:
-            lines += f.read().splitlines()
-    lines = [ln.replace("train_eval.", selector, 1) if ln.strip().startswith("train_eval.") else ln
-             for ln in lines + list(run.bindings)]
+    lines = qualified_gin(run.gin_files, run.bindings, module.__name__)
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.time()
     gin.clear_config()
     try:

@@ -64,7 +64,7 @@ def format_table(study, table, markdown=False):
     cell = lambda s: f"{s['mean']:.{digits(s['mean'])}f} ± {s['stderr']:.{digits(s['mean'])}f} (n={s['n']})"  # noqa: E731
     heads = [c if c else study.metric for c in cols]
     if study.columns_title and any(cols):
-        heads = [f"{study.columns_title} {c}" for c in cols]
+        heads = [f"{study.columns_title}{c}" for c in cols]
     body = [[label(row)] + [cell(table[row][c][study.metric]) if c in table[row] else "" for c in cols]
             for row in table]
     if markdown:

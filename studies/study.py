@@ -115,7 +115,9 @@ def gin_values(gin_files, bindings):
 
     lines = []
     for path in gin_files:
-        with open(resolve_gin(path) or path) as f:
+        if resolve_gin(path) is None:
+            raise StudyError(f"gin file {path!r} does not exist.")
+        with open(resolve_gin(path)) as f:
             lines.append(f.read())
     lines += list(bindings)
     values = {}

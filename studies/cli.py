@@ -7,13 +7,16 @@
 
 A study is a name of :data:`STUDIES` or ``package.module:attribute`` naming a :class:`~.study.Study` of your own.
 ``run`` prints the estimate, validates every run (one line naming an unknown trainer, a missing gin file or a
-binding that does not parse), skips finished runs, resumes the others from their checkpoints, and reports.
+binding that does not parse), skips finished runs, resumes the others from their checkpoints, and reports; it
+keeps its ``--set`` / ``--gin_file`` / ``--gin_param`` in ``<root>/study.json``, which ``report`` and ``estimate``
+reuse when given none.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 
@@ -104,8 +107,13 @@ def main(argv=None):
                       + ", ".join(f"{k}={v}" for k, v in s.options.items()))
             return 0
         study = get(args.study)
-        options, runs = plan(study, args.set, args.gin_file, args.gin_param)
         root = os.path.abspath(args.root or os.path.join("runs", "studies", study.name))
+        flags = {"set": args.set, "gin_file": args.gin_file, "gin_param": args.gin_param}
+        saved = os.path.join(root, "study.json")
+        if args.command != "run" and not any(flags.values()) and os.path.exists(saved):
+            with open(saved) as f:
+                flags = json.load(f)["flags"]  # report / estimate the study as it was run
+        options, runs = plan(study, flags["set"], flags["gin_file"], flags["gin_param"])
         data_dir = ",".join(os.path.abspath(d) for d in args.data_dir.split(",") if d) if args.data_dir else None
         _print_estimate(study, runs, root)
         if args.command == "estimate":
@@ -119,6 +127,9 @@ def main(argv=None):
         if args.command == "run":
             if args.jobs < 1:
                 raise StudyError(f"--jobs must be >= 1; got {args.jobs}.")
+            os.makedirs(root, exist_ok=True)
+            with open(saved, "w") as f:
+                json.dump({"study": args.study, "flags": flags}, f, indent=1)
             execute.run_all(runs, root, args.jobs, data_dir, args.in_process, args.nice)
         report(study, runs, root, options, docs, data_dir)
     except (StudyError, ValueError, FileNotFoundError) as e:

@@ -91,7 +91,7 @@ def _command(run, run_dir, data_dir):
 
 
 def _attempt_subprocess(run, run_dir, data_dir, nice):
-    env = dict(os.environ)
+    env = dict(os.environ, **dict(run.env))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.dirname(APPS) if APPS.endswith("warpgrad_tf_apps")
                                                     else APPS, env.get("PYTHONPATH")) if p)
     start = time.time()

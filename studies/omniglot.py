@@ -216,7 +216,7 @@ ABLATION = Study(
              "gin_files": ["configs/omniglot/budgets/reduced_cpu.gin"],
              "bindings": ["train_eval.meta_steps=6", "train_eval.inner_steps=10", "train_eval.eval_every=6",
                           "train_eval.val_steps=20", "omniglot_convnet.filters=16"]},
-    labels={k: v[0] for k, v in ABLATION_ROWS.items()},
+    labels={k: v[0] for k, v in ABLATION_ROWS.items()}, rows_title="row (warp, meta-training, meta-objective)",
     description="every row of configs/omniglot/ablation/ on one split and budget; ranks against the paper's.")
 
 
@@ -331,7 +331,7 @@ FIG9 = Study(
     title="Fig. 9 (App. G): pre- vs post-warp activation statistics of trained Warp-Leap runs",
     options={"seeds": [0], "split": "configs/omniglot/splits/background.gin",
              "gin_files": ["configs/omniglot/budgets/reduced_cpu.gin"], "bindings": [], "steps": 100, "every": 10},
-    labels={"warp_leap": "Warp-Leap (3x3 conv warps)"},
+    labels={"warp_leap": "Warp-Leap (3x3 conv warps)"}, rows_title="run",
     description="trains Warp-Leap, then (report, needs --data_dir) adapts on the test alphabets and taps every "
                 "warp layer: mean activation and ‖Cov − I‖* pre and post warp.")
 

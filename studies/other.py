@@ -27,7 +27,9 @@ def _maze_runs(o):
     it = int(o["iterations"])
     return [Run(f"{m}/seed{s}", "maze", (f"configs/maze/{m}.gin",),
                 (f"train_eval.seed={s}", f"train_eval.num_iterations={it}", f"train_eval.checkpoint_every={it}",
-                 "train_eval.plot=False", *o["bindings"]), s, m, data=False)
+                 "train_eval.plot=False", *o["bindings"]), s, m, data=False,
+                env=(("TF_NUM_INTRAOP_THREADS", str(o["threads"])), ("TF_NUM_INTEROP_THREADS", str(o["threads"])))
+                if o["threads"] else ())
             for s in o["seeds"] for m in o["methods"]]  # seeds outermost: a cut-short study has every method
 
 
@@ -87,11 +89,11 @@ MAZE = Study(
     metric="final_fifth_return", results_file="returns.json",
     title="Fig. 4 (right): maze navigation, mean cumulative episode return over the last fifth of training",
     options={"methods": ["warp_rnn", "rnn", "hebbian", "neuromodulated"], "seeds": [0, 1, 2], "iterations": 40,
-             "smooth": 5, "bindings": []},
+             "threads": 1, "smooth": 5, "bindings": []},
     labels={"warp_rnn": "Warp-RNN", "rnn": "RNN (Learning to RL)", "hebbian": "Hebbian",
             "neuromodulated": "Neuromodulated Hebbian", "tnets_rnn": "T-Nets RNN", "hyper_rnn": "HyperRNN"},
     description="each method's configs/maze/<method>.gin (the released maze and A2C), iterations × 30 episodes "
-                "per run.")
+                "per run; threads: TensorFlow threads per run (0: its default).")
 
 # ------------------------------------------------------------------------------------- few-shot, Table 1
 
@@ -106,11 +108,20 @@ def _fewshot_runs(o):
 
 def _fewshot_metrics(results, run_dir, settings):
     return {"accuracy": 100 * results["test"]["accuracy"], "ci95": 100 * results["test"]["ci95"],
-            "meta_steps": results["meta_steps_done"], "best_val_accuracy": 100 * results["best_val_accuracy"]}
+            "meta_steps": results["meta_steps_done"], "episodes": results["test"]["episodes"],
+            "best_val_accuracy": 100 * results["best_val_accuracy"]}
+
+
+def _fewshot_extra(table, records, options):
+    lines = [f"{FEWSHOT.labels.get(r['row'], r['row'])} seed {r['seed']}: {r['metrics']['accuracy']:.2f} ± "
+             f"{r['metrics']['ci95']:.2f} % (95 % CI over {int(r['metrics']['episodes'])} test episodes), "
+             f"{int(r['metrics']['meta_steps'])} meta-steps, best validation {r['metrics']['best_val_accuracy']:.1f} %"
+             for r in records]
+    return lines, {}
 
 
 FEWSHOT = Study(
-    name="fewshot", page="fewshot-omniglot", runs=_fewshot_runs, metrics=_fewshot_metrics,
+    name="fewshot", page="fewshot-omniglot", runs=_fewshot_runs, metrics=_fewshot_metrics, extra=_fewshot_extra,
     title="Table 1 (Sec. 4.1): Omniglot 5-way 1-shot test accuracy (%) on held-out alphabets, one CPU budget "
           "of meta-training per run",
     options={"methods": ["warp_maml", "maml"], "seeds": [0], "train_cpu_seconds": 720.0, "eval_every": 50,

@@ -9,7 +9,8 @@ import os
 import shutil
 import time
 
-from .execute import finished, load_record
+from .execute import RECORD, finished, load_record
+from .study import StudyError
 
 __all__ = ["BEGIN", "END", "collect", "format_table", "mean_stderr", "page_path", "report", "tabulate",
            "write_hparams", "write_page_block"]
@@ -37,6 +38,9 @@ def collect(study, runs, root, settings):
         with open(os.path.join(run_dir, study.results_file)) as f:
             results = json.load(f)
         record = load_record(run_dir) or {}
+        if record.get("config", run.config()) != run.config():
+            raise StudyError(f"run {run.name!r} in {run_dir} was made with other settings ({RECORD}); report it with "
+                             "the --set / --gin_file / --gin_param it ran with.")
         attempts = record.get("attempts", [])
         cost = {"cpu_s": sum(a["cpu_s"] for a in attempts), "wall_s": sum(a["wall_s"] for a in attempts),
                 "peak_rss_mb": max((a["peak_rss_mb"] or 0 for a in attempts), default=None) or None,
@@ -68,11 +72,11 @@ def format_table(study, table, markdown=False):
     body = [[label(row)] + [cell(table[row][c][study.metric]) if c in table[row] else "" for c in cols]
             for row in table]
     if markdown:
-        lines = ["| " + " | ".join(["row"] + heads) + " |", "|" + "---|" * (len(heads) + 1)]
+        lines = ["| " + " | ".join([study.rows_title] + heads) + " |", "|" + "---|" * (len(heads) + 1)]
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
     width = max([len(r[0]) for r in body] + [4]) + 2
     cw = max([len(x) for r in body for x in r[1:]] + [len(h) for h in heads]) + 2
-    lines = [f"{'row':<{width}}" + "".join(f"{h:>{cw}}" for h in heads)]
+    lines = [f"{study.rows_title:<{width}}" + "".join(f"{h:>{cw}}" for h in heads)]
     return "\n".join(lines + [f"{r[0]:<{width}}" + "".join(f"{x:>{cw}}" for x in r[1:]) for r in body])
 
 
@@ -168,7 +172,7 @@ def report(study, runs, root, options, docs_dir=None, data_dir=None, say=print):
     say(f"\n{study.title}{missing}\n{text}")
     for ln in lines:
         say(ln)
-    say(f"{len(records)} runs, {cpu / 3600:.2f} CPU-hours; {'; '.join(machines)}")
+    say(f"{len(records)} run{'s' * (len(records) != 1)}, {cpu / 3600:.2f} CPU-hours; {'; '.join(machines)}")
     if docs_dir:
         options_text = ", ".join(f"{k}={v}" for k, v in options.items())
         block = [f"{study.title}: {study.metric}, mean ± standard error over seeds (n runs per cell).", "",

@@ -31,7 +31,8 @@ class Run:
     """One trainer run: ``name`` is its folder under the study root (e.g. ``warp_leap/n5/seed0``).
 
     ``row`` / ``cols`` place it in the table (a run may fill several columns, e.g. SGD that does not meta-train);
-    ``data`` says whether the trainer takes ``--data_dir``.
+    ``data`` says whether the trainer takes ``--data_dir``; ``env`` holds ``(name, value)`` environment variables
+    of its process (e.g. TensorFlow's thread counts).
     """
 
     name: str
@@ -42,10 +43,12 @@ class Run:
     row: str = ""
     cols: tuple = ("",)
     data: bool = True
+    env: tuple = ()
 
     def config(self):
-        return {"trainer": self.trainer, "gin_files": list(self.gin_files), "bindings": list(self.bindings),
-                "seed": self.seed}
+        config = {"trainer": self.trainer, "gin_files": list(self.gin_files), "bindings": list(self.bindings),
+                  "seed": self.seed}
+        return {**config, "env": dict(self.env)} if self.env else config
 
 
 @dataclasses.dataclass
@@ -54,9 +57,10 @@ class Study:
 
     ``metrics(results, run_dir, settings) -> {name: value}`` reads one finished run (``results``: its
     ``results_file``; ``settings``: the options plus ``data_dir``); the table is ``metric`` per
-    (row, column), mean ± s.e. over the runs (seeds) in the cell. ``labels`` names rows; ``columns_title``
-    names the column axis; ``extra(table, records, options) -> (lines, payload)`` adds study-specific lines
-    (paper columns, orderings) and JSON; ``figure(path, table, records, options)`` draws its PNG.
+    (row, column), mean ± s.e. over the runs (seeds) in the cell. ``labels`` names rows; ``rows_title`` /
+    ``columns_title`` head the row and column axes; ``extra(table, records, options) -> (lines, payload)``
+    adds study-specific lines (paper columns, orderings) and JSON; ``figure(path, table, records, options)``
+    draws its PNG.
     """
 
     name: str
@@ -68,6 +72,7 @@ class Study:
     options: dict = dataclasses.field(default_factory=dict)
     labels: dict = dataclasses.field(default_factory=dict)
     columns_title: str = ""
+    rows_title: str = "method"
     extra: Callable | None = None
     figure: Callable | None = None
     description: str = ""

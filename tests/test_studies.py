@@ -90,6 +90,11 @@ def test_the_table_is_mean_and_standard_error_over_seeds(tmp_path, capsys):
     cell = table["a"][""]["score"]
     assert cell == pytest.approx({"mean": mean, "stderr": stderr, "n": 3})
     assert f"{mean:.1f} ± {stderr:.1f} (n=3)" in capsys.readouterr().out
+    (tmp_path / "tiny.json").unlink()
+    assert cli.main(["report", TINY, f"--root={tmp_path}", "--docs=none"]) == 0  # with the flags it ran with
+    assert _table(tmp_path) == (table, per_run)
+    assert cli.main(["report", TINY, f"--root={tmp_path}", "--docs=none", "--set=steps=5"]) == 2  # not as it ran
+    assert "was made with other settings" in capsys.readouterr().err
     assert report.mean_stderr([4.0]) == {"mean": 4.0, "stderr": 0.0, "n": 1}
 
 

@@ -58,7 +58,7 @@ def test_sweep_runs_end_to_end_and_writes_table_figure_and_page(tmp_path, omnigl
     assert image.std() > 5  # not a blank canvas
     printed = capsys.readouterr().out
     lines = printed[printed.index("against the number of meta-training alphabets"):].splitlines()
-    assert lines[1].split() == ["row", "n=1", "n=2"]
+    assert lines[1].split() == ["method", "n=1", "n=2"]
     assert lines[2].startswith("Warp-Leap") and lines[2].count("±") == 2
     assert any(line.startswith("SGD (4x batch, 10x lr)") for line in lines)
     page = (docs / "experiments" / "omniglot-table2.md").read_text()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import threading
@@ -96,8 +97,9 @@ def _attempt_subprocess(run, run_dir, data_dir, nice):
                                                     else APPS, env.get("PYTHONPATH")) if p)
     start = time.time()
     with open(os.path.join(run_dir, "log.txt"), "a") as log:
-        proc = subprocess.Popen(_command(run, run_dir, data_dir), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                preexec_fn=(lambda: os.nice(nice)) if nice else None)
+        niced = ["nice", "-n", str(nice)] if nice and shutil.which("nice") else []  # nice execs: the same pid
+        proc = subprocess.Popen(niced + _command(run, run_dir, data_dir), stdout=log, stderr=subprocess.STDOUT,
+                                env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     return proc.returncode, {"cpu_s": usage.ru_utime + usage.ru_stime, "wall_s": time.time() - start,

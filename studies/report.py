@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import shutil
 import time
 
@@ -105,7 +106,7 @@ def write_hparams(logdir, records):
     final metrics and cost, under ``logdir/<run name>`` (``tensorboard --logdir <root>/hparams``)."""
     from tensorboard.compat.proto import event_pb2, summary_pb2
     from tensorboard.plugins.hparams import metadata, plugin_data_pb2
-    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    from tensorboard.summary.writer.record_writer import RecordWriter  # EventFileWriter would import TensorFlow
 
     def session_start(values, name, when):  # the summary tensorboard.plugins.hparams.api.hparams writes, minus TF
         info = plugin_data_pb2.SessionStartInfo(group_name=name, start_time_secs=when)
@@ -130,15 +131,20 @@ def write_hparams(logdir, records):
         return values
 
     for r in records:
-        shutil.rmtree(os.path.join(logdir, r["name"]), ignore_errors=True)  # one session per run, the latest
-        writer = EventFileWriter(os.path.join(logdir, r["name"]))
+        folder = os.path.join(logdir, r["name"])
+        shutil.rmtree(folder, ignore_errors=True)  # one session per run, the latest
+        os.makedirs(folder)
         when = time.time()
-        writer.add_event(event_pb2.Event(wall_time=when, summary=session_start(hparams_of(r), r["name"], when)))
         values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in r["metrics"].items()]
         values += [summary_pb2.Summary.Value(tag=f"cost/{k}", simple_value=float(v))
                    for k, v in r["cost"].items() if isinstance(v, (int, float))]
-        writer.add_event(event_pb2.Event(wall_time=when, step=0, summary=summary_pb2.Summary(value=values)))
-        writer.close()
+        events = [event_pb2.Event(wall_time=when, file_version="brain.Event:2"),
+                  event_pb2.Event(wall_time=when, summary=session_start(hparams_of(r), r["name"], when)),
+                  event_pb2.Event(wall_time=when, step=0, summary=summary_pb2.Summary(value=values))]
+        with open(os.path.join(folder, f"events.out.tfevents.{int(when)}.{platform.node()}"), "wb") as f:
+            writer = RecordWriter(f)
+            for event in events:
+                writer.write(event.SerializeToString())
 
 
 def report(study, runs, root, options, docs_dir=None, data_dir=None, say=print):

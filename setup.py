@@ -3,10 +3,13 @@
 What an install puts into site-packages:
 
 * ``warpgrad_tf`` — the library;
-* ``warpgrad_tf_apps.trainers`` and ``warpgrad_tf_apps.export`` — the repository's ``trainers/`` and ``export/``
-  folders under one namespaced name, so no generic top-level ``trainers`` or ``export`` package can collide with
-  another project's; they run as the console commands of ``CONSOLE_SCRIPTS``. From a checkout they stay
-  ``python -m trainers.<name>`` / ``python -m export.<name>`` (both folders import their siblings relatively).
+* ``warpgrad_tf_apps.trainers``, ``warpgrad_tf_apps.export`` and ``warpgrad_tf_apps.studies`` — the repository's
+  ``trainers/``, ``export/`` and ``studies/`` folders under one namespaced name, so no generic top-level
+  ``trainers`` or ``export`` package can collide with another project's; they run as the console commands of
+  ``CONSOLE_SCRIPTS``. From a checkout they stay ``python -m trainers.<name>`` / ``python -m export.<name>`` /
+  ``python -m studies`` (the folders import their siblings relatively).
+* ``warpgrad_tf_apps/configs/`` — the repository's gin files (``configs/``, data only), so a study or a trainer
+  finds ``configs/omniglot/sgd.gin`` the same way installed as in a checkout.
 * ``benchmarks/`` is not installed: it measures this repository against the authors' release, from a checkout.
 
 ``install_requires`` declares compatible ranges (the versions tested, up to the next breaking release);
@@ -21,7 +24,10 @@ from setuptools import setup
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 #: Installed name of each repository folder that is not the library.
-APPS = {"warpgrad_tf_apps.trainers": "trainers", "warpgrad_tf_apps.export": "export"}
+APPS = {"warpgrad_tf_apps.trainers": "trainers", "warpgrad_tf_apps.export": "export",
+        "warpgrad_tf_apps.studies": "studies"}
+#: the gin files, installed as data beside the apps (no ``__init__``: not importable, only read).
+CONFIGS = {"warpgrad_tf_apps.configs": "configs"}
 
 #: ``command = module:function``; every trainer's ``main`` is ``common.run_main(train_eval)``.
 CONSOLE_SCRIPTS = [
@@ -34,6 +40,7 @@ CONSOLE_SCRIPTS = [
     "warpgrad-export = warpgrad_tf_apps.export.saved_model:main",
     "warpgrad-try-sine = warpgrad_tf_apps.export.try_sine:main",
     "warpgrad-export-litert = warpgrad_tf_apps.export.litert:main",
+    "warpgrad-study = warpgrad_tf_apps.studies.cli:main",
 ]
 
 # TensorFlow, TensorBoard and tf_keras move together by minor release (tf_keras 2.x requires TensorFlow 2.x);
@@ -81,8 +88,9 @@ if __name__ == "__main__":
         long_description=open(os.path.join(_HERE, "README.md")).read(),
         long_description_content_type="text/markdown",
         python_requires=">=3.10",
-        packages=_packages(),
-        package_dir=APPS,
+        packages=_packages() + list(CONFIGS),
+        package_dir={**APPS, **CONFIGS},
+        package_data={name: ["*.gin", "*/*.gin", "*/*/*.gin", "*/*/*/*.gin"] for name in CONFIGS},
         install_requires=CORE,
         extras_require={"rl": RL, "test": TEST, "litert": LITERT, "all": RL + TEST + LITERT},
         entry_points={"console_scripts": CONSOLE_SCRIPTS},

@@ -78,7 +78,11 @@ def _child(algorithm, steps, hidden):
     print(json.dumps(result))
 
 
-def _run(algorithm, steps, hidden):
+__all__ = ["main", "measure"]
+
+
+def measure(algorithm, steps, hidden):
+    """Peak and baseline resident memory of ``algorithm`` at ``steps`` inner steps, in a fresh process."""
     out = subprocess.run([sys.executable, "-m", "benchmarks.algorithm_memory", "--child", algorithm,
                           "--ks", str(steps), "--hidden", str(hidden)], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -93,7 +97,7 @@ def main():
     if args.child:
         _child(args.child, args.ks[0], args.hidden)
         return
-    rows = {alg: [_run(alg, k, args.hidden) for k in args.ks] for alg in ("online", "offline")}
+    rows = {alg: [measure(alg, k, args.hidden) for k in args.ks] for alg in ("online", "offline")}
     print(f"task parameters: {rows['online'][0]['task_parameters']}")
     print(f"{'algorithm':<10}{'K':>6}{'baseline MB':>13}{'peak MB':>10}{'growth MB':>11}")
     for alg, results in rows.items():

@@ -12,7 +12,7 @@ Rows (each measured the way its own module explains; the modules are reused, not
   memory of a fresh process running :func:`~warpgrad_tf.algorithms.online_step` /
   :func:`~warpgrad_tf.algorithms.offline_step` on the sine MLP with warps (K inner steps, exact objective,
   Leap initialisation, momentum inner rule).
-* **Algorithm 1 memory, K = 100 vs K = 1000** — :func:`benchmarks.algorithm_memory._run` (fresh process per
+* **Algorithm 1 memory, K = 100 vs K = 1000** — :func:`benchmarks.algorithm_memory.measure` (fresh process per
   K, resident-set high-water mark): the ratio should be ≈ 1 (constant memory in K).
 * **replicas 1 → 2** — seconds per :func:`~warpgrad_tf.algorithms.online_step` meta-step (``strategy=``) on the
   default strategy and on ``MirroredStrategy`` over two logical CPU devices (fresh process each), and the
@@ -38,6 +38,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+__all__ = ["export_latency", "main", "meta_steps", "online_memory", "replica_speedup", "table", "task_step"]
 
 
 def _maxrss_mb():
@@ -158,7 +160,7 @@ def online_memory(quick):
     from benchmarks import algorithm_memory
 
     hidden = 64 if quick else 300
-    rows = [algorithm_memory._run("online", k, hidden) for k in (100, 1000)]
+    rows = [algorithm_memory.measure("online", k, hidden) for k in (100, 1000)]
     return {"hidden": hidden, "rows": rows, "peak_ratio": rows[1]["peak_mb"] / rows[0]["peak_mb"]}
 
 

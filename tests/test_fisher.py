@@ -1,4 +1,4 @@
-"""Fig. 9 statistics (benchmarks/omniglot_fisher.py, App. G): pre-/post-warp activations gathered through
+"""Fig. 9 statistics (studies/fisher.py, App. G): pre-/post-warp activations gathered through
 ``WarpedModel.tap`` during adaptation equal the model's own intermediate outputs, and their per-layer mean and
 ``‖Cov − I‖_*`` (Schatten-1) equal a NumPy computation on the stored activations."""
 
@@ -8,7 +8,7 @@ import keras
 import numpy as np
 
 import warpgrad_tf as wg
-from benchmarks import omniglot_fisher as fisher
+from studies import fisher
 from tests.helpers import perturb_warps
 
 

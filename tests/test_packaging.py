@@ -18,7 +18,8 @@ from packaging.utils import canonicalize_name
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETUP = runpy.run_path(os.path.join(REPO, "setup.py"), run_name="setup_inspected")  # no setup() call
-SOURCES = ("setup.py", "pyproject.toml", "README.md", "warpgrad_tf", "trainers", "export", "benchmarks")
+SOURCES = ("setup.py", "pyproject.toml", "README.md", "warpgrad_tf", "trainers", "export", "studies", "configs",
+           "benchmarks")
 
 
 def _lock():
@@ -76,10 +77,15 @@ def test_the_wheel_installs_only_the_library_and_the_namespaced_apps(wheel):
         top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
         assert top == {"warpgrad_tf", "warpgrad_tf_apps"}
         apps = {n.split("/")[1] for n in names if n.startswith("warpgrad_tf_apps/")}
-        assert apps == {"trainers", "export"}  # benchmarks/ is a checkout tool; no __init__ for the namespace
-        for name in ("trainers", "export"):  # every module of the folder, under its namespaced name
+        assert apps == {"trainers", "export", "studies", "configs"}  # benchmarks/ is a checkout tool
+        for name in ("trainers", "export", "studies"):  # every module of the folder, under its namespaced name
             assert {f for f in os.listdir(os.path.join(REPO, name)) if f.endswith(".py")} == {
                 n.rsplit("/", 1)[1] for n in names if n.startswith(f"warpgrad_tf_apps/{name}/")}
+        for dirpath, _, files in os.walk(os.path.join(REPO, "configs")):  # every gin file, as data
+            for f in files:
+                if f.endswith(".gin"):
+                    rel = os.path.relpath(os.path.join(dirpath, f), REPO).replace(os.sep, "/")
+                    assert f"warpgrad_tf_apps/{rel}" in names, rel
         assert "warpgrad_tf/layers/film_warp.py" in names and "warpgrad_tf/continual_objective.py" in names
         parser = configparser.ConfigParser()
         parser.read_string(z.read(_console_scripts(names)).decode())
@@ -96,7 +102,7 @@ def test_the_wheel_installs_only_the_library_and_the_namespaced_apps(wheel):
 
 def test_apps_import_their_siblings_relatively():
     """The installed name is warpgrad_tf_apps.<folder>: an absolute ``from trainers ...`` would break it."""
-    for folder in ("trainers", "export"):
+    for folder in ("trainers", "export", "studies"):
         for f in os.listdir(os.path.join(REPO, folder)):
             if f.endswith(".py"):
                 tree = ast.parse(open(os.path.join(REPO, folder, f)).read())
@@ -123,6 +129,10 @@ def test_an_installed_command_trains_away_from_the_checkout(wheel, tmp_path):
     assert json.load(open(root / "results.json"))["methods"]["sgd"]["final_mse"] > 0
     assert "SGD (fixed init, no warp)" in result.stdout
     assert result.stderr.strip() == "", result.stderr  # no TensorFlow start-up lines, no absl INFO lines
+    estimate = subprocess.run([str(target / "bin" / "warpgrad-study"), "estimate", "ablation", "--set=rows=leap"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert estimate.returncode == 0, estimate.stderr  # the study's gin files are found in the installed package
+    assert "CPU-hours for study 'ablation' (1 of 1 runs left)" in estimate.stdout
     usage = subprocess.run([str(target / "bin" / "warpgrad-export"), "--help"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=120)
     assert usage.returncode == 0 and "--root_dir" in usage.stdout

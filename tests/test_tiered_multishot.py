@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.omniglot_table2 import qualified_gin
+from studies.execute import qualified_gin
 from tests.helpers import checkpoint_values
 from warpgrad_tf.data import fewshot as fs
 from warpgrad_tf.models import fewshot_convnet

@@ -303,7 +303,7 @@ class WarpedModel:
         Nothing is assigned into a variable: for the duration of the block each tapped layer's ``call`` is
         wrapped (at trace time) to record its input and output (a Dense or Conv layer's output before its
         ``activation``, which is applied after recording). Fig. 9's pre-/post-warp activations are the inputs
-        and outputs of tapped warp layers (``benchmarks/omniglot_fisher.py``). A tapped layer called twice
+        and outputs of tapped warp layers (``studies/fisher.py``). A tapped layer called twice
         inside the block is an error (a shared layer has no single input to record).
         """
         by_name = {layer.name: layer for layer in self.model._flatten_layers(include_self=False, recursive=True)}

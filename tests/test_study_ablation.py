@@ -1,4 +1,5 @@
-"""benchmarks/omniglot_ablation.py (Table 3, App. F): every row end to end at a tiny budget, and its pieces.
+"""The ``ablation`` study (Table 3, App. F, studies/omniglot.py): every row end to end at a tiny budget, and its
+pieces.
 
 The end-to-end run trains every row of ``configs/omniglot/ablation/`` on the shared 5-alphabet subset (split
 ``configs/omniglot/splits/shared_subset.gin``: 4 meta-training alphabets, Balinese held out) in this process
@@ -11,7 +12,9 @@ import json
 
 import pytest
 
-from benchmarks import omniglot_ablation as ablation
+from studies import cli
+from studies import omniglot as ablation
+from studies.study import APPS
 
 TINY = ["train_eval.meta_steps=1", "train_eval.inner_steps=1", "train_eval.meta_batch_size=1",
         "train_eval.task_batch_size=4", "train_eval.eval_steps=1", "train_eval.val_steps=1",
@@ -26,19 +29,18 @@ def cache(omniglot_cache):
 def test_every_row_runs_end_to_end_with_its_own_configuration(tmp_path, omniglot_dir, cache, monkeypatch, capsys):
     monkeypatch.setenv("WARPGRAD_TFDS_DIR", cache)
     out = tmp_path / "table3"
-    payload = ablation.main([f"--data_dir={omniglot_dir}", f"--out={out}", "--seeds=3", "--in_process",
-                             "--split=configs/omniglot/splits/shared_subset.gin"] + [f"--gin_param={p}" for p in TINY])
-    saved = json.loads((out / "table3.json").read_text())
-    assert saved == json.loads(json.dumps(payload))
-    assert list(saved["rows"]) == list(ablation.ROWS)  # every row of Table 3, Leap first, in the paper's order
-    runs = {row: json.loads((out / row / "seed3" / "results.json").read_text()) for row in ablation.ROWS}
-    for row, entry in saved["rows"].items():
-        path, lines = ablation.bindings(row)
-        assert entry["gin_file"] == path == f"configs/omniglot/ablation/{row}.gin" and entry["bindings"] == lines
-        assert f'train_eval.preset = "ablation/{row}"' in lines
-        assert entry["paper"]["mean"] == ablation.ROWS[row][1]
-        assert [r["seed"] for r in entry["runs"]] == [3] and entry["accuracy"]["stderr"] == 0.0
-        assert 0.0 <= entry["accuracy"]["mean"] <= 100.0
+    assert cli.main(["run", "ablation", f"--root={out}", f"--data_dir={omniglot_dir}", "--in_process", "--docs=none",
+                     "--set=seeds=3", "--set=split=configs/omniglot/splits/shared_subset.gin", "--set=gin_files=",
+                     f"--set=bindings={TINY!r}"]) == 0
+    saved = json.loads((out / "ablation.json").read_text())
+    assert list(saved["table"]) == list(ablation.ABLATION_ROWS)  # every row of Table 3, Leap first, paper's order
+    runs = {row: json.loads((out / row / "seed3" / "results.json").read_text()) for row in ablation.ABLATION_ROWS}
+    records = {r["name"]: r for r in saved["runs"]}
+    for row, cells in saved["table"].items():
+        assert records[f"{row}/seed3"]["config"]["gin_files"][0] == f"configs/omniglot/ablation/{row}.gin"
+        assert saved["paper"][row][0] == ablation.ABLATION_ROWS[row][1]
+        acc = cells[""]["accuracy"]
+        assert acc["n"] == 1 and acc["stderr"] == 0.0 and 0.0 <= acc["mean"] <= 100.0
         r = runs[row]  # the same alphabets and seed for every row
         assert (r["alphabets"]["test"], r["seed"], r["meta_steps"]) == (["Balinese"], 3, 1)
         assert r["preset"] == f"ablation/{row}"
@@ -54,13 +56,13 @@ def test_every_row_runs_end_to_end_with_its_own_configuration(tmp_path, omniglot
     assert "train_eval.warp_lr = 0.001\n" in operative
     alpha = runs["learned_alpha"]["learned_rate"]
     assert alpha["granularity"] == "scalar" and alpha["values"]["*"] != runs["learned_alpha"]["inner_lr"]  # α moved
-    assert all(runs[row]["learned_rate"] is None for row in ablation.ROWS if row != "learned_alpha")
+    assert all(runs[row]["learned_rate"] is None for row in ablation.ABLATION_ROWS if row != "learned_alpha")
     sizes = {row: runs[row]["warp_parameters"] for row in ("film", "2layer_bn_res", "conv3x3", "conv1x1", "scale")}
     assert sizes["film"] > sizes["2layer_bn_res"] > sizes["conv3x3"] > sizes["conv1x1"] > sizes["scale"]
 
     printed = capsys.readouterr().out
     table = printed[printed.index("Table 3 (App. F)"):].splitlines()
-    assert table[2].startswith("None (Leap)") and len([ln for ln in table if "configs/omniglot/ablation/" in ln]) == 13
+    assert table[2].startswith("None (Leap)") and len([ln for ln in table if "(n=1)" in ln]) == 13
     assert "row pairs ordered against the paper" in printed
 
 
@@ -70,9 +72,10 @@ def test_every_row_has_a_gin_file_and_a_trainer_preset():
 
     from trainers import omniglot as trainer
 
-    files = {os.path.basename(p)[:-4] for p in glob.glob(os.path.join(ablation.REPO, ablation.ABLATION_DIR, "*.gin"))}
-    assert files == set(ablation.ROWS)
-    assert set(trainer.ABLATION_PRESETS) == {f"ablation/{row}" for row in ablation.ROWS}
+    folder = os.path.join(APPS, "configs", "omniglot", "ablation")
+    files = {os.path.basename(p)[:-4] for p in glob.glob(os.path.join(folder, "*.gin"))}
+    assert files == set(ablation.ABLATION_ROWS)
+    assert set(trainer.ABLATION_PRESETS) == {f"ablation/{row}" for row in ablation.ABLATION_ROWS}
 
 
 def test_ranks_and_discordant_pairs():
@@ -82,11 +85,13 @@ def test_ranks_and_discordant_pairs():
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--rows=leap,conv5x5"], "--rows: unknown row 'conv5x5'"),
-    (["--seeds=0,x"], "--seeds: 'x' is not an integer"),
-    (["--split=configs/omniglot/splits/nowhere.gin"], "--split 'configs/omniglot/splits/nowhere.gin' does not exist"),
+    (["--set=rows=leap,conv5x5"], "ablation: unknown row 'conv5x5'"),
+    (["--set=seeds=0,x"], "--set seeds: '0,x' is not a list of int"),
+    (["--set=split=configs/omniglot/splits/nowhere.gin"],
+     "gin file 'configs/omniglot/splits/nowhere.gin' does not exist"),
 ])
-def test_bad_input_is_one_line_naming_the_value(flags, message, tmp_path, omniglot_dir):
-    with pytest.raises(SystemExit) as e:
-        ablation.main([f"--data_dir={omniglot_dir}", f"--out={tmp_path}"] + flags)
-    assert str(e.value).startswith("error: ") and message in str(e.value) and "\n" not in str(e.value)
+def test_bad_input_is_one_line_naming_the_value(flags, message, tmp_path, capsys):
+    assert cli.main(["run", "ablation", f"--root={tmp_path / 'bad'}"] + flags) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "bad").exists()  # nothing ran

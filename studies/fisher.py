@@ -2,37 +2,32 @@
 
 If the learned (linear) warps were a block-diagonal inverse Fisher in the Natural-Neural-Nets sense
 (Desjardins et al., 2015), post-warp activations would be zero-mean with identity layer-wise covariance. For a
-trained run (``--run_dir``, e.g. the offline Warp-Leap run of ``trainers/omniglot``) this adapts θ0 on each
-held-out test alphabet of the run's split for ``--steps`` steps (the trainer's evaluation protocol: augmented
-task batches, training-mode BatchNorm with per-task running statistics, warps fixed), and every ``--every``
-steps (step 0 included) runs the alphabet's held-out drawings in inference mode with every warp layer tapped
-(:meth:`warpgrad_tf.WarpedModel.tap`: its input is the pre-warp activation h(x), its output ω(h(x))). For each
-warp layer, pre and post:
+trained run (the ``fig9`` study's Warp-Leap runs, or any finished ``trainers/omniglot`` run directory)
+:func:`analyse` adapts θ0 on each held-out test alphabet of the run's split for ``steps`` steps (the
+trainer's evaluation protocol: augmented task batches, training-mode BatchNorm with per-task running
+statistics, warps fixed), and every ``every`` steps (step 0 included) runs the alphabet's held-out drawings in
+inference mode with every warp layer tapped (:meth:`warpgrad_tf.WarpedModel.tap`: its input is the pre-warp
+activation h(x), its output ω(h(x))). For each warp layer, pre and post:
 
 * the mean activation ``E[h(x)]`` over images, locations and channels;
 * ``‖Cov(h(x), h(x)) − I‖_*`` (Schatten-1 / nuclear norm, the sum of singular values) of the channel
   covariance, every image location a sample (``C × C``).
 
-Both are averaged over alphabets and adaptation steps (the paper found no significant variation in either),
-written with their per-(alphabet, step) values to ``--out/fig9.json`` and drawn as a two-panel PNG
-(``--out/fig9.png``: left mean activation per layer, right Schatten-1 norm per layer, pre vs post).
-
-Usage::
-
-    nice -n 10 python -m benchmarks.omniglot_fisher --run_dir=/work/runs/budget/warp_leap \
-        --data_dir=../shared/data/omniglot-full --out=/work/runs/h19/fig9
+Both are averaged over alphabets and adaptation steps (the paper found no significant variation in either);
+:func:`analyse` keeps them, with their per-(alphabet, step) values, in the run's ``fig9.json``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
 
 import numpy as np
 
-__all__ = ["activation_statistics", "gather", "main", "plot", "summarise", "warp_layer_names"]
+__all__ = ["FILE", "activation_statistics", "analyse", "gather", "plot", "summarise", "warp_layer_names"]
+
+FILE = "fig9.json"
 
 
 def activation_statistics(h):
@@ -148,51 +143,33 @@ def plot(path, summary, title):
     plt.close(fig)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run_dir", required=True, help="a trained Omniglot run directory (results.json, model/)")
-    parser.add_argument("--data_dir", default="../shared/data/omniglot-full")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--steps", type=int, default=100, help="adaptation steps per held-out alphabet")
-    parser.add_argument("--every", type=int, default=10, help="gather statistics every this many steps")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.steps < 0 or args.every < 1:
-        raise SystemExit(f"error: --steps must be >= 0 and --every >= 1; got {args.steps}, {args.every}.")
-    results_path = os.path.join(args.run_dir, "results.json")
-    if not os.path.exists(results_path):
-        raise SystemExit(f"error: --run_dir {args.run_dir!r} has no results.json (not a finished trainer run).")
-    with open(results_path) as f:
+def analyse(run_dir, data_dir, steps=100, every=10, seed=0):
+    """The Fig. 9 statistics of the finished run ``run_dir`` on its test alphabets, cached in ``run_dir/fig9.json``
+    (computed once for the same ``steps``, ``every`` and ``seed``)."""
+    path = os.path.join(run_dir, FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            cached = json.load(f)
+        if cached.get("settings") == {"steps": steps, "every": every, "seed": seed}:
+            return cached
+    if steps < 0 or every < 1:
+        raise ValueError(f"fig9: steps must be >= 0 and every >= 1; got {steps}, {every}.")
+    with open(os.path.join(run_dir, "results.json")) as f:
         results = json.load(f)
 
     import warpgrad_tf as wg
     from warpgrad_tf.data import omniglot as og
 
-    warped, rule, spec = wg.artifacts.load(args.run_dir)
+    warped, rule, spec = wg.artifacts.load(run_dir)
     test = results["alphabets"]["test"]
-    data = og.OmniglotTasks(args.data_dir, train_alphabets=[], val_alphabets=[], test_alphabets=test)
+    data = og.OmniglotTasks(data_dir, train_alphabets=[], val_alphabets=[], test_alphabets=test)
     tasks = [data.task(a) for a in test]
     t0, c0 = time.time(), time.process_time()
-    stats, checkpoints = gather(warped, rule, tasks, args.steps, args.every, spec.batch_size, seed=args.seed)
-    summary = summarise(stats)
-    os.makedirs(args.out, exist_ok=True)
-    payload = {"run_dir": os.path.abspath(args.run_dir), "method": results.get("method"),
+    stats, checkpoints = gather(warped, rule, tasks, steps, every, spec.batch_size, seed=seed)
+    payload = {"settings": {"steps": steps, "every": every, "seed": seed}, "method": results.get("method"),
                "test_alphabets": test, "steps": checkpoints, "rule": spec.rule, "batch_size": spec.batch_size,
-               "summary": summary, "per_task_and_step": stats, "seconds": time.time() - t0,
+               "summary": summarise(stats), "per_task_and_step": stats, "seconds": time.time() - t0,
                "cpu_seconds": time.process_time() - c0}
-    with open(os.path.join(args.out, "fig9.json"), "w") as f:
-        json.dump(payload, f, indent=2)
-    title = (f"{results.get('label', results.get('method'))} ({os.path.basename(os.path.abspath(args.run_dir))}): "
-             f"held-out {', '.join(test)}; averaged over tasks and steps {checkpoints[0]}..{checkpoints[-1]}")
-    plot(os.path.join(args.out, "fig9.png"), summary, title)
-    print(f"Fig. 9 statistics on {', '.join(test)} (averaged over tasks and steps {checkpoints}):")
-    print(f"{'layer':<10}{'mean pre':>10}{'mean post':>11}{'‖C−I‖* pre':>13}{'‖C−I‖* post':>14}")
-    for n, s in summary.items():
-        print(f"{n:<10}{s['pre']['mean']:>10.3f}{s['post']['mean']:>11.3f}{s['pre']['schatten1']:>13.2f}"
-              f"{s['post']['schatten1']:>14.2f}")
-    print(f"\njson: {os.path.join(args.out, 'fig9.json')}\nplot: {os.path.join(args.out, 'fig9.png')}")
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=1)
     return payload
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,136 @@
+"""A study's CPU cost before it runs: each run's work from its budget (its gin files and bindings over the
+trainer's defaults) times CPU-seconds per unit of work on this machine.
+
+CPU-seconds per unit come, in this order, from the study root's finished runs of the same kind on the same CPU
+model (their recorded CPU-seconds divided by their work), or from reference rates measured on the project's
+2-core AMD EPYC scaled by this machine's float32 matmul speed against that machine's (:func:`calibrate`).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+import statistics
+import subprocess
+import sys
+
+from .execute import finished, load_record, machine
+from .study import gin_values, trainer_module
+
+__all__ = ["REFERENCE", "REFERENCE_GFLOPS", "calibrate", "estimate", "trainer_defaults", "work"]
+
+#: single-threaded float32 512² matmul GFLOP per CPU-second (numpy) on the 2-core AMD EPYC the reference rates
+#: were measured on (95–97 on 2026-12-07 at load averages 2–8).
+REFERENCE_GFLOPS = 95.0
+#: CPU-seconds per unit of :func:`work` on that machine, and start-up CPU-seconds per run. Omniglot: a
+#: meta-training (task, step) sample at task batch 20 and 32 filters ≈ 0.05 CPU-s (a Warp-Leap meta-step of
+#: 5 tasks × 100 steps took 24.8 s, issue 30), an evaluation step ≈ 0.024 CPU-s; maze: episodes per CPU-s of
+#: benchmarks/README.md (2026-12-01, measured on a 2-core Intel Xeon: rougher); few-shot: the run's own CPU
+#: budget plus its evaluation. Finished runs on this machine replace these rates (:func:`calibrate`).
+REFERENCE = {"omniglot": {"meta": 0.05, "eval": 0.024, "start": 20.0},
+             "maze": {"warp_rnn": 1 / 82.3, "rnn": 1 / 189.5, "hebbian": 1 / 17.3, "neuromodulated": 1 / 13.5,
+                      "start": 15.0},
+             "fewshot": {"budget": 1.0, "start": 60.0}}
+
+
+def trainer_defaults(trainer):
+    """``{parameter: default}`` of the trainer's ``train_eval`` read from its source (no import, no TensorFlow)."""
+    spec = importlib.util.find_spec(trainer_module(trainer))
+    with open(spec.origin) as f:
+        tree = ast.parse(f.read())
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == "train_eval":
+            args = node.args.args[len(node.args.args) - len(node.args.defaults):] + node.args.kwonlyargs
+            defaults = list(node.args.defaults) + list(node.args.kw_defaults)
+            out = {}
+            for a, d in zip(args, defaults):
+                try:
+                    out[a.arg] = ast.literal_eval(d)
+                except ValueError:
+                    pass
+            return out
+    return {}
+
+
+def work(run):
+    """``(kind, {part: units})`` of one run, or ``(None, {})`` for a trainer without a cost model."""
+    base = {f"train_eval.{k}": v for k, v in trainer_defaults(run.trainer).items()}
+    v = {**base, **gin_values(run.gin_files, run.bindings)}
+    name = run.trainer.rsplit(".", 1)[-1]
+    if name == "omniglot":
+        scale = v["train_eval.task_batch_size"] / 20
+        scale *= (v.get("omniglot_convnet.filters", 64) / 32) ** 2
+        meta = v["train_eval.meta_steps"] * v["train_eval.meta_batch_size"] * v["train_eval.inner_steps"]
+        tests = len(v.get("OmniglotTasks.test_alphabets", [])) or v.get("OmniglotTasks.num_test_alphabets", 5)
+        vals = len(v.get("OmniglotTasks.val_alphabets", [])) or 1
+        checks = v["train_eval.meta_steps"] // max(1, v.get("train_eval.eval_every", 1)) + 1
+        val_steps = v.get("train_eval.val_steps") or v["train_eval.eval_steps"]
+        evals = tests * v["train_eval.eval_steps"] + checks * vals * val_steps
+        return "omniglot", {"meta": meta * scale * (v["train_eval.meta_steps"] > 0), "eval": evals * scale,
+                            "start": 1}
+    if name == "maze":
+        method = os.path.basename(run.gin_files[0])[:-4] if run.gin_files else "rnn"
+        return "maze", {method: 30 * v["train_eval.num_iterations"], "start": 1}
+    if name == "fewshot":
+        return "fewshot", {"budget": v.get("train_eval.max_train_cpu_seconds") or 0.0, "start": 1}
+    return None, {}
+
+
+_SPEED = """
+import time, numpy as np
+a = np.random.default_rng(0).standard_normal((512, 512)).astype(np.float32)
+best = 0.0
+for _ in range(5):
+    start, n = time.process_time(), 0
+    while time.process_time() - start < 0.1:
+        a @ a
+        n += 1
+    best = max(best, n * 2 * 512**3 / (time.process_time() - start) / 1e9)
+print(best)
+"""
+
+
+def _speed():
+    """Single-threaded float32 matmul GFLOP per CPU-second (best of five), in a fresh process."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", _SPEED], capture_output=True, text=True, env=env, timeout=120)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def calibrate(runs, root):
+    """``{kind: (CPU-s per unit of its parts' sum weighted by the reference rates, source)}`` for this machine."""
+    here = machine()["cpu"]
+    ratios = {}
+    for run in runs:
+        run_dir = os.path.join(root, run.name)
+        record = load_record(run_dir) if finished(run_dir) else None
+        if not record or not record.get("attempts") or (record.get("machine") or {}).get("cpu") != here:
+            continue
+        kind, parts = work(run)
+        if kind:
+            ref = sum(REFERENCE[kind][p] * u for p, u in parts.items())
+            ratios.setdefault(kind, []).append(sum(a["cpu_s"] for a in record["attempts"]) / ref)
+    speed = REFERENCE_GFLOPS / _speed()
+    out = {k: (statistics.median(r), f"{len(r)} finished runs here") for k, r in ratios.items()}
+    for kind in REFERENCE:
+        out.setdefault(kind, (speed, f"reference rates × {speed:.2f} (matmul speed against the reference CPU)"))
+    return out
+
+
+def estimate(runs, root):
+    """``(total CPU-s of the unfinished runs, {kind: (CPU-s, runs, calibration source)}, uncosted run names)``."""
+    factors = calibrate(runs, root)
+    by_kind, unknown, total = {}, [], 0.0
+    for run in runs:
+        if finished(os.path.join(root, run.name)):
+            continue
+        kind, parts = work(run)
+        if kind is None:
+            unknown.append(run.name)
+            continue
+        cpu = factors[kind][0] * sum(REFERENCE[kind][p] * u for p, u in parts.items())
+        cpu_s, n, _ = by_kind.get(kind, (0.0, 0, None))
+        by_kind[kind] = (cpu_s + cpu, n + 1, factors[kind][1])
+        total += cpu
+    return total, by_kind, unknown

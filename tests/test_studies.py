@@ -1,0 +1,151 @@
+"""The study harness (studies/): a study killed mid-way and restarted ends with the same table as an
+uninterrupted one; a finished run is not run again; the table's mean ± s.e. is the hand computation; a bad
+definition is one line naming the trainer, gin file or binding before any run starts. The runs are the
+TensorFlow-free stand-in trainer of tests/study_trainer.py (study ``tests.study_trainer:TINY``)."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from studies import cli, report
+from studies.study import StudyError, parse_option
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = "tests.study_trainer:TINY"
+
+
+def _run(root, *extra):
+    return cli.main(["run", TINY, f"--root={root}", "--docs=none", "--nice=0", *extra])
+
+
+def _table(root):
+    with open(os.path.join(root, "tiny.json")) as f:
+        payload = json.load(f)
+    return payload["table"], {r["name"]: r["metrics"] for r in payload["runs"]}
+
+
+def _score(seed, steps, value=1.0):  # tests/study_trainer.py's recursion, by hand
+    score = 100.0 * seed
+    for k in range(1, steps + 1):
+        score = 0.5 * score + value * k
+    return score
+
+
+def test_a_study_killed_midway_and_restarted_ends_with_the_same_table(tmp_path):
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert _run(whole, "--set=steps=6") == 0
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.Popen([sys.executable, "-m", "studies", "run", TINY, f"--root={cut}", "--docs=none", "--nice=0",
+                             "--set=steps=6", "--set=pause=0.3"], cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = cut / "a" / "seed0" / "checkpoints" / "state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (state.exists() and json.loads(state.read_text() or "{}").get("step", 0) >= 2):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the harness and its trainer, after the first run's second checkpoint
+    proc.wait()
+    assert not (cut / "a" / "seed0" / "results.json").exists() and not (cut / "a" / "seed1").exists()
+    assert _run(cut, "--set=steps=6") == 2  # other settings (no pause) than the killed run's: refused
+    # the same command as the killed one finishes it: run a/seed0 resumes from its checkpoint
+    assert cli.main(["run", TINY, f"--root={cut}", "--docs=none", "--nice=0", "--set=steps=6",
+                     "--set=pause=0.3"]) == 0
+    record = json.loads((cut / "a" / "seed0" / "run.json").read_text())
+    assert record["status"] == "done" and [a["resumed"] for a in record["attempts"]] == [True]
+    assert _table(cut) == _table(whole)
+
+
+def test_a_finished_run_is_not_run_again(tmp_path, capsys):
+    assert _run(tmp_path) == 0
+    results = tmp_path / "a" / "seed1" / "results.json"
+    stamp, record = results.stat().st_mtime_ns, (tmp_path / "a" / "seed1" / "run.json").read_text()
+    capsys.readouterr()
+    assert _run(tmp_path) == 0
+    assert "2 runs, 2 finished, 0 to run" in capsys.readouterr().out
+    assert results.stat().st_mtime_ns == stamp and (tmp_path / "a" / "seed1" / "run.json").read_text() == record
+
+
+def test_each_run_records_its_cost_machine_and_commit(tmp_path):
+    assert _run(tmp_path) == 0
+    record = json.loads((tmp_path / "a" / "seed0" / "run.json").read_text())
+    assert record["config"]["trainer"] == "tests.study_trainer" and record["config"]["seed"] == 0
+    (attempt,) = record["attempts"]
+    assert attempt["exit"] == 0 and attempt["cpu_s"] > 0 and attempt["wall_s"] > 0 and attempt["peak_rss_mb"] > 1
+    assert set(record["machine"]) == {"cpu", "cores", "tensorflow", "host"} and record["machine"]["cores"] >= 1
+    assert record["commit"]
+
+
+def test_the_table_is_mean_and_standard_error_over_seeds(tmp_path, capsys):
+    assert _run(tmp_path, "--set=seeds=0,1,5") == 0
+    table, per_run = _table(tmp_path)
+    scores = [_score(s, 4) for s in (0, 1, 5)]
+    assert [per_run[f"a/seed{s}"]["score"] for s in (0, 1, 5)] == pytest.approx(scores)
+    mean = sum(scores) / 3
+    stderr = math.sqrt(sum((x - mean) ** 2 for x in scores) / 2) / math.sqrt(3)
+    cell = table["a"][""]["score"]
+    assert cell == pytest.approx({"mean": mean, "stderr": stderr, "n": 3})
+    assert f"{mean:.1f} ± {stderr:.1f} (n=3)" in capsys.readouterr().out
+    (tmp_path / "tiny.json").unlink()
+    assert cli.main(["report", TINY, f"--root={tmp_path}", "--docs=none"]) == 0  # with the flags it ran with
+    assert _table(tmp_path) == (table, per_run)
+    assert cli.main(["report", TINY, f"--root={tmp_path}", "--docs=none", "--set=steps=5"]) == 2  # not as it ran
+    assert "was made with other settings" in capsys.readouterr().err
+    assert report.mean_stderr([4.0]) == {"mean": 4.0, "stderr": 0.0, "n": 1}
+
+
+def test_report_writes_the_docs_block_hparams_and_json(tmp_path):
+    docs = tmp_path / "docs"
+    page = docs / "experiments" / "tiny.md"
+    page.parent.mkdir(parents=True)
+    page.write_text("# Tiny\n\nprose before\n\n<!-- results:begin -->\nold\n<!-- results:end -->\n\nprose after\n")
+    assert _run(tmp_path / "root") == 0
+    assert cli.main(["report", TINY, f"--root={tmp_path / 'root'}", f"--docs={docs}"]) == 0
+    text = page.read_text()
+    assert text.startswith("# Tiny\n\nprose before\n\n<!-- results:begin -->\n") and text.endswith("prose after\n")
+    assert "old" not in text and "| a | " in text and "(n=2)" in text and "CPU-hours on" in text
+    events = [f for r in ("a/seed0", "a/seed1") for f in os.listdir(tmp_path / "root" / "hparams" / r)]
+    assert len(events) == 2 and all(f.startswith("events.out.tfevents") for f in events)
+    fresh = tmp_path / "fresh_docs"
+    assert cli.main(["report", TINY, f"--root={tmp_path / 'root'}", f"--docs={fresh}"]) == 0
+    assert (fresh / "experiments" / "tiny.md").read_text().startswith("# A tiny study of the stand-in trainer\n\n"
+                                                                      "<!-- results:begin -->\n")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--set=trainer=no_such_trainer"], "run 'a/seed0': unknown trainer 'no_such_trainer'"),
+    (["--gin_file=configs/omniglot/nowhere.gin"], "run 'a/seed0': gin file 'configs/omniglot/nowhere.gin' does not "
+                                                  "exist"),
+    (["--gin_param=train_eval.value = [1,"], "run 'a/seed0': binding 'train_eval.value = [1,' does not parse"),
+    (["--set=colour=red"], "--set 'colour': not an option of this study"),
+])
+def test_a_bad_definition_is_one_line_naming_it_before_any_run(flags, message, tmp_path, capsys):
+    assert _run(tmp_path / "bad", *flags) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "bad").exists()  # nothing ran
+
+
+def test_a_failing_run_is_one_line_with_the_trainers_error(tmp_path, capsys):
+    assert _run(tmp_path, "--gin_param=train_eval.fail=True") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "run 'a/seed0' failed (exit 2): train_eval.fail is set." in err, err
+
+
+def test_options_follow_their_defaults_types():
+    defaults = {"seeds": [0], "lr": 1.0, "split": "x.gin"}
+    assert parse_option("seeds=0,1, 2", defaults) == ("seeds", [0, 1, 2])
+    assert parse_option("lr=0.5", defaults) == ("lr", 0.5)
+    assert parse_option("split=configs/a.gin", defaults) == ("split", "configs/a.gin")
+    with pytest.raises(StudyError, match="not a list of int"):
+        parse_option("seeds=0,x", defaults)
+
+
+def test_every_study_of_the_catalogue_validates_with_its_defaults():
+    for name, study in cli.STUDIES.items():
+        options, runs = cli.plan(study)
+        assert runs and len({r.name for r in runs}) == len(runs), name

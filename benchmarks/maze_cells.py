@@ -3,15 +3,16 @@
     python -m benchmarks.maze_cells --old=/work/main [--new=.] [--iterations=8] [--rounds=2] \\
         [--cells=rnn,warp_rnn,hebbian,neuromodulated,neuromodulated:retroactive] [--threads=1] [--json=FILE]
 
-Each measurement is a fresh process running this file with ``PYTHONPATH`` set to one checkout, so that
+Each checkout is measured in a fresh process running this file with ``PYTHONPATH`` set to it, so that
 ``warpgrad_tf`` and ``trainers`` are imported from that checkout (the process prints the file it imported
 ``warpgrad_tf.layers.rnn`` from, and the driver checks it). In it, one task update is what
 ``trainers/maze.py`` runs per iteration (its ``make_train_step`` and Algorithm 3's
 ``continual_gradient_step``, the task Adam with the configs' global-norm clip 4): play a batch of 30
 episodes × 200 steps of the published 11 × 11 maze, the A2C loss, one backward pass, the Adam update. The
-first update (tracing) is timed apart; the next ``--iterations`` give the steady episodes per CPU-second
-(this process's user + system time). Rounds run every (cell, checkout) pair in turn, old then new, so the
-machine's drift hits both; the table shows the median over rounds and the new/old speed-up.
+first update (tracing and compiling) is timed apart; the next ``--iterations`` give the steady episodes per
+CPU-second (this process's user + system time). Each round runs the old checkout's process, then the new
+one's, every cell in each, so the machine's drift hits both; the table shows the median over rounds, the
+new/old speed-up and every cell's slowdown against the first cell (the plain RNN).
 """
 
 from __future__ import annotations
@@ -82,19 +83,20 @@ def measure(cell, iterations, threads=1, seed=0):
             "episodes": episodes, "episodes_per_cpu_s": episodes / cpu}
 
 
-def _run_worker(checkout, cell, iterations, threads):
+def _run_worker(checkout, cells, iterations, threads):
+    """Measure ``cells`` one after the other in one fresh process importing ``checkout``'s code."""
     env = dict(os.environ, PYTHONPATH=os.path.abspath(checkout), TF_CPP_MIN_LOG_LEVEL="3")
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", f"--cells={cell}",
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", f"--cells={','.join(cells)}",
            f"--iterations={iterations}", f"--threads={threads}"]
     done = subprocess.run(cmd, env=env, cwd=os.path.abspath(checkout), capture_output=True, text=True)
-    lines = [line for line in done.stdout.splitlines() if line.startswith(_MARK)]
-    if done.returncode or not lines:
-        raise RuntimeError(f"maze_cells worker for {cell!r} in {checkout} failed:\n{done.stderr[-2000:]}")
-    result = json.loads(lines[-1][len(_MARK):])
+    results = [json.loads(line[len(_MARK):]) for line in done.stdout.splitlines() if line.startswith(_MARK)]
+    if done.returncode or len(results) != len(cells):
+        raise RuntimeError(f"maze_cells worker for {cells} in {checkout} failed:\n{done.stderr[-2000:]}")
     want = os.path.join(os.path.abspath(checkout), "warpgrad_tf", "layers", "rnn.py")
-    if os.path.realpath(result["module"]) != os.path.realpath(want):
-        raise RuntimeError(f"the worker for {checkout} imported {result['module']}, not {want}.")
-    return result
+    for result in results:
+        if os.path.realpath(result["module"]) != os.path.realpath(want):
+            raise RuntimeError(f"the worker for {checkout} imported {result['module']}, not {want}.")
+    return results
 
 
 def _median(values):
@@ -118,18 +120,18 @@ def main(argv=None):
         parser.error("--iterations and --rounds must be >= 1.")
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
     if args.worker:
-        print(_MARK + json.dumps(measure(cells[0], args.iterations, args.threads)), flush=True)
+        for cell in cells:
+            print(_MARK + json.dumps(measure(cell, args.iterations, args.threads)), flush=True)
         return None
     if not args.old:
         parser.error("--old is required (the checkout to compare against).")
     sides = {"old": args.old, "new": args.new}
     load_before, runs = os.getloadavg(), []
     for r in range(args.rounds):
-        for cell in cells:
-            for side, checkout in sides.items():
-                result = dict(_run_worker(checkout, cell, args.iterations, args.threads), side=side, round=r)
-                runs.append(result)
-                print(f"round {r} {cell:<28} {side}: {result['episodes_per_cpu_s']:7.1f} episodes/CPU-s "
+        for side, checkout in sides.items():
+            for result in _run_worker(checkout, cells, args.iterations, args.threads):
+                runs.append(dict(result, side=side, round=r))
+                print(f"round {r} {result['cell']:<28} {side}: {result['episodes_per_cpu_s']:7.1f} episodes/CPU-s "
                       f"(trace {result['trace_cpu_s']:.1f} CPU-s)", flush=True)
     table = {}
     for cell in cells:

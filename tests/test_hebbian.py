@@ -88,19 +88,24 @@ def test_each_cell_step_equals_numpy_of_its_published_update(float64, kind):
         np.testing.assert_allclose(got.numpy().reshape(want.shape), want, atol=1e-6)
 
 
+def _logged_batch(env, seed):
+    """``(observations, actions, rewards)`` of a batch of episodes under random actions."""
+    state, obs, actions, rewards = env.reset(seed), [], [], []
+    for t in range(env.episode_length):
+        obs.append(env.observe(state))
+        actions.append(env.random_actions(seed, t))
+        state, reward = env.step(state, actions[-1])
+        rewards.append(reward)
+    return tf.stack(obs, 1), tf.stack(actions, 1), tf.stack(rewards, 1)
+
+
 @pytest.mark.parametrize("name, kwargs", [("hebbian", {}), ("neuromodulated", {"modulation": "retroactive"})])
 def test_trace_resets_at_an_episode_boundary_and_plasticity_gets_gradients(name, kwargs):
     env = MazeEnv(size=5, batch_size=2, episode_length=6)
     warped = WarpedModel(build_agent(make_cell(name, units=5, **kwargs), env.observation_size, env.num_actions))
     task, warp = warped.values("task"), warped.values("warp")
     assert not warp  # every variable of a Hebbian agent is a task parameter, learned by A2C
-    state, obs, actions, rewards = env.reset(3), [], [], []
-    for t in range(env.episode_length):  # a logged batch of 2 episodes under random actions
-        obs.append(env.observe(state))
-        actions.append(env.random_actions(3, t))
-        state, reward = env.step(state, actions[-1])
-        rewards.append(reward)
-    observations, actions, rewards = tf.stack(obs, 1), tf.stack(actions, 1), tf.stack(rewards, 1)
+    observations, actions, rewards = _logged_batch(env, 3)
     # Episode boundary: stepping the cell through episode 0 leaves a non-zero Hebbian trace; episode 1 of
     # the batch, as the trainer replays it (evaluate), acts as the agent started from the zero state, not
     # as the agent carrying episode 0's trace over.
@@ -177,3 +182,38 @@ def test_saved_model_of_a_hebbian_agent_acts_like_the_in_memory_agent(tmp_path):
     assert np.abs(state["state_1"].numpy()).max() > 1e-3  # the exported trace moved
     np.testing.assert_allclose(np.stack(got, 1), want.numpy(), atol=1e-5)
     np.testing.assert_allclose(np.stack(got_values, 1), values.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["hebb", "oja", "simple", "retroactive"])
+def test_fused_step_equals_the_plain_step_in_value_and_gradient_along_an_episode(float64, kind):
+    """The default XLA-fused step (its recomputing backward) and the plain TensorFlow step give the same
+    logits and the same A2C gradients of every parameter over a replayed episode."""
+    env = MazeEnv(size=5, batch_size=2, episode_length=7)
+    agents = []
+    for fused in (True, False):
+        if kind in HebbianRNNCell.RULES:
+            cell = HebbianRNNCell(units=5, rule=kind, fused=fused, name="plastic")
+        else:
+            cell = NeuromodulatedHebbianRNNCell(units=5, modulation=kind, clip=0.3, fused=fused, name="plastic")
+        agents.append(WarpedModel(build_agent(cell, env.observation_size, env.num_actions)))
+    rng = np.random.default_rng(5)
+    for a, b in zip(agents[0].model.weights, agents[1].model.weights):
+        a.assign(rng.normal(0.0, 0.7, size=a.shape) if a.shape.rank else rng.uniform(0.05, 0.5))
+        b.assign(a)
+    task = agents[0].values("task")
+    observations, actions, rewards = _logged_batch(env, 7)
+    observations = tf.cast(observations, tf.float64)
+    results = []
+    for warped in agents:
+        with tf.GradientTape() as tape:
+            tape.watch(task)
+            logits, values = evaluate(warped, task, {}, observations)
+            loss = a2c_loss(logits, values, actions, rewards).loss
+        results.append((logits.numpy(), tape.gradient(loss, task)))
+    (fused_logits, fused_grads), (plain_logits, plain_grads) = results
+    np.testing.assert_allclose(fused_logits, plain_logits, atol=1e-9)
+    assert sorted(fused_grads) == sorted(plain_grads)
+    for path in plain_grads:
+        np.testing.assert_allclose(fused_grads[path].numpy(), plain_grads[path].numpy(), rtol=1e-7, atol=1e-9,
+                                   err_msg=path)
+    assert np.abs(plain_grads["plastic/alpha"].numpy()).max() > 0

@@ -30,14 +30,16 @@ recurrent term, ``U_b`` the bias). With ``projection_bias=True`` (the default) `
 ``projection_bias_init`` (1.0, so the warps start near ``tanh(1) ≈ 0.76`` rather than near 0, which would
 almost switch the task RNN off). ``projection_bias=False`` is the strictly linear form of Eq. 20.
 
-Length (≈ 430 lines, over the project's ~400): the six task RNN cells of the maze (plain, Warp-Hyper,
+Length (≈ 490 lines, over the project's ~400): the six task RNN cells of the maze (plain, Warp-Hyper,
 Hyper, T-Nets, Hebbian, neuromodulated Hebbian) share one base class and :func:`make_cell`; each cell is
-short and they are compared side by side.
+short and they are compared side by side. The plastic cells' step is one pure function with an
+XLA-compiled, recomputing gradient (:func:`_fused_step`; docs/plastic-cells.md).
 """
 
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 __all__ = ["CELLS", "HebbianRNNCell", "HyperRNNCell", "make_cell", "NeuromodulatedHebbianRNNCell", "TanhRNNCell",
@@ -235,6 +237,82 @@ class TNetsRNNCell(_TaskRNNBase):
         return h, [h]
 
 
+def _modulator(h, w):
+    """The neuromodulator ``M_t = tanh(h_t w_m + b_m) f + f_b`` ``[B, units]`` (Miconi et al. 2019)."""
+    return tf.matmul(tf.tanh(tf.matmul(h, w["modulator_kernel"]) + w["modulator_bias"]), w["fanout"]) + w["fanout_bias"]
+
+
+def _plastic_step(kind, clip, x, h, traces, w):
+    """One step of a plastic cell as a pure function of tensors (the math of :class:`_PlasticRNNBase` and the
+    rules of its subclasses): ``(h_t, [Hebb_t(, E_t)])`` from ``x_t``, ``h_{t−1}``, the flat traces and the
+    weights ``w`` (``{name: tensor}``). ``kind`` is ``"hebb"``, ``"oja"``, ``"simple"`` or ``"retroactive"``.
+
+    Written with as few ``[B, units, units]`` temporaries as the rule allows: ``h V`` apart from the plastic
+    term, and η (or M) folded into one factor of each outer product."""
+    n = int(w["recurrent_kernel"].shape[0])
+    hebb = tf.reshape(traces[0], (-1, n, n))
+    h_new = tf.tanh(tf.matmul(x, w["kernel"]) + w["bias"] + tf.matmul(h, w["recurrent_kernel"])
+                    + tf.einsum("bi,bij->bj", h, w["alpha"] * hebb))
+    flat = lambda t: tf.reshape(t, (-1, n * n))  # noqa: E731
+    if kind == "hebb":  # Miconi et al. 2018, Eq. 2
+        eta = w["eta"]
+        return h_new, [flat((1.0 - eta) * hebb + (eta * h)[:, :, None] * h_new[:, None, :])]
+    if kind == "oja":  # Eq. 3
+        post = w["eta"] * h_new[:, None, :]
+        return h_new, [flat(hebb + post * (h[:, :, None] - h_new[:, None, :] * hebb))]
+    m = _modulator(h_new, w)
+    if kind == "simple":  # Miconi et al. 2019, Eq. 3-4
+        return h_new, [flat(tf.clip_by_value(hebb + h[:, :, None] * (m * h_new)[:, None, :], -clip, clip))]
+    trace, eta = tf.reshape(traces[1], (-1, n, n)), w["eta"]  # Eq. 5-6
+    hebb = tf.clip_by_value(hebb + m[:, None, :] * trace, -clip, clip)
+    trace = (1.0 - eta) * trace + (eta * h)[:, :, None] * h_new[:, None, :]
+    return h_new, [flat(hebb), flat(trace)]
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _compiled_step(kind, clip, x, h, traces, w):
+    """:func:`_plastic_step` compiled by XLA into a few fused loops over the ``[B, units, units]`` traces."""
+    return _plastic_step(kind, clip, x, h, traces, w)
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _compiled_step_gradient(kind, clip, x, h, traces, w, upstream):
+    """The vector-Jacobian product of :func:`_plastic_step` with ``upstream`` (``d h_t``, ``d traces_t``):
+    the step is recomputed under a tape and differentiated by TensorFlow, all inside one XLA cluster."""
+    inputs = (x, h, traces, w)
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        h_new, new_traces = _plastic_step(kind, clip, x, h, traces, w)
+    return tape.gradient([h_new, new_traces], inputs, output_gradients=upstream,
+                         unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
+def _fused_step(kind, clip, x, h, traces, w):
+    """:func:`_plastic_step` run as one XLA call forward and one backward (:func:`_compiled_step_gradient`).
+
+    Under the unfused step TensorFlow differentiates through every ``[B, units, units]`` temporary, keeping
+    each of them for every step of the episode; here a step keeps only its inputs and recomputes the rest in
+    its backward call (docs/plastic-cells.md)."""
+    names = sorted(w)
+    k = len(traces)
+
+    @tf.custom_gradient
+    def step(x, h, *rest):
+        traces, values = list(rest[:k]), dict(zip(names, rest[k:]))
+        h_new, new_traces = _compiled_step(kind, clip, x, h, traces, values)
+
+        def gradient(d_h, *d_traces):
+            upstream = [d_h if d_h is not None else tf.zeros_like(h_new),
+                        [d if d is not None else tf.zeros_like(t) for d, t in zip(d_traces, new_traces)]]
+            dx, dh, d_tr, dw = _compiled_step_gradient(kind, clip, x, h, traces, values, upstream)
+            return [dx, dh, *d_tr, *(dw[name] for name in names)]
+
+        return [h_new, *new_traces], gradient
+
+    out = step(x, h, *traces, *(w[name] for name in names))
+    return out[0], list(out[1:])
+
+
 class _PlasticRNNBase(_TaskRNNBase):
     """The plastic recurrence shared by the Hebbian cells (Miconi et al. 2018, Eq. 1; 2019, Eq. 1).
 
@@ -249,16 +327,21 @@ class _PlasticRNNBase(_TaskRNNBase):
     and ``evaluate`` start each episode from the zero state; so does the exported ``initial_state``). Every
     variable is a task parameter, learned by A2C with the rest of the agent.
 
+    ``fused=True`` (the default) runs each step as one XLA-compiled call with a recomputing backward
+    (:func:`_fused_step`); ``fused=False`` runs the same step as plain TensorFlow ops. Both compute the same
+    update (docs/plastic-cells.md has the speed of each).
+
     Where the papers' code and this project differ: W, V, b use the initialisers of the other cells of this
     module (Glorot / orthogonal / zeros) so that the baselines differ only in plasticity; α starts as
     ``N(0, 0.01²)`` (``alpha_initializer``; Miconi et al. 2018's ``.01 * randn``).
     """
 
-    def __init__(self, units=100, alpha_initializer=None, **kwargs):
+    def __init__(self, units=100, alpha_initializer=None, fused=True, **kwargs):
         super().__init__(units=units, **kwargs)
         self.alpha_initializer = keras.initializers.get(
             alpha_initializer if alpha_initializer is not None else {"class_name": "RandomNormal",
                                                                       "config": {"stddev": 0.01}})
+        self.fused = bool(fused)
 
     @property
     def state_size(self):
@@ -271,23 +354,16 @@ class _PlasticRNNBase(_TaskRNNBase):
         self.alpha = self.add_weight(shape=(self.units, self.units), initializer=self.alpha_initializer,
                                      name="alpha")
 
-    def _square(self, flat):
-        return ops.reshape(flat, (-1, self.units, self.units))
-
-    def _recur(self, inputs, h, hebb):
-        """``h_t`` from the input, ``h_{t−1}`` and ``Hebb_{t−1}`` ``[B, units, units]``."""
-        weights = self.recurrent_kernel[None] + self.alpha[None] * hebb
-        recurrent = ops.einsum("bi,bij->bj", h, weights)
-        return ops.tanh(ops.matmul(inputs, self.kernel) + self.bias + recurrent)
-
-    @staticmethod
-    def _outer(pre, post):
-        """``pre_i post_j`` ``[B, units, units]``: the Hebbian product of each connection i → j."""
-        return pre[:, :, None] * post[:, None, :]
+    def call(self, inputs, states, training=False):
+        weights = {v.name: tf.convert_to_tensor(v.value) for v in self.weights}
+        step = _fused_step if self.fused else _plastic_step
+        h, traces = step(self.kind, getattr(self, "clip", 0.0), ops.convert_to_tensor(inputs),
+                         ops.convert_to_tensor(states[0]), [ops.convert_to_tensor(s) for s in states[1:]], weights)
+        return h, [h, *traces]
 
     def get_config(self):
         config = super().get_config()
-        config.update(alpha_initializer=keras.initializers.serialize(self.alpha_initializer))
+        config.update(alpha_initializer=keras.initializers.serialize(self.alpha_initializer), fused=self.fused)
         return config
 
 
@@ -302,7 +378,7 @@ class HebbianRNNCell(_PlasticRNNBase):
         rule="oja":   Hebb_t = Hebb_{t−1} + η h_{t,j} (h_{t−1,i} − h_{t,j} Hebb_{t−1})   (2018, Eq. 3)
 
     State ``[h, Hebb]``. Args: ``units``; ``rule``; ``eta_init`` (0.01, the 2018 code's ``.01``);
-    ``alpha_initializer``; the initialisers of W, V, b.
+    ``alpha_initializer``; ``fused``; the initialisers of W, V, b.
 
     Raises:
       ValueError: a ``rule`` the cell does not support.
@@ -322,14 +398,10 @@ class HebbianRNNCell(_PlasticRNNBase):
         self._build_plastic(input_shape[-1])
         self.eta = self.add_weight(shape=(), initializer=keras.initializers.Constant(self.eta_init), name="eta")
 
-    def call(self, inputs, states, training=False):
-        h_prev, hebb = states[0], self._square(states[1])
-        h = self._recur(inputs, h_prev, hebb)
-        if self.rule == "hebb":
-            hebb = (1.0 - self.eta) * hebb + self.eta * self._outer(h_prev, h)
-        else:
-            hebb = hebb + self.eta * h[:, None, :] * (h_prev[:, :, None] - h[:, None, :] * hebb)
-        return h, [h, ops.reshape(hebb, (-1, self.units * self.units))]
+    @property
+    def kind(self):
+        """The update rule run by the step (:func:`_plastic_step`)."""
+        return self.rule
 
     def get_config(self):
         config = super().get_config()
@@ -387,24 +459,14 @@ class NeuromodulatedHebbianRNNCell(_PlasticRNNBase):
             self.eta = self.add_weight(shape=(), initializer=keras.initializers.Constant(self.eta_init),
                                        name="eta")
 
+    @property
+    def kind(self):
+        """The update rule run by the step (:func:`_plastic_step`)."""
+        return self.modulation
+
     def modulator(self, h):
         """``M_t`` ``[B, units]`` of hidden states ``h_t``."""
-        return ops.matmul(ops.tanh(ops.matmul(h, self.modulator_kernel) + self.modulator_bias),
-                          self.fanout) + self.fanout_bias
-
-    def call(self, inputs, states, training=False):
-        h_prev, hebb = states[0], self._square(states[1])
-        h = self._recur(inputs, h_prev, hebb)
-        m = self.modulator(h)[:, None, :]
-        product = self._outer(h_prev, h)
-        flat = lambda t: ops.reshape(t, (-1, self.units * self.units))  # noqa: E731
-        if self.modulation == "simple":
-            hebb = ops.clip(hebb + m * product, -self.clip, self.clip)
-            return h, [h, flat(hebb)]
-        trace = self._square(states[2])
-        hebb = ops.clip(hebb + m * trace, -self.clip, self.clip)
-        trace = (1.0 - self.eta) * trace + self.eta * product
-        return h, [h, flat(hebb), flat(trace)]
+        return _modulator(tf.convert_to_tensor(h), {v.name: tf.convert_to_tensor(v.value) for v in self.weights})
 
     def get_config(self):
         config = super().get_config()

@@ -4,8 +4,6 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-export TF_CPP_MIN_LOG_LEVEL ?= 2
-export TF_USE_LEGACY_KERAS ?= 1
 
 .PHONY: demo test lint install clean
 

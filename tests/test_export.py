@@ -303,7 +303,9 @@ def test_loading_and_a_rejected_input_are_quiet_unless_verbose(fresh):
     assert not any(n in fresh_err for n in LOAD_NOISE), fresh_err[-2000:]
     (out, err), rc = fresh[2]["loud"]
     assert rc == 0 and "support_x must have shape" in out, err[-2000:]
-    for line in LOAD_NOISE + ("oneDNN custom operations are on",):
+    # The switch brings TensorFlow's own lines back: those of loading and of the rejected input (which start-up
+    # lines come on top depends on the machine's CPU and drivers, so none is named here).
+    for line in LOAD_NOISE:
         assert line in err, (line, err[-2000:])
 
 

@@ -75,22 +75,20 @@ import glob
 import json
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import gin
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
 
-import gin  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import logging  # noqa: E402
+from warpgrad_tf import algorithms, distribute
+from warpgrad_tf.envs import MazeEnv
+from warpgrad_tf.layers.rnn import CELLS, HebbianRNNCell, NeuromodulatedHebbianRNNCell, make_cell
+from warpgrad_tf.model import WarpedModel
+from warpgrad_tf.rl import a2c, build_agent, evaluate, rollout
+from warpgrad_tf.serving_rl import is_agent_run, save_agent
 
-from warpgrad_tf import algorithms, distribute  # noqa: E402
-from warpgrad_tf.envs import MazeEnv  # noqa: E402
-from warpgrad_tf.layers.rnn import CELLS, HebbianRNNCell, NeuromodulatedHebbianRNNCell, make_cell  # noqa: E402
-from warpgrad_tf.model import WarpedModel  # noqa: E402
-from warpgrad_tf.rl import a2c, build_agent, evaluate, rollout  # noqa: E402
-from warpgrad_tf.serving_rl import is_agent_run, save_agent  # noqa: E402
-
-from . import common, loop  # noqa: E402
+from . import common, loop
 
 #: How a batch of episodes that does not divide over the replicas is named in the error.
 EPISODE_BATCH = dict(batch="batch", unit="episodes", setting="train_eval.batch_size")

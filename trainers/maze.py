@@ -63,10 +63,6 @@ the whole batch's gradient) and Algorithm 3's accumulation run once — so a dis
 single-device run. ``batch_size`` must divide evenly over the replicas. Only the chief writes ``R``
 (checkpoints, ``returns.json``, ``R/model``); the other workers write to scratch folders and resume from the
 chief's checkpoints.
-
-Length (≈ 410 lines, over the project's ~400): the maze trainer's ``train_eval`` and the run-history
-helpers (returns JSON, last-fifth mean, the returns plot) that only it and ``benchmarks/maze_fig4.py`` read; the
-algorithm itself is :func:`warpgrad_tf.algorithms.continual_gradient_step`.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ Usage (the full background set, a cheap 2-core budget, one seed)::
         --gin_param=train_eval.inner_steps=10 --gin_param=train_eval.eval_every=6 \\
         --gin_param=train_eval.val_steps=20 --gin_param=omniglot_convnet.filters=16
 
-(the README's run: 6.3 CPU-min for 8 of the 13 rows, near chance for all of them — a budget this small is noise).
+(docs/experiments/omniglot-multishot.md: at a budget this small every row is near chance).
 
 A subset of rows: ``--rows=leap,conv3x3,film``; an unknown row, a missing gin file or a bad seed is a one-line
 error before any run starts.

@@ -185,7 +185,7 @@ def _saved_model_cli_commands(runs):
     sx, sy, qx = runs["data"]["sine"]
     exprs = f"support_x={sx.tolist()};support_y={sy.tolist()};query_x={qx.tolist()};steps={SINE_STEPS}"
     return {"show": [cli, "show", "--dir", runs["dirs"]["omni"], "--all"],
-            # The README's `saved_model_cli run` example, on the sine export.
+            # docs/deploy.md's `saved_model_cli run` example, on the sine export.
             "run": [cli, "run", "--dir", runs["dirs"]["sine"], "--tag_set", "serve", "--signature_def",
                     "adapt_and_predict", "--input_exprs", exprs]}
 

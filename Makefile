@@ -1,13 +1,11 @@
-# Two entry points on a fresh machine: `make demo` and `make test`.
+# Two entry points on a fresh machine: `make demo` and `make test` (and `make docs`, the documentation site).
 # Each creates .venv if missing and installs the package with every extra.
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-export TF_CPP_MIN_LOG_LEVEL ?= 2
-export TF_USE_LEGACY_KERAS ?= 1
 
-.PHONY: demo test lint install clean
+.PHONY: demo test docs lint install clean
 
 $(STAMP): setup.py requirements-lock.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,8 +26,13 @@ test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
 
+# The site from docs/ and mkdocs.yml into site/; any warning (a broken link, an API reference to a name that no
+# longer exists) fails the build.
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site

@@ -60,6 +60,8 @@ CORE = [
 RL = ["tf-agents>=0.19,<0.20", "tf_keras>=2.21,<2.22", "tensorflow-probability>=0.23,<0.24"]
 TEST = ["pytest>=8,<10", "ruff>=0.17,<0.18"]
 LITERT = ["ai-edge-litert>=2.3,<3"]  # export.litert / export.load_litert: on-device adaptation
+# make docs: MkDocs with the Material theme; mkdocstrings renders the API reference from the docstrings.
+DOCS = ["mkdocs>=1.6,<2", "mkdocs-material>=9.5,<10", "mkdocstrings>=1.0,<2", "mkdocstrings-python>=2.0,<3"]
 
 
 def _version():
@@ -92,7 +94,7 @@ if __name__ == "__main__":
         package_dir={**APPS, **CONFIGS},
         package_data={name: ["*.gin", "*/*.gin", "*/*/*.gin", "*/*/*/*.gin"] for name in CONFIGS},
         install_requires=CORE,
-        extras_require={"rl": RL, "test": TEST, "litert": LITERT, "all": RL + TEST + LITERT},
+        extras_require={"rl": RL, "test": TEST, "litert": LITERT, "docs": DOCS, "all": RL + TEST + LITERT + DOCS},
         entry_points={"console_scripts": CONSOLE_SCRIPTS},
         license="Apache-2.0",
     )

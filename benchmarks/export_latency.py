@@ -24,14 +24,12 @@ import statistics
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import warpgrad_tf as wg  # noqa: E402
-from warpgrad_tf import artifacts, serving  # noqa: E402
+import warpgrad_tf as wg
+from warpgrad_tf import artifacts, serving
 
 
 def sine_run(root):

@@ -31,15 +31,13 @@ import resource
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import warpgrad_tf as wg  # noqa: E402
-from warpgrad_tf import algorithms  # noqa: E402
-from warpgrad_tf.models import omniglot_convnet  # noqa: E402
+import warpgrad_tf as wg
+from warpgrad_tf import algorithms
+from warpgrad_tf.models import omniglot_convnet
 
 
 def task_data(args, n, seed):

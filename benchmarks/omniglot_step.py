@@ -30,13 +30,11 @@ import subprocess
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import tensorflow as tf
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from warpgrad_tf import WarpedModel, adapt, losses, minibatches, unroll, update_rules  # noqa: E402
-from warpgrad_tf.models import omniglot_convnet  # noqa: E402
+from warpgrad_tf import WarpedModel, adapt, losses, minibatches, unroll, update_rules
+from warpgrad_tf.models import omniglot_convnet
 
 
 # ---------------------------------------------------------------------------------------------- FLOPs

@@ -35,8 +35,6 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 __all__ = ["export_latency", "main", "meta_steps", "online_memory", "replica_speedup", "table", "task_step"]

@@ -42,18 +42,13 @@ import re
 import sys
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import tensorflow as tf
 
-import warpgrad_tf  # noqa: E402, F401  (first: TensorFlow's start-up lines are filtered, warpgrad_tf.startup)
+from warpgrad_tf import adaptation, artifacts, learned_lr, losses, saved_model_files, serving, settings
+from warpgrad_tf.model import WarpedModel
 
-# isort: split
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from warpgrad_tf import adaptation, artifacts, learned_lr, losses, saved_model_files, serving, settings  # noqa: E402
-from warpgrad_tf.model import WarpedModel  # noqa: E402
-
-from . import litert_ops  # noqa: E402
+from . import litert_ops
 
 __all__ = ["LiteRTExporter", "SIGNATURES", "export", "from_saved_model", "main", "parse_args"]
 

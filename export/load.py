@@ -1,7 +1,7 @@
 """Load an adaptation-only SavedModel written by ``python -m export.saved_model``. Needs TensorFlow only.
 
 This file imports nothing but TensorFlow and the standard library: copy it next to a SavedModel and use it
-anywhere TensorFlow runs. Plain ``tf.saved_model.load`` works just as well (see ``README``); this helper
+anywhere TensorFlow runs. Plain ``tf.saved_model.load`` works just as well (docs/deploy.md); this helper
 adds named errors for inputs of the wrong dtype, the default number of steps, and metadata as Python
 values::
 

@@ -17,10 +17,7 @@ the trainers' ``--root_dir``.)
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __all__ = ["main", "parse_args", "summary"]
 

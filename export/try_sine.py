@@ -9,7 +9,7 @@ adapts on ``--shots`` support points inside the SavedModel and prints the suppor
 ``python -m export.litert`` for ``--shots`` support and ``--query`` query points) it then adapts the LiteRT
 model to the same task in the LiteRT interpreter (:mod:`export.load_litert`) and prints its query MSE beside
 the SavedModel's after as many steps. Nothing from ``warpgrad_tf`` is imported; TensorFlow starts quietly
-(:mod:`export.quiet`; ``WARPGRAD_VERBOSE=1`` shows its logs).
+(the package's start-up, :mod:`export.quiet`; ``WARPGRAD_VERBOSE=1`` shows its logs).
 """
 
 from __future__ import annotations
@@ -18,15 +18,11 @@ import argparse
 import os
 import sys
 
-from .quiet import import_tensorflow
+import numpy as np
 
-import_tensorflow()  # before anything imports TensorFlow: its start-up lines filtered
+from .load import load  # TensorFlow only
 
 __all__ = ["main", "sample_task"]
-
-import numpy as np  # noqa: E402
-
-from .load import load  # noqa: E402  (TensorFlow only)
 
 
 def sample_task(seed, shots, query):

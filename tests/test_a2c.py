@@ -1,18 +1,15 @@
 """A2C loss (hand computation on a 3-step episode) and the functional rollout / replay of the agent."""
 
 import math
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import pytest
+import tensorflow as tf
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from warpgrad_tf import WarpedModel  # noqa: E402
-from warpgrad_tf.envs import MazeEnv  # noqa: E402
-from warpgrad_tf.layers.rnn import make_cell  # noqa: E402
-from warpgrad_tf.rl import a2c_loss, build_agent, discounted_returns, evaluate, rollout  # noqa: E402
+from warpgrad_tf import WarpedModel
+from warpgrad_tf.envs import MazeEnv
+from warpgrad_tf.layers.rnn import make_cell
+from warpgrad_tf.rl import a2c_loss, build_agent, discounted_returns, evaluate, rollout
 
 
 def test_a2c_loss_equals_hand_computation_on_a_3_step_episode():

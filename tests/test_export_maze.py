@@ -15,24 +15,22 @@ import os
 import subprocess
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import gin
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
 
-import gin  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from export import saved_model as saved_model_cli  # noqa: E402
-from export.load import load as load_export  # noqa: E402
-from tests.conftest import REPO  # noqa: E402
-from trainers import maze as trainer  # noqa: E402
-from warpgrad_tf import serving_rl  # noqa: E402
-from warpgrad_tf.envs import MazeEnv  # noqa: E402
-from warpgrad_tf.layers.rnn import make_cell  # noqa: E402
-from warpgrad_tf.model import WarpedModel  # noqa: E402
-from warpgrad_tf.rl import build_agent, evaluate, rollout  # noqa: E402
-from warpgrad_tf.version import __version__  # noqa: E402
+from export import saved_model as saved_model_cli
+from export.load import load as load_export
+from tests.conftest import REPO
+from trainers import maze as trainer
+from warpgrad_tf import serving_rl
+from warpgrad_tf.envs import MazeEnv
+from warpgrad_tf.layers.rnn import make_cell
+from warpgrad_tf.model import WarpedModel
+from warpgrad_tf.rl import build_agent, evaluate, rollout
+from warpgrad_tf.version import __version__
 
 TOL = 1e-5
 SELECTOR = "trainers.maze.train_eval"

@@ -2,18 +2,15 @@
 update (Miconi et al. 2018 Eq. 1–3; 2019 Eq. 1–6), the per-episode trace reset, gradients reaching the
 plasticity coefficients, and unsupported plasticity settings."""
 
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import pytest
+import tensorflow as tf
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from warpgrad_tf import WarpedModel  # noqa: E402
-from warpgrad_tf.envs import MazeEnv  # noqa: E402
-from warpgrad_tf.layers.rnn import HebbianRNNCell, NeuromodulatedHebbianRNNCell, make_cell  # noqa: E402
-from warpgrad_tf.rl import a2c_loss, build_agent, evaluate, rollout  # noqa: E402
+from warpgrad_tf import WarpedModel
+from warpgrad_tf.envs import MazeEnv
+from warpgrad_tf.layers.rnn import HebbianRNNCell, NeuromodulatedHebbianRNNCell, make_cell
+from warpgrad_tf.rl import a2c_loss, build_agent, evaluate, rollout
 
 B, D, N = 3, 5, 6  # batch, input, units
 

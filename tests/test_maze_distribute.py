@@ -9,18 +9,16 @@ a minute on two loaded cores.
 import json
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from tests.helpers import assert_one_line_error, checkpoint_values, run_module  # noqa: E402
-from warpgrad_tf.envs import MazeEnv  # noqa: E402
-from warpgrad_tf.layers.rnn import make_cell  # noqa: E402
-from warpgrad_tf.model import WarpedModel  # noqa: E402
-from warpgrad_tf.rl import build_agent, rollout  # noqa: E402
+from tests.helpers import assert_one_line_error, checkpoint_values, run_module
+from warpgrad_tf.envs import MazeEnv
+from warpgrad_tf.layers.rnn import make_cell
+from warpgrad_tf.model import WarpedModel
+from warpgrad_tf.rl import build_agent, rollout
 
 TINY = dict(batch_size=4, episode_length=6, maze_size=5, units=8, meta_units=4, num_iterations=3, warp_period=2,
             checkpoint_every=100, plot=False)

@@ -3,14 +3,13 @@
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # tf-agents 0.19 needs legacy Keras behind tf.keras
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import pytest
+import tensorflow as tf
 
-from warpgrad_tf.envs import maze  # noqa: E402
-from warpgrad_tf.envs.maze import MazeEnv, MazeState, maze_layout  # noqa: E402
+from warpgrad_tf.envs import maze
+from warpgrad_tf.envs.maze import MazeEnv, MazeState, maze_layout
 
 UP, DOWN, LEFT, RIGHT = 0, 1, 2, 3
 

@@ -6,17 +6,15 @@ import os
 import subprocess
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
 
-import gin  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from tests.conftest import REPO  # noqa: E402
-from trainers import common  # noqa: E402
-from trainers import maze as trainer  # noqa: E402
-from warpgrad_tf.layers.rnn import CELLS  # noqa: E402
+from tests.conftest import REPO
+from trainers import common
+from trainers import maze as trainer
+from warpgrad_tf.layers.rnn import CELLS
 
 TINY = dict(batch_size=2, episode_length=6, maze_size=5, units=8, log_every=1, checkpoint_every=1)
 SELECTOR = "trainers.maze.train_eval"  # other trainers also define train_eval: qualify the gin selector

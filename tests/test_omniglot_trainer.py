@@ -240,16 +240,16 @@ def test_cli_empty_data_dir_and_unknown_alphabet_are_one_line(tmp_path, omniglot
 
 
 def _readme_command(marker):
-    """The README's shell command (continuation lines joined) that contains ``marker``, as an argv list."""
-    with open(os.path.join(REPO, "README.md")) as f:
+    """The Omniglot page's shell command (continuation lines joined) that contains ``marker``, as an argv list."""
+    with open(os.path.join(REPO, "docs", "experiments", "omniglot-multishot.md")) as f:
         text = f.read().replace("\\\n", " ")
     lines = [ln.strip() for ln in text.splitlines() if marker in ln and ln.strip().startswith("python -m")]
-    assert lines, f"no README command contains {marker!r}"
+    assert lines, f"no documented command contains {marker!r}"
     return lines[0].split()
 
 
 def test_readme_omniglot_command_runs_on_the_shared_subset(tmp_path, omniglot_dir, tfds_cache):
-    """The multi-shot command the README gives for ../shared/data/omniglot works as written (tiny budget)."""
+    """The multi-shot command the docs give for ../shared/data/omniglot works as written (tiny budget)."""
     argv = _readme_command("budgets/reduced_cpu.gin --gin_file=configs/omniglot/splits")
     assert argv[:3] == ["python", "-m", "trainers.omniglot"]
     args = [a.replace("../shared/data/omniglot", omniglot_dir) for a in argv[3:] if not a.startswith("--root_dir")]

@@ -1,16 +1,13 @@
 """Recurrent cells of the maze experiment (App. I): Eq. 20 against NumPy, roles, configs, errors."""
 
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from warpgrad_tf import WarpedModel  # noqa: E402
-from warpgrad_tf.layers.rnn import (  # noqa: E402
+from warpgrad_tf import WarpedModel
+from warpgrad_tf.layers.rnn import (
     CELLS,
     HebbianRNNCell,
     HyperRNNCell,
@@ -20,7 +17,7 @@ from warpgrad_tf.layers.rnn import (  # noqa: E402
     WarpHyperRNNCell,
     make_cell,
 )
-from warpgrad_tf.rl import build_agent  # noqa: E402
+from warpgrad_tf.rl import build_agent
 
 B, D, N, M = 3, 5, 7, 4  # batch, input, units, meta units
 

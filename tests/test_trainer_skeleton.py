@@ -1,4 +1,4 @@
-"""The README's "a new trainer is this skeleton" runs as written: it trains, writes the exportable model and
+"""docs/your-own-model.md's "a new trainer is this skeleton" runs as written: it trains, writes the exportable model and
 resumes from its checkpoint."""
 
 import json
@@ -12,12 +12,12 @@ from tests.conftest import REPO
 
 
 def _skeleton():
-    text = open(os.path.join(REPO, "README.md")).read()
-    section = text[text.index("**A new trainer is this skeleton**"):]
+    text = open(os.path.join(REPO, "docs", "your-own-model.md")).read()
+    section = text[text.index("## A new trainer is this skeleton"):]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def test_the_readme_trainer_skeleton_trains_and_resumes(tmp_path):
+def test_the_documented_trainer_skeleton_trains_and_resumes(tmp_path):
     package = tmp_path / "trainers"  # a copy of trainers/ with the skeleton beside common.py and loop.py
     shutil.copytree(os.path.join(REPO, "trainers"), package, ignore=shutil.ignore_patterns("__pycache__"))
     (package / "skeleton.py").write_text(_skeleton())

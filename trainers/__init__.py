@@ -2,10 +2,12 @@
 (the package is installed as ``warpgrad_tf_apps.trainers``; see setup.py). Modules here import each other
 relatively (``from . import common``) so both names work.
 
-Importing the package imports :mod:`warpgrad_tf` first, so TensorFlow starts without its start-up noise
-(:mod:`warpgrad_tf.startup`) whatever a trainer module imports first.
+Importing the package makes the programs' one start-up call, :func:`warpgrad_tf.startup.quiet_start`, before
+any trainer module imports TensorFlow: its start-up lines are filtered (``WARPGRAD_VERBOSE=1`` keeps them).
 """
 
-import warpgrad_tf  # noqa: F401  (first: a quiet TensorFlow start-up)
+from warpgrad_tf.startup import quiet_start
+
+quiet_start()
 
 __all__ = []

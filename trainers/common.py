@@ -32,14 +32,12 @@ import sys
 import tempfile
 from typing import NamedTuple
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import gin
+import numpy as np
+import tensorflow as tf
+from absl import app, flags, logging
 
-import gin  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-
-from warpgrad_tf import run_checkpoints, settings, startup  # noqa: E402
+from warpgrad_tf import run_checkpoints, settings, startup
 
 __all__ = ["FLAGS", "accelerator_options", "Checkpointer", "ConfigError", "Interrupt", "Placement", "SummaryWriters",
            "check_binding_types", "check_settings", "define_flags", "entry_point", "loop_sum", "parse_gin",

@@ -35,22 +35,20 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import gin
+import keras
+import numpy as np
+import tensorflow as tf
 
-import gin  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from warpgrad_tf import algorithms, artifacts, continual_objective, distribute, update_rules
+from warpgrad_tf.adaptation import unroll
+from warpgrad_tf.layers import WarpBlock
+from warpgrad_tf.losses import half_mse
+from warpgrad_tf.model import WarpedModel
+from warpgrad_tf.objectives import check_objective
+from warpgrad_tf.tasks.continual_sine import ContinualSineFamily
 
-from warpgrad_tf import algorithms, artifacts, continual_objective, distribute, update_rules  # noqa: E402
-from warpgrad_tf.adaptation import unroll  # noqa: E402
-from warpgrad_tf.layers import WarpBlock  # noqa: E402
-from warpgrad_tf.losses import half_mse  # noqa: E402
-from warpgrad_tf.model import WarpedModel  # noqa: E402
-from warpgrad_tf.objectives import check_objective  # noqa: E402
-from warpgrad_tf.tasks.continual_sine import ContinualSineFamily  # noqa: E402
-
-from . import common, loop  # noqa: E402
+from . import common, loop
 
 TRAINING_ORDER = "training"
 RANDOM_ORDER = "random"

@@ -26,24 +26,10 @@ the current policy (each episode a new task: a new goal) and computes the advant
   et al. 2019), the Fig. 4 "neuromodulated Hebbian" baseline; ``plasticity`` is ``"simple"`` or
   ``"retroactive"`` (eligibility traces).
 
-**The maze and loss as published** (defaults; App. I is silent, so they follow the authors' released
-``maze_navigation`` code after Miconi's backpropamine ``maze.py``): the centre pillar cleared, every
-episode starting at the centre, the goal drawn among free non-centre cells, teleport to a random free cell
-after reaching it (``maze_rules="published"``; :mod:`warpgrad_tf.envs.maze`), reward 10, wall penalty 0;
-A2C with discount 0.9, value weight 0.1, a penalty 0.03 · Σ p² on the policy (``policy_regulariser=
-"sum_p2"``; :mod:`warpgrad_tf.rl.a2c`), global-norm clip 4.0, batches of 30 episodes of 200 steps. This
-project's first maze and loss stay one gin option away: ``maze_rules="pillar"`` (centre pillar kept, random
-start, goal anywhere) and ``policy_regulariser="entropy"`` (an entropy bonus).
-
-**The meta-objective (Eq. 12, approximate).** In a stream of batches the task parameters of batch k,
-θ_k = U(θ_{k−1}, ∇L_task), are the result of one task update; the approximate objective is the A2C loss
-at sg[θ_k] on a batch the update did not see — the k-th batch, played with θ_k (on-policy). So one
-backward pass through batch k's A2C loss gives both the task gradient ∇_θ (for the task update of θ_k)
-and the warp meta-gradient ∇_φ L_meta(sg[θ_k]; φ) that Algorithm 3 accumulates (line 6). U is Adam, the
-task optimiser; Eq. 12 needs only the stepped values, never a derivative through U. The multi-task term C
-of Alg. 3 is this same A2C loss, so "θ ← θ − λβ g_θ" is the task update itself. Algorithm 3 is the
-library's :func:`warpgrad_tf.algorithms.continual_gradient_step` with this gradient function
-(:func:`continual_gradients`) and its checkpointable :class:`~warpgrad_tf.algorithms.ContinualState`.
+The maze and A2C loss follow the authors' released code by default (``maze_rules="published"``,
+``policy_regulariser="sum_p2"``); the meta-objective is Eq. 12 on the stream of batches, and Algorithm 3 is
+:func:`warpgrad_tf.algorithms.continual_gradient_step` with :func:`continual_gradients`
+(docs/experiments/maze.md).
 
 Writes ``R/train`` (TensorBoard: ``mean_episode_return`` against episodes, loss terms, episodes/s),
 ``R/checkpoints`` (resumable: model, both optimisers, the warp accumulator and the step; every episode is
@@ -64,9 +50,9 @@ single-device run. ``batch_size`` must divide evenly over the replicas. Only the
 (checkpoints, ``returns.json``, ``R/model``); the other workers write to scratch folders and resume from the
 chief's checkpoints.
 
-Length (≈ 410 lines, over the project's ~400): the maze trainer's ``train_eval`` and the run-history
-helpers (returns JSON, last-fifth mean, the returns plot) that only it and the maze study (``studies/other.py``)
-read; the algorithm itself is :func:`warpgrad_tf.algorithms.continual_gradient_step`.
+Length: the maze trainer's ``train_eval`` and the run-history helpers (returns JSON, last-fifth mean, the returns
+plot) that only it and the maze study (``studies/other.py``) read; the algorithm itself is
+:func:`warpgrad_tf.algorithms.continual_gradient_step`.
 """
 
 from __future__ import annotations
@@ -75,22 +61,20 @@ import glob
 import json
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import gin
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
 
-import gin  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import logging  # noqa: E402
+from warpgrad_tf import algorithms, distribute
+from warpgrad_tf.envs import MazeEnv
+from warpgrad_tf.layers.rnn import CELLS, HebbianRNNCell, NeuromodulatedHebbianRNNCell, make_cell
+from warpgrad_tf.model import WarpedModel
+from warpgrad_tf.rl import a2c, build_agent, evaluate, rollout
+from warpgrad_tf.serving_rl import is_agent_run, save_agent
 
-from warpgrad_tf import algorithms, distribute  # noqa: E402
-from warpgrad_tf.envs import MazeEnv  # noqa: E402
-from warpgrad_tf.layers.rnn import CELLS, HebbianRNNCell, NeuromodulatedHebbianRNNCell, make_cell  # noqa: E402
-from warpgrad_tf.model import WarpedModel  # noqa: E402
-from warpgrad_tf.rl import a2c, build_agent, evaluate, rollout  # noqa: E402
-from warpgrad_tf.serving_rl import is_agent_run, save_agent  # noqa: E402
-
-from . import common, loop  # noqa: E402
+from . import common, loop
 
 #: How a batch of episodes that does not divide over the replicas is named in the error.
 EPISODE_BATCH = dict(batch="batch", unit="episodes", setting="train_eval.batch_size")

@@ -44,22 +44,20 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import gin
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
 
-import gin  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from keras import ops  # noqa: E402
+from warpgrad_tf import algorithms, distribute, update_rules
+from warpgrad_tf.adaptation import adapt, unroll
+from warpgrad_tf.layers import WarpBlock
+from warpgrad_tf.model import WarpedModel
+from warpgrad_tf.objectives import check_objective, warp_objective
+from warpgrad_tf.tasks import synthetic2d
 
-from warpgrad_tf import algorithms, distribute, update_rules  # noqa: E402
-from warpgrad_tf.adaptation import adapt, unroll  # noqa: E402
-from warpgrad_tf.layers import WarpBlock  # noqa: E402
-from warpgrad_tf.model import WarpedModel  # noqa: E402
-from warpgrad_tf.objectives import check_objective, warp_objective  # noqa: E402
-from warpgrad_tf.tasks import synthetic2d  # noqa: E402
-
-from . import common, loop  # noqa: E402
+from . import common, loop
 
 #: Seeds of held-out surfaces and starts begin here; meta-training uses seeds below it.
 EVAL_SEED_OFFSET = 10**9

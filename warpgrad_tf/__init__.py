@@ -5,11 +5,10 @@ Public API (one module per idea):
 * :mod:`warpgrad_tf.layers` — warp layers (``WarpBlock``, ``TaskFiLM``) and BatchNorm with exact second
   derivatives (``BatchNormalization``, ``FusedBatchNormalization``).
 * :class:`WarpedModel` — task / warp / frozen partition and the functional forward.
-* :mod:`warpgrad_tf.update_rules` — inner update rules (``sgd``, ``momentum``); :mod:`warpgrad_tf.kfac` —
+* :mod:`warpgrad_tf.update_rules` — inner update rules (``sgd``, ``momentum``, ``adam``); :mod:`warpgrad_tf.kfac` —
   KFAC, the natural-gradient baseline (App. G).
 * :mod:`warpgrad_tf.adaptation` — K-step task adaptation (``adapt``, ``unroll``, ``minibatches``).
-* :mod:`warpgrad_tf.accelerate` — XLA with a fallback (``compiled``) and tasks adapted side by side
-  (``map_tasks``, the ``vectorize=`` option of the meta-steps).
+* :mod:`warpgrad_tf.accelerate` — XLA with a fallback (``compiled``) and tasks adapted side by side.
 * :mod:`warpgrad_tf.objectives` — the warp meta-objective (Eq. 11 exact, Eq. 12 approx).
 * :mod:`warpgrad_tf.geometry` — the preconditioner warps induce (Eq. 6–9).
 * :mod:`warpgrad_tf.initialisation` — objectives C(θ0) on the initialisation (Leap, MAML, FOMAML, Reptile, …).
@@ -19,37 +18,39 @@ Public API (one module per idea):
 * :mod:`warpgrad_tf.serving` — SavedModels that adapt on their own (``AdaptiveModelSaver``).
 * :mod:`warpgrad_tf.data` — Omniglot alphabets as 20-way tasks, read from local zips (``OmniglotTasks``).
 * :mod:`warpgrad_tf.models` — the Omniglot task learner with Table 3 warp variants (``omniglot_convnet``).
-* :mod:`warpgrad_tf.startup` — TensorFlow imported without its start-up noise (done first, on import).
+* :mod:`warpgrad_tf.startup` — a quiet TensorFlow start-up for programs (the trainers call it; importing this
+  package does not).
+
+Importing the package has no side effects: it imports neither TensorFlow nor a submodule until a name is used
+(PEP 562 ``__getattr__``), and leaves ``sys.stderr``, file descriptor 2 and ``os.environ`` as they were.
 """
 
-from warpgrad_tf import startup
+import importlib
 
-startup.import_tensorflow()  # quietly: TensorFlow's start-up lines filtered (WARPGRAD_VERBOSE=1 keeps them)
+from warpgrad_tf.version import __version__
 
-from warpgrad_tf import (  # noqa: E402
-    accelerate,
-    algorithms,
-    artifacts,
-    data,
-    geometry,
-    initialisation,
-    kfac,
-    learned_lr,
-    losses,
-    models,
-    objectives,
-    replay,
-    serving,
-    tasks,
-    update_rules,
-)
-from warpgrad_tf.adaptation import AdaptResult, Trajectory, adapt, minibatches, task_step, unroll  # noqa: E402
-from warpgrad_tf.layers import BatchNormalization, DiracInitializer, FusedBatchNormalization, TaskFiLM, WarpBlock  # noqa: E402
-from warpgrad_tf.model import WarpedModel  # noqa: E402
-from warpgrad_tf.objectives import MetaGradient, meta_loss_gradient, warp_objective  # noqa: E402
-from warpgrad_tf.serving import AdaptiveModelSaver  # noqa: E402
-from warpgrad_tf.update_rules import UpdateRule, momentum, sgd  # noqa: E402
-from warpgrad_tf.version import __version__  # noqa: E402
+#: Names re-exported at the top level, and the submodule each comes from.
+_NAMES = {
+    "AdaptResult": "adaptation",
+    "Trajectory": "adaptation",
+    "adapt": "adaptation",
+    "minibatches": "adaptation",
+    "task_step": "adaptation",
+    "unroll": "adaptation",
+    "BatchNormalization": "layers",
+    "DiracInitializer": "layers",
+    "FusedBatchNormalization": "layers",
+    "TaskFiLM": "layers",
+    "WarpBlock": "layers",
+    "WarpedModel": "model",
+    "MetaGradient": "objectives",
+    "meta_loss_gradient": "objectives",
+    "warp_objective": "objectives",
+    "AdaptiveModelSaver": "serving",
+    "UpdateRule": "update_rules",
+    "momentum": "update_rules",
+    "sgd": "update_rules",
+}
 
 __all__ = [
     "AdaptResult",
@@ -89,3 +90,24 @@ __all__ = [
     "update_rules",
     "warp_objective",
 ]
+
+
+def __getattr__(name):
+    """Import a re-exported name's submodule, or a submodule itself, on first use (PEP 562)."""
+    if name.startswith("__"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name in _NAMES:
+        value = getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
+    else:
+        try:
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

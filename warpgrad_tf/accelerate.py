@@ -13,7 +13,7 @@ mapped side by side.
   (``tf.vectorized_map``): every task parameter and batch gets a leading task axis, so each inner step is
   one set of kernels for all tasks. Both give the same values up to the order of floating-point
   additions; the vectorised path is a performance option (on a 2-core CPU it can be slower, see
-  benchmarks/README.md), not a change of algorithm.
+  docs/performance.md), not a change of algorithm.
 
 Mini-batch draws are integer hashes (:func:`~warpgrad_tf.adaptation.minibatch_indices`), so compiled,
 vectorised and sequential runs see the same batches.

@@ -32,14 +32,8 @@ differentiates the sampled log-likelihood with respect to the recorded pre-activ
 ``curvature=`` statistics to ``rule.update``. The rule's state (:class:`KFACState`) is a nest of tensors, so
 :func:`~warpgrad_tf.adaptation.adapt`, ``unroll``, checkpoints and the SavedModel adapt signature carry it.
 
-Why not a library. The maintained-looking TensorFlow K-FAC package, ``kfac`` 0.2.4 (github.com/tensorflow/kfac,
-last release 2020), was checked on 2026-12-01 with TF 2.21 in a scratch folder (``pip install --target
-/tmp/kfac_probe --no-deps kfac``): it imports only under ``TF_USE_LEGACY_KERAS=1`` (its pinned
-tensorflow-probability pulls ``tf_keras``), and ``LayerCollection.register_fully_connected`` on a tiny dense
-layer fails in TF2 eager mode with ``TypeError: Variable is unhashable`` (it keys its blocks by
-``tf.Variable``\\ s); its optimiser is a ``tf.compat.v1.train.Optimizer`` that keeps the factors in variables
-and ``minimize``\\ s variables. It cannot run functionally on tensors inside a differentiated inner loop, so
-this module implements KFAC on the project's own seam.
+The TensorFlow ``kfac`` package cannot run functionally inside a differentiated inner loop under TF 2.21, so
+this module implements KFAC on the project's own seam (docs/design.md, "KFAC: why not the kfac package").
 """
 
 from __future__ import annotations

@@ -42,13 +42,9 @@ checks cover the rest — empty batches, ``support_x`` / ``support_y`` sizes, la
 values, ``steps`` in ``[0, MAX_STEPS]``. (TensorFlow itself rejects a tensor of the wrong dtype before the
 graph runs; :mod:`export.load` turns that, and the shape errors, into one-line named errors.)
 
-Loading quietly: ``tf.saved_model.load`` of a model with the library's max-pool (Omniglot, few-shot) logs
-one absl warning per saved gradient function ("Importing a function … with ops with unsaved custom
-gradients"): its second derivative is a custom gradient nested in the first, which ``tf.saved_model.save``
-does not trace (``SaveOptions(experimental_custom_gradients=False)`` only moves the warning to every
-function holding a max-pool). The signatures never need it — the task gradient is traced into ``adapt``
-already. ``absl.logging.set_verbosity(absl.logging.ERROR)`` before loading is the one switch that silences
-it; :mod:`export.load` does so unless ``WARPGRAD_VERBOSE=1``.
+Loading a model with the library's max-pool logs one absl warning per saved gradient function (its nested
+custom gradient is not saved; the signatures never need it): ``absl.logging.set_verbosity(absl.logging.ERROR)``
+before loading silences it, as :mod:`export.load` does (docs/deploy.md, "Quiet loading").
 
 Example::
 

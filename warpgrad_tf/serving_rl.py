@@ -40,21 +40,10 @@ its end (per row a run of ones then zeros; all ones = the trainer's fixed-length
 ``batch_size`` int32 scalars, ``observation [B, obs]``, each state ``[B, size]``, each task parameter its
 exact shape. Bad input raises ``InvalidArgumentError`` naming the argument.
 
-Why the task update is :func:`warpgrad_tf.update_rules.adam` and not Keras' optimiser run statelessly
-(``keras.optimizers.Adam(...).stateless_apply(optimizer.variables, grads, θ)``, which would make training
-and serving run one update): in Keras 3 (3.15) on the TensorFlow backend the optimiser is
-``keras.src.backend.tensorflow.optimizer.TFOptimizer``, whose ``stateless_apply`` raises "stateless_apply is
-not supported with the TensorFlow backend (as it is incompatible with tf.distribute)"; the generic
-``StatelessScope`` route under it fails as well, because ``TFOptimizer.assign`` / ``assign_add`` unwrap each
-slot to its ``tf.Variable`` and call ``.assign`` on it, and inside the scope that value is a plain tensor.
-Running the optimiser *statefully* inside the SavedModel would need ``tf.Variable`` scratch copies of θ, m
-and v assigned on every call, so ``adapt`` would no longer be a pure function and two concurrent calls (TF
-Serving) would race. So serving runs the library's explicit-state Adam — one function,
-:func:`~warpgrad_tf.update_rules.adam` composed with :func:`clipped`, inside the one task step
-:func:`~warpgrad_tf.adaptation.gradient_step` — continuing the trainer's Keras Adam state, read through
-Keras' public stateless state (``optimizer.variables``, :func:`warpgrad_tf.agent_run.keras_adam_state`);
-``tests/test_export_maze.py`` holds the exported update equal to the trainer's Keras step, and
-``tests/test_serving_contract.py`` fails the day Keras' TensorFlow optimiser gains ``stateless_apply``.
+The task update is :func:`warpgrad_tf.update_rules.adam` (Keras' Adam formula, explicit state) continuing
+the trainer's Keras Adam state, because Keras' optimiser has no stateless form on the TensorFlow backend
+(docs/design.md, "Keras' stateless optimiser on TensorFlow"); ``tests/test_export_maze.py`` holds it equal
+to the trainer's Keras step.
 """
 
 from __future__ import annotations

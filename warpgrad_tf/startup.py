@@ -6,12 +6,14 @@ Importing TensorFlow 2.21 on a CPU-only machine writes seven lines per process t
 listed, "failed call to cuInit: ... UNKNOWN ERROR (303)". The first six come from absl's pre-initialisation
 logging, which ignores ``TF_CPP_MIN_LOG_LEVEL``, so no setting made from Python silences them.
 
-:func:`import_tensorflow` imports TensorFlow and lists its physical devices (which only enumerates them: the
+:func:`quiet_start` imports TensorFlow and lists its physical devices (which only enumerates them: the
 runtime, and so ``tf.config`` device configuration, is left untouched) inside :func:`filtered_stderr`: file
 descriptor 2 points at a temporary file, and every captured line that is not one of :data:`NOISE` is written
-back afterwards — a real error during start-up still reaches the user. ``import warpgrad_tf`` calls it
-first, so the trainers and the exporter start quietly. One switch brings everything back:
-``WARPGRAD_VERBOSE=1`` (or an explicit ``TF_CPP_MIN_LOG_LEVEL`` of 0 or 1) leaves stderr alone, and
+back afterwards — a real error during start-up still reaches the user. It is the one start-up call of the
+programs: the packages ``trainers``, ``export`` (its TensorFlow-only twin, :mod:`export.quiet`) and
+``benchmarks`` call it in their ``__init__``, before any of their modules imports TensorFlow. The library
+never calls it: ``import warpgrad_tf`` leaves stderr and the environment alone. One switch brings everything
+back: ``WARPGRAD_VERBOSE=1`` (or an explicit ``TF_CPP_MIN_LOG_LEVEL`` of 0 or 1) leaves stderr alone, and
 :func:`verbose` tells the trainers to keep absl's INFO logs too.
 """
 
@@ -23,7 +25,7 @@ import re
 import sys
 import tempfile
 
-__all__ = ["NOISE", "VERBOSE_ENV", "filtered_stderr", "import_tensorflow", "is_noise", "verbose"]
+__all__ = ["NOISE", "VERBOSE_ENV", "filtered_stderr", "is_noise", "quiet_start", "verbose"]
 
 #: The environment variable that keeps TensorFlow's start-up lines and the trainers' INFO logs.
 VERBOSE_ENV = "WARPGRAD_VERBOSE"
@@ -82,10 +84,11 @@ def filtered_stderr():
                 sys.stderr.flush()
 
 
-def import_tensorflow():
+def quiet_start():
     """``import tensorflow`` with its start-up noise filtered out of stderr (module doc); returns the module.
 
-    Imports it plainly when TensorFlow is already imported or :func:`verbose` holds.
+    For programs, before anything imports TensorFlow: sets ``TF_CPP_MIN_LOG_LEVEL=2`` unless the user set it.
+    Imports TensorFlow plainly when it is already imported or :func:`verbose` holds.
     """
     if "tensorflow" in sys.modules or verbose():
         import tensorflow as tf

@@ -26,7 +26,7 @@ __all__ = [
     "random_affine",
 ]
 
-from warpgrad_tf.data.fewshot import (  # noqa: E402  (few-shot episodes, Sec. 4.1 / App. H)
+from warpgrad_tf.data.fewshot import (  # few-shot episodes, Sec. 4.1 / App. H
     ClassSplit,
     Episode,
     FewShotDataError,

@@ -20,8 +20,8 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
 try:
     from tf_agents.environments import py_environment, tf_environment
@@ -34,7 +34,7 @@ except (ImportError, AttributeError) as _error:  # AttributeError: tf.keras alre
         f"({type(_error).__name__}: {_error})."
     ) from _error
 
-from warpgrad_tf.envs.maze import NUM_ACTIONS, MazeEnv, MazeState  # noqa: E402
+from warpgrad_tf.envs.maze import NUM_ACTIONS, MazeEnv, MazeState
 
 __all__ = ["maze_array_specs", "MazePyEnvironment", "MazeTFEnvironment"]
 

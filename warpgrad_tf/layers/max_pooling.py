@@ -1,17 +1,10 @@
 """2-D max-pooling with a second derivative built from fast kernels.
 
 The exact warp objective (Eq. 11) differentiates the task gradient once more, so every max-pool of the task
-learner is differentiated twice. TensorFlow's gradient of ``MaxPoolGrad`` is ``MaxPoolGradGrad``, an Eigen
-kernel with no oneDNN counterpart: on a 2-core CPU it took ≈ 26 ms of a ≈ 200 ms Omniglot replay sample
-(batch 128, mostly the 28×28 pool). The map it computes is linear in the incoming gradient: with ``M`` the
-one-hot argmax mask of each pooling window, ``MaxPoolGrad(x, y, g) = M ⊙ upsample(g)`` and its transpose is
-``MaxPoolGradGrad(x, y, h) = window_sum(M ⊙ h)``. Here ``M`` itself is ``MaxPoolGrad(x, y, 1)`` and the
-window sum an average-pool times the window size, both oneDNN kernels, so the second derivative costs two
-pooling passes and one multiply. That holds for non-overlapping windows with "VALID" padding (strides
-equal to the pool size; a "SAME" border average-pool divides by the in-bounds count, and overlapping
-windows share inputs); other pools keep TensorFlow's kernel. Values and first derivatives are
-TensorFlow's own; the second derivative equals ``MaxPoolGradGrad`` wherever each window has one maximum
-(ties follow the first-derivative kernel's choice of argmax).
+learner is differentiated twice. With ``M`` the one-hot argmax mask of each window (``MaxPoolGrad(x, y, 1)``),
+the second derivative is ``window_sum(M ⊙ h)``: an average-pool times the window size, built from fast
+pooling kernels instead of TensorFlow's Eigen ``MaxPoolGradGrad``, for non-overlapping "VALID" windows;
+other pools keep TensorFlow's kernel (docs/design.md, "The max-pool's second derivative").
 """
 
 from __future__ import annotations

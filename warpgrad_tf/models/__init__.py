@@ -6,6 +6,6 @@ from warpgrad_tf.models.omniglot import WARP_VARIANTS, omniglot_convnet, warp_la
 
 __all__ = ["WARP_VARIANTS", "FusedBatchNormalization", "omniglot_convnet", "warp_layer"]
 
-from warpgrad_tf.models.fewshot import fewshot_convnet, partition  # noqa: E402  (App. H few-shot learner)
+from warpgrad_tf.models.fewshot import fewshot_convnet, partition  # App. H few-shot learner
 
 __all__ += ["fewshot_convnet", "partition"]

@@ -49,7 +49,7 @@ def _table2_runs(o):
 
 
 TABLE2 = Study(
-    name="table2", page="omniglot-table2-reduced", runs=_table2_runs, metrics=_accuracy,
+    name="table2", page="omniglot-multishot", runs=_table2_runs, metrics=_accuracy,
     title="Reduced Table 2 (Sec. 4.2): held-out Omniglot accuracy (%) after the evaluation steps, held-out "
           "alphabet rotated over seeds",
     options={"methods": ["warp_leap", "leap", "reptile"], "seeds": [0, 1, 2],
@@ -140,7 +140,7 @@ def _sweep_figure(path, table, records, options):
 
 
 SWEEP = Study(
-    name="sweep", page="omniglot-table2", runs=_sweep_runs, metrics=_accuracy, figure=_sweep_figure,
+    name="sweep", page="omniglot-multishot", runs=_sweep_runs, metrics=_accuracy, figure=_sweep_figure,
     title="Table 2 / Fig. 4 left (Sec. 4.2): held-out Omniglot accuracy (%) against the number of meta-training "
           "alphabets",
     columns_title="n=",
@@ -210,7 +210,7 @@ def _ablation_extra(table, records, options):
 
 
 ABLATION = Study(
-    name="ablation", page="omniglot-ablation", runs=_ablation_runs, metrics=_accuracy, extra=_ablation_extra,
+    name="ablation", page="omniglot-multishot", runs=_ablation_runs, metrics=_accuracy, extra=_ablation_extra,
     title="Table 3 (App. F): warp-layer, meta-objective and meta-training ablation, held-out Omniglot accuracy (%)",
     options={"rows": list(ABLATION_ROWS), "seeds": [0], "split": "configs/omniglot/splits/background.gin",
              "gin_files": ["configs/omniglot/budgets/reduced_cpu.gin"],
@@ -269,7 +269,7 @@ def _ngd_extra(table, records, options):
 
 
 NGD = Study(
-    name="ngd", page="omniglot-ngd", runs=_ngd_runs, metrics=_accuracy, extra=_ngd_extra,
+    name="ngd", page="omniglot-multishot", runs=_ngd_runs, metrics=_accuracy, extra=_ngd_extra,
     title="Table 4 (App. G): WarpGrad against natural gradient from one fixed random initialisation, held-out "
           "Omniglot accuracy (%)",
     options={"rows": list(NGD_ROWS), "seeds": [0, 1], "lr": 1.0, "kfac_lr": 0.0,
@@ -326,7 +326,7 @@ def _fig9_figure(path, table, records, options):
 
 
 FIG9 = Study(
-    name="fig9", page="omniglot-fisher", runs=_fig9_runs, metrics=_fig9_metrics, extra=_fig9_extra,
+    name="fig9", page="omniglot-multishot", runs=_fig9_runs, metrics=_fig9_metrics, extra=_fig9_extra,
     figure=_fig9_figure, metric="schatten1_post_over_pre",
     title="Fig. 9 (App. G): pre- vs post-warp activation statistics of trained Warp-Leap runs",
     options={"seeds": [0], "split": "configs/omniglot/splits/background.gin",

@@ -121,7 +121,7 @@ def _fewshot_extra(table, records, options):
 
 
 FEWSHOT = Study(
-    name="fewshot", page="fewshot-omniglot", runs=_fewshot_runs, metrics=_fewshot_metrics, extra=_fewshot_extra,
+    name="fewshot", page="fewshot", runs=_fewshot_runs, metrics=_fewshot_metrics, extra=_fewshot_extra,
     title="Table 1 (Sec. 4.1): Omniglot 5-way 1-shot test accuracy (%) on held-out alphabets, one CPU budget "
           "of meta-training per run",
     options={"methods": ["warp_maml", "maml"], "seeds": [0], "train_cpu_seconds": 720.0, "eval_every": 50,

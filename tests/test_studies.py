@@ -102,18 +102,20 @@ def test_report_writes_the_docs_block_hparams_and_json(tmp_path):
     docs = tmp_path / "docs"
     page = docs / "experiments" / "tiny.md"
     page.parent.mkdir(parents=True)
-    page.write_text("# Tiny\n\nprose before\n\n<!-- results:begin -->\nold\n<!-- results:end -->\n\nprose after\n")
+    page.write_text("# Tiny\n\nprose before\n\n<!-- results:begin other -->\nkept\n<!-- results:end other -->\n\n"
+                    "<!-- results:begin tiny -->\nold\n<!-- results:end tiny -->\n\nprose after\n")
     assert _run(tmp_path / "root") == 0
     assert cli.main(["report", TINY, f"--root={tmp_path / 'root'}", f"--docs={docs}"]) == 0
     text = page.read_text()
-    assert text.startswith("# Tiny\n\nprose before\n\n<!-- results:begin -->\n") and text.endswith("prose after\n")
+    assert text.startswith("# Tiny\n\nprose before\n\n<!-- results:begin other -->\nkept\n") and text.endswith("prose after\n")
+    assert "<!-- results:begin tiny -->\n" in text
     assert "old" not in text and "| a | " in text and "(n=2)" in text and "CPU-hours on" in text
     events = [f for r in ("a/seed0", "a/seed1") for f in os.listdir(tmp_path / "root" / "hparams" / r)]
     assert len(events) == 2 and all(f.startswith("events.out.tfevents") for f in events)
     fresh = tmp_path / "fresh_docs"
     assert cli.main(["report", TINY, f"--root={tmp_path / 'root'}", f"--docs={fresh}"]) == 0
     assert (fresh / "experiments" / "tiny.md").read_text().startswith("# A tiny study of the stand-in trainer\n\n"
-                                                                      "<!-- results:begin -->\n")
+                                                                      "<!-- results:begin tiny -->\n")
 
 
 @pytest.mark.parametrize("flags, message", [

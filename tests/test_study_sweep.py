@@ -61,8 +61,8 @@ def test_sweep_runs_end_to_end_and_writes_table_figure_and_page(tmp_path, omnigl
     assert lines[1].split() == ["method", "n=1", "n=2"]
     assert lines[2].startswith("Warp-Leap") and lines[2].count("±") == 2
     assert any(line.startswith("SGD (4x batch, 10x lr)") for line in lines)
-    page = (docs / "experiments" / "omniglot-table2.md").read_text()
-    assert "<!-- results:begin -->" in page and "| SGD (4x batch, 10x lr) |" in page
+    page = (docs / "experiments" / "omniglot-multishot.md").read_text()
+    assert "<!-- results:begin sweep -->" in page and "| SGD (4x batch, 10x lr) |" in page
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -53,6 +53,9 @@ CORE = [
 RL = ["tf-agents>=0.19,<0.20", "tf_keras>=2.21,<2.22", "tensorflow-probability>=0.23,<0.24"]
 TEST = ["pytest>=8,<10", "ruff>=0.17,<0.18"]
 LITERT = ["ai-edge-litert>=2.3,<3"]  # export.litert / export.load_litert: on-device adaptation
+# benchmarks.torch_reference / benchmarks.reference_ratio: the same-work PyTorch reference. Not in ``all``: install
+# the CPU build by its exact version (``pip install torch==2.13.0+cpu``; plain ``torch`` pulls GPU libraries).
+BENCH = ["torch>=2.13,<2.15"]
 
 
 def _version():
@@ -84,7 +87,8 @@ if __name__ == "__main__":
         packages=_packages(),
         package_dir=APPS,
         install_requires=CORE,
-        extras_require={"rl": RL, "test": TEST, "litert": LITERT, "all": RL + TEST + LITERT},
+        extras_require={"rl": RL, "test": TEST, "litert": LITERT, "all": RL + TEST + LITERT,
+                        "bench": BENCH},
         entry_points={"console_scripts": CONSOLE_SCRIPTS},
         license="Apache-2.0",
     )

@@ -41,3 +41,24 @@ def test_cpu_flags_reads_x86_and_arm_cpuinfo(tmp_path):
     assert precision.cpu_flags(str(x86)) == {"fpu", "sse", "avx2", "avx512_bf16"}
     assert precision.cpu_flags(str(arm)) == {"fp", "asimd", "bf16"}
     assert precision.cpu_flags(str(tmp_path / "missing")) is None
+
+
+def test_trainer_runs_the_bf16_budget_in_float32_on_an_avx2_cpu_and_says_why(tmp_path, omniglot_dir, omniglot_cache,
+                                                                             monkeypatch, capsys):
+    import os
+
+    import keras
+
+    from tests.conftest import REPO
+    from tests.test_omniglot_trainer import run
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(AVX2_ONLY))
+    monkeypatch.setattr(precision, "visible_accelerators", lambda: [])
+    gin_file = os.path.join(REPO, "configs/omniglot/warp_leap.gin")
+    with open(os.path.join(REPO, "configs/omniglot/budgets/bf16.gin")) as f:
+        bf16 = [ln for ln in f.read().splitlines() if ln.strip() and not ln.startswith("#")]
+    run(tmp_path, omniglot_dir, omniglot_cache, gin_file, bf16)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "falls back to float32" in ln]
+    assert len(lines) == 1 and "no bf16 instructions" in lines[0]
+    model = keras.saving.load_model(str(tmp_path / "model" / "model.keras"))
+    assert model.get_layer("conv1").compute_dtype == "float32"

@@ -10,7 +10,7 @@ much slower than float32 (a run on an AVX2-only CPU was stopped after minutes, i
 
 from __future__ import annotations
 
-__all__ = ["BF16_CPU_FLAGS", "bfloat16_support", "cpu_flags", "supported_dtype"]
+__all__ = ["BF16_CPU_FLAGS", "bfloat16_support", "cpu_flags", "supported_dtype", "visible_accelerators"]
 
 #: ``/proc/cpuinfo`` flags (x86 ``flags``, Arm ``Features``) of native bfloat16 arithmetic.
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
@@ -29,7 +29,8 @@ def cpu_flags(cpuinfo="/proc/cpuinfo"):
     return None
 
 
-def _accelerators():
+def visible_accelerators():
+    """Device types of the GPUs and TPUs TensorFlow sees."""
     import tensorflow as tf
 
     return [d.device_type for kind in ("GPU", "TPU") for d in tf.config.list_physical_devices(kind)]
@@ -38,7 +39,7 @@ def _accelerators():
 def bfloat16_support(flags=None, accelerators=None):
     """``(supported, reason)``: whether bfloat16 compute is native here; ``flags`` default to
     :func:`cpu_flags`, ``accelerators`` (device types) to TensorFlow's visible GPUs and TPUs."""
-    accelerators = _accelerators() if accelerators is None else list(accelerators)
+    accelerators = visible_accelerators() if accelerators is None else list(accelerators)
     if accelerators:
         return True, f"an accelerator is visible ({accelerators[0]})"
     flags = cpu_flags() if flags is None else frozenset(flags)

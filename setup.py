@@ -62,6 +62,9 @@ TEST = ["pytest>=8,<10", "ruff>=0.17,<0.18"]
 LITERT = ["ai-edge-litert>=2.3,<3"]  # export.litert / export.load_litert: on-device adaptation
 # make docs: MkDocs with the Material theme; mkdocstrings renders the API reference from the docstrings.
 DOCS = ["mkdocs>=1.6,<2", "mkdocs-material>=9.5,<10", "mkdocstrings>=1.0,<2", "mkdocstrings-python>=2.0,<3"]
+# benchmarks.torch_reference / benchmarks.reference_ratio: the same-work PyTorch reference. Not in ``all``: install
+# the CPU build by its exact version (``pip install torch==2.13.0+cpu``; plain ``torch`` pulls GPU libraries).
+BENCH = ["torch>=2.13,<2.15"]
 
 
 def _version():
@@ -94,7 +97,8 @@ if __name__ == "__main__":
         package_dir={**APPS, **CONFIGS},
         package_data={name: ["*.gin", "*/*.gin", "*/*/*.gin", "*/*/*/*.gin"] for name in CONFIGS},
         install_requires=CORE,
-        extras_require={"rl": RL, "test": TEST, "litert": LITERT, "docs": DOCS, "all": RL + TEST + LITERT + DOCS},
+        extras_require={"rl": RL, "test": TEST, "litert": LITERT, "docs": DOCS, "all": RL + TEST + LITERT + DOCS,
+                        "bench": BENCH},
         entry_points={"console_scripts": CONSOLE_SCRIPTS},
         license="Apache-2.0",
     )

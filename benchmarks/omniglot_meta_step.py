@@ -76,8 +76,10 @@ def main(argv=None):
     p.add_argument("--jit_compile", default="false", choices=["false", "true", "strict"],
                    help="XLA for collection and replay (warpgrad_tf.accelerate; true falls back with a notice)")
     p.add_argument("--vectorize", action="store_true", help="adapt the tasks side by side (and replay η > 1)")
+    p.add_argument("--intra_threads", type=int, default=0, help="TensorFlow intra-op threads (0: all CPUs)")
     p.add_argument("--json", default=None, help="also write the figures here")
     args = p.parse_args(argv)
+    tf.config.threading.set_intra_op_parallelism_threads(args.intra_threads)
     jit = {"false": False, "true": True, "strict": "strict"}[args.jit_compile]
 
     keras.utils.set_random_seed(0)
@@ -97,14 +99,15 @@ def main(argv=None):
     step(task_data(args, args.warmup_tasks, 1), list(range(args.warmup_tasks)), 0)
     warmup = time.perf_counter() - t
     tasks = task_data(args, args.tasks, 2)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     metrics = step(tasks, [100 + i for i in range(args.tasks)], 1)
-    seconds = time.perf_counter() - t
+    seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
     full = seconds * 20 / args.tasks
     samples = args.tasks * args.steps
     out = {
         "config": vars(args), "meta_step_seconds": seconds, "meta_step_seconds_at_20_tasks": full,
         "extrapolated": args.tasks != 20, "seconds_per_sample": seconds / samples,
+        "cpu_seconds_per_sample": cpu / samples,
         "warp_updates": int(metrics["meta_steps"]), "warmup_seconds": warmup, "peak_rss_mb": peak_mb(),
         "buffer_bytes": {k: v for k, v in metrics.items() if "bytes" in k},
         "collect_seconds": metrics["collect_seconds"], "replay_seconds": metrics["replay_seconds"],

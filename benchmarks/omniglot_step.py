@@ -23,6 +23,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
@@ -176,6 +177,7 @@ def main(argv=None):
     parser.add_argument("--no_augment", action="store_true")
     parser.add_argument("--keras_batch_norm", action="store_true",
                         help="Use keras.layers.BatchNormalization instead of the fused layer.")
+    parser.add_argument("--json", default=None, help="also write the step figures here (seconds)")
     args = parser.parse_args(argv)
 
     tf.config.threading.set_intra_op_parallelism_threads(args.intra_threads)
@@ -231,6 +233,12 @@ def main(argv=None):
     print(f"matmul 2048^2 : {ceiling:.0f} GFLOP/s measured ({'bf16' if 'bfloat16' in args.policy else 'fp32'}) "
           f"— floor at that rate = {1e3 * step_flops / (ceiling * 1e9):.1f} ms")
     print(f"load average  : {load_before:.2f} before, {load_after:.2f} after (1 min, {os.cpu_count()} CPUs)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"seconds_per_step": ms / 1e3, "best_seconds_per_step": best / 1e3,
+                       "cpu_seconds_per_step": statistics.median(cpu_times),
+                       "load_average_1min": [load_before, load_after],
+                       "loss_first": float(trace[0]), "loss_last": float(trace[-1])}, f)
     return 0
 
 

@@ -159,8 +159,12 @@ def test_replay_spilled_to_disk_reproduces_the_in_memory_run(tmp_path, omniglot_
         run(tmp_path / "bad", omniglot_dir, tfds_cache, gin_file, ["train_eval.replay_memory_mb = -1"])
 
 
-def test_bfloat16_budget_file_runs_in_bfloat16(tmp_path, omniglot_dir, tfds_cache):
+def test_bfloat16_budget_file_runs_in_bfloat16(tmp_path, omniglot_dir, tfds_cache, monkeypatch):
     import keras
+
+    from warpgrad_tf import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_bf16"}))  # any host as a bf16 CPU
 
     gin_file = os.path.join(REPO, "configs/omniglot/warp_leap.gin")
     with open(os.path.join(REPO, "configs/omniglot/budgets/bf16.gin")) as f:

@@ -68,7 +68,7 @@ import numpy as np
 import tensorflow as tf
 
 import warpgrad_tf as wg
-from warpgrad_tf import algorithms, distribute, learned_lr
+from warpgrad_tf import algorithms, distribute, learned_lr, precision
 from warpgrad_tf.algorithms import methods as methods_lib
 from warpgrad_tf.data import fewshot as fs
 from warpgrad_tf.data import omniglot as og
@@ -362,6 +362,13 @@ def train_eval(root_dir, data_dir,
     # a learned α: FusedBatchNormalization in the task loop with learned-rate variables makes TensorFlow report
     # "nodes in a cycle" (see trainers/fewshot.py); the plain-op BatchNormalization gives the same results.
     fused = {"fused_batch_norm": False} if granularity else {}
+    if omniglot:  # a bfloat16 policy only where the hardware computes in it, else float32 and one line why
+        try:
+            fused["dtype"], note = precision.supported_dtype(gin.query_parameter("omniglot_convnet.dtype"))
+        except ValueError:  # no dtype bound: Keras' global policy
+            note = None
+        if note:
+            print(note)
     with strategy.scope():  # φ, θ0, BatchNorm state, learned α and optimiser slots mirrored over the replicas
         def build(w, **kwargs):
             if omniglot:

@@ -152,3 +152,13 @@ def test_bad_protocol_input_is_one_line(tmp_path, omniglot_dir, omniglot_cache):
         _run(tmp_path, omniglot_dir, omniglot_cache, TINY + ["task_batch_scale = 0"])
     with pytest.raises(ValueError, match="Protocol 'x': unknown images 'jpeg'"):
         protocols.Protocol("x", images="jpeg")
+
+
+def test_the_few_shot_source_keeps_batch_norm_head_and_selection_but_not_held_out_augmentation():
+    paper = protocols.get("paper")
+    assert paper.for_source("omniglot") is paper
+    fewshot = protocols.get("authors").for_source("fewshot")
+    assert not fewshot.augment_held_out and fewshot.resets_head("leap") and fewshot.model_selection == "last"
+    fewshot.check(augment=False)  # App. H's presets run without augmentation
+    with pytest.raises(ValueError, match="augments the held-out drawings"):
+        paper.check(augment=False)

@@ -132,8 +132,8 @@ def make_evaluator(warped, rule, steps, batch_size, augment, batch_norm="running
       learning_rate: the inner rate override of every step (a meta-learned α, :mod:`warpgrad_tf.learned_lr`),
         or None for the rule's own.
       protocol: the :class:`~warpgrad_tf.data.omniglot_protocol.Protocol` whose affine interpolation and
-        held-out augmentation (one fresh affine per held-out drawing, keyed by ``seed``) are used; None: bilinear,
-        held-out drawings as stored (the held-out affines are keyed by ``seed`` and ``task``, the task's index).
+        held-out augmentation (one fresh affine per held-out drawing, keyed by ``seed`` and ``task``, the task's
+        index) are used; None: bilinear, held-out drawings as stored.
       fresh_head: start from a fresh random head (layer ``head``) drawn under ``seed`` and ``task``
         (:meth:`~warpgrad_tf.data.omniglot_protocol.Protocol.resets_head`).
     """

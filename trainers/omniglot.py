@@ -23,23 +23,20 @@ mini-batches of those drawings, so the held-out drawings are never trained on.
 
 Meta-validation. Every ``eval_every`` meta-steps the current θ0, φ adapt for ``val_steps`` on each
 validation alphabet and are scored on its held-out drawings; the best checkpoint (by mean accuracy) is
-kept and used for the final evaluation. The validation alphabets are the ``val`` split when it is not
-empty; otherwise (e.g. 4 meta-train + 1 test alphabets of the 5-alphabet background subset) the
-meta-training alphabets themselves, scored on their held-out drawings — drawings never used in
-meta-training, but of characters that were.
+kept in ``best/``. The validation alphabets are the ``val`` split when it is not empty; otherwise (e.g. 4
+meta-train + 1 test alphabets of the 5-alphabet background subset) the meta-training alphabets themselves,
+scored on their held-out drawings — drawings never used in meta-training, but of characters that were.
 
 Evaluation. On every test alphabet, adapt θ0 for ``eval_steps`` (100) steps with φ fixed (the task
 batches augmented per step, as in training), ``eval_repeats`` times with different mini-batch seeds, and
 record after every step the accuracy on the 5 held-out drawings per character; the training-batch accuracy
 gives the area under the training curve (AUC: the mean training accuracy over the steps, in [0, 1]).
-BatchNorm follows the authors' released code (the paper is silent; ``train_eval.batch_norm_eval="running"``):
-adaptation runs in training mode (batch statistics) with the running statistics reset at the start of
-every task and updated by every step with the layer's momentum (threaded as functional state, never
-assigned into the model), and the held-out images are predicted in inference mode with the statistics
-gathered so far in that task, so one image's prediction does not depend on the others in its batch.
-``train_eval.batch_norm_eval="transductive"`` normalises the held-out batch with its own statistics
-instead (this trainer's earlier behaviour). Meta-validation uses the same mode; ``results.json`` says
-which (``batch_norm_eval``). Meta-training is unaffected: it always uses batch statistics.
+The protocol (``train_eval.protocol``, :mod:`warpgrad_tf.data.omniglot_protocol`, docs/protocol.md; default
+``"paper"``) decides the image format, the affine's interpolation, whether held-out drawings are augmented,
+the BatchNorm mode (``"running"``: adaptation in training mode with per-task running statistics threaded
+as functional state, held-out images in inference mode; ``"transductive"``: the held-out batch's own
+statistics), which methods start each task from a fresh head, and whether the last or the best-validated
+meta-parameters are evaluated; ``results.json`` and the exported model record its name.
 
 Outputs under ``root_dir``: ``results.json``, ``curves.png``, TensorBoard logs in ``train/`` and ``eval/``,
 ``checkpoints/`` (resume: re-run the same command), ``best/`` (the chosen meta-parameters) and the
@@ -72,6 +69,7 @@ from warpgrad_tf import algorithms, distribute, learned_lr, precision
 from warpgrad_tf.algorithms import methods as methods_lib
 from warpgrad_tf.data import fewshot as fs
 from warpgrad_tf.data import omniglot as og
+from warpgrad_tf.data import omniglot_protocol as protocols
 from warpgrad_tf.models import fewshot_convnet, omniglot_convnet
 
 from . import common, loop
@@ -81,7 +79,7 @@ __all__ = ["ABLATION_PRESETS", "ALGORITHMS", "BATCH_NORM_EVAL", "LABELS", "MULTI
 
 #: gin-file name → (method of :mod:`warpgrad_tf.algorithms.methods`, algorithm, warp objective override).
 PRESETS = ("warp_leap", "warp_leap_online", "warp_leap_approx", "leap", "reptile", "fomaml", "maml", "finetune",
-           "sgd", "kfac")
+           "sgd", "kfac", "sgd4x", "kfac4x")
 #: Table 3's rows (App. F): ``configs/omniglot/ablation/<row>.gin`` sets ``preset = "ablation/<row>"``.
 ABLATION_PRESETS = tuple(f"ablation/{row}" for row in (
     "leap", "conv3x3", "approx", "online", "learned_alpha", "scale", "conv1x1", "relu", "bn", "bn_relu", "bn_res_relu",
@@ -112,8 +110,8 @@ def _task_seed(seed, step, i, meta_batch_size):
 
 
 def make_evaluator(warped, rule, steps, batch_size, augment, batch_norm="running", metric=wg.losses.accuracy,
-                   learning_rate=None):
-    """``run(θ0, φ, train_x, train_y, test_x, test_y, seed) -> (train_acc [K], held_out [K+1])``.
+                   learning_rate=None, protocol=None, fresh_head=False):
+    """``run(θ0, φ, train_x, train_y, test_x, test_y, seed, task=0) -> (train_acc [K], held_out [K+1])``.
 
     Adapts θ0 for ``steps`` task steps (:func:`warpgrad_tf.adaptation.gradient_step`, training mode, φ fixed)
     and records ``metric(test_y, logits)`` on the held-out images before every step and after the last;
@@ -133,14 +131,25 @@ def make_evaluator(warped, rule, steps, batch_size, augment, batch_norm="running
       metric: ``metric(y, logits) -> scalar`` held-out score (accuracy).
       learning_rate: the inner rate override of every step (a meta-learned α, :mod:`warpgrad_tf.learned_lr`),
         or None for the rule's own.
+      protocol: the :class:`~warpgrad_tf.data.omniglot_protocol.Protocol` whose affine interpolation and
+        held-out augmentation (one fresh affine per held-out drawing, keyed by ``seed`` and ``task``, the task's
+        index) are used; None: bilinear, held-out drawings as stored.
+      fresh_head: start from a fresh random head (layer ``head``) drawn under ``seed`` and ``task``
+        (:meth:`~warpgrad_tf.data.omniglot_protocol.Protocol.resets_head`).
     """
     if batch_norm not in BATCH_NORM_EVAL:
         raise ValueError(f"make_evaluator: unknown batch_norm {batch_norm!r}; choose one of {list(BATCH_NORM_EVAL)}.")
     running = batch_norm == "running"
+    interpolation = protocol.interpolation.upper() if protocol is not None else "BILINEAR"
 
     @tf.function(reduce_retracing=True)
-    def run(theta0, warp, tx, ty, ex, ey, seed):
-        batches = og.augmented_minibatches(tx, ty, batch_size, seed, augment)
+    def run(theta0, warp, tx, ty, ex, ey, seed, task=0):
+        batches = og.augmented_minibatches(tx, ty, batch_size, seed, augment, interpolation=interpolation)
+        key = tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(task, tf.int64)
+        if protocol is not None and augment:
+            ex = protocol.held_out(ex, key)
+        if fresh_head:
+            theta0 = _fresh_head(theta0, key)
 
         def held_out(theta, state):
             out, _ = warped.apply(theta, warp, ex, state=state, training=not running)
@@ -166,16 +175,31 @@ def make_evaluator(warped, rule, steps, batch_size, augment, batch_norm="running
     return run
 
 
+def _fresh_head(theta, seed):
+    """``theta`` with the ``head`` layer's kernel and bias redrawn from U(±1/√fan_in) under ``seed`` (PyTorch
+    ``nn.Linear.reset_parameters``, the authors' per-task head reset)."""
+    out = dict(theta)
+    key = tf.stack([tf.cast(seed, tf.int64), tf.constant(-4, tf.int64)])
+    kernel = next(v for k, v in theta.items() if k.startswith("head/") and len(v.shape) == 2)
+    bound = 1.0 / float(kernel.shape[0]) ** 0.5
+    for i, (k, v) in enumerate(sorted(theta.items())):
+        if k.startswith("head/"):
+            u = tf.random.stateless_uniform(tf.shape(v), tf.random.experimental.stateless_fold_in(key, i), -bound,
+                                            bound, dtype=tf.float32)
+            out[k] = tf.cast(u, v.dtype)
+    return out
+
+
 def evaluate(evaluator, warped, tasks, repeats, seed, bar=None):
     """``{task name: (train_acc [R, K], held_out_acc [R, K+1])}`` from the model's current θ0, φ."""
     theta0, warp = warped.values("task"), warped.values("warp")
     out = {}
-    for task in tasks:
+    for i, task in enumerate(tasks):
         train, test = [], []
         for r in range(repeats):
             s = tf.constant(10**9 + int(seed) * 10_007 + r, tf.int64)
             a, b = evaluator(theta0, warp, task.train_images, task.train_labels, task.test_images,
-                             task.test_labels, s)
+                             task.test_labels, s, tf.constant(i, tf.int64))
             train.append(a.numpy())
             test.append(b.numpy())
             if bar is not None:
@@ -224,7 +248,7 @@ def _check_config(preset, method, algorithm, objective, inner_steps, meta_steps,
     if learned_rate is not None and learned_rate not in learned_lr.GRANULARITIES:
         raise ValueError(f"Unknown train_eval.learned_rate {learned_rate!r}; choose None or one of "
                          f"{list(learned_lr.GRANULARITIES)}.")
-    if batch_norm_eval not in BATCH_NORM_EVAL:
+    if batch_norm_eval is not None and batch_norm_eval not in BATCH_NORM_EVAL:
         raise ValueError(f"Unknown train_eval.batch_norm_eval {batch_norm_eval!r}; choose one of "
                          f"{list(BATCH_NORM_EVAL)}.")
     for name, value, low in (("inner_steps", inner_steps, 1), ("meta_steps", meta_steps, 0), ("eta", eta, 1),
@@ -243,13 +267,15 @@ def train_eval(root_dir, data_dir,
                learned_rate=None, lr_meta_lr=1e-3, lr_clip=1e-3,
                # task adaptation (inner loop)
                inner_steps=100, inner_lr=0.1, inner_rule="sgd", task_batch_size=20, augment=True,
+               task_batch_scale=1, inner_lr_scale=1,
                # meta-training (outer loop)
                meta_steps=1000, meta_batch_size=20, warp_lr=0.1, init_lr=0.1, meta_optimizer="sgd",
                init_weight=1.0,
                # model
                warp="conv3x3", shared_init=False,
                # evaluation and meta-validation
-               eval_steps=100, eval_repeats=1, eval_every=100, val_steps=None, batch_norm_eval="running",
+               eval_steps=100, eval_repeats=1, eval_every=100, val_steps=None, protocol="paper", batch_norm_eval=None,
+               eval_seed=None,
                # bookkeeping
                checkpoint_every=50, log_every=10, seed=0, deterministic=False, strategy=None,
                # accelerators
@@ -285,6 +311,8 @@ def train_eval(root_dir, data_dir,
         objectives differentiated through a task step.
       lr_meta_lr, lr_clip: α's meta-optimiser (Adam, learning rate 0.001) and its meta-gradient clip (±0.001),
         App. F's values.
+      task_batch_scale, inner_lr_scale: multiply ``task_batch_size`` and ``inner_lr`` (after every gin file), so a
+        baseline's "4x batch, 10x lr" (App. E) holds over whatever budget file is loaded (``sgd4x.gin``).
       inner_steps, inner_lr, inner_rule, task_batch_size, augment: task adaptation (100, 0.1, SGD, 20);
         ``inner_rule`` is a name of :func:`warpgrad_tf.update_rules.get` (``"sgd"``, ``"momentum"``, ``"kfac"``,
         the last configured by ``kfac.*`` gin bindings, :func:`warpgrad_tf.kfac.kfac`).
@@ -299,10 +327,12 @@ def train_eval(root_dir, data_dir,
       eval_steps, eval_repeats: adaptation steps on held-out alphabets and repeats with other seeds.
       eval_every, val_steps: meta-validation period (meta-steps) and its adaptation steps (default
         ``eval_steps``).
-      batch_norm_eval: BatchNorm of the held-out images in evaluation and meta-validation
-        (:func:`make_evaluator`): ``"running"`` (the authors' protocol: per-task running statistics reset
-        before adaptation, held-out images in inference mode) or ``"transductive"`` (the held-out batch's
-        own statistics).
+      protocol: the evaluation protocol's name (:data:`warpgrad_tf.data.omniglot_protocol.PROTOCOLS`: ``"paper"``,
+        ``"authors"``, ``"transductive"``, ``"smooth"``; docs/protocol.md): image format, affine interpolation,
+        held-out augmentation, BatchNorm mode, head reset and model selection are the protocol's.
+      batch_norm_eval: override of the protocol's BatchNorm mode for the held-out images (:func:`make_evaluator`):
+        ``"running"`` or ``"transductive"``; None: the protocol's.
+      eval_seed: keys the evaluation's mini-batches, fresh heads and held-out affines (default ``seed``).
       checkpoint_every, log_every: checkpoint and TensorBoard periods in meta-steps (a checkpoint is also
         written after every meta-validation and on SIGTERM / Ctrl-C).
       seed: model initialisation and every random choice of the run.
@@ -316,6 +346,15 @@ def train_eval(root_dir, data_dir,
     common.check_settings(locals())  # before anything is written
     _check_config(preset, method, algorithm, objective, inner_steps, meta_steps, eta, meta_batch_size,
                   checkpoint_every, eval_every, batch_norm_eval, source, learned_rate)
+    protocol = protocols.get(protocol).for_source(source)
+    protocol.check(augment)
+    batch_norm_eval = batch_norm_eval or protocol.batch_norm
+    eval_seed = int(seed if eval_seed is None else eval_seed)
+    for name, value in (("task_batch_scale", task_batch_scale), ("inner_lr_scale", inner_lr_scale)):
+        if float(value) <= 0:
+            raise ValueError(f"train_eval.{name} must be > 0; got {value}.")
+    task_batch_size = int(round(int(task_batch_size) * float(task_batch_scale)))
+    inner_lr = float(inner_lr) * float(inner_lr_scale)
     m = methods_lib.get(method)
     granularity = learned_rate or m.learned_rate
     if granularity is not None and (objective or m.objective) != "exact" and m.init != "maml":
@@ -338,7 +377,7 @@ def train_eval(root_dir, data_dir,
 
     omniglot = source == "omniglot"
     if omniglot:
-        data = og.OmniglotTasks(data_dir)
+        data = og.OmniglotTasks(data_dir, images=protocol.images, background=protocol.background)
         split = data.split_alphabets
         if not split["test"]:
             raise ValueError("The Omniglot split has no test alphabets (OmniglotTasks.num_test_alphabets).")
@@ -398,10 +437,12 @@ def train_eval(root_dir, data_dir,
     common.write_operative_config(root_dir)
     writers = common.SummaryWriters(root_dir)
     rates = rate.rates() if rate is not None else None
+    fresh_head = protocol.resets_head(method)
     evaluator = make_evaluator(warped, rule, int(eval_steps), task_batch_size, augment, batch_norm_eval,
-                               learning_rate=rates)
+                               learning_rate=rates, protocol=protocol, fresh_head=fresh_head)
     val_evaluator = evaluator if val_steps == int(eval_steps) else make_evaluator(
-        warped, rule, val_steps, task_batch_size, augment, batch_norm_eval, learning_rate=rates)
+        warped, rule, val_steps, task_batch_size, augment, batch_norm_eval, learning_rate=rates, protocol=protocol,
+        fresh_head=fresh_head)
 
     # --- meta-training state: every variable of the model, both optimisers, step, best validation score
     model_vars = list(warped.model.variables)
@@ -458,7 +499,7 @@ def train_eval(root_dir, data_dir,
         for task, s in zip(tasks, seeds):
             x = tf.convert_to_tensor(task.train_images)
             if augment:
-                x = og.random_affine(x, tf.constant([s, -2], tf.int64))
+                x = protocol.augment(x, tf.constant([s, -2], tf.int64))
             xs.append(x)
             ys.append(task.train_labels)
         x, y = tf.stack(xs), tf.constant(np.stack(ys))
@@ -495,11 +536,12 @@ def train_eval(root_dir, data_dir,
                     checkpoint_every=checkpoint_every, validate=validate, eval_every=eval_every, best=best,
                     validate_first=True, desc=f"meta-train {label}")
     train_seconds = time.time() - t0
-    best.restore()  # evaluate the meta-validated choice
+    if protocol.model_selection == "best":
+        best.restore()  # evaluate the meta-validated choice; "last": the final meta-parameters, as they are
 
     # --- evaluation on held-out alphabets
     bar = common.progress(len(test_tasks) * int(eval_repeats), desc=f"evaluate {label}")
-    scores = evaluate(evaluator, warped, test_tasks, int(eval_repeats), seed, bar=bar)
+    scores = evaluate(evaluator, warped, test_tasks, int(eval_repeats), eval_seed, bar=bar)
     bar.close()
     curves = {a: test for a, (_, test) in scores.items()}
     per_alphabet = {a: {"accuracy": float(test[:, -1].mean()), "auc": float(train.mean()),
@@ -517,9 +559,11 @@ def train_eval(root_dir, data_dir,
         writers.histograms(writers.eval, final_step, {f"warp/{k}": v for k, v in warped.warp_variables.items()})
 
     family = "omniglot" if omniglot else f"multishot/{data.dataset}"
+    evaluated_step = int(max(best.step.numpy(), 0)) if protocol.model_selection == "best" else meta_steps
     wg.artifacts.save(root_dir, warped, rule, loss="softmax_cross_entropy", steps=int(eval_steps),
-                      batch_size=task_batch_size, method=method, training_step=int(max(best.step.numpy(), 0)),
-                      task_family=family, training=True, extra={"batch_norm_eval": batch_norm_eval},
+                      batch_size=task_batch_size, method=method, training_step=evaluated_step,
+                      task_family=family, training=True,
+                      extra={"batch_norm_eval": batch_norm_eval, "protocol": protocol.name},
                       learned_rate=rate)
     results = {
         "task": family, "method": method, "preset": preset, "label": label,
@@ -533,6 +577,9 @@ def train_eval(root_dir, data_dir,
         "task_batch_size": int(task_batch_size), "meta_batch_size": int(meta_batch_size),
         "meta_steps": meta_steps, "best_step": int(best.step.numpy()), "best_val_accuracy": float(best.score.numpy()),
         "eval_steps": int(eval_steps), "eval_repeats": int(eval_repeats), "batch_norm_eval": batch_norm_eval,
+        "protocol": protocol.name, "protocol_settings": protocol.metadata(), "eval_seed": eval_seed,
+        "fresh_head": fresh_head, "model_selection": protocol.model_selection,
+        "task_batch_scale": float(task_batch_scale), "inner_lr_scale": float(inner_lr_scale),
         "held_out_accuracy": {"mean": accuracy, "per_alphabet": {a: v["accuracy"] for a, v in per_alphabet.items()}},
         "auc": {"mean": auc, "per_alphabet": {a: v["auc"] for a, v in per_alphabet.items()}},
         "learning_curves": {"held_out_accuracy_mean": mean_curve,
@@ -547,7 +594,8 @@ def train_eval(root_dir, data_dir,
     plot_curves(os.path.join(root_dir, "curves.png"), curves, label, int(eval_steps),
                 title="Omniglot, held-out alphabets" if omniglot else f"{data.dataset}, held-out tasks")
     print(f"\n{label}: held-out accuracy after {eval_steps} steps {100 * accuracy:.1f}% "
-          f"(AUC {100 * auc:.1f}; BatchNorm {batch_norm_eval}) on {', '.join(split['test'])}; best meta-step "
+          f"(AUC {100 * auc:.1f}; protocol {protocol.name}, BatchNorm {batch_norm_eval}) on "
+          f"{', '.join(split['test'])}; best meta-step "
           f"{int(best.step.numpy())}"
           f"\nresults: {os.path.join(root_dir, 'results.json')}\nplot:    {os.path.join(root_dir, 'curves.png')}"
           f"\nTensorBoard: tensorboard --logdir {root_dir}")

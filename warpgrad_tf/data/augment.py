@@ -3,7 +3,8 @@
 During adaptation every drawing is randomly transformed by an affine map — scaling in [0.8, 1.2], rotation in
 [0°, 360°) and a shift ("crop") of up to ±0.2 of the image size in each direction — with TensorFlow ops inside
 the pipeline, deterministic given a seed. Images are float32 in [0, 1] with ink = 1 and background = 0, so the
-zero fill of the transform is background.
+zero fill of the transform is background (on the authors' white background it is ink-coloured; their protocol
+also uses nearest-neighbour interpolation: :mod:`warpgrad_tf.data.omniglot_protocol`).
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ from warpgrad_tf.adaptation import minibatches
 __all__ = ["affine_transform", "augmented_minibatches", "random_affine"]
 
 
-def affine_transform(images, scale, angle, shift):
-    """Apply per-image affine maps about the image centre (bilinear, zero fill).
+def affine_transform(images, scale, angle, shift, interpolation="BILINEAR"):
+    """Apply per-image affine maps about the image centre (zero fill).
 
     Args:
       images: ``[batch, height, width, channels]`` float images.
       scale: ``[batch]`` zoom factors (> 1 enlarges).
       angle: ``[batch]`` rotations in radians (clockwise on screen, y pointing down).
       shift: ``[batch, 2]`` translations ``(dx, dy)`` in pixels.
+      interpolation: ``"BILINEAR"`` or ``"NEAREST"`` (the authors' torchvision ``RandomAffine``).
 
     Returns:
       The transformed images, same shape and dtype.
@@ -46,11 +48,11 @@ def affine_transform(images, scale, angle, shift):
     transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
     out = tf.raw_ops.ImageProjectiveTransformV3(
         images=tf.cast(images, dtype), transforms=transforms, output_shape=tf.stack([height, width]),
-        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
+        fill_value=0.0, interpolation=interpolation, fill_mode="CONSTANT")
     return tf.cast(out, images.dtype)
 
 
-def random_affine(images, seed, scale=(0.8, 1.2), rotation=(0.0, 360.0), shift=0.2):
+def random_affine(images, seed, scale=(0.8, 1.2), rotation=(0.0, 360.0), shift=0.2, interpolation="BILINEAR"):
     """Random affine augmentation of App. E, drawn from a stateless generator keyed by ``seed``.
 
     Args:
@@ -59,6 +61,7 @@ def random_affine(images, seed, scale=(0.8, 1.2), rotation=(0.0, 360.0), shift=0
       scale: range of zoom factors.
       rotation: range of rotation angles in degrees.
       shift: largest translation, as a fraction of the image height / width, in each direction.
+      interpolation: of :func:`affine_transform`.
     """
     seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
     images = tf.convert_to_tensor(images)
@@ -69,7 +72,7 @@ def random_affine(images, seed, scale=(0.8, 1.2), rotation=(0.0, 360.0), shift=0
     a = (rotation[0] + (rotation[1] - rotation[0]) * u[:, 1]) * (math.pi / 180.0)
     size = tf.cast(tf.stack([shape[2], shape[1]]), tf.float32)
     t = (2.0 * u[:, 2:] - 1.0) * shift * size
-    return affine_transform(images, s, a, t)
+    return affine_transform(images, s, a, t, interpolation)
 
 
 def augmented_minibatches(x, y, batch_size=None, seed=0, augment=True, **augment_kwargs):

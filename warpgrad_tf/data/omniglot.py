@@ -49,7 +49,7 @@ class OmniglotTask(NamedTuple):
     Attributes:
       alphabet: the alphabet's folder name (e.g. ``"Early_Aramaic"``).
       characters: the chosen character folder names; label ``i`` is ``characters[i]``.
-      train_images: float32 ``[classes * 15, 28, 28, 1]`` in [0, 1] (ink = 1), not augmented.
+      train_images: float32 ``[classes * 15, 28, 28, 1]`` in [0, 1] (ink = 1; 0 on a white background), not augmented.
       train_labels: int32 ``[classes * 15]``.
       test_images: float32 ``[classes * 5, 28, 28, 1]``: the held-out drawings.
       test_labels: int32 ``[classes * 5]``.
@@ -126,6 +126,9 @@ class OmniglotTasks:
       cache_dir: tfds data directory for the decoded images (default ``$WARPGRAD_TFDS_DIR`` or
         ``~/.cache/warpgrad_tf/tfds``).
       image_size: stored image size (28).
+      images: ``"smooth"`` (anti-aliased) or ``"binary"`` (the authors' 1-bit nearest-neighbour files), and
+      background: ``"black"`` (ink 1 on 0) or ``"white"`` (ink 0 on 1, as torchvision reads them): the
+        protocol's (:mod:`warpgrad_tf.data.omniglot_protocol`); the defaults are this class's earlier images.
 
     Raises:
       OmniglotNotFoundError: no Omniglot data in ``data_dir``.
@@ -134,7 +137,8 @@ class OmniglotTasks:
 
     def __init__(self, data_dir, num_train_alphabets=25, num_val_alphabets=10, num_test_alphabets=10,
                  train_alphabets=None, val_alphabets=None, test_alphabets=None, num_classes=20,
-                 num_train_images=15, num_test_images=5, seed=0, cache_dir=None, image_size=28):
+                 num_train_images=15, num_test_images=5, seed=0, cache_dir=None, image_size=28, images="smooth",
+                 background="black"):
         self.num_classes = int(num_classes)
         self.num_train_images = int(num_train_images)
         self.num_test_images = int(num_test_images)
@@ -144,8 +148,11 @@ class OmniglotTasks:
             raise OmniglotDataError(
                 f"OmniglotTasks needs num_classes >= 1, num_train_images >= 1, num_test_images >= 0; got "
                 f"{num_classes}, {num_train_images}, {num_test_images}.")
+        if background not in ("black", "white"):
+            raise OmniglotDataError(f"OmniglotTasks: unknown background {background!r}; choose 'black' or 'white'.")
+        self.background = background
         self.data_dir = data_dir
-        self._images = load_images(data_dir, cache_dir=cache_dir, image_size=image_size)
+        self._images = load_images(data_dir, cache_dir=cache_dir, image_size=image_size, images=images)
         self.all_alphabets = sorted(self._images)
         per_char = self.num_train_images + self.num_test_images
         self.usable_alphabets = [a for a in self.all_alphabets
@@ -224,7 +231,10 @@ class OmniglotTasks:
             test_x.append(drawings[test_idx])
             train_y += [label] * len(train_idx)
             test_y += [label] * len(test_idx)
-        to_float = lambda a: (np.concatenate(a).astype(np.float32) / 255.0)  # noqa: E731
+        def to_float(arrays):
+            x = np.concatenate(arrays).astype(np.float32) / 255.0
+            return 1.0 - x if self.background == "white" else x
+
         task = OmniglotTask(alphabet, tuple(chosen), to_float(train_x), np.asarray(train_y, np.int32),
                             to_float(test_x), np.asarray(test_y, np.int32))
         self._cache[alphabet] = task

@@ -2,12 +2,14 @@
 
 ``data_dir`` is a folder (or a comma-separated list of folders) holding one or more of the official Omniglot
 zips (``images_background.zip``, ``images_evaluation.zip``, ``images_background_small1.zip``, …) and/or their
-extracted folders. Nothing is ever downloaded. The first use decodes every 105×105 PNG once, down-samples it
-(anti-aliased) to 28×28 and stores it with a TensorFlow Datasets builder (:class:`OmniglotAlphabets`) under
-``cache_dir`` (default ``$WARPGRAD_TFDS_DIR`` or ``~/.cache/warpgrad_tf/tfds``); the builder configuration is
-named after a fingerprint of the source files (names and sizes), so a different ``data_dir`` never reuses a
-stale cache. If the same alphabet appears in several sources (a zip and its extracted folder, or
-``images_background`` and one of its ``small`` subsets) the source with most characters of it is used.
+extracted folders. Nothing is ever downloaded. The first use decodes every 105×105 PNG once, down-samples it to
+28×28 (``images="smooth"``: anti-aliased; ``"binary"``: the authors' 1-bit files, Pillow's nearest-neighbour for
+1-bit images, :mod:`warpgrad_tf.data.omniglot_protocol`) and stores it with a TensorFlow Datasets builder
+(:class:`OmniglotAlphabets`) under ``cache_dir`` (default ``$WARPGRAD_TFDS_DIR`` or
+``~/.cache/warpgrad_tf/tfds``); the builder configuration is named after a fingerprint of the source files
+(names and sizes), so a different ``data_dir`` never reuses a stale cache. If the same alphabet appears in
+several sources (a zip and its extracted folder, or ``images_background`` and one of its ``small`` subsets) the
+source with most characters of it is used.
 
 Bad input raises :class:`OmniglotNotFoundError` (a ``FileNotFoundError``) or :class:`OmniglotDataError`
 (a ``ValueError``) with a one-line message naming the culprit. The tasks built from these images are
@@ -28,8 +30,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-__all__ = ["find_sources", "load_images", "OmniglotAlphabets", "OmniglotDataError", "OmniglotNotFoundError",
-           "Source", "source_index"]
+__all__ = ["find_sources", "IMAGE_FORMATS", "load_images", "OmniglotAlphabets", "OmniglotDataError",
+           "OmniglotNotFoundError", "Source", "source_index"]
 
 _IMAGE_EXT = ".png"
 _CACHE_ENV = "WARPGRAD_TFDS_DIR"
@@ -141,9 +143,12 @@ def source_index(source):
     return _zip_index(source.path) if source.kind == "zip" else _dir_index(source.path)
 
 
-def _fingerprint(sources, image_size):
-    """Hash of the sources' file names and sizes (and the stored image size)."""
-    h = hashlib.sha256(f"omniglot-v1|{image_size}".encode())
+IMAGE_FORMATS = ("smooth", "binary")
+
+
+def _fingerprint(sources, image_size, images="smooth"):
+    """Hash of the sources' file names and sizes (and the stored image size and format)."""
+    h = hashlib.sha256(f"omniglot-v1|{image_size}{'' if images == 'smooth' else '|' + images}".encode())
     for source in sources:
         if source.kind == "zip":
             entries = [(os.path.basename(source.path), os.path.getsize(source.path))]
@@ -182,10 +187,13 @@ class OmniglotAlphabets(tfds.core.GeneratorBasedBuilder):
         """No checksums file: the builder never downloads (also avoids tfds' optional importlib_resources)."""
         return None
 
-    def __init__(self, *, sources, image_size=28, **kwargs):
+    def __init__(self, *, sources, image_size=28, images="smooth", **kwargs):
+        if images not in IMAGE_FORMATS:
+            raise OmniglotDataError(f"Unknown Omniglot image format {images!r}; choose one of {list(IMAGE_FORMATS)}.")
         self._sources = list(sources)
         self._image_size = int(image_size)
-        name = f"src_{_fingerprint(self._sources, self._image_size)}"
+        self._images = images
+        name = f"src_{_fingerprint(self._sources, self._image_size, images)}"
         description = "; ".join(f"{s.kind}:{s.path}" for s in self._sources)
         config = tfds.core.BuilderConfig(name=name, description=description)
         logger = _pylogging.getLogger("absl")
@@ -216,7 +224,10 @@ class OmniglotAlphabets(tfds.core.GeneratorBasedBuilder):
     def _decode(self, data, where):
         try:
             with Image.open(io.BytesIO(data)) as img:
-                img = img.convert("L").resize((self._image_size,) * 2, Image.Resampling.LANCZOS)
+                if self._images == "binary":  # 1-bit, nearest-neighbour (what Pillow does for 1-bit images)
+                    img = img.convert("1").resize((self._image_size,) * 2, Image.Resampling.NEAREST).convert("L")
+                else:
+                    img = img.convert("L").resize((self._image_size,) * 2, Image.Resampling.LANCZOS)
                 return (255 - np.asarray(img, dtype=np.uint8))[:, :, None]
         except Exception as e:  # PIL raises several types for bad image data
             raise OmniglotDataError(f"Cannot decode Omniglot image {where}: {e}.") from e
@@ -257,8 +268,8 @@ def _find_cause(error, kind):
     return None
 
 
-def load_images(data_dir, cache_dir=None, image_size=28):
-    """All Omniglot drawings in ``data_dir``, decoded once and cached with tfds.
+def load_images(data_dir, cache_dir=None, image_size=28, images="smooth"):
+    """All Omniglot drawings in ``data_dir``, decoded once (``images``: ``"smooth"`` or ``"binary"``) and cached.
 
     Returns:
       ``{alphabet: {character: uint8 array [drawings, size, size, 1]}}`` (drawings in file order; ink =
@@ -277,7 +288,7 @@ def load_images(data_dir, cache_dir=None, image_size=28):
     used_sources = [source for _, source in used]
 
     def make_builder():
-        return OmniglotAlphabets(sources=used_sources, image_size=image_size,
+        return OmniglotAlphabets(sources=used_sources, image_size=image_size, images=images,
                                  data_dir=cache_dir or _default_cache_dir())
 
     builder = make_builder()

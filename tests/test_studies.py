@@ -107,7 +107,8 @@ def test_report_writes_the_docs_block_hparams_and_json(tmp_path):
     assert _run(tmp_path / "root") == 0
     assert cli.main(["report", TINY, f"--root={tmp_path / 'root'}", f"--docs={docs}"]) == 0
     text = page.read_text()
-    assert text.startswith("# Tiny\n\nprose before\n\n<!-- results:begin other -->\nkept\n") and text.endswith("prose after\n")
+    assert text.startswith("# Tiny\n\nprose before\n\n<!-- results:begin other -->\nkept\n")
+    assert text.endswith("prose after\n")
     assert "<!-- results:begin tiny -->\n" in text
     assert "old" not in text and "| a | " in text and "(n=2)" in text and "CPU-hours on" in text
     events = [f for r in ("a/seed0", "a/seed1") for f in os.listdir(tmp_path / "root" / "hparams" / r)]

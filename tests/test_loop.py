@@ -92,6 +92,20 @@ def test_validation_keeps_the_best_step_and_restores_its_values(tmp_path):
     assert resumed.validated == [6, 7] and int(resumed.best.step.numpy()) == 7  # no step-0 validation on resume
 
 
+def test_an_unreadable_best_file_is_named_set_aside_and_the_last_values_stay(tmp_path):
+    run = _Run(tmp_path, best_dir=True)
+    run.train(5, {0: 0.1, 2: 0.7, 4: 0.3, 5: 0.2}, eval_every=2, validate_first=True, checkpoint_every=100)
+    data = [f for f in os.listdir(tmp_path / "best") if f.startswith("best.data")]
+    with open(tmp_path / "best" / data[0], "r+b") as f:  # a disk that filled up mid-write
+        f.truncate(os.path.getsize(tmp_path / "best" / data[0]) // 2)
+    lines = []
+    assert run.best.restore(report=lines.append) == -1
+    assert float(run.counter.numpy()) == 0 + 1 + 2 + 3 + 4  # the last values, untouched
+    assert len(lines) == 1 and "best" in lines[0] and "unreadable" in lines[0] and "last values" in lines[0]
+    assert sorted(os.listdir(tmp_path / "best")) == sorted(f"{f}.damaged" for f in ["best.index", data[0]])
+    assert run.best.restore(report=lines.append) == -1 and len(lines) == 1  # forgotten: not tried again
+
+
 def test_lower_is_better_records_in_the_checkpoint_and_a_finished_run_validates_once(tmp_path):
     run = _Run(tmp_path, higher_is_better=False)
     run.train(3, {1: 2.0, 2: 1.0, 3: 1.5})

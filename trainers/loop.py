@@ -15,11 +15,14 @@ to :func:`train_loop`, as tf-agents' ``train_eval`` binaries do::
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
+
+from warpgrad_tf import run_checkpoints
 
 from . import common
 
@@ -100,14 +103,27 @@ class Best:
                 self._file.write(os.path.join(self.directory, "best"))
         return better
 
-    def restore(self):
-        """Put the best values back into the live variables; returns their step (-1: none kept, nothing done)."""
+    def restore(self, report=None):
+        """Put the best values back into the live variables; returns their step (-1: none kept, nothing done).
+
+        A ``best`` file that does not read back (truncated, corrupt) is named in one line (``report``, default
+        stderr), set aside (:func:`~warpgrad_tf.run_checkpoints.set_aside`) and forgotten: the live values stay,
+        and -1 is returned."""
         step = int(self.step)
         if step >= 0:
             if self.directory is None:
                 self._copy(to_record=False)
             else:
-                self._file.read(os.path.join(self.directory, "best")).assert_consumed()
+                path = os.path.join(self.directory, "best")
+                problem = run_checkpoints.checkpoint_problem(path)
+                if problem is not None:
+                    run_checkpoints.set_aside(path)
+                    self.step.assign(-1)
+                    (report or (lambda line: print(line, file=sys.stderr)))(
+                        f"warning: the best-on-validation values {path} are unreadable ({problem}); set aside as "
+                        f"best.*{run_checkpoints.DAMAGED}; the last values are used instead.")
+                    return -1
+                self._file.read(path).assert_consumed()
         return step
 
 

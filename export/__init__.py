@@ -1,7 +1,7 @@
 """The export tools: ``python -m export.<name>`` from a checkout, ``warpgrad-export*`` once installed.
 
-Importing the package starts TensorFlow quietly (:func:`export.quiet.import_tensorflow`, the TensorFlow-only twin
-of :func:`warpgrad_tf.startup.quiet_start`) before any tool imports it — unless TensorFlow is not installed or
+Importing the package starts TensorFlow quietly (:func:`export.quiet.import_tensorflow`, the programs' one
+start-up) before any tool imports it — unless TensorFlow is not installed or
 is blocked, as for :mod:`export.load_litert`, which needs only LiteRT and NumPy.
 """
 

@@ -1,9 +1,14 @@
-"""TensorFlow's start-up and SavedModel loading without their noise, for the TensorFlow-only tools of ``export/``.
+"""The programs' quiet start-up: TensorFlow's start-up and SavedModel loading without their noise.
 
-:mod:`export.load` and :mod:`export.try_sine` must run where ``warpgrad_tf`` is not installed, so they cannot use
-:mod:`warpgrad_tf.startup`; this is its TensorFlow-only counterpart (standard library until TensorFlow is
-imported), and ``tests/test_startup.py`` holds its :data:`NOISE` equal to the library's. Quiet by default;
-``WARPGRAD_VERBOSE=1`` (or an explicit ``TF_CPP_MIN_LOG_LEVEL`` of 0 or 1) brings every line back.
+The one start-up of every program — the ``trainers``, ``export`` and ``benchmarks`` packages call
+:func:`import_tensorflow` in their ``__init__``, before any of their modules imports TensorFlow or
+``warpgrad_tf``. It is standard library until TensorFlow is imported, so it runs first, and where ``warpgrad_tf``
+is not installed (:mod:`export.load`, :mod:`export.try_sine`). The library never calls it: ``import warpgrad_tf``
+leaves stderr and the environment alone. Quiet by default; ``WARPGRAD_VERBOSE=1`` (or an explicit
+``TF_CPP_MIN_LOG_LEVEL`` of 0 or 1) brings every line back, and :func:`verbose` tells the trainers to keep absl's
+INFO logs too. Why a filter at all: importing TensorFlow 2.21 on a CPU-only machine writes absl
+pre-initialisation lines ("All log messages before absl::InitializeLog() …", the oneDNN notice, "Could not find
+cuda drivers") that ignore ``TF_CPP_MIN_LOG_LEVEL``, so no setting made from Python silences them.
 
 * :func:`import_tensorflow` — ``import tensorflow`` with ``TF_CPP_MIN_LOG_LEVEL=2`` by default (which also
   hides the C++ "Local rendezvous is aborting" INFO line a rejected input prints before its error), the

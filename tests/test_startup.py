@@ -1,12 +1,12 @@
-"""A quiet first run (warpgrad_tf/startup.py): TensorFlow's start-up lines are filtered, anything else written to
-stderr meanwhile still arrives, and one environment variable brings the lines back."""
+"""A quiet first run (export/quiet.py, every program's start-up): TensorFlow's start-up lines are filtered,
+anything else written to stderr meanwhile still arrives, and one environment variable brings the lines back."""
 
 import json
 import os
 import subprocess
 import sys
 
-from warpgrad_tf import startup
+from export import quiet as startup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,7 +46,7 @@ def _run(code, **env):
                           capture_output=True, text=True, timeout=300)
 
 
-QUIET_START = "from warpgrad_tf.startup import quiet_start; tf = quiet_start(); print(tf.constant(2).numpy())"
+QUIET_START = "from export.quiet import import_tensorflow; tf = import_tensorflow(); print(tf.constant(2).numpy())"
 
 
 def test_quiet_start_is_quiet_and_one_variable_brings_the_lines_back():
@@ -68,10 +68,11 @@ os.dup2 = lambda *a, **k: (redirects.append(a), _dup2(*a, **k))[1]
 def state():
     st = os.fstat(2)
     return dict(os.environ), id(sys.stderr), (st.st_dev, st.st_ino)
+import keras, tensorflow  # TensorFlow's own changes to the environment, made before warpgrad_tf is imported
 before = state()
 import warpgrad_tf
-plain = {"same": state() == before, "tensorflow": "tensorflow" in sys.modules}
-import keras, tensorflow  # TensorFlow's own changes to the environment, made before the public API is used
+plain = {"same": state() == before, "registered": keras.saving.get_registered_object("warpgrad_tf>WarpBlock")
+         is not None}
 before = state()
 used = [getattr(warpgrad_tf, name) for name in warpgrad_tf.__all__]
 print(json.dumps({"plain": plain, "used": state() == before, "redirects": len(redirects)}))
@@ -79,11 +80,12 @@ print(json.dumps({"plain": plain, "used": state() == before, "redirects": len(re
 
 
 def test_importing_warpgrad_tf_leaves_stderr_and_the_environment_alone():
-    """``import warpgrad_tf`` (and using its public API) never touches sys.stderr, fd 2 or os.environ."""
+    """``import warpgrad_tf`` (and using its public API) never touches sys.stderr, fd 2 or os.environ beyond what
+    importing TensorFlow does, and registers its layers with Keras."""
     proc = _run(NO_SIDE_EFFECTS)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result == {"plain": {"same": True, "tensorflow": False}, "used": True, "redirects": 0}, result
+    assert result == {"plain": {"same": True, "registered": True}, "used": True, "redirects": 0}, result
 
 
 def test_verbose_reads_the_environment(monkeypatch):
@@ -123,10 +125,9 @@ def test_trainers_log_warnings_only_unless_asked(tmp_path):
         assert ("an INFO line" in proc.stderr) is info, (flags, env, proc.stderr[-2000:])
 
 
-def test_export_tools_filter_the_same_lines_without_warpgrad_tf():
-    """export/quiet.py (TensorFlow only, for export.load and export.try_sine) is the library's filter's twin."""
-    from export import quiet
-
-    assert quiet.NOISE == startup.NOISE and quiet.VERBOSE_ENV == startup.VERBOSE_ENV
-    assert all(quiet.is_noise(line) for line in STARTUP_LINES)
-    assert not any(quiet.is_noise(line) for line in REAL_LINES)
+def test_the_trainers_start_quietly_before_warpgrad_tf_imports_tensorflow():
+    """``import trainers`` runs the quiet start-up first, so a trainer module's ``import warpgrad_tf`` (which
+    imports TensorFlow) prints none of TensorFlow's start-up lines."""
+    proc = _run("import trainers.common, warpgrad_tf, tensorflow as tf; print(tf.constant(3).numpy())")
+    assert proc.returncode == 0 and proc.stdout.strip() == "3", proc.stderr[-2000:]
+    assert proc.stderr == ""

@@ -2,12 +2,15 @@
 (the package is installed as ``warpgrad_tf_apps.trainers``; see setup.py). Modules here import each other
 relatively (``from . import common``) so both names work.
 
-Importing the package makes the programs' one start-up call, :func:`warpgrad_tf.startup.quiet_start`, before
-any trainer module imports TensorFlow: its start-up lines are filtered (``WARPGRAD_VERBOSE=1`` keeps them).
+Importing the package makes the programs' one start-up call, :func:`export.quiet.import_tensorflow` (the sibling
+``export`` package, ``warpgrad_tf_apps.export`` once installed), before any trainer module imports TensorFlow or
+``warpgrad_tf``: its start-up lines are filtered (``WARPGRAD_VERBOSE=1`` keeps them).
 """
 
-from warpgrad_tf.startup import quiet_start
+import importlib
 
-quiet_start()
+__all__ = ["quiet"]
 
-__all__ = []
+#: :mod:`export.quiet`, under the name this package's sibling has here (checkout or installed).
+quiet = importlib.import_module(f"{__name__.rpartition('.')[0]}.export.quiet".lstrip("."))
+quiet.import_tensorflow()

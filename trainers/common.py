@@ -17,9 +17,9 @@ trainer checkpointed) as one line (exit status 130), and writes the operative gi
 ``root_dir/operative_config.gin``. Each ``train_eval`` starts with :func:`check_settings` (docs/reliability.md).
 
 Output is what the user needs — progress, the results, one line per problem: TensorFlow's start-up lines are
-filtered (:mod:`warpgrad_tf.startup`) and absl logs only warnings and errors. ``--verbosity=0`` (absl's flag:
-INFO; 1 for debug) brings the Python logs back; ``WARPGRAD_VERBOSE=1`` brings back both those and TensorFlow's
-start-up lines, which are printed before any flag is parsed.
+filtered (:mod:`export.quiet`, run by the package) and absl logs only warnings and errors. ``--verbosity=0``
+(absl's flag: INFO; 1 for debug) brings the Python logs back; ``WARPGRAD_VERBOSE=1`` brings back both those and
+TensorFlow's start-up lines, which are printed before any flag is parsed.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from warpgrad_tf import run_checkpoints, settings, startup
+from warpgrad_tf import run_checkpoints, settings
+
+from . import quiet
 
 __all__ = ["FLAGS", "accelerator_options", "Checkpointer", "ConfigError", "Interrupt", "Placement", "SummaryWriters",
            "check_binding_types", "check_settings", "define_flags", "entry_point", "loop_sum", "parse_gin",
@@ -155,7 +157,7 @@ def run_main(train_eval, data_dir=False):
             print(str(e) or "interrupted.", file=sys.stderr)
             sys.exit(130)
         except Exception as e:  # noqa: BLE001 - any other failure: one line, exit 1; --verbosity: the traceback
-            if FLAGS["verbosity"].present or startup.verbose():
+            if FLAGS["verbosity"].present or quiet.verbose():
                 raise
             first = (str(e).strip().splitlines() or [""])[0]
             _fail(f"{type(e).__name__}: {first} (--verbosity=0 shows the traceback)", status=1)
@@ -174,7 +176,7 @@ def entry_point(train_eval, data_dir=False):
 
 def quiet_logs():
     """absl logging at WARNING unless ``--verbosity`` was given or ``WARPGRAD_VERBOSE`` is set (module doc)."""
-    if not FLAGS["verbosity"].present and not startup.verbose():
+    if not FLAGS["verbosity"].present and not quiet.verbose():
         logging.set_verbosity(logging.WARNING)
 
 

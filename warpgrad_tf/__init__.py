@@ -18,15 +18,18 @@ Public API (one module per idea):
 * :mod:`warpgrad_tf.serving` — SavedModels that adapt on their own (``AdaptiveModelSaver``).
 * :mod:`warpgrad_tf.data` — Omniglot alphabets as 20-way tasks, read from local zips (``OmniglotTasks``).
 * :mod:`warpgrad_tf.models` — the Omniglot task learner with Table 3 warp variants (``omniglot_convnet``).
-* :mod:`warpgrad_tf.startup` — a quiet TensorFlow start-up for programs (the trainers call it; importing this
+* The programs' quiet TensorFlow start-up is ``export/quiet.py`` (the trainers call it; importing this
   package does not).
 
-Importing the package has no side effects: it imports neither TensorFlow nor a submodule until a name is used
-(PEP 562 ``__getattr__``), and leaves ``sys.stderr``, file descriptor 2 and ``os.environ`` as they were.
+Importing the package imports :mod:`warpgrad_tf.layers` (and so Keras and TensorFlow), which registers every
+warp layer and cell with Keras, so a ``.keras`` file holding them loads after ``import warpgrad_tf``; other
+submodules are imported when a name is first used (PEP 562 ``__getattr__``). The package itself leaves
+``sys.stderr``, file descriptor 2 and ``os.environ`` as they were (TensorFlow's own import sets a few variables).
 """
 
 import importlib
 
+from warpgrad_tf import layers  # noqa: F401  (registers the Keras layers: .keras files load after the import)
 from warpgrad_tf.version import __version__
 
 #: Names re-exported at the top level, and the submodule each comes from.
@@ -83,7 +86,6 @@ __all__ = [
     "momentum",
     "serving",
     "sgd",
-    "startup",
     "task_step",
     "tasks",
     "unroll",

@@ -22,13 +22,17 @@ from warpgrad_tf import learned_lr, update_rules
 from warpgrad_tf.model import WarpedModel
 from warpgrad_tf.version import __version__
 
-__all__ = ["AdaptationSpec", "AGENT_FILE", "is_agent_run", "learned_rate_granularity", "load", "load_learned_rate",
-           "match_paths", "model_dir", "MODEL_FILE", "RATES_FILE", "save", "SPEC_FILE"]
+__all__ = ["AdaptationSpec", "AGENT_FILE", "ASSETS_DIR", "is_agent_run", "learned_rate_granularity", "load",
+           "load_learned_rate", "match_paths", "model_dir", "MODEL_FILE", "RATES_FILE", "save", "SPEC_FILE",
+           "write_model"]
 
 AGENT_FILE = "agent.json"
 MODEL_FILE = "model.keras"
 SPEC_FILE = "warpgrad.json"
 RATES_FILE = "learned_rate.npz"
+#: The folder of a SavedModel that carries its architecture (``model.keras`` + ``warpgrad.json``, as in
+#: ``R/model``): TensorFlow's place for files beside the graph that the graph does not load.
+ASSETS_DIR = "assets.extra"
 
 
 class AdaptationSpec(NamedTuple):
@@ -111,15 +115,22 @@ def save(root_dir, warped: WarpedModel, rule, *, loss, steps, batch_size, method
         training=bool(training),
         learned_rate=rates,
     )
-    tmp = os.path.join(out, "tmp-" + MODEL_FILE)
+    return write_model(out, model, spec)
+
+
+def write_model(folder, model, spec: AdaptationSpec):
+    """Write ``folder/model.keras`` and ``folder/warpgrad.json`` (``spec``) atomically (temp file + rename);
+    :func:`load` reads the folder back."""
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, "tmp-" + MODEL_FILE)
     model.save(tmp)
-    os.replace(tmp, os.path.join(out, MODEL_FILE))
+    os.replace(tmp, os.path.join(folder, MODEL_FILE))
     payload = dict(spec._asdict(), version=__version__)
-    tmp = os.path.join(out, "tmp-" + SPEC_FILE)
+    tmp = os.path.join(folder, "tmp-" + SPEC_FILE)
     with open(tmp, "w") as f:
         json.dump(payload, f, indent=2)
-    os.replace(tmp, os.path.join(out, SPEC_FILE))
-    return out
+    os.replace(tmp, os.path.join(folder, SPEC_FILE))
+    return folder
 
 
 def match_paths(roles, model):

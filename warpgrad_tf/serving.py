@@ -60,6 +60,7 @@ Example::
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -319,9 +320,17 @@ class AdaptiveModelSaver:
         """Write the SavedModel to ``export_dir`` (via a temporary folder and a rename).
 
         An existing ``export_dir`` is replaced only if it is a SavedModel (or empty) and ``overwrite`` is
-        true; anything else there is an error, so a mistyped path never deletes unrelated files.
+        true; anything else there is an error, so a mistyped path never deletes unrelated files. The folder
+        also carries the model's architecture and adaptation description (``assets.extra/model.keras`` and
+        ``warpgrad.json``, :func:`warpgrad_tf.artifacts.write_model`), so :mod:`export.litert` converts it
+        without its run directory.
         """
-        return save_module(self.module, self.signatures, export_dir, overwrite)
+        return save_module(self.module, self.signatures, export_dir, overwrite, write_extra=self._write_assets)
+
+    def _write_assets(self, folder):
+        # The SavedModel's variables hold the values (the learned rates too); the asset gives the architecture.
+        spec = self._spec._replace(roles=self._warped.role_map(), learned_rate={})
+        artifacts.write_model(os.path.join(folder, artifacts.ASSETS_DIR), self._warped.model, spec)
 
 
 def export(root_dir, output, checkpoint=None, seed=None, overwrite=True):

@@ -328,6 +328,16 @@ def test_signatures_declare_rank_sizes_and_label_dtype(runs, loaded):
         assert predict[name].shape.as_list() == list(value.shape), name
 
 
+def test_serving_default_is_adapt_and_predict(runs, loaded):
+    """TensorFlow Serving's default key serves adapt_and_predict: same inputs, same outputs."""
+    sx, sy, qx = runs["data"]["sine"]
+    sig = loaded["sine"].saved_model.signatures
+    assert sig["serving_default"].structured_input_signature == sig["adapt_and_predict"].structured_input_signature
+    feed = dict(support_x=tf.constant(sx), support_y=tf.constant(sy), query_x=tf.constant(qx), steps=tf.constant(2))
+    np.testing.assert_array_equal(sig["serving_default"](**feed)["outputs"].numpy(),
+                                  sig["adapt_and_predict"](**feed)["outputs"].numpy())
+
+
 def test_declared_shapes_are_still_checked_when_fed(runs, loaded):
     """A loaded signature does not check its specs, and Grappler trusts them: a transposed parameter (same
     size) or a vector of steps must still be refused, naming the argument."""

@@ -243,6 +243,17 @@ def test_signatures_declare_ranks_and_sizes(run, agent):
         sig["act"](observation=obs, **dict(state, state_0=tf.zeros([2, 3])), **agent.initial_parameters)
 
 
+def test_serving_default_is_act(agent):
+    """TensorFlow Serving's default key serves act: same inputs, same outputs."""
+    sig = agent.saved_model.signatures
+    assert sig["serving_default"].structured_input_signature == sig["act"].structured_input_signature
+    feed = dict(agent.initial_state(2), observation=tf.ones([2, 16]), **agent.initial_parameters)
+    want, got = sig["act"](**feed), sig["serving_default"](**feed)
+    assert set(got) == set(want)
+    for key in want:
+        np.testing.assert_array_equal(got[key].numpy(), want[key].numpy())
+
+
 def test_task_optimiser_state_is_keras_public_state_and_its_next_step(run):
     """The Adam state the export continues is the trainer's (read from Keras' public ``optimizer.variables``),
     and ``clipped(adam(...))`` from it takes Keras' next step; Keras' TensorFlow optimiser cannot run

@@ -20,6 +20,8 @@ Signatures (also callable as attributes of the loaded object):
     serving signature ``signatures["predict"](x=..., **task_parameters)`` takes them as keywords.
 ``adapt_and_predict(support_x, support_y, query_x, steps)``
     ``{"outputs": f(query_x; θ_K, φ)}``; ``steps = 0`` gives the initialisation's predictions.
+``serving_default``
+    ``adapt_and_predict`` under the key TensorFlow Serving and Keras' exporter take by default.
 ``metadata()``
     input shape and dtype, output shape, number of outputs, loss and label dtype, inner rule and learning
     rate, default steps, batch size, mini-batch seed, BatchNorm mode, method, training step, package version
@@ -325,7 +327,8 @@ class AdaptiveModelSaver:
         ``warpgrad.json``, :func:`warpgrad_tf.artifacts.write_model`), so :mod:`export.litert` converts it
         without its run directory.
         """
-        return save_module(self.module, self.signatures, export_dir, overwrite, write_extra=self._write_assets)
+        return save_module(self.module, self.signatures, export_dir, overwrite, write_extra=self._write_assets,
+                           serving_default="adapt_and_predict")
 
     def _write_assets(self, folder):
         # The SavedModel's variables hold the values (the learned rates too); the asset gives the architecture.

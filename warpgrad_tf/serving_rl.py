@@ -19,6 +19,8 @@ Signatures:
     ``adapt``) and the exported φ. The signature takes flat keyword arguments; the loaded object's
     ``act(observation, state_dict, parameter_dict)`` takes the state and θ as dicts of named tensors
     (as the supervised ``predict``).
+``serving_default``
+    ``act``, under the key TensorFlow Serving and Keras' exporter take by default.
 ``adapt(observations, actions, rewards, mask, steps)``
     ``{parameter name: θ_K}`` after K = ``steps`` task updates on the given logged episodes with φ fixed —
     exactly the trainer's task update (Alg. 3, the "θ ← θ − λβ g_θ" line; App. I): replay the episodes from the
@@ -289,7 +291,7 @@ class AgentSaver:
     # ------------------------------------------------------------------ saving
     def save(self, export_dir, overwrite=True):
         """Write the SavedModel to ``export_dir`` (temporary folder + rename: :mod:`warpgrad_tf.saved_model_files`)."""
-        return save_module(self.module, self.signatures, export_dir, overwrite)
+        return save_module(self.module, self.signatures, export_dir, overwrite, serving_default="act")
 
 
 def export(root_dir, output, checkpoint=None, seed=None, overwrite=True):

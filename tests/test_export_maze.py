@@ -25,7 +25,7 @@ from export import saved_model as saved_model_cli
 from export.load import load as load_export
 from tests.conftest import REPO
 from trainers import maze as trainer
-from warpgrad_tf import serving_rl
+from warpgrad_tf import agent_run, artifacts, serving_rl
 from warpgrad_tf.envs import MazeEnv
 from warpgrad_tf.layers.rnn import make_cell
 from warpgrad_tf.model import WarpedModel
@@ -213,7 +213,7 @@ def test_metadata_and_cli_summary(run, fresh):
     assert spec["extra"]["maze_size"] == TINY["maze_size"] and spec["state_names"] == ["state_0", "state_1",
                                                                                        "state_2"]
     assert "Exported maze agent (warp_rnn, training step 2)" in run["stdout"]
-    assert serving_rl.is_agent_run(run["root"])
+    assert artifacts.is_agent_run(run["root"])
 
 
 # ---------------------------------------------------------------------------------------- mask and bad input
@@ -258,15 +258,15 @@ def test_task_optimiser_state_is_keras_public_state_and_its_next_step(run):
     """The Adam state the export continues is the trainer's (read from Keras' public ``optimizer.variables``),
     and ``clipped(adam(...))`` from it takes Keras' next step; Keras' TensorFlow optimiser cannot run
     statelessly (the reason given in warpgrad_tf.serving_rl: this fails the day it can)."""
-    from warpgrad_tf.update_rules import adam
+    from warpgrad_tf.update_rules import adam, clipped
 
     _, warped, optimizer = _reference_agent(run["root"])
     task = warped.variables("task")
-    state = serving_rl.keras_adam_state(optimizer, task)
+    state = agent_run.keras_adam_state(optimizer, task)
     assert int(state.count) == int(optimizer.iterations) == TINY["num_iterations"]
     rng = np.random.default_rng(0)
     grads = {p: tf.constant(rng.standard_normal(v.shape).astype(np.float32)) for p, v in task.items()}
-    rule = serving_rl.clipped(adam(1e-3), 4.0)  # the trainer's Adam(1e-3, global_clipnorm=4)
+    rule = clipped(adam(1e-3), 4.0)  # the trainer's Adam(1e-3, global_clipnorm=4)
     want, _ = rule.update(grads, state, {p: tf.convert_to_tensor(v) for p, v in task.items()})
     optimizer.apply_gradients([(grads[p], v) for p, v in task.items()])
     for p, v in task.items():

@@ -25,14 +25,14 @@ import numpy as np
 import tensorflow as tf
 
 from warpgrad_tf import artifacts
-from warpgrad_tf.artifacts import AGENT_FILE, is_agent_run
+from warpgrad_tf.artifacts import AGENT_FILE
 from warpgrad_tf.model import WarpedModel
 from warpgrad_tf.run_checkpoints import checkpoint_objects, checkpoint_path
 from warpgrad_tf.update_rules import AdamState
 from warpgrad_tf.version import __version__
 
-__all__ = ["AGENT_FILE", "AgentSpec", "KIND", "MODEL_FILE", "OPTIMIZER_FILE", "is_agent_run", "keras_adam_state",
-           "load_agent", "optimizer_config", "restore_checkpoint", "save_agent"]
+__all__ = ["AgentSpec", "KIND", "MODEL_FILE", "OPTIMIZER_FILE", "keras_adam_state", "load_agent", "optimizer_config",
+           "restore_checkpoint", "save_agent"]
 
 KIND = "maze_agent"
 MODEL_FILE = "model.keras"

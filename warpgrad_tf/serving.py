@@ -362,6 +362,7 @@ def export(root_dir, output, checkpoint=None, seed=None, overwrite=True):
         raise ValueError(f"{root_dir} holds an RL agent run (model/{artifacts.AGENT_FILE}): export it with "
                          "warpgrad_tf.serving_rl.export (or python -m export.saved_model, which picks it).")
     check_output(output, overwrite)  # before the (slow) loading and tracing
+    path = run_checkpoints.resolve_checkpoint(root_dir, checkpoint) if checkpoint else None
     warped, rule, spec = artifacts.load(root_dir)
     rate = artifacts.load_learned_rate(root_dir, warped, spec)
     granularity = artifacts.learned_rate_granularity(spec)
@@ -371,8 +372,7 @@ def export(root_dir, output, checkpoint=None, seed=None, overwrite=True):
                              f"model folder holds none ({artifacts.RATES_FILE}; written by an older version): export "
                              "with --checkpoint=latest (or R/best/best), whose inner_rates are used.")
         rate = learned_lr.learned_rate(warped, rule.learning_rate, granularity)  # values from the checkpoint
-    if checkpoint:
-        path = run_checkpoints.resolve_checkpoint(root_dir, checkpoint)
+    if path:
         step = run_checkpoints.restore_checkpoint(warped, path, learned_rate=rate)
         if step is not None:
             spec = spec._replace(training_step=step)

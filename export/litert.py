@@ -47,7 +47,7 @@ import numpy as np
 import tensorflow as tf
 
 from warpgrad_tf import adaptation, artifacts, learned_lr, losses, saved_model_files, serving, settings
-from warpgrad_tf.model import WarpedModel
+from warpgrad_tf.model import WarpedModel, sublayers
 
 from . import litert_ops
 
@@ -198,7 +198,7 @@ def _quiet_stderr():
 
 def _layers(model):
     """Every layer of ``model``, nested ones included (their names appear in op name scopes)."""
-    return list(model._flatten_layers(include_self=False, recursive=True))
+    return sublayers(model)
 
 
 def _layer_of(scope, layer_names):

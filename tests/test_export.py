@@ -281,7 +281,7 @@ def test_saved_model_cli_show_and_run(runs, fresh):
 def test_saved_model_cli_shows_the_declared_contract(runs, fresh):
     (show, _), _ = fresh[2]["show"]
     ours = {block.split("'")[0]: block for block in show.split("signature_def['")[1:] if not block.startswith("__")}
-    assert set(ours) == {"adapt", "predict", "adapt_and_predict", "metadata"}
+    assert set(ours) == {"adapt", "predict", "adapt_and_predict", "metadata", "serving_default"}
     assert not [name for name, block in ours.items() if "unknown_rank" in block]  # TF's init op aside
     adapt = ours["adapt_and_predict"]
     declared = {name: (dtype, shape) for name, dtype, shape in re.findall(

@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -341,6 +342,13 @@ def test_export_with_checkpoint_and_refusals(run, tmp_path):
     assert d["training_step"] == d["optimizer_step"] == TINY["num_iterations"]
     with pytest.raises(ValueError, match="--seed"):
         serving_rl.export(run["root"], str(tmp_path / "sm2"), seed=1)
+    # The checkpoint is resolved before the model loads: a run folder holding only agent.json (no model.keras)
+    # fails on the missing checkpoint.
+    bare = tmp_path / "bare" / "model"
+    bare.mkdir(parents=True)
+    shutil.copy(os.path.join(run["root"], "model", "agent.json"), bare / "agent.json")
+    with pytest.raises(FileNotFoundError, match="No checkpoint at"):
+        serving_rl.export(str(tmp_path / "bare"), str(tmp_path / "sm4"), checkpoint="latest")
     (tmp_path / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="not a SavedModel"):
         serving_rl.export(run["root"], str(tmp_path))

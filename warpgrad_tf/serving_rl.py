@@ -54,9 +54,9 @@ import json
 
 import tensorflow as tf
 
-from warpgrad_tf import run_checkpoints, serving_checks
+from warpgrad_tf import serving_checks
 from warpgrad_tf.adaptation import gradient_step
-from warpgrad_tf.agent_run import KIND, AgentSpec, load_agent, restore_checkpoint
+from warpgrad_tf.agent_run import KIND, AgentSpec, load_agent
 from warpgrad_tf.artifacts import AGENT_FILE
 from warpgrad_tf.rl import a2c
 from warpgrad_tf.rl.agent import evaluate
@@ -257,10 +257,6 @@ def export(root_dir, output, checkpoint=None, seed=None, overwrite=True):
         raise ValueError("--seed sets the mini-batch seed of supervised exports; an agent's adapt uses the "
                          "whole logged batch and has no seed.")
     check_output(output, overwrite)
-    path = run_checkpoints.resolve_checkpoint(root_dir, checkpoint) if checkpoint else None  # before the slow load
-    warped, state, spec = load_agent(root_dir)
-    if path:
-        state, step = restore_checkpoint(warped, spec, path)
-        spec = spec._replace(training_step=step)
+    warped, state, spec = load_agent(root_dir, checkpoint)  # the checkpoint resolved before the model loads
     saver = AgentSaver(warped, state, spec)
     return saver.save(output, overwrite=overwrite), saver.description()

@@ -35,6 +35,7 @@ import keras
 import tensorflow as tf
 
 from warpgrad_tf import WarpedModel, adapt, losses, minibatches, unroll, update_rules
+from warpgrad_tf.model import sublayers
 from warpgrad_tf.models import omniglot_convnet
 
 
@@ -47,7 +48,7 @@ def _maps_with_macs(layer):
     """
     spatial = tuple(layer.input.shape[1:3]) if len(layer.input.shape) == 4 else None
     found = []
-    for sub in layer._flatten_layers(include_self=True, recursive=True):
+    for sub in sublayers(layer, include_self=True):
         if isinstance(sub, keras.layers.Conv2D):
             kh, kw, cin, cout = sub.kernel.shape
             h, w = layer.output.shape[1:3] if sub is layer else spatial

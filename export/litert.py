@@ -28,8 +28,9 @@ naming each op that is not one and the layer it came from.
 
 ``--saved_model=DIR`` takes θ0, φ, frozen values, BatchNorm state, learned rates, mini-batch seed, default
 steps and training step from a SavedModel of :mod:`export.saved_model` (so both adapt alike whatever
-checkpoint it was exported from); the architecture comes from the run directory (``--root_dir``, default
-``DIR``'s parent).
+checkpoint it was exported from), and the architecture from the SavedModel itself (``DIR/assets.extra``), so
+a SavedModel moved away from its run converts alone; ``--root_dir`` takes it from a run directory instead
+(needed for a SavedModel of an older version moved away from its run, which has no ``assets.extra``).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ import numpy as np
 import tensorflow as tf
 
 from warpgrad_tf import adaptation, artifacts, learned_lr, losses, saved_model_files, serving, settings
-from warpgrad_tf.model import WarpedModel
+from warpgrad_tf.model import WarpedModel, sublayers
 
 from . import litert_ops
 
@@ -197,7 +198,7 @@ def _quiet_stderr():
 
 def _layers(model):
     """Every layer of ``model``, nested ones included (their names appear in op name scopes)."""
-    return list(model._flatten_layers(include_self=False, recursive=True))
+    return sublayers(model)
 
 
 def _layer_of(scope, layer_names):
@@ -227,13 +228,27 @@ def _unsupported(message, layer_names):
 # ---------------------------------------------------------------------------------------------- sources
 
 
+def _architecture(saved_model):
+    """Where the architecture of a SavedModel without ``--root_dir`` is: its own ``assets.extra`` folder, or
+    (a SavedModel written before it carried one) its parent when that is the run; else a one-line error."""
+    assets = os.path.join(saved_model, artifacts.ASSETS_DIR)
+    if os.path.isfile(os.path.join(assets, artifacts.SPEC_FILE)):
+        return assets
+    parent = os.path.dirname(os.path.abspath(saved_model))
+    if os.path.isfile(os.path.join(artifacts.model_dir(parent), artifacts.SPEC_FILE)):
+        return parent
+    raise FileNotFoundError(f"--saved_model {saved_model} carries no model architecture ({artifacts.ASSETS_DIR}/"
+                            f"{artifacts.SPEC_FILE}; exported by an older version): pass its run directory as "
+                            "--root_dir.")
+
+
 def from_saved_model(saved_model, root_dir=None):
     """``(warped, rule, spec, seed, learned_rate)`` of an adaptive SavedModel: its values on the architecture
-    of run ``root_dir`` (default: the SavedModel folder's parent). ValueError when they do not fit."""
+    it carries (``assets.extra``), or on that of run ``root_dir``. ValueError when they do not fit."""
     if not os.path.isfile(os.path.join(saved_model, "saved_model.pb")):
         raise FileNotFoundError(f"--saved_model {saved_model!r} holds no SavedModel (saved_model.pb); write one "
                                 "with python -m export.saved_model.")
-    root_dir = root_dir or os.path.dirname(os.path.abspath(saved_model))
+    root_dir = root_dir or _architecture(saved_model)
     loaded = tf.saved_model.load(saved_model)
     meta = json.loads(loaded.metadata()["spec_json"].numpy().decode())
     warped, rule, spec = artifacts.load(root_dir)
@@ -287,7 +302,9 @@ def export(output, *, root_dir=None, saved_model=None, support_size, query_size,
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m export.litert",
                                      description="Export a trained warped model to LiteRT with adapt signatures.")
-    parser.add_argument("--root_dir", default=None, help="run directory (R/model); with --saved_model: its run")
+    parser.add_argument("--root_dir", default=None,
+                        help="run directory (R/model); with --saved_model: the run whose architecture to use "
+                             "(default: the one the SavedModel carries)")
     parser.add_argument("--saved_model", default=None, help="SavedModel of python -m export.saved_model")
     parser.add_argument("--output", required=True, help=".tflite file to write")
     parser.add_argument("--support_size", type=int, required=True, help="support examples per task (fixed)")

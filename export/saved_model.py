@@ -40,8 +40,16 @@ def parse_args(argv=None):
 
 
 def summary(path, d):
-    """A few lines describing an export (``d`` is :meth:`AdaptiveModelSaver.description`)."""
+    """A few lines describing an export (``d`` is :meth:`AdaptiveModelSaver.description` or, for a maze agent,
+    :meth:`AgentSaver.description`)."""
     hp = ", ".join(f"{k}={v}" for k, v in d["rule_hyperparameters"].items())
+    if d.get("kind") == "maze_agent":
+        return (f"Exported maze agent ({d['cell']}, training step {d['training_step']}) to {path}\n"
+                f"  observation {d['observation_shape']} -> {d['num_actions']} actions, state sizes "
+                f"{d['state_sizes']}\n"
+                f"  adaptation: A2C (discount={d['discount']}, value_coef={d['value_coef']}, "
+                f"entropy_coef={d['entropy_coef']}), {d['rule']}({hp}) from optimiser step {d['optimizer_step']}\n"
+                f"  signatures: {', '.join(d['signatures'])}; {len(d['parameter_names'])} task parameters")
     return (f"Exported {d['task_family'] or 'model'} ({d['method']}, training step {d['training_step']}) to {path}\n"
             f"  input {d['input_shape']} -> {d['num_outputs']} outputs, loss {d['loss']} (labels {d['label_dtype']})\n"
             f"  adaptation: {d['rule']}({hp}), {d['steps']} steps by default, batch size "
@@ -89,10 +97,7 @@ def main(argv=None):
             raise
         print(f"error: {type(e).__name__}: {_first_line(e)} (--verbosity=0 shows the traceback)", file=sys.stderr)
         return 1
-    if d.get("kind") == "maze_agent":
-        print(serving_rl.summary(path, d))
-    else:
-        print(summary(path, d))
+    print(summary(path, d))
     return 0
 
 

@@ -47,7 +47,7 @@ def activation_statistics(h):
 def warp_layer_names(warped):
     """The names of the layers holding warp parameters, in model order."""
     warp = set(warped.names["warp"])
-    layers = warped.model._flatten_layers(include_self=False, recursive=False)
+    layers = warped.model.layers
     return [layer.name for layer in layers if any(v.path in warp for v in layer.trainable_variables)]
 
 

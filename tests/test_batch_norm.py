@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.layer_case import run_layer_test
 from warpgrad_tf.layers import BatchNormalization, FusedBatchNormalization
 
 EPS = 1e-3
@@ -90,7 +91,10 @@ def test_second_derivative_equals_finite_difference_of_gradient():
 
 
 @pytest.mark.parametrize("cls", [BatchNormalization, FusedBatchNormalization])
-def test_layer_config_round_trip_and_keras_values(cls):
+def test_layer_config_round_trip_and_keras_values(cls, tmp_path):
+    x = tf.random.stateless_normal([8, 4, 4, 5], seed=[1, 2]) * 3 + 1
+    run_layer_test(cls(momentum=0.8, epsilon=1e-4, center=False, name="bn"), x, tmp_path,
+                   expected_output_shape=x.shape, call_kwargs={"training": True}, atol=1e-5)
     layer = cls(momentum=0.8, epsilon=1e-4, center=False, name="bn")
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
     assert type(clone) is cls and clone.get_config() == layer.get_config()

@@ -281,7 +281,7 @@ def test_saved_model_cli_show_and_run(runs, fresh):
 def test_saved_model_cli_shows_the_declared_contract(runs, fresh):
     (show, _), _ = fresh[2]["show"]
     ours = {block.split("'")[0]: block for block in show.split("signature_def['")[1:] if not block.startswith("__")}
-    assert set(ours) == {"adapt", "predict", "adapt_and_predict", "metadata"}
+    assert set(ours) == {"adapt", "predict", "adapt_and_predict", "metadata", "serving_default"}
     assert not [name for name, block in ours.items() if "unknown_rank" in block]  # TF's init op aside
     adapt = ours["adapt_and_predict"]
     declared = {name: (dtype, shape) for name, dtype, shape in re.findall(
@@ -326,6 +326,16 @@ def test_signatures_declare_rank_sizes_and_label_dtype(runs, loaded):
     assert set(predict) == set(task) | {"x"}
     for name, value in task.items():
         assert predict[name].shape.as_list() == list(value.shape), name
+
+
+def test_serving_default_is_adapt_and_predict(runs, loaded):
+    """TensorFlow Serving's default key serves adapt_and_predict: same inputs, same outputs."""
+    sx, sy, qx = runs["data"]["sine"]
+    sig = loaded["sine"].saved_model.signatures
+    assert sig["serving_default"].structured_input_signature == sig["adapt_and_predict"].structured_input_signature
+    feed = dict(support_x=tf.constant(sx), support_y=tf.constant(sy), query_x=tf.constant(qx), steps=tf.constant(2))
+    np.testing.assert_array_equal(sig["serving_default"](**feed)["outputs"].numpy(),
+                                  sig["adapt_and_predict"](**feed)["outputs"].numpy())
 
 
 def test_declared_shapes_are_still_checked_when_fed(runs, loaded):

@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -25,7 +26,7 @@ from export import saved_model as saved_model_cli
 from export.load import load as load_export
 from tests.conftest import REPO
 from trainers import maze as trainer
-from warpgrad_tf import serving_rl
+from warpgrad_tf import agent_run, artifacts, serving_rl
 from warpgrad_tf.envs import MazeEnv
 from warpgrad_tf.layers.rnn import make_cell
 from warpgrad_tf.model import WarpedModel
@@ -213,7 +214,7 @@ def test_metadata_and_cli_summary(run, fresh):
     assert spec["extra"]["maze_size"] == TINY["maze_size"] and spec["state_names"] == ["state_0", "state_1",
                                                                                        "state_2"]
     assert "Exported maze agent (warp_rnn, training step 2)" in run["stdout"]
-    assert serving_rl.is_agent_run(run["root"])
+    assert artifacts.is_agent_run(run["root"])
 
 
 # ---------------------------------------------------------------------------------------- mask and bad input
@@ -243,19 +244,30 @@ def test_signatures_declare_ranks_and_sizes(run, agent):
         sig["act"](observation=obs, **dict(state, state_0=tf.zeros([2, 3])), **agent.initial_parameters)
 
 
+def test_serving_default_is_act(agent):
+    """TensorFlow Serving's default key serves act: same inputs, same outputs."""
+    sig = agent.saved_model.signatures
+    assert sig["serving_default"].structured_input_signature == sig["act"].structured_input_signature
+    feed = dict(agent.initial_state(2), observation=tf.ones([2, 16]), **agent.initial_parameters)
+    want, got = sig["act"](**feed), sig["serving_default"](**feed)
+    assert set(got) == set(want)
+    for key in want:
+        np.testing.assert_array_equal(got[key].numpy(), want[key].numpy())
+
+
 def test_task_optimiser_state_is_keras_public_state_and_its_next_step(run):
     """The Adam state the export continues is the trainer's (read from Keras' public ``optimizer.variables``),
     and ``clipped(adam(...))`` from it takes Keras' next step; Keras' TensorFlow optimiser cannot run
     statelessly (the reason given in warpgrad_tf.serving_rl: this fails the day it can)."""
-    from warpgrad_tf.update_rules import adam
+    from warpgrad_tf.update_rules import adam, clipped
 
     _, warped, optimizer = _reference_agent(run["root"])
     task = warped.variables("task")
-    state = serving_rl.keras_adam_state(optimizer, task)
+    state = agent_run.keras_adam_state(optimizer, task)
     assert int(state.count) == int(optimizer.iterations) == TINY["num_iterations"]
     rng = np.random.default_rng(0)
     grads = {p: tf.constant(rng.standard_normal(v.shape).astype(np.float32)) for p, v in task.items()}
-    rule = serving_rl.clipped(adam(1e-3), 4.0)  # the trainer's Adam(1e-3, global_clipnorm=4)
+    rule = clipped(adam(1e-3), 4.0)  # the trainer's Adam(1e-3, global_clipnorm=4)
     want, _ = rule.update(grads, state, {p: tf.convert_to_tensor(v) for p, v in task.items()})
     optimizer.apply_gradients([(grads[p], v) for p, v in task.items()])
     for p, v in task.items():
@@ -330,6 +342,13 @@ def test_export_with_checkpoint_and_refusals(run, tmp_path):
     assert d["training_step"] == d["optimizer_step"] == TINY["num_iterations"]
     with pytest.raises(ValueError, match="--seed"):
         serving_rl.export(run["root"], str(tmp_path / "sm2"), seed=1)
+    # The checkpoint is resolved before the model loads: a run folder holding only agent.json (no model.keras)
+    # fails on the missing checkpoint.
+    bare = tmp_path / "bare" / "model"
+    bare.mkdir(parents=True)
+    shutil.copy(os.path.join(run["root"], "model", "agent.json"), bare / "agent.json")
+    with pytest.raises(FileNotFoundError, match="No checkpoint at"):
+        serving_rl.export(str(tmp_path / "bare"), str(tmp_path / "sm4"), checkpoint="latest")
     (tmp_path / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="not a SavedModel"):
         serving_rl.export(run["root"], str(tmp_path))

@@ -151,7 +151,7 @@ def test_saved_model_of_a_hebbian_agent_acts_like_the_in_memory_agent(tmp_path):
     import keras
 
     from export.load import load as load_export
-    from warpgrad_tf import serving_rl
+    from warpgrad_tf import agent_run, serving_rl
 
     env = MazeEnv(size=5, batch_size=2, episode_length=6)
     cell = make_cell("neuromodulated", units=5, modulation="retroactive")
@@ -162,8 +162,8 @@ def test_saved_model_of_a_hebbian_agent_acts_like_the_in_memory_agent(tmp_path):
     optimizer = keras.optimizers.Adam(1e-3, global_clipnorm=4.0)
     optimizer.build(list(warped.variables("task").values()))
     root, out = str(tmp_path / "run"), str(tmp_path / "saved_model")
-    serving_rl.save_agent(root, warped, optimizer, cell="neuromodulated", discount=0.9, value_coef=0.1,
-                          entropy_coef=0.03, training_step=0, extra={"policy_regulariser": "sum_p2"})
+    agent_run.save_agent(root, warped, optimizer, cell="neuromodulated", discount=0.9, value_coef=0.1,
+                         entropy_coef=0.03, training_step=0, extra={"policy_regulariser": "sum_p2"})
     serving_rl.export(root, out)
     task, warp = warped.values("task"), warped.values("warp")
     logged = tf.function(lambda s: rollout(warped, task, warp, env, s))(tf.constant(11, tf.int64))

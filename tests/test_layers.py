@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import warpgrad_tf as wg
+from tests.layer_case import run_layer_test
 
 CONV_VARIANTS = {
     "conv3x3": dict(kind="conv", kernel_size=3),
@@ -65,21 +66,8 @@ def test_dense_warps_start_as_identity(name):
 def test_config_round_trip_and_keras_saving(name, tmp_path):
     conv = name in CONV_VARIANTS
     kwargs = CONV_VARIANTS.get(name) or DENSE_VARIANTS[name]
-    block = wg.WarpBlock(name="warp", **kwargs)
-    model = _model(block, conv)
-    rng = np.random.default_rng(1)
-    for v in model.trainable_variables:  # non-trivial values to compare after loading
-        v.assign(v.numpy() + 0.1 * rng.standard_normal(v.shape))
-    config = block.get_config()
-    clone = wg.WarpBlock.from_config(config)
-    assert clone.get_config() == config
-    x = rng.standard_normal((2, 6, 6, 3) if conv else (2, 5)).astype("float32")
-    path = str(tmp_path / "m.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)
-    assert isinstance(loaded.layers[-1], wg.WarpBlock)
-    assert len(loaded.trainable_variables) == len(model.trainable_variables)
+    x = np.random.default_rng(1).standard_normal((2, 6, 6, 3) if conv else (2, 5)).astype("float32")
+    run_layer_test(wg.WarpBlock(name="warp", **kwargs), x, tmp_path, expected_output_shape=x.shape, seed=1)
 
 
 def test_film_round_trip_identity_and_roles(tmp_path):
@@ -91,11 +79,17 @@ def test_film_round_trip_identity_and_roles(tmp_path):
     warped = wg.WarpedModel(model)
     assert any(n.endswith("film/embedding") for n in warped.names["task"])
     assert {n.split("/")[-1] for n in warped.names["warp"]} == {"gamma_kernel", "beta_kernel"}
-    assert wg.TaskFiLM.from_config(film.get_config()).get_config() == film.get_config()
+    run_layer_test(wg.TaskFiLM(embedding_dim=2, name="film"), x, tmp_path, expected_output_shape=x.shape)
     film.embedding.assign([0.5, -1.0])
     path = str(tmp_path / "film.keras")
     model.save(path)
     np.testing.assert_allclose(keras.saving.load_model(path)(x), model(x), atol=1e-6)
+
+
+def test_film_warp_block_layer_case(tmp_path):
+    x = np.random.default_rng(3).standard_normal((2, 6, 6, 3)).astype("float32")
+    run_layer_test(wg.layers.FiLMWarpBlock(kernel_size=3, hidden_units=4, embedding_dim=2, name="fwarp"), x,
+                   tmp_path, expected_output_shape=x.shape, seed=3)
 
 
 def test_a_keras_file_from_before_the_move_to_layers_still_loads(tmp_path):

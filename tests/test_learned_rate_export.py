@@ -228,3 +228,19 @@ def test_rates_of_one_group_must_agree():
     values[kernel] = np.array(0.2, np.float32)
     with pytest.raises(ValueError, match="carry different values"):
         learned_lr.from_parameter_values(warped, "per_layer", values)
+
+
+def test_legacy_learned_rate_table_is_the_methods():
+    """The closed table the exporter reads for runs written before the rates were saved with the model is the
+    methods' own (so the export wing need not import the algorithms)."""
+    from warpgrad_tf.algorithms import methods
+
+    learned = {name: m.learned_rate for name, m in methods.METHODS.items() if m.learned_rate is not None}
+    assert artifacts.LEGACY_LEARNED_RATES == learned
+    spec = artifacts.AdaptationSpec(rule="sgd", rule_hyperparameters={}, loss="mse", steps=1, batch_size=None,
+                                    method="warpgrad", training_step=0, input_shape=[1], num_outputs=1, roles={},
+                                    extra={"learned_rate": True})
+    with pytest.raises(ValueError, match="method 'warpgrad' learns none"):
+        artifacts.learned_rate_granularity(spec)
+    assert artifacts.learned_rate_granularity(spec._replace(method="meta_sgd")) == "per_parameter"
+

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -260,6 +261,35 @@ def test_cli_errors_are_one_line(sine, tmp_path, capsys):
                       "--support_size=0", "--query_size=3"])
     assert_one_line_error(subprocess.CompletedProcess([], rc, "", capsys.readouterr().err),
                           "support_size must be >= 1; got 0")
+
+
+def test_saved_model_alone_converts_after_its_run_is_deleted(tmp_path, capsys):
+    """A SavedModel carries its architecture (assets.extra): moved away from its run, with the run deleted, it
+    converts to LiteRT alone and adapts to the SavedModel's predictions. One of an older version (no
+    assets.extra) moved away from its run is a one-line error asking for --root_dir."""
+    _sine_run(tmp_path, np.random.default_rng(5))
+    exported = serving.export(str(tmp_path / "sine"), str(tmp_path / "sine" / "saved_model"))[0]
+    assert os.path.isfile(os.path.join(exported, artifacts.ASSETS_DIR, artifacts.SPEC_FILE))
+    moved = str(tmp_path / "elsewhere" / "sm")
+    shutil.copytree(exported, str(tmp_path / "old"), ignore=shutil.ignore_patterns(artifacts.ASSETS_DIR))
+    shutil.move(exported, moved)
+    shutil.rmtree(tmp_path / "sine")
+    output = str(tmp_path / "moved.tflite")
+    rc = litert.main([f"--saved_model={moved}", f"--output={output}", f"--support_size={SUPPORT}",
+                      f"--query_size={QUERY}"])
+    assert rc == 0, capsys.readouterr().err
+    _, _, (sx, sy), (qx, _) = try_sine.sample_task(12, SUPPORT, QUERY)
+    saved = tf.saved_model.load(moved)  # held: a loaded object's functions need it alive
+    expected = saved.adapt_and_predict(sx, sy, qx, 10)["outputs"].numpy()
+    lite = load_litert(output, num_threads=1)
+    outputs = lite.adapt_and_predict(sx, sy, qx)
+    assert np.max(np.abs(outputs - expected)) <= TOL
+    assert np.max(np.abs(outputs - lite.infer(qx))) > 100 * TOL  # it adapted
+    rc = litert.main([f"--saved_model={tmp_path / 'old'}", f"--output={tmp_path / 'old.tflite'}",
+                      f"--support_size={SUPPORT}", f"--query_size={QUERY}"])
+    err = capsys.readouterr().err
+    assert_one_line_error(subprocess.CompletedProcess([], rc, "", err), "carries no model architecture")
+    assert "pass its run directory as --root_dir" in err
 
 
 def test_unsupported_op_is_a_one_line_error_naming_op_and_layer():

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.layer_case import run_layer_test
 from warpgrad_tf.layers.max_pooling import MaxPooling2D, max_pool_2d
 
 
@@ -50,9 +51,10 @@ def test_hessian_vector_product_matches_finite_differences():
     np.testing.assert_allclose(hv.numpy(), fd.numpy(), atol=1e-6)
 
 
-def test_layer_matches_keras_and_round_trips_config():
+def test_layer_matches_keras_and_round_trips_config(tmp_path):
     layer = MaxPooling2D(2, name="pool", dtype="float32")
     x = tf.random.stateless_normal((2, 6, 6, 3), seed=(1, 2))
+    run_layer_test(MaxPooling2D(2, name="pool", dtype="float32"), x, tmp_path, expected_output_shape=(2, 3, 3, 3))
     np.testing.assert_array_equal(layer(x).numpy(), keras.layers.MaxPooling2D(2)(x).numpy())
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
     assert type(clone) is MaxPooling2D and clone.get_config() == layer.get_config()

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from warpgrad_tf import WarpedModel, adapt, losses, update_rules, warp_objective
 from warpgrad_tf.layers import BatchNormalization, FiLMWarpBlock, TaskFiLM, WarpBlock
+from warpgrad_tf.model import sublayers
 from warpgrad_tf.models import WARP_VARIANTS, FusedBatchNormalization, omniglot_convnet
 
 
@@ -71,7 +72,7 @@ def test_film_variant_roles():
         assert f"warp{i}/map_0/kernel" in warped.names["warp"]
         hidden = warped.model.get_layer(f"warp{i}").conv_in.kernel.shape
         assert hidden == (3, 3, 64, 128)
-    assert any(isinstance(layer, TaskFiLM) for layer in warped.model._flatten_layers())
+    assert any(isinstance(layer, TaskFiLM) for layer in sublayers(warped.model))
 
 
 def test_variant_overrides_and_errors():

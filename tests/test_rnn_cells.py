@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.layer_case import assert_config_round_trip, run_layer_test
 from warpgrad_tf import WarpedModel
 from warpgrad_tf.layers.rnn import (
     CELLS,
@@ -128,14 +129,16 @@ def test_roles_in_a_warped_agent(name, warp_names):
     (HebbianRNNCell, {"rule": "oja", "eta_init": 0.2}),
     (NeuromodulatedHebbianRNNCell, {"modulation": "retroactive", "clip": 1.5}),
 ])
-def test_config_round_trip_and_keras_rnn(cls, kwargs):
+def test_config_round_trip_and_keras_rnn(cls, kwargs, tmp_path):
     cell = cls(units=6, **kwargs)
-    layer = keras.layers.RNN(cell, return_sequences=True)
+    layer = keras.layers.RNN(cell, return_sequences=True, name="rnn")
     x = np.random.default_rng(3).normal(size=(2, 4, 5)).astype("float32")
-    seq = layer(x)
-    assert seq.shape == (2, 4, 6)
+    case = run_layer_test(layer, x, tmp_path, expected_output_shape=(2, 4, 6), seed=3)
+    assert type(case["loaded"].layers[-1].cell) is cls
     clone = keras.layers.deserialize(keras.layers.serialize(cell))
     assert type(clone) is cls and clone.get_config() == cell.get_config()
+    assert_config_round_trip(cell)
+    seq = layer(x)
     # Stepping the cell by hand reproduces the RNN layer.
     state = cell.get_initial_state(2)
     for t in range(4):

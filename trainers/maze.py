@@ -37,7 +37,7 @@ fixed by ``(seed, iteration, episode index)`` — its row of the batch's statele
 ``seed * SEED_STRIDE + iteration`` — so a resumed run continues exactly), ``R/returns.json`` (per-iteration
 mean return, and ``replicas``) and ``R/returns.png``: return against episodes for every run found under R's
 parent directory, grouped by cell. At the end of a run, ``R/model`` holds the agent, its A2C constants and the task
-optimiser's state (:func:`warpgrad_tf.serving_rl.save_agent`), which ``python -m export.saved_model
+optimiser's state (:func:`warpgrad_tf.agent_run.save_agent`), which ``python -m export.saved_model
 --root_dir=R --output=OUT`` exports as a SavedModel that adapts on its own.
 
 Scale-out. ``--strategy=mirrored`` (every local GPU, or ``--cpu_replicas=N`` logical CPU devices),
@@ -68,11 +68,12 @@ import tensorflow as tf
 from absl import logging
 
 from warpgrad_tf import algorithms, distribute
+from warpgrad_tf.agent_run import save_agent
+from warpgrad_tf.artifacts import is_agent_run
 from warpgrad_tf.envs import MazeEnv
 from warpgrad_tf.layers.rnn import CELLS, HebbianRNNCell, NeuromodulatedHebbianRNNCell, make_cell
 from warpgrad_tf.model import WarpedModel
 from warpgrad_tf.rl import a2c, build_agent, evaluate, rollout
-from warpgrad_tf.serving_rl import is_agent_run, save_agent
 
 from . import common, loop
 

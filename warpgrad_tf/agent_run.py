@@ -25,14 +25,14 @@ import numpy as np
 import tensorflow as tf
 
 from warpgrad_tf import artifacts
-from warpgrad_tf.artifacts import AGENT_FILE, is_agent_run
+from warpgrad_tf.artifacts import AGENT_FILE
 from warpgrad_tf.model import WarpedModel
-from warpgrad_tf.run_checkpoints import checkpoint_objects, checkpoint_path
+from warpgrad_tf.run_checkpoints import checkpoint_objects, checkpoint_path, resolve_checkpoint
 from warpgrad_tf.update_rules import AdamState
 from warpgrad_tf.version import __version__
 
-__all__ = ["AGENT_FILE", "AgentSpec", "KIND", "MODEL_FILE", "OPTIMIZER_FILE", "is_agent_run", "keras_adam_state",
-           "load_agent", "optimizer_config", "restore_checkpoint", "save_agent"]
+__all__ = ["AgentSpec", "KIND", "MODEL_FILE", "OPTIMIZER_FILE", "keras_adam_state", "load_agent", "optimizer_config",
+           "restore_checkpoint", "save_agent"]
 
 KIND = "maze_agent"
 MODEL_FILE = "model.keras"
@@ -127,8 +127,14 @@ def save_agent(root_dir, warped: WarpedModel, optimizer, *, cell, discount, valu
     return out
 
 
-def load_agent(root_dir):
-    """``(WarpedModel, AdamState, AgentSpec)`` of a saved agent (run directory or its ``model/`` folder)."""
+def load_agent(root_dir, checkpoint=None):
+    """``(WarpedModel, AdamState, AgentSpec)`` of a saved agent (run directory or its ``model/`` folder).
+
+    ``checkpoint`` (a prefix, a folder, or ``"latest"`` = newest under ``R/checkpoints``) takes the model weights,
+    the task optimiser's state and the training step from a training checkpoint instead; it is resolved first,
+    so a missing one fails before the model is loaded.
+    """
+    path = resolve_checkpoint(root_dir, checkpoint) if checkpoint else None
     folder = _model_dir(root_dir)
     with open(os.path.join(folder, AGENT_FILE)) as f:
         payload = json.load(f)
@@ -144,6 +150,9 @@ def load_agent(root_dir):
         state = AdamState(tf.constant(arrays["count"], tf.int64),
                           {p: tf.constant(arrays[f"m/{saved_paths[p]}"]) for p in warped.names["task"]},
                           {p: tf.constant(arrays[f"v/{saved_paths[p]}"]) for p in warped.names["task"]})
+    if path:
+        state, step = restore_checkpoint(warped, spec, path)
+        spec = spec._replace(training_step=step)
     return warped, state, spec
 
 

@@ -22,13 +22,17 @@ from warpgrad_tf import learned_lr, update_rules
 from warpgrad_tf.model import WarpedModel
 from warpgrad_tf.version import __version__
 
-__all__ = ["AdaptationSpec", "AGENT_FILE", "is_agent_run", "learned_rate_granularity", "load", "load_learned_rate",
-           "match_paths", "model_dir", "MODEL_FILE", "RATES_FILE", "save", "SPEC_FILE"]
+__all__ = ["AdaptationSpec", "AGENT_FILE", "ASSETS_DIR", "is_agent_run", "LEGACY_LEARNED_RATES",
+           "learned_rate_granularity", "load", "load_learned_rate", "match_paths", "model_dir", "MODEL_FILE",
+           "RATES_FILE", "save", "SPEC_FILE", "write_model"]
 
 AGENT_FILE = "agent.json"
 MODEL_FILE = "model.keras"
 SPEC_FILE = "warpgrad.json"
 RATES_FILE = "learned_rate.npz"
+#: The folder of a SavedModel that carries its architecture (``model.keras`` + ``warpgrad.json``, as in
+#: ``R/model``): TensorFlow's place for files beside the graph that the graph does not load.
+ASSETS_DIR = "assets.extra"
 
 
 class AdaptationSpec(NamedTuple):
@@ -66,7 +70,7 @@ def model_dir(root_dir):
 
 def is_agent_run(root_dir):
     """Whether ``root_dir`` (a run directory or its ``model/`` folder) holds a saved RL agent
-    (``agent.json``, written by :func:`warpgrad_tf.serving_rl.save_agent`) rather than a supervised model."""
+    (``agent.json``, written by :func:`warpgrad_tf.agent_run.save_agent`) rather than a supervised model."""
     return any(os.path.exists(os.path.join(d, AGENT_FILE)) for d in (root_dir, model_dir(root_dir)))
 
 
@@ -111,15 +115,22 @@ def save(root_dir, warped: WarpedModel, rule, *, loss, steps, batch_size, method
         training=bool(training),
         learned_rate=rates,
     )
-    tmp = os.path.join(out, "tmp-" + MODEL_FILE)
+    return write_model(out, model, spec)
+
+
+def write_model(folder, model, spec: AdaptationSpec):
+    """Write ``folder/model.keras`` and ``folder/warpgrad.json`` (``spec``) atomically (temp file + rename);
+    :func:`load` reads the folder back."""
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, "tmp-" + MODEL_FILE)
     model.save(tmp)
-    os.replace(tmp, os.path.join(out, MODEL_FILE))
+    os.replace(tmp, os.path.join(folder, MODEL_FILE))
     payload = dict(spec._asdict(), version=__version__)
-    tmp = os.path.join(out, "tmp-" + SPEC_FILE)
+    tmp = os.path.join(folder, "tmp-" + SPEC_FILE)
     with open(tmp, "w") as f:
         json.dump(payload, f, indent=2)
-    os.replace(tmp, os.path.join(out, SPEC_FILE))
-    return out
+    os.replace(tmp, os.path.join(folder, SPEC_FILE))
+    return folder
 
 
 def match_paths(roles, model):
@@ -186,25 +197,29 @@ def load(root_dir):
     return warped, rule, spec
 
 
+#: The methods whose runs meta-learned their inner rate, by granularity, as written before the rates were saved
+#: with the model (then ``warpgrad.json`` flags only ``extra["learned_rate"]``). A closed table of that old
+#: layout (new runs record the granularity themselves); ``tests/test_learned_rate_export.py`` holds it equal to
+#: :data:`warpgrad_tf.algorithms.methods.METHODS`.
+LEGACY_LEARNED_RATES = {"meta_sgd": "per_parameter"}
+
+
 def learned_rate_granularity(spec):
     """How the run's inner rate α was meta-learned: ``"scalar"``, ``"per_layer"``, ``"per_parameter"`` or None
     (α fixed, the rule's).
 
     Read from ``spec.learned_rate``; a run directory written before learned rates were saved with the model
-    only flags ``extra["learned_rate"]``, and then its method's row in
-    :mod:`warpgrad_tf.algorithms.methods` names the granularity.
+    only flags ``extra["learned_rate"]``, and then its method names the granularity
+    (:data:`LEGACY_LEARNED_RATES`).
     """
     if spec.learned_rate:
         return spec.learned_rate["granularity"]
     if not (spec.extra or {}).get("learned_rate"):
         return None
-    from warpgrad_tf.algorithms import methods
-
-    method = methods.METHODS.get(spec.method)
-    if method is None or method.learned_rate is None:
+    if spec.method not in LEGACY_LEARNED_RATES:
         raise ValueError(f"the run's warpgrad.json flags a meta-learned inner rate, but its method "
-                         f"{spec.method!r} learns none (methods: {sorted(methods.METHODS)}).")
-    return method.learned_rate
+                         f"{spec.method!r} learns none (methods that do: {sorted(LEGACY_LEARNED_RATES)}).")
+    return LEGACY_LEARNED_RATES[spec.method]
 
 
 def load_learned_rate(root_dir, warped, spec):

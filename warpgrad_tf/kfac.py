@@ -45,6 +45,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from warpgrad_tf.model import sublayers
 from warpgrad_tf.rule import UpdateRule, step_size
 
 __all__ = ["Block", "Curvature", "DISTRIBUTIONS", "KFACState", "factor_statistics", "kfac", "kfac_blocks",
@@ -128,7 +129,7 @@ def kfac_blocks(warped):
     """``(blocks, plain)``: the :class:`Block` of every Dense/Conv2D task layer and the task paths that take
     plain gradient steps (normalisation scale/shift). Any other layer owning task parameters is a ValueError."""
     task = set(warped.names["task"])
-    layers = list(warped.model._flatten_layers(include_self=False, recursive=True))
+    layers = sublayers(warped.model)
     blocks, covered = [], set()
     for layer in layers:
         if not _supported(layer):

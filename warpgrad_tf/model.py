@@ -39,9 +39,16 @@ from collections.abc import Mapping
 import keras
 import tensorflow as tf
 
-__all__ = ["ROLES", "Taps", "WarpedModel"]
+__all__ = ["ROLES", "Taps", "WarpedModel", "sublayers"]
 
 ROLES = ("task", "warp", "frozen")
+
+
+def sublayers(layer, include_self=False):
+    """Every layer nested in ``layer`` (the sub-layers custom layers hold too, e.g. a WarpBlock's maps), in
+    Keras' tracking order. The one place the library reads Keras' private ``_flatten_layers``: Keras 3 has no
+    public walk of nested layers (docs/design.md, "Nested layers")."""
+    return list(layer._flatten_layers(include_self=include_self, recursive=True))
 
 
 class Taps:
@@ -132,7 +139,7 @@ class WarpedModel:
         return [i if isinstance(i, str) else getattr(i, "name", repr(i)) for i in items]
 
     def _resolve_roles(self, declared, default_role):
-        layers = list(self.model._flatten_layers(include_self=False, recursive=True))
+        layers = sublayers(self.model)
         by_name = {layer.name: layer for layer in layers}
         by_id = {id(layer): layer for layer in layers}
         seen = {}
@@ -223,7 +230,7 @@ class WarpedModel:
         the statistics are the task's own. Nothing is assigned.
         """
         fresh = {}
-        for layer in self.model._flatten_layers(include_self=False, recursive=True):
+        for layer in sublayers(self.model):
             if isinstance(layer, keras.layers.BatchNormalization) and layer.built:
                 for var, init in ((layer.moving_mean, layer.moving_mean_initializer),
                                   (layer.moving_variance, layer.moving_variance_initializer)):
@@ -306,7 +313,7 @@ class WarpedModel:
         and outputs of tapped warp layers (``studies/fisher.py``). A tapped layer called twice
         inside the block is an error (a shared layer has no single input to record).
         """
-        by_name = {layer.name: layer for layer in self.model._flatten_layers(include_self=False, recursive=True)}
+        by_name = {layer.name: layer for layer in sublayers(self.model)}
         names = [layers] if isinstance(layers, str) else list(layers)
         missing = [n for n in names if n not in by_name]
         if missing:

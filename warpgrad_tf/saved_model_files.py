@@ -43,11 +43,16 @@ def check_output(export_dir, overwrite):
     return export_dir
 
 
-def save_module(module, signatures, export_dir, overwrite=True):
+def save_module(module, signatures, export_dir, overwrite=True, write_extra=None, serving_default=None):
     """``tf.saved_model.save`` into ``export_dir`` through a temporary folder and a rename (never half-written).
 
     An existing ``export_dir`` is replaced only if it is a SavedModel (or empty) and ``overwrite`` is true.
+    ``write_extra(folder)``, if given, writes more files into the SavedModel folder before the rename.
+    ``serving_default`` names the signature also saved as ``serving_default`` (the key TensorFlow Serving and
+    ``saved_model_cli`` take when none is named).
     """
+    if serving_default is not None:
+        signatures = dict(signatures, serving_default=signatures[serving_default])
     export_dir = check_output(export_dir, overwrite)
     parent = os.path.dirname(export_dir)
     os.makedirs(parent, exist_ok=True)
@@ -55,6 +60,8 @@ def save_module(module, signatures, export_dir, overwrite=True):
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's folder is private (0700); the export is not
         tf.saved_model.save(module, tmp, signatures=signatures)
+        if write_extra is not None:
+            write_extra(tmp)
         if os.path.exists(export_dir):
             shutil.rmtree(export_dir)
         os.replace(tmp, export_dir)

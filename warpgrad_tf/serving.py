@@ -20,6 +20,8 @@ Signatures (also callable as attributes of the loaded object):
     serving signature ``signatures["predict"](x=..., **task_parameters)`` takes them as keywords.
 ``adapt_and_predict(support_x, support_y, query_x, steps)``
     ``{"outputs": f(query_x; θ_K, φ)}``; ``steps = 0`` gives the initialisation's predictions.
+``serving_default``
+    ``adapt_and_predict`` under the key TensorFlow Serving and Keras' exporter take by default.
 ``metadata()``
     input shape and dtype, output shape, number of outputs, loss and label dtype, inner rule and learning
     rate, default steps, batch size, mini-batch seed, BatchNorm mode, method, training step, package version
@@ -60,6 +62,7 @@ Example::
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -319,9 +322,18 @@ class AdaptiveModelSaver:
         """Write the SavedModel to ``export_dir`` (via a temporary folder and a rename).
 
         An existing ``export_dir`` is replaced only if it is a SavedModel (or empty) and ``overwrite`` is
-        true; anything else there is an error, so a mistyped path never deletes unrelated files.
+        true; anything else there is an error, so a mistyped path never deletes unrelated files. The folder
+        also carries the model's architecture and adaptation description (``assets.extra/model.keras`` and
+        ``warpgrad.json``, :func:`warpgrad_tf.artifacts.write_model`), so :mod:`export.litert` converts it
+        without its run directory.
         """
-        return save_module(self.module, self.signatures, export_dir, overwrite)
+        return save_module(self.module, self.signatures, export_dir, overwrite, write_extra=self._write_assets,
+                           serving_default="adapt_and_predict")
+
+    def _write_assets(self, folder):
+        # The SavedModel's variables hold the values (the learned rates too); the asset gives the architecture.
+        spec = self._spec._replace(roles=self._warped.role_map(), learned_rate={})
+        artifacts.write_model(os.path.join(folder, artifacts.ASSETS_DIR), self._warped.model, spec)
 
 
 def export(root_dir, output, checkpoint=None, seed=None, overwrite=True):
@@ -350,6 +362,7 @@ def export(root_dir, output, checkpoint=None, seed=None, overwrite=True):
         raise ValueError(f"{root_dir} holds an RL agent run (model/{artifacts.AGENT_FILE}): export it with "
                          "warpgrad_tf.serving_rl.export (or python -m export.saved_model, which picks it).")
     check_output(output, overwrite)  # before the (slow) loading and tracing
+    path = run_checkpoints.resolve_checkpoint(root_dir, checkpoint) if checkpoint else None
     warped, rule, spec = artifacts.load(root_dir)
     rate = artifacts.load_learned_rate(root_dir, warped, spec)
     granularity = artifacts.learned_rate_granularity(spec)
@@ -359,8 +372,7 @@ def export(root_dir, output, checkpoint=None, seed=None, overwrite=True):
                              f"model folder holds none ({artifacts.RATES_FILE}; written by an older version): export "
                              "with --checkpoint=latest (or R/best/best), whose inner_rates are used.")
         rate = learned_lr.learned_rate(warped, rule.learning_rate, granularity)  # values from the checkpoint
-    if checkpoint:
-        path = run_checkpoints.resolve_checkpoint(root_dir, checkpoint)
+    if path:
         step = run_checkpoints.restore_checkpoint(warped, path, learned_rate=rate)
         if step is not None:
             spec = spec._replace(training_step=step)

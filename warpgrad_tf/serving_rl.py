@@ -7,7 +7,7 @@ plain ``tf.Variable``\ s (θ at the end of training, φ, and the task optimiser'
 ``tf.function``\ s traced from explicit specs. Loading needs TensorFlow only.
 
 The run directory it reads (``R/model/{model.keras, agent.json, task_optimizer.npz}``, written by
-``trainers/maze.py``) is :mod:`warpgrad_tf.agent_run`; its names are re-exported here.
+``trainers/maze.py``) is :mod:`warpgrad_tf.agent_run`.
 
 Signatures:
 
@@ -19,6 +19,8 @@ Signatures:
     ``adapt``) and the exported φ. The signature takes flat keyword arguments; the loaded object's
     ``act(observation, state_dict, parameter_dict)`` takes the state and θ as dicts of named tensors
     (as the supervised ``predict``).
+``serving_default``
+    ``act``, under the key TensorFlow Serving and Keras' exporter take by default.
 ``adapt(observations, actions, rewards, mask, steps)``
     ``{parameter name: θ_K}`` after K = ``steps`` task updates on the given logged episodes with φ fixed —
     exactly the trainer's task update (Alg. 3, the "θ ← θ − λβ g_θ" line; App. I): replay the episodes from the
@@ -52,72 +54,22 @@ import json
 
 import tensorflow as tf
 
-from warpgrad_tf import run_checkpoints, serving_checks
+from warpgrad_tf import serving_checks
 from warpgrad_tf.adaptation import gradient_step
-from warpgrad_tf.agent_run import (
-    AGENT_FILE,
-    KIND,
-    MODEL_FILE,
-    OPTIMIZER_FILE,
-    AgentSpec,
-    is_agent_run,
-    keras_adam_state,
-    load_agent,
-    optimizer_config,
-    restore_checkpoint,
-    save_agent,
-)
+from warpgrad_tf.agent_run import KIND, AgentSpec, load_agent
+from warpgrad_tf.artifacts import AGENT_FILE
 from warpgrad_tf.rl import a2c
 from warpgrad_tf.rl.agent import evaluate
 from warpgrad_tf.saved_model_files import check_output, save_module
 from warpgrad_tf.serving_checks import batch_spec, check_finite, check_scalar, scalar_spec
-from warpgrad_tf.update_rules import AdamState, UpdateRule, adam
+from warpgrad_tf.update_rules import AdamState, adam, clipped
 from warpgrad_tf.version import __version__
 
-__all__ = [
-    "AGENT_FILE",
-    "AgentSaver",
-    "AgentSpec",
-    "KIND",
-    "MODEL_FILE",
-    "OPTIMIZER_FILE",
-    "RESERVED",
-    "SIGNATURES",
-    "clip_by_global_norm",
-    "clipped",
-    "export",
-    "is_agent_run",
-    "keras_adam_state",
-    "load_agent",
-    "optimizer_config",
-    "restore_checkpoint",
-    "save_agent",
-    "summary",
-]
+__all__ = ["AgentSaver", "RESERVED", "SIGNATURES", "export"]
 
 SIGNATURES = ("initial_state", "act", "adapt", "metadata")
 #: The signatures' input and output names (task parameter names keep clear of them).
 RESERVED = {"batch_size", "observation", "observations", "actions", "rewards", "mask", "steps", "logits", "value"}
-
-
-# ---------------------------------------------------------------------------------------- the task update
-def clip_by_global_norm(grads, clip):
-    """Keras' global-norm clip of a ``{name: gradient}`` dict (``clip`` falsy: unchanged)."""
-    if not clip:
-        return grads
-    norm = tf.sqrt(tf.reduce_sum(tf.stack([tf.reduce_sum(tf.square(g)) for g in grads.values()])))
-    scale = clip * tf.minimum(1.0 / norm, 1.0 / clip) + (norm - norm)  # NaN for a non-finite norm
-    return {k: g * scale for k, g in grads.items()}
-
-
-def clipped(rule: UpdateRule, clip) -> UpdateRule:
-    """``rule`` applied to gradients clipped to global norm ``clip`` first (Keras' ``global_clipnorm``; ``clip``
-    falsy: not clipped), its hyperparameters recording ``global_clipnorm``."""
-
-    def update(grads, state, params, learning_rate=None):
-        return rule.update(clip_by_global_norm(grads, clip), state, params, learning_rate)
-
-    return rule._replace(update=update, hyperparameters=dict(rule.hyperparameters, global_clipnorm=clip))
 
 
 # ---------------------------------------------------------------------------------------- the export
@@ -289,7 +241,7 @@ class AgentSaver:
     # ------------------------------------------------------------------ saving
     def save(self, export_dir, overwrite=True):
         """Write the SavedModel to ``export_dir`` (temporary folder + rename: :mod:`warpgrad_tf.saved_model_files`)."""
-        return save_module(self.module, self.signatures, export_dir, overwrite)
+        return save_module(self.module, self.signatures, export_dir, overwrite, serving_default="act")
 
 
 def export(root_dir, output, checkpoint=None, seed=None, overwrite=True):
@@ -305,19 +257,6 @@ def export(root_dir, output, checkpoint=None, seed=None, overwrite=True):
         raise ValueError("--seed sets the mini-batch seed of supervised exports; an agent's adapt uses the "
                          "whole logged batch and has no seed.")
     check_output(output, overwrite)
-    warped, state, spec = load_agent(root_dir)
-    if checkpoint:
-        state, step = restore_checkpoint(warped, spec, run_checkpoints.resolve_checkpoint(root_dir, checkpoint))
-        spec = spec._replace(training_step=step)
+    warped, state, spec = load_agent(root_dir, checkpoint)  # the checkpoint resolved before the model loads
     saver = AgentSaver(warped, state, spec)
     return saver.save(output, overwrite=overwrite), saver.description()
-
-
-def summary(path, d):
-    """A few lines describing an agent export (``d`` is :meth:`AgentSaver.description`)."""
-    hp = ", ".join(f"{k}={v}" for k, v in d["rule_hyperparameters"].items())
-    return (f"Exported maze agent ({d['cell']}, training step {d['training_step']}) to {path}\n"
-            f"  observation {d['observation_shape']} -> {d['num_actions']} actions, state sizes {d['state_sizes']}\n"
-            f"  adaptation: A2C (discount={d['discount']}, value_coef={d['value_coef']}, "
-            f"entropy_coef={d['entropy_coef']}), {d['rule']}({hp}) from optimiser step {d['optimizer_step']}\n"
-            f"  signatures: {', '.join(d['signatures'])}; {len(d['parameter_names'])} task parameters")

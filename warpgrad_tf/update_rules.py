@@ -20,7 +20,7 @@ import tensorflow as tf
 from warpgrad_tf import kfac
 from warpgrad_tf.rule import UpdateRule, step_size
 
-__all__ = ["adam", "AdamState", "get", "momentum", "sgd", "UpdateRule"]
+__all__ = ["adam", "AdamState", "clip_by_global_norm", "clipped", "get", "momentum", "sgd", "UpdateRule"]
 
 
 
@@ -145,6 +145,25 @@ def adam(learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
 
     hp = {"learning_rate": lr0, "beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon}
     return UpdateRule("adam", lr0, init, update, hp)
+
+
+def clip_by_global_norm(grads, clip):
+    """Keras' global-norm clip of a ``{name: gradient}`` dict (``clip`` falsy: unchanged)."""
+    if not clip:
+        return grads
+    norm = tf.sqrt(tf.reduce_sum(tf.stack([tf.reduce_sum(tf.square(g)) for g in grads.values()])))
+    scale = clip * tf.minimum(1.0 / norm, 1.0 / clip) + (norm - norm)  # NaN for a non-finite norm
+    return {k: g * scale for k, g in grads.items()}
+
+
+def clipped(rule: UpdateRule, clip) -> UpdateRule:
+    """``rule`` applied to gradients clipped to global norm ``clip`` first (Keras' ``global_clipnorm``; ``clip``
+    falsy: not clipped), its hyperparameters recording ``global_clipnorm``."""
+
+    def update(grads, state, params, learning_rate=None):
+        return rule.update(clip_by_global_norm(grads, clip), state, params, learning_rate)
+
+    return rule._replace(update=update, hyperparameters=dict(rule.hyperparameters, global_clipnorm=clip))
 
 
 def get(name, learning_rate, *, warped=None, **kwargs):

@@ -35,6 +35,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from warpgrad_tf.algorithms.base import meta_learner
+from warpgrad_tf.model import sublayers
 
 __all__ = ["check_model", "get", "meta_learner_for", "Method", "METHODS"]
 
@@ -106,7 +107,7 @@ def check_model(name, warped):
                          "WarpBlock layers (or declare warp=[...] in WarpedModel), or choose a method without "
                          "warps.")
     if method.warps == "linear":
-        layers = warped.model._flatten_layers(include_self=False, recursive=True)
+        layers = sublayers(warped.model)
         warp_paths = set(warped.names["warp"])
         if not warp_paths:
             raise ValueError(f"method {method.name!r} needs linear warp layers; the model has none.")

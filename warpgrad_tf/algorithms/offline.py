@@ -276,7 +276,8 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
     worker's buffers summed; ``samples`` and ``tasks`` global), ``replicas``, the largest local buffer's
     ``bytes_in_memory_per_replica`` / ``bytes_on_disk_per_replica``, and the wall seconds of collection and
     replay (``collect_seconds``, ``replay_seconds``). ``step.buffers`` maps global replica ids to the local
-    buffers (``step.buffer``: the only one, on one replica).
+    buffers (``step.buffer``: the only one, on one replica); ``step.fused`` tells whether replay runs as one
+    call per mini-batch (the default strategy without a learned rate or XLA, on an in-memory buffer).
     """
     replay_lib.check_eta(eta, float("inf"))  # type and sign now; the size against each meta-batch's N
     strategy = strategy or tf.distribute.get_strategy()
@@ -317,10 +318,11 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
         base.apply_meta_gradients(warped, grads, optimizers, init_weight=learner.init_weight,
                                   learned_rate=learned_rate, clip=clip)
 
-    # One replica, no learned rate, no XLA: each mini-batch is one call that gathers its samples from the
-    # stacked buffer, takes the meta-gradient (the same replay_terms / replay_finish) and applies it when it
+    # The default strategy, no learned rate, no XLA: each mini-batch is one call that gathers its samples from
+    # the stacked buffer, takes the meta-gradient (the same replay_terms / replay_finish) and applies it when it
     # is finite — instead of an eager gather, two calls and their nest conversions per update (docs/performance.md).
-    fused = strategy.num_replicas_in_sync == 1 and len(local_ids) == 1 and learned_rate is None and not jit_compile
+    default = not tf.distribute.has_strategy() and strategy is tf.distribute.get_strategy()
+    fused = default and len(local_ids) == 1 and learned_rate is None and not jit_compile
 
     @tf.function(reduce_retracing=True)
     def replay_apply(task_data, seeds, records, task_index, step, indices, weights, init, count):
@@ -412,6 +414,7 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
         return metrics
 
     step.buffers = buffers
+    step.fused = fused  # replay as one call per mini-batch (on an in-memory buffer; a spilled one takes the other path)
     if len(buffers) == 1:
         step.buffer = next(iter(buffers.values()))
     return step

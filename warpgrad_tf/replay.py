@@ -256,6 +256,22 @@ class ReplayBuffer:
         return Batch(task, opt, tf.constant(np.concatenate(task_ids), tf.int32),
                      tf.constant(np.concatenate(steps), tf.int32))
 
+    def stacked_records(self):
+        """``(task, opt_state)`` of every sample stacked in sample order (``[N, ...]`` leaves, one copy), for
+        a replay pass that gathers its mini-batches in the graph; None when some task was spilled to disk."""
+        if not self._tasks or any(t.on_disk for t in self._tasks):
+            return None
+        leaves = [tf.concat([t.leaves[i] for t in self._tasks], 0) if len(self._tasks) > 1 else
+                  self._tasks[0].leaves[i] for i in range(len(self._tasks[0].leaves))]
+        return tf.nest.pack_sequence_as(self._structure, leaves)
+
+    def locate(self, indices):
+        """``(task_index, step)`` int32 arrays of sample ``indices`` (the fields :meth:`gather` puts in a Batch)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(self.task_sizes())])
+        task_of = np.searchsorted(offsets, indices, side="right") - 1
+        return task_of.astype(np.int32), (indices - offsets[task_of]).astype(np.int32)
+
     def memory(self) -> MemoryReport:
         """Bytes held (see :class:`MemoryReport`)."""
         n = len(self)

@@ -216,15 +216,31 @@ def replay_meta_gradient(warped, learner: base.MetaLearner, warp, batch: replay_
     return grads, lr_grad, loss / count
 
 
-def _local_batch(buffer, owned, eta, dtype):
-    """The samples ``owned`` of one buffer padded to η with zero-weight repeats (one shape for every call)."""
+def _local_indices(owned, eta):
+    """The samples ``owned`` padded to η with zero-weight repeats (one shape for every call), sorted, and
+    which of them count."""
     pad = np.full(eta - owned.size, owned[0] if owned.size else 0, np.int64)
     indices = np.sort(np.concatenate([owned, pad]))
     real = np.zeros(eta, bool)
     if owned.size:  # the first occurrence of every owned index counts once
         first = np.concatenate([[True], indices[1:] != indices[:-1]])
         real = first & np.isin(indices, owned)
+    return indices, real
+
+
+def _local_batch(buffer, owned, eta, dtype):
+    """The samples ``owned`` of one buffer as a padded :class:`~warpgrad_tf.replay.Batch` and their weights."""
+    indices, real = _local_indices(owned, eta)
     return buffer.gather(indices), tf.constant(real, dtype)
+
+
+def _build_optimizers(warped, optimizers, warp, init):
+    """Create the meta-optimizers' slots now, so that :func:`offline_step`'s fused replay call can apply them
+    inside a ``tf.cond`` (no variable may be created there)."""
+    for opt, used, role in ((optimizers.warp, warp, "warp"), (optimizers.init, init, "task")):
+        variables = list(warped.variables(role).values())
+        if opt is not None and used and variables and not opt.built:
+            opt.build(variables)
 
 
 def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimizers, eta, *, buffer=None,
@@ -260,7 +276,8 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
     worker's buffers summed; ``samples`` and ``tasks`` global), ``replicas``, the largest local buffer's
     ``bytes_in_memory_per_replica`` / ``bytes_on_disk_per_replica``, and the wall seconds of collection and
     replay (``collect_seconds``, ``replay_seconds``). ``step.buffers`` maps global replica ids to the local
-    buffers (``step.buffer``: the only one, on one replica).
+    buffers (``step.buffer``: the only one, on one replica); ``step.fused`` tells whether replay runs as one
+    call per mini-batch (the default strategy without a learned rate or XLA, on an in-memory buffer).
     """
     replay_lib.check_eta(eta, float("inf"))  # type and sign now; the size against each meta-batch's N
     strategy = strategy or tf.distribute.get_strategy()
@@ -301,6 +318,27 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
         base.apply_meta_gradients(warped, grads, optimizers, init_weight=learner.init_weight,
                                   learned_rate=learned_rate, clip=clip)
 
+    # The default strategy, no learned rate, no XLA: each mini-batch is one call that gathers its samples from
+    # the stacked buffer, takes the meta-gradient (the same replay_terms / replay_finish) and applies it when it
+    # is finite — instead of an eager gather, two calls and their nest conversions per update (docs/performance.md).
+    default = not tf.distribute.has_strategy() and strategy is tf.distribute.get_strategy()
+    fused = default and len(local_ids) == 1 and learned_rate is None and not jit_compile
+
+    @tf.function(reduce_retracing=True)
+    def replay_apply(task_data, seeds, records, task_index, step, indices, weights, init, count):
+        task, opt = tf.nest.map_structure(lambda t: tf.gather(t, indices), records)
+        batch = replay_lib.Batch(task, opt, task_index, step)
+        total, _ = replay_terms(((task_data, seeds), (batch, weights, init)), count)
+        (warp_grads, lr_grads, loss, init), finite = replay_finish(total, count)
+
+        def apply():
+            base.apply_meta_gradients(warped, base.MetaGradients(warp_grads, init, lr_grads, {}), optimizers,
+                                      init_weight=learner.init_weight, clip=clip)
+            return tf.constant(True)
+
+        tf.cond(finite, apply, lambda: tf.constant(False))
+        return loss, finite
+
     def step(tasks, seeds, shuffle_seed=None):
         tasks = base.as_tasks(tasks)
         seeds = base.task_seeds(tasks, seeds)
@@ -322,7 +360,29 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
         order = np.random.default_rng(shuffle_seed).permutation(total)  # as ReplayBuffer.minibatches
         span = per * learner.steps
         meta_loss, meta_steps = 0.0, 0
-        for begin in range(0, total, eta):
+        records = next(iter(buffers.values())).stacked_records() if fused and init_lr is None else None
+        if records is not None:
+            ((_, b),) = buffers.items()
+            fields, task_seeds = b.task_data()
+            for begin in range(0, total, eta):
+                indices, real = _local_indices(np.sort(order[begin:begin + eta]), eta)
+                init = b.init_gradient(indices[real], total_tasks=num_tasks) if has_init else None
+                init = zeros_init if init is None else init
+                if meta_steps == 0:
+                    _build_optimizers(warped, optimizers, learn_warp, init)
+                task_index, steps = b.locate(indices)
+                count = tf.constant(min(eta, total - begin))
+                loss, finite = replay_apply(fields, task_seeds, records, tf.constant(task_index), tf.constant(steps),
+                                            tf.constant(indices), tf.constant(real, dtype), init, count)
+                if not bool(finite):  # nothing was applied; the unfused call names the offending gradients
+                    inputs = (b.gather(indices), tf.constant(real, dtype), init)
+                    (warp_grads, lr_grad, loss, _), _ = replay((task_data, replay.place(lambda _, i=inputs: i)),
+                                                               count)[0]
+                    base.raise_if_not_finite(False, f"offline replay, meta-step {meta_steps + 1}",
+                                             base.MetaGradients(warp_grads, {}, lr_grad, {}), loss)
+                meta_loss += float(loss)
+                meta_steps += 1
+        for begin in range(0 if records is None else total, total, eta):
             indices = order[begin:begin + eta]
             inputs = {}
             for g, b in buffers.items():
@@ -354,6 +414,7 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
         return metrics
 
     step.buffers = buffers
+    step.fused = fused  # replay as one call per mini-batch (on an in-memory buffer; a spilled one takes the other path)
     if len(buffers) == 1:
         step.buffer = next(iter(buffers.values()))
     return step

@@ -161,3 +161,49 @@ def test_unknown_objective_names_are_errors_listing_choices():
         algorithms.meta_learner(wg.sgd(0.1), wg.losses.mse, 3, init="repitle")
     with pytest.raises(ValueError, match="exact"):
         algorithms.meta_learner(wg.sgd(0.1), wg.losses.mse, 3, objective="second_order")
+
+
+def _two_headed(seed=3):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, activation="tanh", name="body"),
+                              keras.layers.Dense(2, name="head")])
+    return wg.WarpedModel(model)
+
+
+def test_multitask_per_alphabet_heads_get_only_their_task_gradient_body_gets_the_sum(float64):
+    """App. B / Table 2 multi-headed fine-tuning: one head per alphabet on a shared body."""
+    warped = _two_headed()
+    theta0 = warped.values("task")
+    head_paths = [k for k in theta0 if "head/" in k]
+    heads = {a: {k: tf.identity(theta0[k]) for k in head_paths} for a in (0, 1)}  # equal at the start
+    rng = np.random.default_rng(7)
+    data = {a: (tf.constant(rng.standard_normal((5, 2))), tf.constant(rng.integers(2, size=5))) for a in (0, 1)}
+    data[1] = (data[1][0], 1 - data[1][1])  # the same labels mean other classes in the other alphabet
+    loss_fn = wg.losses.softmax_cross_entropy
+    c = initialisation.get("multitask")
+    out = {}
+    for a in (0, 1):
+        inputs = initialisation.TaskInputs(warped, warped.values("warp"), theta0, theta0, None,
+                                           lambda k, a=a: data[a], lambda k, a=a: data[a], loss_fn, loss_fn, 1,
+                                           head=heads[a])
+        out[a] = initialisation.task_gradient(c, inputs)
+    expected_body = {k: 0.0 for k in theta0 if k not in head_paths}
+    for a in (0, 1):
+        params = {**theta0, **heads[a]}
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            logits, _ = warped.apply(params, warped.values("warp"), data[a][0])
+            loss = loss_fn(data[a][1], logits)
+        g = tape.gradient(loss, params)
+        for k in head_paths:  # each head: exactly its own task's gradient; θ0's head gets none
+            np.testing.assert_allclose(out[a].head_grads[k], g[k], rtol=1e-12)
+            assert float(tf.reduce_max(tf.abs(out[a].grads[k]))) == 0.0
+        for k in expected_body:
+            expected_body[k] = expected_body[k] + g[k]
+    for k, v in expected_body.items():  # the body: the sum over both alphabets' tasks
+        np.testing.assert_allclose(out[0].grads[k] + out[1].grads[k], v, rtol=1e-12)
+    stepped = {a: {k: heads[a][k] - 0.5 * out[a].head_grads[k] for k in head_paths} for a in (0, 1)}
+    kernel = next(k for k in head_paths if len(theta0[k].shape) == 2)
+    assert not np.allclose(stepped[0][kernel], stepped[1][kernel])  # the heads diverge
+    shared = initialisation.task_gradient(c, inputs._replace(head=None))
+    assert shared.head_grads is None and float(tf.reduce_max(tf.abs(shared.grads[kernel]))) > 0.0

@@ -72,6 +72,8 @@ class TaskInputs(NamedTuple):
       frozen, state, training: passed to :meth:`WarpedModel.apply`.
       learning_rate: the inner step size; a variable (or dict of variables) is meta-learned by MAML
         (Meta-SGD when per-parameter).
+      head: this task's own head ``{path: tensor}`` (multi-headed pre-training, App. B), standing in for θ0's
+        entries of the same paths; ``None``: θ0's (shared) head.
     """
 
     warped: Any
@@ -88,6 +90,7 @@ class TaskInputs(NamedTuple):
     state: Any = None
     training: bool = True
     learning_rate: Any = None
+    head: Any = None
 
 
 class InitGradient(NamedTuple):
@@ -97,11 +100,14 @@ class InitGradient(NamedTuple):
       value: the contribution to C (a scalar, for logs).
       grads: ``{path: tensor}`` gradient w.r.t. θ0.
       learning_rate_grad: gradient w.r.t. a meta-learned inner learning rate (MAML only), else ``None``.
+      head_grads: gradient w.r.t. the task's own head (``TaskInputs.head``), else ``None``; θ0's entries of
+        those paths then get zero.
     """
 
     value: tf.Tensor
     grads: dict
     learning_rate_grad: Any = None
+    head_grads: Any = None
 
 
 class InitObjective(NamedTuple):
@@ -265,18 +271,29 @@ def multitask():
 
     Averaged over a meta-batch this is the gradient of the average task loss: pre-training for the
     fine-tuning baselines, and the task-parameter update of continual meta-training (Alg. 3, line 7).
+    With ``TaskInputs.head`` set (the multi-headed fine-tuning of App. B / Table 2: one linear head per
+    meta-training alphabet on a shared body), the loss uses that head; the body's gradient is in ``grads``
+    (θ0's head paths get zero) and the head's own in ``head_grads``, so each head sees only its tasks.
     """
 
     def task(inputs: TaskInputs) -> InitGradient:
         theta0 = tf.nest.map_structure(tf.stop_gradient, inputs.theta0)
+        head = {} if inputs.head is None else tf.nest.map_structure(tf.stop_gradient, dict(inputs.head))
+        missing = sorted(set(head) - set(theta0))
+        if missing:
+            raise ValueError(f"TaskInputs.head names paths that are not task parameters: {missing}.")
+        body = {k: v for k, v in theta0.items() if k not in head}
         x, y = inputs.task_batches(0)
         with tf.GradientTape() as tape:
-            tape.watch(theta0)
-            out, _ = inputs.warped.apply(theta0, inputs.warp, x, frozen=inputs.frozen, state=inputs.state,
-                                         training=inputs.training)
+            tape.watch((body, head))
+            out, _ = inputs.warped.apply({**body, **head}, inputs.warp, x, frozen=inputs.frozen,
+                                         state=inputs.state, training=inputs.training)
             loss = inputs.loss_fn(y, out)
-        grads = tape.gradient(loss, theta0, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return InitGradient(loss, grads)
+        g_body, g_head = tape.gradient(loss, (body, head), unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        if inputs.head is None:
+            return InitGradient(loss, g_body)
+        grads = {k: g_body[k] if k in body else tf.zeros_like(v) for k, v in theta0.items()}
+        return InitGradient(loss, grads, head_grads=g_head)
 
     return InitObjective("multitask", None, task, {})
 
@@ -331,7 +348,7 @@ def task_gradient(objective: InitObjective, inputs: TaskInputs) -> InitGradient:
     if objective.task is None:
         return zero(inputs.theta0)
     out = objective.task(inputs)
-    return InitGradient(tf.cast(out.value, tf.float32), out.grads, out.learning_rate_grad)
+    return InitGradient(tf.cast(out.value, tf.float32), out.grads, out.learning_rate_grad, out.head_grads)
 
 
 def gradient(objective: InitObjective, inputs: TaskInputs, trajectory, task_grads) -> InitGradient:

@@ -207,3 +207,54 @@ def test_multitask_per_alphabet_heads_get_only_their_task_gradient_body_gets_the
     assert not np.allclose(stepped[0][kernel], stepped[1][kernel])  # the heads diverge
     shared = initialisation.task_gradient(c, inputs._replace(head=None))
     assert shared.head_grads is None and float(tf.reduce_max(tf.abs(shared.grads[kernel]))) > 0.0
+
+
+def test_multi_head_step_updates_each_alphabet_head_by_its_own_gradient_and_heads_checkpoint(float64, tmp_path):
+    warped = _two_headed()
+    theta0 = {k: v.numpy() for k, v in warped.values("task").items()}
+    paths = algorithms.multihead.head_paths(warped)
+    heads = algorithms.multihead.head_variables(warped, ["a", "b"])
+    opt = keras.optimizers.SGD(0.5)
+    opt.build(list(warped.variables("task").values()) + [v for h in heads.values() for v in h.values()])
+    learner = algorithms.meta_learner(wg.sgd(0.1), wg.losses.softmax_cross_entropy, 1, init="multitask",
+                                      objective=None)
+    rng = np.random.default_rng(9)
+    x = tf.constant(rng.standard_normal((3, 4, 2)))
+    y = tf.constant(rng.integers(2, size=(3, 4)))
+    keys, seeds = ["a", "b", "a"], tf.constant([1, 2, 3], tf.int64)
+    expected = {"a": {p: theta0[p].copy() for p in paths}, "b": {p: theta0[p].copy() for p in paths}}
+    body = {k: np.zeros_like(v) for k, v in theta0.items() if k not in paths}
+    for i, key in enumerate(keys):
+        params = {k: tf.constant(v) for k, v in theta0.items()}
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            logits, _ = warped.apply(params, warped.values("warp"), x[i])
+            loss = wg.losses.softmax_cross_entropy(y[i], logits)
+        g = tape.gradient(loss, params)
+        for p in paths:
+            expected[key][p] -= 0.5 / 3 * g[p].numpy()
+        for k in body:
+            body[k] += g[k].numpy()
+    algorithms.multihead.multi_head_step(warped, learner, heads, opt)(algorithms.Tasks(x, y, x, y), seeds, keys)
+    for key in ("a", "b"):
+        for p in paths:
+            np.testing.assert_allclose(heads[key][p].numpy(), expected[key][p], rtol=1e-10)
+    after = warped.values("task")
+    for k, g in body.items():  # the body: the mean over all three tasks
+        np.testing.assert_allclose(after[k].numpy(), theta0[k] - 0.5 / 3 * g, rtol=1e-10)
+    for p in paths:  # θ0's own head is not pre-trained: a held-out alphabet gets a fresh one
+        np.testing.assert_array_equal(after[p].numpy(), theta0[p])
+    kernel = next(p for p in paths if len(theta0[p].shape) == 2)
+    assert not np.allclose(heads["a"][kernel].numpy(), heads["b"][kernel].numpy())
+    saved = {k: {p: v.numpy() for p, v in h.items()} for k, h in heads.items()}
+    flat = [v for h in heads.values() for v in h.values()]
+    path = tf.train.Checkpoint(heads=flat).save(str(tmp_path / "ckpt"))
+    for v in flat:
+        v.assign(tf.zeros_like(v))
+    tf.train.Checkpoint(heads=flat).restore(path).assert_consumed()
+    for key, h in heads.items():
+        for p, v in h.items():
+            np.testing.assert_array_equal(v.numpy(), saved[key][p])
+    with pytest.raises(ValueError, match="no head for task keys"):
+        step = algorithms.multihead.multi_head_step(warped, learner, heads, opt)
+        step(algorithms.Tasks(x, y, x, y), seeds, ["a", "c", "a"])

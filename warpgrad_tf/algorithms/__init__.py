@@ -1,6 +1,6 @@
 """Meta-training algorithms of App. B as composable pieces (Alg. 1 online, Alg. 2 offline, Alg. 3 continual)."""
 
-from warpgrad_tf.algorithms import methods
+from warpgrad_tf.algorithms import methods, multihead
 from warpgrad_tf.algorithms.base import (
     MetaGradients,
     MetaLearner,
@@ -44,6 +44,7 @@ __all__ = [
     "meta_optimizer",
     "meta_optimizers",
     "methods",
+    "multihead",
     "online_meta_gradient",
     "online_step",
     "run_task",

@@ -1,0 +1,74 @@
+"""Multi-headed pre-training, the fine-tuning baseline of Table 2 (App. B): a shared body θ0, one head per task key.
+
+Each meta-training alphabet keeps its own head ``{path: variable}`` (the model's head layer, same shapes), kept
+apart from the model as explicit variables for the caller to checkpoint. One step takes the multi-task objective
+(:func:`warpgrad_tf.initialisation.multitask` with ``TaskInputs.head``) on every task of the meta-batch and
+descends the mean task loss: the body gets the mean of all tasks' gradients, each head the sum of its own
+tasks' gradients over the meta-batch size (so a head absent from the batch is not touched). A held-out
+alphabet is then fine-tuned from a fresh head (:mod:`warpgrad_tf.data.omniglot_protocol`, ``head_reset``).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from warpgrad_tf import initialisation as init_lib
+from warpgrad_tf.algorithms import base
+
+__all__ = ["head_paths", "head_variables", "multi_head_step"]
+
+
+def head_paths(warped, layer="head"):
+    """The task-parameter paths of layer ``layer`` (a ValueError naming the layer when it has none)."""
+    paths = [k for k in warped.names["task"] if layer in k.split("/")[:-1]]
+    if not paths:
+        raise ValueError(f"multi-headed pre-training needs a task layer named {layer!r}; the model has none.")
+    return paths
+
+
+def head_variables(warped, keys, layer="head"):
+    """``{key: {path: tf.Variable}}``: one head per key, each a copy of θ0's head (create in the strategy scope)."""
+    theta0 = warped.values("task")
+    return {key: {p: tf.Variable(theta0[p], trainable=True, name=f"head_{key}_{i}")
+                  for i, p in enumerate(head_paths(warped, layer))} for key in keys}
+
+
+def multi_head_step(warped, learner: base.MetaLearner, heads, optimizer, *, layer="head"):
+    """A step function ``step(tasks, seeds, keys) -> metrics``: one descent step on the mean task loss, task ``i``
+    through head ``heads[keys[i]]``; ``optimizer`` (built over θ0 and every head) updates the body and the heads
+    seen in the batch, θ0's own head stays as it is (λ = ``learner.init_weight`` scales every gradient)."""
+    paths = head_paths(warped, layer)
+    objective = init_lib.multitask()
+
+    def step(tasks, seeds, keys):
+        tasks = base.as_tasks(tasks)
+        n = len(keys)
+        unknown = sorted({str(k) for k in keys if k not in heads})
+        if unknown:
+            raise ValueError(f"multi-headed pre-training has no head for task keys {unknown}.")
+        warp, theta0 = warped.values("warp"), warped.values("task")
+        body = {k: tf.zeros_like(v) for k, v in theta0.items() if k not in paths}
+        head_sums, loss = {}, 0.0
+        for i, key in enumerate(keys):
+            batches = base.task_batches(learner, tasks.train_x[i], tasks.train_y[i], seeds[i])
+            inputs = init_lib.TaskInputs(warped, warp, theta0, theta0, learner.rule, batches, batches,
+                                         learner.loss_fn, learner.meta_loss_fn, learner.steps,
+                                         training=learner.training, head={p: heads[key][p] for p in paths})
+            out = init_lib.task_gradient(objective, inputs)
+            body = {k: v + out.grads[k] for k, v in body.items()}
+            prev = head_sums.get(key)
+            head_sums[key] = out.head_grads if prev is None else {p: prev[p] + out.head_grads[p] for p in paths}
+            loss += float(out.value)
+        task_vars = warped.variables("task")
+        scale = learner.init_weight / n
+        grads = [tf.cast(scale * g, task_vars[k].dtype) for k, g in body.items()]
+        variables = [task_vars[k] for k in body]
+        for key, g in head_sums.items():
+            grads += [tf.cast(scale * g[p], heads[key][p].dtype) for p in paths]
+            variables += [heads[key][p] for p in paths]
+        if not base.all_finite(grads):
+            raise FloatingPointError("multi-headed pre-training: a non-finite task gradient.")
+        optimizer.apply(grads, variables)
+        return {"task_loss_first": loss / n, "init_value": loss / n}
+
+    return step

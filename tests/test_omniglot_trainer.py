@@ -111,7 +111,7 @@ def _checkpoint_values(root):
     path = tf.train.latest_checkpoint(os.path.join(root, "checkpoints"))
     reader = tf.train.load_checkpoint(path)
     keys = [k for k in reader.get_variable_to_shape_map() if k.startswith(("model/", "warp_optimizer/",
-                                                                          "init_optimizer/", "step"))]
+                                                                          "init_optimizer/", "heads/", "step"))]
     return path, {k: reader.get_tensor(k) for k in keys}
 
 
@@ -141,6 +141,36 @@ def test_resume_after_interruption_reproduces_the_run(tmp_path, omniglot_dir, tf
     assert any(not np.allclose(a[k], after_1[k]) for k in a if k.startswith("model/"))
     assert resumed["best_step"] == full["best_step"]
     assert resumed["held_out_accuracy"] == full["held_out_accuracy"]
+
+
+def test_finetune_multi_head_keeps_one_head_per_alphabet_through_resume(tmp_path, omniglot_dir, tfds_cache,
+                                                                       monkeypatch):
+    """Table 2's fine-tuning row (App. B): a head per meta-training alphabet, checkpointed; held-out: a fresh one."""
+    gin_file = os.path.join(REPO, "configs/omniglot/finetune.gin")
+    params = ["train_eval.meta_steps = 2", "train_eval.eval_every = 5", "train_eval.checkpoint_every = 5",
+              "train_eval.deterministic = True"]
+    full = run(tmp_path / "full", omniglot_dir, tfds_cache, gin_file, params)
+    assert full["multi_head"] and full["fresh_head"]  # the held-out alphabet starts from a fresh head
+    with monkeypatch.context() as m:
+        m.setattr(trainer.common, "Interrupt", lambda: _StopAfter(1))
+        with pytest.raises(KeyboardInterrupt, match="meta-step 1"):
+            run(tmp_path / "resumed", omniglot_dir, tfds_cache, gin_file, params)
+    _, after_1 = _checkpoint_values(tmp_path / "resumed")
+    resumed = run(tmp_path / "resumed", omniglot_dir, tfds_cache, gin_file, params)
+    _, a = _checkpoint_values(tmp_path / "full")
+    _, b = _checkpoint_values(tmp_path / "resumed")
+    heads = sorted(k for k in a if k.startswith("heads/"))
+    assert len(heads) == 4  # Greek and Latin: kernel and bias each
+    assert sorted(a) == sorted(b)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-7, err_msg=k)
+    assert any(not np.allclose(a[k], after_1[k]) for k in heads)  # the heads were trained after the resume
+    assert not np.allclose(a[heads[0]], a[heads[2]]) or not np.allclose(a[heads[1]], a[heads[3]])
+    assert resumed["held_out_accuracy"] == full["held_out_accuracy"]
+    shared = run(tmp_path / "shared", omniglot_dir, tfds_cache, gin_file, ["train_eval.multi_head = False"])
+    assert not shared["multi_head"]
+    with pytest.raises(ValueError, match="multi_head"):
+        run(tmp_path / "bad", omniglot_dir, tfds_cache, gin_file, ["train_eval.method = 'leap'"])
 
 
 def test_replay_spilled_to_disk_reproduces_the_in_memory_run(tmp_path, omniglot_dir, tfds_cache):

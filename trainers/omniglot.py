@@ -264,7 +264,7 @@ def train_eval(root_dir, data_dir,
                source="omniglot",
                # method
                method="warp_leap", preset=None, algorithm="offline", objective=None, eta=1, replay_memory_mb=None,
-               learned_rate=None, lr_meta_lr=1e-3, lr_clip=1e-3,
+               learned_rate=None, lr_meta_lr=1e-3, lr_clip=1e-3, multi_head=False,
                # task adaptation (inner loop)
                inner_steps=100, inner_lr=0.1, inner_rule="sgd", task_batch_size=20, augment=True,
                task_batch_scale=1, inner_lr_scale=1,
@@ -316,6 +316,9 @@ def train_eval(root_dir, data_dir,
       inner_steps, inner_lr, inner_rule, task_batch_size, augment: task adaptation (100, 0.1, SGD, 20);
         ``inner_rule`` is a name of :func:`warpgrad_tf.update_rules.get` (``"sgd"``, ``"momentum"``, ``"kfac"``,
         the last configured by ``kfac.*`` gin bindings, :func:`warpgrad_tf.kfac.kfac`).
+      multi_head: multi-headed pre-training (method ``finetune``; Table 2's row, App. B): one head per
+        meta-training alphabet on the shared body (:mod:`warpgrad_tf.algorithms.multihead`), checkpointed with
+        the run; False: one shared head for every alphabet.
       meta_steps, meta_batch_size: meta-training length and tasks per meta-step (0 steps: no meta-training).
       warp_lr, init_lr, meta_optimizer, init_weight: meta-optimisers of φ and θ0 (β; SGD 0.1 as in the
         authors' code) and λ.
@@ -370,10 +373,16 @@ def train_eval(root_dir, data_dir,
     learns_warp = (objective or m.objective) is not None
     meta_steps = int(meta_steps) if m.init != "none" or learns_warp else 0  # sgd: nothing to meta-learn
     val_steps = int(val_steps or eval_steps)
+    if multi_head and (m.init != "multitask" or learns_warp or source != "omniglot"):
+        raise ValueError(f"train_eval.multi_head=True pre-trains one head per Omniglot alphabet on the multi-task "
+                         f"objective (method 'finetune', source 'omniglot'); got method={method!r}, "
+                         f"source={source!r}.")
     run = common.place_run(strategy, root_dir, "omniglot")
     strategy, distributed, root_dir = run.strategy, run.distributed, run.out_dir
     if distributed:
         distribute.shard_size(strategy, int(meta_batch_size))  # an indivisible meta-batch fails here, early
+    if distributed and multi_head:
+        raise ValueError("train_eval.multi_head=True runs on one device; drop --strategy or set it to False.")
 
     omniglot = source == "omniglot"
     if omniglot:
@@ -448,6 +457,11 @@ def train_eval(root_dir, data_dir,
     model_vars = list(warped.model.variables)
     task_vars, warp_vars = list(warped.task_variables.values()), list(warped.warp_variables.values())
     trackables = {"model": model_vars}
+    heads = {}
+    if multi_head and meta_steps:  # one head per meta-training alphabet (App. B), explicit and checkpointed
+        with strategy.scope():
+            heads = algorithms.multihead.head_variables(warped, split["train"])
+        trackables["heads"] = [v for a in split["train"] for v in heads[a].values()]
     with strategy.scope():
         warp_opt, init_opt, _ = algorithms.meta_optimizers(
             init=init_lr if m.init != "none" else None, warp=warp_lr if learns_warp and warp_vars else None,
@@ -455,7 +469,7 @@ def train_eval(root_dir, data_dir,
         lr_opt = algorithms.meta_optimizer(lr_meta_lr if rate is not None else None, kind="adam",
                                            name="learning_rate")
         rate_vars = list(rate.variables.values()) if rate is not None else []
-        for name, opt, variables in (("init_optimizer", init_opt, task_vars),
+        for name, opt, variables in (("init_optimizer", init_opt, task_vars + trackables.get("heads", [])),
                                      ("warp_optimizer", warp_opt, warp_vars),
                                      ("lr_optimizer", lr_opt, rate_vars)):
             if opt is not None:
@@ -485,6 +499,9 @@ def train_eval(root_dir, data_dir,
                                        strategy=strategy, **spill, **accel)
                if offline else algorithms.online_step(warped, learner, optimizers, learned_rate=rate, clip=clip,
                                                       strategy=strategy, **accel))
+
+    if heads:
+        step_fn = algorithms.multihead.multi_head_step(warped, learner, heads, init_opt)
 
     def meta_batch(step):
         seeds = [_task_seed(seed, step, i, meta_batch_size) for i in range(int(meta_batch_size))]
@@ -518,7 +535,9 @@ def train_eval(root_dir, data_dir,
     def train_step(step):
         nonlocal last
         tasks, seeds, names = meta_batch(step)
-        if offline:
+        if heads:
+            metrics = step_fn(tasks, tf.constant(seeds, tf.int64), names)
+        elif offline:
             metrics = step_fn(tasks, seeds, _task_seed(seed, step, -1, meta_batch_size) % 2**31)
         else:
             metrics = step_fn(tasks, seeds)
@@ -578,7 +597,7 @@ def train_eval(root_dir, data_dir,
         "meta_steps": meta_steps, "best_step": int(best.step.numpy()), "best_val_accuracy": float(best.score.numpy()),
         "eval_steps": int(eval_steps), "eval_repeats": int(eval_repeats), "batch_norm_eval": batch_norm_eval,
         "protocol": protocol.name, "protocol_settings": protocol.metadata(), "eval_seed": eval_seed,
-        "fresh_head": fresh_head, "model_selection": protocol.model_selection,
+        "fresh_head": fresh_head, "multi_head": bool(heads), "model_selection": protocol.model_selection,
         "task_batch_scale": float(task_batch_scale), "inner_lr_scale": float(inner_lr_scale),
         "held_out_accuracy": {"mean": accuracy, "per_alphabet": {a: v["accuracy"] for a, v in per_alphabet.items()}},
         "auc": {"mean": auc, "per_alphabet": {a: v["auc"] for a, v in per_alphabet.items()}},

@@ -29,8 +29,8 @@ def head_paths(warped, layer="head"):
 def head_variables(warped, keys, layer="head"):
     """``{key: {path: tf.Variable}}``: one head per key, each a copy of θ0's head (create in the strategy scope)."""
     theta0 = warped.values("task")
-    return {key: {p: tf.Variable(theta0[p], trainable=True, name=f"head_{key}_{i}")
-                  for i, p in enumerate(head_paths(warped, layer))} for key in keys}
+    return {key: {p: tf.Variable(theta0[p], trainable=True, name=f"head_{j}_{i}")
+                  for i, p in enumerate(head_paths(warped, layer))} for j, key in enumerate(keys)}
 
 
 def multi_head_step(warped, learner: base.MetaLearner, heads, optimizer, *, layer="head"):

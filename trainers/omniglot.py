@@ -316,7 +316,7 @@ def train_eval(root_dir, data_dir,
       inner_steps, inner_lr, inner_rule, task_batch_size, augment: task adaptation (100, 0.1, SGD, 20);
         ``inner_rule`` is a name of :func:`warpgrad_tf.update_rules.get` (``"sgd"``, ``"momentum"``, ``"kfac"``,
         the last configured by ``kfac.*`` gin bindings, :func:`warpgrad_tf.kfac.kfac`).
-      multi_head: multi-headed pre-training (method ``finetune``; Table 2's row, App. B): one head per
+      multi_head: multi-headed pre-training (method ``finetune``; Table 2's row, App. E): one head per
         meta-training alphabet on the shared body (:mod:`warpgrad_tf.algorithms.multihead`), checkpointed with
         the run; False: one shared head for every alphabet.
       meta_steps, meta_batch_size: meta-training length and tasks per meta-step (0 steps: no meta-training).

@@ -72,7 +72,7 @@ class TaskInputs(NamedTuple):
       frozen, state, training: passed to :meth:`WarpedModel.apply`.
       learning_rate: the inner step size; a variable (or dict of variables) is meta-learned by MAML
         (Meta-SGD when per-parameter).
-      head: this task's own head ``{path: tensor}`` (multi-headed pre-training, App. B), standing in for θ0's
+      head: this task's own head ``{path: tensor}`` (multi-headed pre-training, Table 2), standing in for θ0's
         entries of the same paths; ``None``: θ0's (shared) head.
     """
 
@@ -271,7 +271,7 @@ def multitask():
 
     Averaged over a meta-batch this is the gradient of the average task loss: pre-training for the
     fine-tuning baselines, and the task-parameter update of continual meta-training (Alg. 3, line 7).
-    With ``TaskInputs.head`` set (the multi-headed fine-tuning of App. B / Table 2: one linear head per
+    With ``TaskInputs.head`` set (Table 2's multi-headed fine-tuning, Sec. 4.2 / App. E: one linear head per
     meta-training alphabet on a shared body), the loss uses that head; the body's gradient is in ``grads``
     (θ0's head paths get zero) and the head's own in ``head_grads``, so each head sees only its tasks.
     """

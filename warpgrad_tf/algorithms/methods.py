@@ -17,7 +17,8 @@ reptile        reptile    —             frozen/none    Reptile (Nichol et al.,
 maml           maml       —             frozen/none    MAML, second order (Finn et al., 2017)
 fomaml         fomaml     —             frozen/none    first-order MAML
 meta_sgd       maml       —             frozen/none    Meta-SGD: per-parameter α learned through MAML
-finetune       multitask  —             frozen/none    pre-train on the average task loss, then fine-tune
+finetune       multitask  —             frozen/none    pre-train on the average task loss (one head per task
+                                                       key: :mod:`~warpgrad_tf.algorithms.multihead`), fine-tune
 sgd            none       —             frozen/none    SGD / momentum / KFAC (the inner rule), random θ0
 =============  =========  ============  =============  ====================================================
 

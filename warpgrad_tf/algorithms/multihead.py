@@ -1,4 +1,4 @@
-"""Multi-headed pre-training, the fine-tuning baseline of Table 2 (App. B): a shared body θ0, one head per task key.
+"""Multi-headed pre-training, the fine-tuning baseline of Table 2 (Sec. 4.2, App. E; C_multi of App. B).
 
 Each meta-training alphabet keeps its own head ``{path: variable}`` (the model's head layer, same shapes), kept
 apart from the model as explicit variables for the caller to checkpoint. One step takes the multi-task objective

@@ -353,9 +353,6 @@ def train_eval(root_dir, data_dir,
     protocol.check(augment)
     batch_norm_eval = batch_norm_eval or protocol.batch_norm
     eval_seed = int(seed if eval_seed is None else eval_seed)
-    for name, value in (("task_batch_scale", task_batch_scale), ("inner_lr_scale", inner_lr_scale)):
-        if float(value) <= 0:
-            raise ValueError(f"train_eval.{name} must be > 0; got {value}.")
     task_batch_size = int(round(int(task_batch_size) * float(task_batch_scale)))
     inner_lr = float(inner_lr) * float(inner_lr_scale)
     m = methods_lib.get(method)

@@ -50,7 +50,7 @@ RANGES = {
     # counts that may be zero
     **dict.fromkeys(["meta_steps", "num_iterations", "eval_steps", "val_steps", "eval_inner_steps",
                      "plot_surfaces", "eval_every", "checkpoint_every", "replay_memory_mb", "seed", "init_seed",
-                     "steps", "val_episodes"], STEPS),
+                     "eval_seed", "steps", "val_episodes"], STEPS),
     # sizes and periods
     **dict.fromkeys(["meta_batch_size", "batch_size", "task_batch_size", "inner_steps", "shots", "train_shots",
                      "ways", "queries", "query", "eval_tasks", "eval_episodes", "eval_repeats",
@@ -61,7 +61,8 @@ RANGES = {
                      "eta", "log_every", "support_size", "query_size"], SIZE),
     # rates and clips
     **dict.fromkeys(["inner_lr", "inner_learning_rate", "meta_lr", "meta_learning_rate", "warp_lr", "init_lr",
-                     "learning_rate", "warp_learning_rate", "lr_meta_lr", "lr_clip"], RATE),
+                     "learning_rate", "warp_learning_rate", "lr_meta_lr", "lr_clip", "task_batch_scale",
+                     "inner_lr_scale"], RATE),
     # weights, clips and budgets where 0 switches the term off or is spent at once
     **dict.fromkeys(["grad_clip", "value_coef", "entropy_coef", "init_weight", "max_train_cpu_seconds"], WEIGHT),
     "discount": Range(0, integer=False, high=1),

@@ -10,7 +10,8 @@ import numpy as np
 
 from .study import Run, Study, StudyError, gin_values
 
-__all__ = ["ABLATION_ROWS", "NGD_ROWS", "SWEEP_METHODS", "STUDIES", "discordant_pairs", "ranks", "training_sets"]
+__all__ = ["ABLATION_ROWS", "BUDGET_SETTINGS", "NGD_ROWS", "SWEEP_METHODS", "STUDIES", "discordant_pairs", "ranks",
+           "training_sets"]
 
 
 def _accuracy(results, run_dir, settings):
@@ -151,6 +152,49 @@ SWEEP = Study(
             "kfac4x": "KFAC (4x batch, 10x lr)", "maml": "MAML", "fomaml": "FOMAML"},
     description="methods × counts × seeds on the split's meta-training alphabets (nested per seed), scored on "
                 "its test alphabets; SGD/KFAC run once per seed and fill every column.")
+
+
+# ------------------------------------------------------------------------------ budget (validation only)
+
+#: meta-training budgets compared at equal CPU (issue: 20 vs 100 task steps per task in meta-training);
+#: evaluation adapts for 100 steps in both.
+BUDGET_SETTINGS = {"k20": ("train_eval.inner_steps=20", "train_eval.meta_steps=150"),
+                   "k100": ("train_eval.inner_steps=100", "train_eval.meta_steps=30")}
+
+
+def _budget_runs(o):
+    pool, val, _ = _split(o["split"])
+    if not val:
+        raise StudyError(f"budget: {o['split']} has no validation alphabets to choose a budget on.")
+    files, binds = _budget(o)
+    runs = []
+    for s in o["seeds"]:
+        train = training_sets(pool, [o["count"]], s)[o["count"]]
+        for m in o["methods"]:
+            gin_file, own = SWEEP_METHODS[m]
+            for name in o["settings"]:
+                if name not in BUDGET_SETTINGS:
+                    raise StudyError(f"budget: unknown setting {name!r}; choose from {list(BUDGET_SETTINGS)}.")
+                runs.append(Run(f"{m}/{name}/seed{s}", "omniglot", (gin_file, o["split"], *files),
+                                (f"OmniglotTasks.train_alphabets={train!r}", f"OmniglotTasks.test_alphabets={val!r}",
+                                 "OmniglotTasks.val_alphabets=[]", f"train_eval.seed={s}", *binds, *own,
+                                 *BUDGET_SETTINGS[name]), s, m, (name,)))
+    return runs
+
+
+BUDGET = Study(
+    name="budget", page="omniglot-multishot", runs=_budget_runs, metrics=_accuracy,
+    title="Choosing the study budget on validation alphabets: meta-training with 20 or 100 task steps per task at "
+          "equal CPU, held-out accuracy (%) on the split's validation alphabets after 100 steps",
+    columns_title="setting=",
+    options={"methods": ["warp_leap_approx", "leap"], "settings": list(BUDGET_SETTINGS), "seeds": [0, 1],
+             "count": 10, "split": "configs/omniglot/splits/full_42.gin",
+             "gin_files": ["configs/omniglot/budgets/sweep_cpu.gin"],
+             "bindings": ["train_eval.eval_every=1000", "train_eval.checkpoint_every=10"]},
+    labels={"warp_leap_approx": "Warp-Leap (Eq. 12)", "leap": "Leap"},
+    description="k20: 150 meta-steps of 5 tasks × 20 steps; k100: 30 meta-steps of 5 tasks × 100 steps (equal "
+                "task steps); meta-trained on `count` of the split's train alphabets, scored on its validation "
+                "alphabets only (the test alphabets are not run).")
 
 
 # ------------------------------------------------------------------------------------------- Table 3
@@ -334,4 +378,4 @@ FIG9 = Study(
     description="trains Warp-Leap, then (report, needs --data_dir) adapts on the test alphabets and taps every "
                 "warp layer: mean activation and ‖Cov − I‖* pre and post warp.")
 
-STUDIES = {s.name: s for s in (TABLE2, SWEEP, ABLATION, NGD, FIG9)}
+STUDIES = {s.name: s for s in (TABLE2, SWEEP, BUDGET, ABLATION, NGD, FIG9)}

@@ -83,13 +83,44 @@ def test_head_reset_keeps_a_meta_learned_head_and_gives_a_baseline_a_fresh_head_
     assert kept != fresh[0] and fresh[0] != fresh[1]  # a fresh head, another for the next task
     assert _score(paper, 5, fresh_head=True, task=1)[0] == fresh[1]  # reproducible
     theta = _learner().values("task")
-    new = trainer._fresh_head(theta, tf.constant(5, tf.int64))
+    new = wg.algorithms.multihead.fresh_head(theta, tf.constant(5, tf.int64))
     for k, v in theta.items():
         if k.startswith("head/"):
             bound = 1.0 / np.sqrt(theta["head/kernel"].shape[0])
             assert not np.allclose(new[k], v) and np.abs(new[k].numpy()).max() <= bound
         else:
             np.testing.assert_array_equal(new[k], v)
+
+
+def test_authors_meta_training_starts_every_baseline_task_from_a_fresh_head():
+    authors, paper = protocols.get("authors"), protocols.get("paper")
+    assert all(authors.resets_head_in_meta_training(m) for m in ("leap", "reptile", "fomaml"))
+    assert not any(authors.resets_head_in_meta_training(m) for m in ("warp_leap", "warp_leap_approx", "maml"))
+    assert not any(paper.resets_head_in_meta_training(m) for m in ("leap", "sgd", "finetune"))
+    warped = _learner()
+    rule, loss = wg.update_rules.get("sgd", 0.1), wg.losses.softmax_cross_entropy
+    plain = wg.algorithms.meta_learner(rule, loss, 3, init="leap", objective=None, batch_size=8)
+    reset = plain._replace(task_start=wg.algorithms.multihead.fresh_head)
+    x = np.stack([_drawings(4 * CLASSES, 0), _drawings(4 * CLASSES, 2)])
+    y = np.tile((np.arange(4 * CLASSES) % CLASSES).astype(np.int32), (2, 1))
+    tasks = wg.algorithms.Tasks(x, y, x, y)
+    theta0, warp = warped.values("task"), warped.values("warp")
+    seeds = tf.constant([11, 12], tf.int64)
+
+    def run(learner, start, i):
+        return wg.algorithms.run_task(warped, learner, warp, start, tuple(t[i] for t in tasks), seeds[i])
+
+    for i in (0, 1):  # the reset learner from θ0 == the plain learner from θ0 with the task's fresh head
+        got, want = run(reset, theta0, i), run(plain, wg.algorithms.multihead.fresh_head(theta0, seeds[i]), i)
+        np.testing.assert_array_equal(got.losses, want.losses)
+        for k in theta0:
+            np.testing.assert_array_equal(got.init.grads[k], want.init.grads[k])
+    assert not np.array_equal(run(reset, theta0, 0).losses, run(plain, theta0, 0).losses)
+    online = wg.algorithms.online.online_meta_gradient_sums  # the vectorised meta-batch starts from the same heads
+    one_by_one = online(warped, reset, warp, theta0, tasks, seeds)
+    side_by_side = online(warped, reset, warp, theta0, tasks, seeds, vectorize=True)
+    for k in theta0:
+        np.testing.assert_allclose(side_by_side.init[k], one_by_one.init[k], rtol=1e-4, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -149,7 +149,7 @@ def make_evaluator(warped, rule, steps, batch_size, augment, batch_norm="running
         if protocol is not None and augment:
             ex = protocol.held_out(ex, key)
         if fresh_head:
-            theta0 = _fresh_head(theta0, key)
+            theta0 = algorithms.multihead.fresh_head(theta0, key)
 
         def held_out(theta, state):
             out, _ = warped.apply(theta, warp, ex, state=state, training=not running)
@@ -173,21 +173,6 @@ def make_evaluator(warped, rule, steps, batch_size, augment, batch_norm="running
         return train_acc.stack(), test_acc.stack()
 
     return run
-
-
-def _fresh_head(theta, seed):
-    """``theta`` with the ``head`` layer's kernel and bias redrawn from U(±1/√fan_in) under ``seed`` (PyTorch
-    ``nn.Linear.reset_parameters``, the authors' per-task head reset)."""
-    out = dict(theta)
-    key = tf.stack([tf.cast(seed, tf.int64), tf.constant(-4, tf.int64)])
-    kernel = next(v for k, v in theta.items() if k.startswith("head/") and len(v.shape) == 2)
-    bound = 1.0 / float(kernel.shape[0]) ** 0.5
-    for i, (k, v) in enumerate(sorted(theta.items())):
-        if k.startswith("head/"):
-            u = tf.random.stateless_uniform(tf.shape(v), tf.random.experimental.stateless_fold_in(key, i), -bound,
-                                            bound, dtype=tf.float32)
-            out[k] = tf.cast(u, v.dtype)
-    return out
 
 
 def evaluate(evaluator, warped, tasks, repeats, seed, bar=None):
@@ -479,9 +464,11 @@ def train_eval(root_dir, data_dir,
     ckpt = run.checkpointer(**best.trackables(), **trackables)
     start = ckpt.restore()
 
+    reset_in_training = protocol.resets_head_in_meta_training(method)  # the release resets before every task
     learner = methods_lib.meta_learner_for(method, rule, loss_fn, int(inner_steps), objective=objective,
                                            init_weight=init_weight, batch_size=task_batch_size,
-                                           meta_batch_size=task_batch_size)
+                                           meta_batch_size=task_batch_size,
+                                           task_start=algorithms.multihead.fresh_head if reset_in_training else None)
     optimizers = algorithms.meta_optimizers(warp=warp_opt, init=init_opt, learning_rate=lr_opt)
     clip = None if lr_clip is None else float(lr_clip)
     offline = learns_warp and algorithm == "offline"
@@ -594,7 +581,8 @@ def train_eval(root_dir, data_dir,
         "meta_steps": meta_steps, "best_step": int(best.step.numpy()), "best_val_accuracy": float(best.score.numpy()),
         "eval_steps": int(eval_steps), "eval_repeats": int(eval_repeats), "batch_norm_eval": batch_norm_eval,
         "protocol": protocol.name, "protocol_settings": protocol.metadata(), "eval_seed": eval_seed,
-        "fresh_head": fresh_head, "multi_head": bool(heads), "model_selection": protocol.model_selection,
+        "fresh_head": fresh_head, "fresh_head_in_meta_training": reset_in_training, "multi_head": bool(heads),
+        "model_selection": protocol.model_selection,
         "task_batch_scale": float(task_batch_scale), "inner_lr_scale": float(inner_lr_scale),
         "held_out_accuracy": {"mean": accuracy, "per_alphabet": {a: v["accuracy"] for a, v in per_alphabet.items()}},
         "auc": {"mean": auc, "per_alphabet": {a: v["auc"] for a, v in per_alphabet.items()}},

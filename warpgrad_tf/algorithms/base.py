@@ -111,6 +111,9 @@ class MetaLearner(NamedTuple):
       meta_batch_size: meta-loss mini-batch size on the query set (``None``: all of it).
       meta_loss_fn: meta loss (defaults to ``loss_fn``).
       training: forward mode (BatchNorm batch statistics when True).
+      task_start: ``task_start(θ0, seed) -> θ``, where each task's adaptation starts (None: θ0 itself); e.g.
+        :func:`~warpgrad_tf.algorithms.multihead.fresh_head`, the authors' per-task head reset. C(θ0) is then
+        taken from that start, as the release does (it resets the model's head in place).
     """
 
     rule: UpdateRule
@@ -123,10 +126,11 @@ class MetaLearner(NamedTuple):
     meta_batch_size: int | None
     meta_loss_fn: Callable
     training: bool
+    task_start: Callable | None = None
 
 
 def meta_learner(rule, loss_fn, steps, *, init="none", objective="approx", init_weight=1.0, batch_size=None,
-                 meta_batch_size=None, meta_loss_fn=None, training=True) -> MetaLearner:
+                 meta_batch_size=None, meta_loss_fn=None, training=True, task_start=None) -> MetaLearner:
     """Validate and build a :class:`MetaLearner`; every problem is a ValueError raised before any work."""
     if not isinstance(rule, UpdateRule):
         raise ValueError(f"rule must be an UpdateRule (warpgrad_tf.sgd / momentum); got {rule!r}.")
@@ -144,8 +148,10 @@ def meta_learner(rule, loss_fn, steps, *, init="none", objective="approx", init_
     for name, size in (("batch_size", batch_size), ("meta_batch_size", meta_batch_size)):
         if size is not None and int(size) < 1:
             raise ValueError(f"{name} must be >= 1 or None; got {size}.")
+    if task_start is not None and not callable(task_start):
+        raise ValueError(f"task_start must be a function task_start(theta0, seed) -> theta; got {task_start!r}.")
     return MetaLearner(rule, loss_fn, int(steps), init, objective, float(init_weight), batch_size,
-                       meta_batch_size, meta_loss_fn or loss_fn, bool(training))
+                       meta_batch_size, meta_loss_fn or loss_fn, bool(training), task_start)
 
 
 class MetaGradients(NamedTuple):
@@ -222,6 +228,8 @@ def run_task(warped, learner: MetaLearner, warp, theta0, task, seed, *, learning
       record: store θ_k and the optimiser state for k = 0..K−1 (Alg. 2's buffer; memory O(K)).
     """
     train_x, train_y, query_x, query_y = task
+    if learner.task_start is not None:  # e.g. the authors' per-task head reset
+        theta0 = learner.task_start(theta0, seed)
     batches = task_batches(learner, train_x, train_y, seed)
     mbatches = meta_batches(learner, query_x, query_y, seed)
     rule, loss_fn, steps = learner.rule, learner.loss_fn, learner.steps

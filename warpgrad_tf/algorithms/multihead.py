@@ -15,7 +15,7 @@ import tensorflow as tf
 from warpgrad_tf import initialisation as init_lib
 from warpgrad_tf.algorithms import base
 
-__all__ = ["head_paths", "head_variables", "multi_head_step"]
+__all__ = ["fresh_head", "head_paths", "head_variables", "multi_head_step"]
 
 
 def head_paths(warped, layer="head"):
@@ -24,6 +24,27 @@ def head_paths(warped, layer="head"):
     if not paths:
         raise ValueError(f"multi-headed pre-training needs a task layer named {layer!r}; the model has none.")
     return paths
+
+
+def fresh_head(theta, seed, layer="head"):
+    """``theta`` with layer ``layer``'s kernel and bias redrawn from U(±1/√fan_in) under ``seed`` (an int64 scalar).
+
+    PyTorch's ``nn.Linear.reset_parameters`` bound, the authors' per-task head reset (flennerhag/warpgrad
+    ``model.py`` ``init_adaptation``; :mod:`warpgrad_tf.data.omniglot_protocol`, ``head_reset``). As
+    :attr:`~warpgrad_tf.algorithms.MetaLearner.task_start` it starts every task of meta-training from a fresh head.
+    """
+    out = dict(theta)
+    key = tf.stack([tf.cast(seed, tf.int64), tf.constant(-4, tf.int64)])
+    kernel = next((v for k, v in theta.items() if layer in k.split("/")[:-1] and len(v.shape) == 2), None)
+    if kernel is None:
+        raise ValueError(f"a head reset needs a task layer named {layer!r} with a kernel; the model has none.")
+    bound = 1.0 / float(kernel.shape[0]) ** 0.5
+    for i, (k, v) in enumerate(sorted(theta.items())):
+        if layer in k.split("/")[:-1]:
+            u = tf.random.stateless_uniform(tf.shape(v), tf.random.experimental.stateless_fold_in(key, i), -bound,
+                                            bound, dtype=tf.float32)
+            out[k] = tf.cast(u, v.dtype)
+    return out
 
 
 def head_variables(warped, keys, layer="head"):

@@ -88,6 +88,11 @@ class Protocol:
             return method in UNLEARNED_HEAD
         return method not in KEEPS_HEAD
 
+    def resets_head_in_meta_training(self, method):
+        """Whether every meta-training task of ``method`` also starts from a fresh head: only under the release's
+        reset (``head_reset="authors"``), whose ``init_adaptation`` runs before every task, meta-training included."""
+        return self.head_reset == "authors" and self.resets_head(method)
+
     def check(self, augment):
         """One-line error for a protocol that cannot run with ``train_eval.augment``."""
         if self.augment_held_out and not augment:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .report import claim
 from .study import Run, Study, StudyError, gin_values
 
 __all__ = ["ABLATION_ROWS", "BUDGET_SETTINGS", "NGD_ROWS", "SWEEP_METHODS", "STUDIES", "discordant_pairs", "ranks",
@@ -139,8 +140,37 @@ def _sweep_figure(path, table, records, options):
     plt.close(fig)
 
 
+#: the paper's Table 2 claims: the WarpGrad row above each baseline at every count >= 5.
+SWEEP_BASELINES = ("leap", "reptile", "sgd4x", "kfac4x", "finetune")
+
+
+def _claims(records, pairs):
+    """Lines and JSON of :func:`~.report.claim` for ``(a, b, col, col_b, text)`` tuples."""
+    lines, payload = [], []
+    for a, b, col, col_b, text in pairs:
+        line, result = claim(records, a, b, col, col_b=col_b, text=text)
+        lines.append(line)
+        if result is not None:
+            payload.append(result)
+    return lines, {"claims": payload}
+
+
+def _sweep_extra(table, records, options):
+    warp = next((m for m in ("warp_leap_approx", "warp_leap") if m in table), None)
+    if warp is None:
+        return [], {}
+    label = lambda r: SWEEP.labels.get(r, r)  # noqa: E731
+    counts = sorted({int(c) for c in table[warp]})
+    pairs = [(warp, b, str(n), None, f"{label(warp)} > {label(b)} at n={n}")
+             for n in counts if n >= 5 for b in SWEEP_BASELINES if b in table]
+    pairs += [(warp, warp, str(hi), str(lo), f"{label(warp)} rises from n={lo} to n={hi}")
+              for lo, hi in zip(counts, counts[1:])]
+    return _claims(records, pairs)
+
+
 SWEEP = Study(
     name="sweep", page="omniglot-multishot", runs=_sweep_runs, metrics=_accuracy, figure=_sweep_figure,
+    extra=_sweep_extra,
     title="Table 2 / Fig. 4 left (Sec. 4.2): held-out Omniglot accuracy (%) against the number of meta-training "
           "alphabets",
     columns_title="n=",
@@ -228,6 +258,10 @@ def discordant_pairs(ours, paper):
     return [(a, b) for a in keys for b in keys if paper[a] > paper[b] and ours[a] < ours[b]]
 
 
+#: Table 3's claims the study checks (issue 30): offline above online meta-training, 2-layer warps above linear.
+ABLATION_CLAIMS = (("conv3x3", "online"), ("approx", "online"), ("2layer_bn_res", "conv3x3"), ("conv3x3", "leap"))
+
+
 def _ablation_runs(o):
     files, binds = _budget(o)
     runs = []
@@ -248,8 +282,10 @@ def _ablation_extra(table, records, options):
              f"{paper_rank[k]})" for k in table]
     lines.append(f"{len(pairs)} of {len(table) * (len(table) - 1) // 2} row pairs ordered against the paper"
                  + (": " + "; ".join(f"{a} < {b}" for a, b in pairs) if pairs else "."))
-    return lines, {"paper": {k: ABLATION_ROWS[k][1:] for k in table}, "ranks": our_rank, "paper_ranks": paper_rank,
-                   "discordant_pairs": pairs}
+    claim_lines, claims = _claims(records, [(a, b, "", None, f"{a} > {b}") for a, b in ABLATION_CLAIMS
+                                            if a in table and b in table])
+    return lines + claim_lines, {**claims, "paper": {k: ABLATION_ROWS[k][1:] for k in table}, "ranks": our_rank,
+                                 "paper_ranks": paper_rank, "discordant_pairs": pairs}
 
 
 ABLATION = Study(
@@ -306,9 +342,13 @@ def _ngd_extra(table, records, options):
     means = [table[r][""]["accuracy"]["mean"] for r in NGD_ROWS if r in table]
     ordered = all(a < b for a, b in zip(means, means[1:])) if len(means) == len(NGD_ROWS) else None
     if ordered is not None:
-        lines.append("paper's ordering SGD < KFAC < WarpGrad linear < WarpGrad non-linear: "
+        lines.append("paper's ordering SGD < KFAC < WarpGrad linear < WarpGrad non-linear (means): "
                      f"{'holds' if ordered else 'does not hold'} at this budget")
-    return lines, {"paper": {k: NGD_ROWS[k][3:] for k in table}, "paper_ordering_holds": ordered}
+    rows = [r for r in NGD_ROWS if r in table]
+    claim_lines, claims = _claims(records, [(b, a, "", None, f"{NGD.labels[b]} > {NGD.labels[a]}")
+                                            for a, b in zip(rows, rows[1:])])
+    return lines + claim_lines, {"paper": {k: NGD_ROWS[k][3:] for k in table}, "paper_ordering_holds": ordered,
+                                 **claims}
 
 
 NGD = Study(

@@ -13,7 +13,7 @@ import time
 from .execute import RECORD, finished, load_record
 from .study import StudyError
 
-__all__ = ["collect", "format_table", "mean_stderr", "page_path", "report", "tabulate",
+__all__ = ["claim", "collect", "format_table", "gap", "mean_stderr", "page_path", "report", "tabulate",
            "markers", "write_hparams", "write_page_block"]
 
 
@@ -30,6 +30,32 @@ def mean_stderr(values):
     mean = sum(v) / n
     stderr = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1) / n) if n > 1 else 0.0
     return {"mean": mean, "stderr": stderr, "n": n}
+
+
+def gap(records, a, b, col="", metric="accuracy", col_b=None):
+    """Row ``a`` in column ``col`` minus row ``b`` in column ``col_b`` (default ``col``), paired by seed (a seed
+    fixes the data both see): ``mean_stderr`` of the per-seed differences over the seeds both have, or None."""
+    def by_seed(row, column):
+        return {r["seed"]: r["metrics"][metric] for r in records if r["row"] == row and column in r["cols"]}
+
+    x, y = by_seed(a, col), by_seed(b, col if col_b is None else col_b)
+    common = sorted(set(x) & set(y))
+    return mean_stderr([x[s] - y[s] for s in common]) if common else None
+
+
+def claim(records, a, b, col="", metric="accuracy", col_b=None, text=None):
+    """``(line, payload)``: whether row ``a`` (column ``col``) is above row ``b`` (column ``col_b``, default
+    ``col``) by more than twice the standard error of their seed-paired gap (:func:`gap`) — "shown", else "not
+    shown at this budget" — with the figures; ``text`` names the claim (default ``"a > b"``)."""
+    text = text or f"{a} > {b}"
+    g = gap(records, a, b, col, metric, col_b)
+    if g is None:
+        return f"{text}: no seed has both runs yet", None
+    shown = g["n"] >= 2 and g["mean"] > 2 * g["stderr"]
+    verdict = "shown" if shown else "not shown at this budget"
+    line = f"{text}: gap {g['mean']:+.1f} ± {g['stderr']:.1f} (s.e. over n={g['n']} seeds) — {verdict}"
+    return line, {"claim": text, "a": a, "b": b, "col": col, "col_b": col if col_b is None else col_b, **g,
+                  "shown": shown}
 
 
 def collect(study, runs, root, settings):

@@ -152,3 +152,23 @@ def test_every_study_of_the_catalogue_validates_with_its_defaults():
     for name, study in cli.STUDIES.items():
         options, runs = cli.plan(study)
         assert runs and len({r.name for r in runs}) == len(runs), name
+
+
+def test_a_claim_is_shown_only_when_its_seed_paired_gap_exceeds_twice_its_standard_error():
+    def rec(row, seed, acc, cols=("5",)):
+        return {"row": row, "seed": seed, "cols": list(cols), "metrics": {"accuracy": acc}}
+
+    records = [rec("warp", 0, 40.0), rec("warp", 1, 50.0), rec("warp", 2, 45.0),
+               rec("sgd", 0, 30.0, ("1", "5")), rec("sgd", 1, 41.0, ("1", "5")), rec("sgd", 2, 36.0, ("1", "5")),
+               rec("leap", 0, 45.0), rec("leap", 1, 40.0), rec("warp", 0, 20.0, ("1",))]
+    diffs = [10.0, 9.0, 9.0]  # paired by seed: the seed's data is shared by both rows
+    se = math.sqrt(sum((d - sum(diffs) / 3) ** 2 for d in diffs) / 2 / 3)
+    line, result = report.claim(records, "warp", "sgd", "5")
+    assert result["n"] == 3 and math.isclose(result["mean"], 28 / 3) and math.isclose(result["stderr"], se)
+    assert result["shown"] and line.endswith("— shown")
+    line, result = report.claim(records, "warp", "leap", "5")  # seeds 0, 1 only: -5 and +10
+    assert result["n"] == 2 and math.isclose(result["mean"], 2.5) and not result["shown"]
+    assert "not shown at this budget" in line
+    _, result = report.claim(records, "warp", "warp", "5", col_b="1")  # one seed: never shown
+    assert result["n"] == 1 and result["mean"] == 20.0 and not result["shown"]
+    assert report.claim(records, "leap", "sgd", "1")[1] is None

@@ -136,8 +136,8 @@ def eq23_meta_gradient(warped, warp, trajectory: Trajectory, learner: MetaLearne
     if not isinstance(learner, MetaLearner):  # the old form: (rule, batches, eval_x, eval_y, order, points, n)
         (eval_y, order, points), steps_per_subtask, old_args = (order, points, steps_per_subtask), old_args[0], ()
         held_out = (held_out, eval_y)
-        old = {"loss_fn": half_mse, "objective": EXACT, "training": False, **old}
-        learner = legacy_learner("eq23_meta_gradient", learner, old.pop("loss_fn"), None, old)
+        learner = legacy_learner("eq23_meta_gradient", learner, old.pop("loss_fn", half_mse), None, old,
+                                 objective=EXACT, training=False)
     elif old_args:
         raise TypeError(f"eq23_meta_gradient() got {len(old_args)} positional argument(s) too many.")
     else:

@@ -130,10 +130,11 @@ def deprecated_arguments(where, learner: MetaLearner, old: dict, *, stacklevel=3
     return learner._replace(**fields)
 
 
-def legacy_learner(where, rule, loss_fn, steps, old: dict, *, stacklevel=4) -> MetaLearner:
+def legacy_learner(where, rule, loss_fn, steps, old: dict, *, stacklevel=4, **defaults) -> MetaLearner:
     """The :class:`MetaLearner` of a call in the old positional form ``(…, rule, …, loss_fn, steps, **old)``, with
-    the DeprecationWarning of :func:`deprecated_arguments` (nothing validated beyond what the old call checked)."""
-    learner = MetaLearner(rule, loss_fn, steps, None, None, 0.0, None, None, loss_fn, True)
+    the DeprecationWarning of :func:`deprecated_arguments` naming what was passed (``defaults``: the old
+    function's own defaults, set silently; nothing validated beyond what the old call checked)."""
+    learner = MetaLearner(rule, loss_fn, steps, None, None, 0.0, None, None, loss_fn, True)._replace(**defaults)
     given = {"rule": rule, "loss_fn": loss_fn, **({} if steps is None else {"steps": steps}), **old}
     return deprecated_arguments(where, learner, given, stacklevel=stacklevel)
 
@@ -146,9 +147,11 @@ def learner_of(where, learner, old_args, old, positional=("loss_fn",), **default
         if old_args:
             raise TypeError(f"{where}() takes a MetaLearner; got {len(old_args)} positional argument(s) too many.")
         return deprecated_arguments(where, learner, old, stacklevel=4)
+    if len(old_args) > len(positional):
+        raise TypeError(f"{where}() got {len(old_args) - len(positional)} positional argument(s) too many.")
     given = dict(zip(positional, old_args))
     given.update({k: old.pop(k) for k in positional if k in old})
     missing = [k for k in positional if k not in given]
     if missing:
         raise TypeError(f"{where}() missing argument(s) {missing}: pass a MetaLearner (warpgrad_tf.inner_loop).")
-    return legacy_learner(where, learner, given["loss_fn"], given.get("steps"), {**defaults, **old}, stacklevel=5)
+    return legacy_learner(where, learner, given["loss_fn"], given.get("steps"), old, stacklevel=5, **defaults)

@@ -45,6 +45,9 @@ def test_old_keyword_forms_warn_name_the_field_and_give_identical_results():
                                     frozen=frozen, learning_rate=0.05)
         _same(wg.warp_objective(warped, warp, task, opt, learner._replace(objective=objective), (x, y),
                                 (x[:3], y[:3])), old)
+    with pytest.warns(DeprecationWarning, match="meta_loss_gradient"):
+        old = wg.meta_loss_gradient(warped, warp, task, (x, y), loss, frozen=frozen, training=False)
+    _same(wg.meta_loss_gradient(warped, warp, task, (x, y), learner._replace(training=False)), old)
     # the new form with an old keyword: the field is set, and the warning says so
     with pytest.warns(DeprecationWarning, match=r"jit_compile= \(MetaLearner.jit_compile\)"):
         old = wg.adapt(warped, task, warp, learner, batches, jit_compile=False)

@@ -79,7 +79,7 @@ def test_approx_equals_exact_with_task_gradient_held_constant(float64):
 def test_meta_loss_gradient_takes_no_step(float64):
     warped, rule, task, opt_state, tb, mb = _setup("sgd")
     warp = warped.values("warp")
-    plain = wg.meta_loss_gradient(warped, warp, task, mb, wg.losses.mse)
+    plain = wg.meta_loss_gradient(warped, warp, task, mb, _learner(rule))
     out, _ = warped.apply(task, warp, mb[0], training=True)
     np.testing.assert_allclose(plain.meta_loss, wg.losses.mse(mb[1], out), rtol=1e-12)
     stepped = wg.warp_objective(warped, warp, task, opt_state, _learner(rule), tb, mb)

@@ -17,14 +17,13 @@ L_task and L_meta are evaluated on different batches of the task's data (``task_
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
 from warpgrad_tf.adaptation import task_step
-from warpgrad_tf.learner import MetaLearner, inner_rate, learner_of
+from warpgrad_tf.learner import MetaLearner, deprecated_arguments, inner_rate, learner_of
 
 __all__ = ["APPROX", "check_objective", "EXACT", "meta_loss_gradient", "MetaGradient", "OBJECTIVES", "warp_objective"]
 
@@ -108,12 +107,19 @@ def warp_objective(warped, warp, task_k, opt_state_k, learner: MetaLearner, task
     return MetaGradient(meta_loss, task_loss, grads, lr_grad)
 
 
-def meta_loss_gradient(warped, warp, task_k, meta_batch, loss_fn: Callable, *, frozen=None, state=None,
-                       training=True) -> MetaGradient:
+def meta_loss_gradient(warped, warp, task_k, meta_batch, learner: MetaLearner, *, state=None, **old) -> MetaGradient:
     """``∇_φ L_meta(θ_k; φ)`` at the sampled point itself, no task step taken (for comparison).
 
-    ``task_loss`` of the result repeats the meta loss, since no task step is involved.
+    ``learner`` gives the meta loss (``meta_loss_fn``), the frozen values and the forward mode; ``task_loss`` of
+    the result repeats the meta loss, since no task step is involved. The old form ``meta_loss_gradient(…,
+    meta_batch, loss_fn, frozen=, training=)`` still works for one release, with a DeprecationWarning.
     """
+    if not isinstance(learner, MetaLearner):  # the old form: a loss function in the learner's place
+        bare = MetaLearner(None, learner, None, None, None, 0.0, None, None, learner, True)
+        learner = deprecated_arguments("meta_loss_gradient", bare, {"loss_fn": learner, **old})
+    else:
+        learner = deprecated_arguments("meta_loss_gradient", learner, old)
+    loss_fn, frozen, training = learner.meta_loss_fn or learner.loss_fn, learner.frozen, learner.training
     task_k = tf.nest.map_structure(tf.stop_gradient, task_k)
     xm, ym = meta_batch
     with tf.GradientTape() as tape:

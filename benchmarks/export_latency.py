@@ -86,8 +86,8 @@ def in_memory(root):
 
     @tf.function
     def adapt_and_predict(sx, sy, qx, steps):
-        r = wg.adapt(warped, task0, warp, rule, wg.minibatches(sx, sy, spec.batch_size, 0), loss_fn, steps,
-                     frozen=frozen, state=state, training=training)
+        learner = wg.inner_loop(rule, loss_fn, steps, frozen=frozen, training=training)
+        r = wg.adapt(warped, task0, warp, learner, wg.minibatches(sx, sy, spec.batch_size, 0), state=state)
         return warped.apply(r.task, warp, qx, frozen=frozen, state=r.state, training=training)[0]
 
     return adapt_and_predict, spec

@@ -87,12 +87,13 @@ def main(argv=None):
     rule = wg.sgd(0.1)
     learner = algorithms.methods.meta_learner_for("warp_leap", rule, wg.losses.softmax_cross_entropy, args.steps,
                                                   objective=args.objective, batch_size=args.batch,
-                                                  meta_batch_size=args.batch)
+                                                  meta_batch_size=args.batch, jit_compile=jit,
+                                                  vectorize=args.vectorize)
     spill = tempfile.TemporaryDirectory(prefix="warpgrad_replay_") if args.replay_memory_mb is not None else None
     buffer = None if spill is None else wg.replay.ReplayBuffer(
         spill.name, max_bytes_in_memory=int(args.replay_memory_mb * 2**20))
     step = algorithms.offline_step(warped, learner, algorithms.meta_optimizers(warp=0.1, init=0.1), args.eta,
-                                   buffer=buffer, jit_compile=jit, vectorize=args.vectorize)
+                                   buffer=buffer)
     load0 = os.getloadavg()[0]
 
     t = time.perf_counter()

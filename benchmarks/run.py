@@ -119,7 +119,7 @@ def task_step(quick):
     import tensorflow as tf
 
     from benchmarks import omniglot_step
-    from warpgrad_tf import adapt, losses, update_rules
+    from warpgrad_tf import adapt, inner_loop, losses, update_rules
 
     parser_args = argparse.Namespace(warp="conv3x3", policy="float32", keras_batch_norm=False, data_dir=None,
                                      batch_size=32 if quick else 128, cache_dir=None, no_augment=True)
@@ -129,7 +129,7 @@ def task_step(quick):
 
     @tf.function
     def run(task, warp, k):
-        return adapt(warped, task, warp, rule, batches, losses.softmax_cross_entropy, k).losses
+        return adapt(warped, task, warp, inner_loop(rule, losses.softmax_cross_entropy, k), batches).losses
 
     task, warp = warped.values("task"), warped.values("warp")
     run(task, warp, tf.constant(2)).numpy()

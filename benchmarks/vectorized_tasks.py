@@ -58,7 +58,7 @@ def main(argv=None):
     grads = {}
     for vectorize in (False, True):
         fn = tf.function(lambda v=vectorize: online.online_meta_gradient_sums(
-            warped, learner, warped.values("warp"), warped.values("task"), tasks, seeds, vectorize=v).warp,
+            warped, learner._replace(vectorize=v), warped.values("warp"), warped.values("task"), tasks, seeds).warp,
             jit_compile=args.jit)
         t, c = time.perf_counter(), time.process_time()
         grads[vectorize] = fn()

@@ -47,6 +47,7 @@ import numpy as np
 import tensorflow as tf
 
 from warpgrad_tf import adaptation, artifacts, learned_lr, losses, saved_model_files, serving, settings
+from warpgrad_tf.learner import inner_loop
 from warpgrad_tf.model import WarpedModel, sublayers
 
 from . import litert_ops
@@ -104,14 +105,14 @@ class LiteRTExporter:
         """``(θ_K, BatchNorm state)``: K task steps from the export's values (fixed K, fixed draws)."""
         task, warp, frozen, state, rate = self.saver.adaptation_state()
         table = None if self.indices is None else tf.constant(self.indices)
-        training = self.saver.description()["training"]
+        learner = inner_loop(self.rule, self.loss_fn, self.steps, training=self.saver.description()["training"],
+                             frozen=frozen, learning_rate=rate)
 
         def body(k, task, opt_state, state):
             batch = (support_x, support_y) if table is None else (
                 tf.gather(support_x, table[k]), tf.gather(support_y, table[k]))
-            task, opt_state, state, _ = adaptation.task_step(
-                self.warped, task, warp, opt_state, state, batch, self.rule, self.loss_fn, frozen=frozen,
-                training=training, learning_rate=rate)
+            task, opt_state, state, _ = adaptation.task_step(self.warped, task, warp, opt_state, state, batch,
+                                                             learner)
             return k + 1, task, opt_state, state
 
         _, task, _, state = tf.while_loop(lambda k, *_: k < self.steps, body,

@@ -42,8 +42,8 @@ def test_identity_warps_reproduce_plain_sgd_step_for_step(rule):
     assert warped.names["task"] == plain.names["task"]
     x, y = _data()
     batches = wg.minibatches(x, y, batch_size=8, seed=3)
-    run = lambda m: wg.unroll(m, m.values("task"), m.values("warp"), rule, batches,  # noqa: E731
-                              wg.losses.softmax_cross_entropy, 10)
+    learner = wg.inner_loop(rule, wg.losses.softmax_cross_entropy, 10)
+    run = lambda m: wg.unroll(m, m.values("task"), m.values("warp"), learner, batches)  # noqa: E731
     a, b = run(plain), run(warped)
     np.testing.assert_allclose(a.losses, b.losses, atol=1e-6)
     for name in plain.names["task"]:
@@ -58,8 +58,9 @@ def test_unroll_returns_k_plus_one_points_and_loss_falls():
     warped = wg.WarpedModel(model)
     task = wg.tasks.SineTaskFamily(shots=20).sample(0)
     rule = wg.momentum(0.02)
-    traj = tf.function(lambda: wg.unroll(warped, warped.values("task"), warped.values("warp"), rule,
-                                         wg.minibatches(task.train_x, task.train_y), wg.losses.mse, 50))()
+    learner = wg.inner_loop(rule, wg.losses.mse, 50)
+    traj = tf.function(lambda: wg.unroll(warped, warped.values("task"), warped.values("warp"), learner,
+                                         wg.minibatches(task.train_x, task.train_y)))()
     assert traj.losses.shape == (51,)
     assert int(traj.num_steps) == 50
     for name, var in warped.task_variables.items():
@@ -68,8 +69,8 @@ def test_unroll_returns_k_plus_one_points_and_loss_falls():
         assert traj.opt_state[name].shape == (51, *var.shape)
     assert float(traj.losses[-1]) < 0.5 * float(traj.losses[0])
     # adapt() ends where unroll() ends.
-    final = wg.adapt(warped, warped.values("task"), warped.values("warp"), rule,
-                     wg.minibatches(task.train_x, task.train_y), wg.losses.mse, 50)
+    final = wg.adapt(warped, warped.values("task"), warped.values("warp"), learner,
+                     wg.minibatches(task.train_x, task.train_y))
     for name in warped.names["task"]:
         np.testing.assert_allclose(final.task[name], traj.task[name][-1], atol=1e-6)
     np.testing.assert_allclose(final.losses, traj.losses[:-1], atol=1e-6)
@@ -80,22 +81,23 @@ def test_steps_may_be_a_tensor_and_zero():
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(4), keras.layers.Dense(1)])
     warped = wg.WarpedModel(model)
     x = np.ones((4, 1), "float32")
-    fn = tf.function(lambda k: wg.adapt(warped, warped.values("task"), {}, wg.sgd(0.1),
-                                        wg.minibatches(x, x), wg.losses.mse, k))
+    fn = tf.function(lambda k: wg.adapt(warped, warped.values("task"), {}, wg.inner_loop(wg.sgd(0.1), wg.losses.mse, k),
+                                        wg.minibatches(x, x)))
     zero = fn(tf.constant(0))
     for name, value in warped.values("task").items():
         np.testing.assert_array_equal(zero.task[name], value)
     assert fn(tf.constant(3)).losses.shape == (3,)
     with pytest.raises(ValueError, match="steps must be >= 0"):
-        wg.adapt(warped, warped.values("task"), {}, wg.sgd(0.1), wg.minibatches(x, x), wg.losses.mse, -1)
-    assert wg.adapt(warped, warped.values("task"), {}, wg.sgd(0.1), wg.minibatches(x, x), wg.losses.mse,
-                    np.int64(2)).losses.shape == (2,)
+        wg.adapt(warped, warped.values("task"), {}, wg.inner_loop(wg.sgd(0.1), wg.losses.mse, -1), wg.minibatches(x, x))
+    assert wg.adapt(warped, warped.values("task"), {}, wg.inner_loop(wg.sgd(0.1), wg.losses.mse, np.int64(2)),
+                    wg.minibatches(x, x)).losses.shape == (2,)
     for bad, match in ((np.int64(-1), "steps must be >= 0"), (tf.constant(-2), "steps must be >= 0"),
                        (True, "steps must be an integer"), (2.5, "steps must be an integer"),
                        (tf.constant(2.0), "steps must be an integer")):
         for run in (wg.adapt, wg.unroll):
             with pytest.raises(ValueError, match=match):
-                run(warped, warped.values("task"), {}, wg.sgd(0.1), wg.minibatches(x, x), wg.losses.mse, bad)
+                run(warped, warped.values("task"), {}, wg.inner_loop(wg.sgd(0.1), wg.losses.mse, bad),
+                    wg.minibatches(x, x))
     with pytest.raises(tf.errors.InvalidArgumentError, match="steps must be >= 0"):  # known only at run time
         fn(tf.constant(-1))
 
@@ -116,8 +118,8 @@ def test_non_finite_loss_stops_and_names_the_step():
     warped = wg.WarpedModel(model)
     x = np.full((4, 1), 100.0, "float32")
     with pytest.raises(tf.errors.InvalidArgumentError, match="Non-finite task loss .* at step"):
-        tf.function(lambda: wg.adapt(warped, warped.values("task"), {}, wg.sgd(10.0), wg.minibatches(x, x),
-                                     wg.losses.mse, 50))()
+        tf.function(lambda: wg.adapt(warped, warped.values("task"), {}, wg.inner_loop(wg.sgd(10.0), wg.losses.mse, 50),
+                                     wg.minibatches(x, x)))()
 
 
 def test_momentum_rule_matches_hand_computation():
@@ -158,7 +160,8 @@ def test_per_call_learning_rate_overrides_are_checked():
     name = sorted(task)[0]
 
     def adapt(lr):
-        return wg.adapt(warped, task, {}, wg.sgd(0.1), wg.minibatches(x, x), wg.losses.mse, 2, learning_rate=lr)
+        return wg.adapt(warped, task, {}, wg.inner_loop(wg.sgd(0.1), wg.losses.mse, 2, learning_rate=lr),
+                        wg.minibatches(x, x))
 
     for bad, match in ((-5.0, "learning_rate must be > 0"), (np.float32(0.0), "learning_rate must be > 0"),
                        ("0.1", "must be a number > 0, a tensor"),
@@ -179,11 +182,11 @@ def test_an_optimiser_state_of_another_rule_is_named():
     warped = wg.WarpedModel(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, name="d")], name="net"))
     x = np.ones((4, 1), "float32")
     with pytest.raises(ValueError, match="opt_state does not match the 'momentum' rule's state"):
-        wg.adapt(warped, warped.values("task"), {}, wg.momentum(0.1), wg.minibatches(x, x), wg.losses.mse, 2,
-                 opt_state={})
+        wg.adapt(warped, warped.values("task"), {}, wg.inner_loop(wg.momentum(0.1), wg.losses.mse, 2),
+                 wg.minibatches(x, x), opt_state={})
     rule = wg.momentum(0.1)
     start = rule.init(warped.values("task"))
-    assert wg.adapt(warped, warped.values("task"), {}, rule, wg.minibatches(x, x), wg.losses.mse, 2,
+    assert wg.adapt(warped, warped.values("task"), {}, wg.inner_loop(rule, wg.losses.mse, 2), wg.minibatches(x, x),
                     opt_state=start).losses.shape == (2,)
 
 
@@ -208,7 +211,8 @@ def test_gradient_step_takes_any_objective_and_task_step_is_its_supervised_case(
     x, y = _data()
     task, warp, state = warped.values("task"), warped.values("warp"), warped.values("state")
     loss_fn = wg.losses.softmax_cross_entropy
-    new_task, new_opt, _, loss = wg.task_step(warped, task, warp, rule.init(task), state, (x, y), rule, loss_fn)
+    new_task, new_opt, _, loss = wg.task_step(warped, task, warp, rule.init(task), state, (x, y),
+                                              wg.inner_loop(rule, loss_fn, 1))
     step = wg.adaptation.gradient_step(task, rule.init(task), rule, wg.adaptation.supervised_objective(
         warped, warp, state, (x, y), loss_fn))
     outputs, _ = warped.apply(task, warp, x, training=True)

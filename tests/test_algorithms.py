@@ -98,8 +98,9 @@ def test_replay_buffer_holds_tensors_spills_to_disk_and_reports_memory(tmp_path,
     np.testing.assert_array_equal(a.task_index.numpy(), [0, 0, 1, 2])
     np.testing.assert_array_equal(a.step.numpy(), [0, 3, 2, 4])
     # Recorded θ_k is the trajectory of adaptation.unroll.
-    traj = wg.unroll(warped, warped.values("task"), warped.values("warp"), learner.rule,
-                     wg.minibatches(tasks.train_x[0], tasks.train_y[0]), wg.losses.mse, 5)
+    traj = wg.unroll(warped, warped.values("task"), warped.values("warp"),
+                     wg.inner_loop(learner.rule, wg.losses.mse, 5),
+                     wg.minibatches(tasks.train_x[0], tasks.train_y[0]))
     first = in_memory.gather([3])
     for k, v in first.task.items():
         np.testing.assert_allclose(v[0], traj.task[k][3], rtol=1e-12)
@@ -198,10 +199,10 @@ def test_online_warp_gradient_is_the_mean_of_eq11_over_trajectory_points(float64
     for i in range(2):
         tb = algorithms.base.task_batches(learner, tasks.train_x[i], tasks.train_y[i], seeds[i])
         mb = algorithms.base.meta_batches(learner, tasks.query_x[i], tasks.query_y[i], seeds[i])
-        traj = wg.unroll(warped, theta0, warp, learner.rule, tb, wg.losses.mse, 3)
+        traj = wg.unroll(warped, theta0, warp, wg.inner_loop(learner.rule, wg.losses.mse, 3), tb)
         for k in range(3):
             theta_k, state_k = traj.point(k)
-            mg = wg.warp_objective(warped, warp, theta_k, state_k, learner.rule, tb(k), mb(k), wg.losses.mse)
+            mg = wg.warp_objective(warped, warp, theta_k, state_k, learner, tb(k), mb(k))
             for n in expected:
                 expected[n] += mg.grads[n].numpy() / 6
     for n in expected:
@@ -352,12 +353,12 @@ def test_learned_learning_rate_scalar_per_layer_and_clipping(float64):
     tasks, seeds = _tasks(num=2), [3, 4]
     learner = algorithms.meta_learner(wg.sgd(0.3), wg.losses.mse, 3, objective="exact")
     scalar = learned_lr.learned_rate(warped, 0.3)
-    grads = algorithms.online_step(warped, learner, algorithms.meta_optimizers(), learned_rate=scalar) \
+    grads = algorithms.online_step(warped, learner._replace(learning_rate=scalar), algorithms.meta_optimizers()) \
         .meta_gradient(algorithms.as_tasks(tasks), tf.constant(seeds, tf.int64))
     layer = learned_lr.learned_rate(warped, 0.3, "per_layer")
     assert sorted(layer.variables) == sorted({p.rsplit("/", 1)[0] for p in warped.names["task"]})
-    step = algorithms.online_step(warped, learner, algorithms.meta_optimizers(learning_rate=1.0),
-                                  learned_rate=layer, clip=1e-3)
+    step = algorithms.online_step(warped, learner._replace(learning_rate=layer),
+                                  algorithms.meta_optimizers(learning_rate=1.0), clip=1e-3)
     per_layer = step.meta_gradient(algorithms.as_tasks(tasks), tf.constant(seeds, tf.int64))
     pairs = layer.gradient_pairs(per_layer.learning_rate)
     # At equal rates the layer gradients sum to the scalar gradient.

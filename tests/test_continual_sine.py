@@ -92,10 +92,11 @@ def test_eq23_meta_gradient_matches_a_direct_computation():
     order = [2, 0, 1]
     batches = continual_objective.sequence_batches(task.train_x, task.train_y, order)
     theta0, warp = warped.values("task"), warped.values("warp")
-    trajectory = wg.unroll(warped, theta0, warp, rule, batches, wg.losses.half_mse, family.num_steps)
+    trajectory = wg.unroll(warped, theta0, warp, wg.inner_loop(rule, wg.losses.half_mse, family.num_steps), batches)
     points = [1, 9]
-    result = continual_objective.eq23_meta_gradient(warped, warp, trajectory, rule, batches, task.eval_x,
-                                                    task.eval_y, order, points, 4)
+    learner = wg.inner_loop(rule, wg.losses.half_mse, family.num_steps, training=False, objective="exact")
+    result = continual_objective.eq23_meta_gradient(warped, warp, trajectory, learner, batches,
+                                                    (task.eval_x, task.eval_y), order, points, 4)
 
     weights = continual_objective.subtask_weights(3, 4)
     expected_loss, expected_grads = 0.0, {k: 0.0 for k in warp}
@@ -131,8 +132,9 @@ def test_identity_warp_is_plain_sgd_from_the_same_initialisation():
     for use_warp in (True, False):
         warped = _small(use_warp=use_warp)
         batches = continual_objective.sequence_batches(task.train_x, task.train_y, [0, 1])
-        curves.append(continual_objective.loss_curves(warped, warped.values("task"), warped.values("warp"), rule,
-                                                      batches, task.eval_x, task.eval_y, family.num_steps).numpy())
+        learner = wg.inner_loop(rule, wg.losses.half_mse, family.num_steps)
+        curves.append(continual_objective.loss_curves(warped, warped.values("task"), warped.values("warp"), learner,
+                                                      batches, (task.eval_x, task.eval_y)).numpy())
     assert curves[0].shape == (7, 2)
     np.testing.assert_allclose(curves[0], curves[1], rtol=1e-5)
     assert curves[0][-1].mean() < curves[0][0].mean()  # the learner does learn
@@ -203,12 +205,13 @@ def test_eq23_meta_gradient_on_a_float64_model_equals_its_finite_difference(floa
     cast = lambda a: tf.constant(np.asarray(a, np.float64))  # noqa: E731
     train_x, train_y, eval_x, eval_y = map(cast, (task.train_x, task.train_y, task.eval_x, task.eval_y))
     batches = continual_objective.sequence_batches(train_x, train_y, order)
-    trajectory = wg.unroll(warped, theta0, warp, rule, batches, wg.losses.half_mse, family.num_steps)
+    trajectory = wg.unroll(warped, theta0, warp, wg.inner_loop(rule, wg.losses.half_mse, family.num_steps), batches)
     points = [0, 3]
+    learner = wg.inner_loop(rule, wg.losses.half_mse, family.num_steps, training=False, objective="exact")
 
     def meta(phi):
-        return continual_objective.eq23_meta_gradient(warped, phi, trajectory, rule, batches, eval_x, eval_y, order,
-                                                      points, 2)
+        return continual_objective.eq23_meta_gradient(warped, phi, trajectory, learner, batches, (eval_x, eval_y),
+                                                      order, points, 2)
 
     result = meta(warp)
     assert result.meta_loss.dtype == tf.float64 and all(g.dtype == tf.float64 for g in result.grads.values())
@@ -216,5 +219,5 @@ def test_eq23_meta_gradient_on_a_float64_model_equals_its_finite_difference(floa
     for name in warp:
         np.testing.assert_allclose(result.grads[name].numpy().reshape(-1), fd[name], rtol=1e-6, atol=1e-9)
     assert max(np.abs(g).max() for g in fd.values()) > 1e-3
-    curves = continual_objective.loss_curves(warped, theta0, warp, rule, batches, eval_x, eval_y, family.num_steps)
+    curves = continual_objective.loss_curves(warped, theta0, warp, learner, batches, (eval_x, eval_y))
     assert curves.shape == (family.num_steps + 1, 2) and curves.dtype == tf.float64

@@ -70,8 +70,8 @@ def _reference(warped, rule, loss_fn, batch_size, seed=0, training=True):
 
     @tf.function
     def adapt_and_predict(sx, sy, qx, steps):
-        r = wg.adapt(warped, task0, warp, rule, wg.minibatches(sx, sy, batch_size, seed), loss_fn, steps,
-                     frozen=frozen, state=state, training=training)
+        learner = wg.inner_loop(rule, loss_fn, steps, frozen=frozen, training=training)
+        r = wg.adapt(warped, task0, warp, learner, wg.minibatches(sx, sy, batch_size, seed), state=state)
         return warped.apply(r.task, warp, qx, frozen=frozen, state=r.state, training=training)[0], r.task
 
     return adapt_and_predict

@@ -55,7 +55,8 @@ def test_adaptation_changes_exactly_the_task_variables(first_block):
     before = {v.path: v.numpy().copy() for v in warped.model.trainable_variables}
     sx, sy, _, _ = _episode()
     theta0, warp = warped.values("task"), warped.values("warp")
-    out = wg.adapt(warped, theta0, warp, wg.sgd(0.4), wg.minibatches(sx, sy), wg.losses.softmax_cross_entropy, 5)
+    out = wg.adapt(warped, theta0, warp, wg.inner_loop(wg.sgd(0.4), wg.losses.softmax_cross_entropy, 5),
+                   wg.minibatches(sx, sy))
     assert set(out.task) == TASK
     for name in TASK:  # every declared task variable moved
         assert not np.allclose(out.task[name].numpy(), theta0[name].numpy()), name

@@ -42,8 +42,9 @@ def test_preconditioner_predicts_the_warped_update(float64):
     warped, x, y = _two_layer()
     task, warp = warped.values("task"), warped.values("warp")
     for alpha in (1e-2, 1e-3):
-        new_task, _, _, loss0 = wg.task_step(warped, task, warp, {}, {}, (x, y), wg.sgd(1.0), wg.losses.mse,
-                                             training=False, learning_rate=alpha)
+        new_task, _, _, loss0 = wg.task_step(warped, task, warp, {}, {}, (x, y),
+                                             wg.inner_loop(wg.sgd(1.0), wg.losses.mse, 1, training=False,
+                                                           learning_rate=alpha))
         out, _ = warped.apply(new_task, warp, x)
         warped_loss = float(wg.losses.mse(y, out))
         predicted, geo = geometry.predicted_native_step(warped, task, warp, (x, y), wg.losses.mse, alpha)

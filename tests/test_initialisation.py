@@ -67,7 +67,8 @@ def test_leap_gradient_equals_eq17_by_hand(float64, lr, stabilizer):
     np.testing.assert_allclose(run.init.grads[name], expected, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(run.losses, losses, rtol=1e-12)
     # The same objective evaluated on a stored trajectory (adaptation.unroll) agrees.
-    traj = wg.unroll(warped, warped.values("task"), {}, wg.sgd(lr), wg.minibatches(x, y), wg.losses.mse, 4)
+    traj = wg.unroll(warped, warped.values("task"), {}, wg.inner_loop(wg.sgd(lr), wg.losses.mse, 4),
+                     wg.minibatches(x, y))
     task_grads = {name: tf.constant(np.stack(grads))}
     inputs = initialisation.TaskInputs(warped, {}, warped.values("task"), None, wg.sgd(lr), None, None,
                                        wg.losses.mse, wg.losses.mse, 4)
@@ -133,12 +134,13 @@ def test_maml_second_order_matches_finite_difference_through_three_steps(float64
     lr = tf.Variable(0.4, dtype=tf.float64)  # also meta-learn α: its gradient is checked too
     run = _run(warped, "maml", 0.4, 3, task)
     learner = algorithms.meta_learner(wg.sgd(0.4), wg.losses.mse, 3, init="maml", objective=None)
-    with_lr = algorithms.run_task(warped, learner, warped.values("warp"), theta0, tuple(map(tf.constant, task)),
-                                  tf.constant(0, tf.int64), learning_rate=lr, accumulate_warp=False)
+    with_lr = algorithms.run_task(warped, learner._replace(learning_rate=lr), warped.values("warp"), theta0,
+                                  tuple(map(tf.constant, task)), tf.constant(0, tf.int64), accumulate_warp=False)
 
     def meta_loss(theta, alpha=0.4):
-        adapted = wg.adapt(warped, theta, warped.values("warp"), wg.sgd(0.4), wg.minibatches(task[0], task[1]),
-                           wg.losses.mse, 3, learning_rate=alpha).task
+        adapted = wg.adapt(warped, theta, warped.values("warp"),
+                           wg.inner_loop(wg.sgd(0.4), wg.losses.mse, 3, learning_rate=alpha),
+                           wg.minibatches(task[0], task[1])).task
         out, _ = warped.apply(adapted, warped.values("warp"), tf.constant(task[2]), training=True)
         return float(wg.losses.mse(task[3], out))
 

@@ -130,7 +130,7 @@ def test_kfac_beats_sgd_per_step_on_ill_conditioned_regression(float64):
     losses = {}
     for name, rule in (("sgd", wg.sgd(0.5)), ("kfac", kfac.kfac(0.5, warped, damping=1e-4,
                                                                  distribution="gaussian"))):
-        losses[name] = wg.adapt(warped, task, {}, rule, batches, loss_fn, 11).losses.numpy()[1:]
+        losses[name] = wg.adapt(warped, task, {}, wg.inner_loop(rule, loss_fn, 11), batches).losses.numpy()[1:]
     # SGD is quicker along the large-variance direction at first; KFAC, which rescales every direction, is
     # ahead from the third step on and then contracts the loss geometrically while SGD crawls.
     assert np.all(losses["kfac"][2:] < losses["sgd"][2:]), losses
@@ -144,8 +144,8 @@ def test_state_round_trips_a_checkpoint(float64, tmp_path):
     x, y = _data(2, 8)
     batches = wg.minibatches(x, y)  # the whole set every step: resuming sees the same batches
     task, loss_fn = warped.values("task"), wg.losses.softmax_cross_entropy
-    straight = wg.adapt(warped, task, {}, rule, batches, loss_fn, 5)
-    first = wg.adapt(warped, task, {}, rule, batches, loss_fn, 3)
+    straight = wg.adapt(warped, task, {}, wg.inner_loop(rule, loss_fn, 5), batches)
+    first = wg.adapt(warped, task, {}, wg.inner_loop(rule, loss_fn, 3), batches)
     saved = tf.nest.map_structure(tf.Variable, first.opt_state)
     tf.train.Checkpoint(state=tf.nest.flatten(saved)).write(str(tmp_path / "ckpt"))
     restored = tf.nest.map_structure(lambda t: tf.Variable(tf.zeros_like(t)), first.opt_state)
@@ -153,7 +153,7 @@ def test_state_round_trips_a_checkpoint(float64, tmp_path):
     restored = tf.nest.map_structure(tf.convert_to_tensor, restored)
     tf.nest.map_structure(lambda a, b: np.testing.assert_array_equal(a.numpy(), b.numpy()), first.opt_state,
                           restored)
-    resumed = wg.adapt(warped, first.task, {}, rule, batches, loss_fn, 2, opt_state=restored)
+    resumed = wg.adapt(warped, first.task, {}, wg.inner_loop(rule, loss_fn, 2), batches, opt_state=restored)
     for k in task:
         np.testing.assert_allclose(resumed.task[k].numpy(), straight.task[k].numpy(), rtol=1e-12, atol=1e-14)
     assert int(resumed.opt_state.count) == 5
@@ -177,8 +177,9 @@ def test_saved_model_with_kfac_adapts_like_in_memory(tmp_path):
     rng = np.random.default_rng(5)
     sx, sy = rng.uniform(size=(10, 4, 4, 1)).astype(np.float32), rng.integers(0, 5, 10).astype(np.int32)
     qx = rng.uniform(size=(4, 4, 4, 1)).astype(np.float32)
-    r = wg.adapt(warped, warped.values("task"), warped.values("warp"), rule, wg.minibatches(sx, sy, 6, 0),
-                 wg.losses.softmax_cross_entropy, 3, state=warped.values("state"))
+    r = wg.adapt(warped, warped.values("task"), warped.values("warp"),
+                 wg.inner_loop(rule, wg.losses.softmax_cross_entropy, 3), wg.minibatches(sx, sy, 6, 0),
+                 state=warped.values("state"))
     expected, _ = warped.apply(r.task, warped.values("warp"), qx, state=r.state, training=True)
     loaded = tf.saved_model.load(out)
     got = loaded.signatures["adapt_and_predict"](support_x=tf.constant(sx), support_y=tf.constant(sy),

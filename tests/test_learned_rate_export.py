@@ -66,8 +66,8 @@ def _reference(warped, rule, loss_fn, batch_size, learning_rate):
 
     @tf.function
     def adapt_and_predict(sx, sy, qx, steps):
-        r = wg.adapt(warped, task0, warp, rule, wg.minibatches(sx, sy, batch_size, 0), loss_fn, steps,
-                     frozen=frozen, state=state, training=True, learning_rate=learning_rate)
+        learner = wg.inner_loop(rule, loss_fn, steps, frozen=frozen, learning_rate=learning_rate)
+        r = wg.adapt(warped, task0, warp, learner, wg.minibatches(sx, sy, batch_size, 0), state=state)
         return warped.apply(r.task, warp, qx, frozen=frozen, state=r.state, training=True)[0], r.task
 
     return adapt_and_predict

@@ -25,6 +25,11 @@ def _setup(rule_name):
     return warped, rule, task, opt_state, (xt, yt), (xm, ym)
 
 
+def _learner(rule, objective="exact", **fields):
+    """The inner loop of the one sampled step: ``rule`` on the MSE, warp objective ``objective``."""
+    return wg.inner_loop(rule, wg.losses.mse, 1, objective=objective, **fields)
+
+
 @pytest.mark.parametrize("rule_name", ["sgd", "momentum"])
 def test_exact_meta_gradient_matches_central_finite_difference(float64, rule_name):
     warped, rule, task, opt_state, tb, mb = _setup(rule_name)
@@ -32,9 +37,9 @@ def test_exact_meta_gradient_matches_central_finite_difference(float64, rule_nam
 
     @tf.function
     def meta_loss(w):
-        return wg.warp_objective(warped, w, task, opt_state, rule, tb, mb, wg.losses.mse).meta_loss
+        return wg.warp_objective(warped, w, task, opt_state, _learner(rule), tb, mb).meta_loss
 
-    exact = wg.warp_objective(warped, warp, task, opt_state, rule, tb, mb, wg.losses.mse, objective="exact")
+    exact = wg.warp_objective(warped, warp, task, opt_state, _learner(rule, objective="exact"), tb, mb)
     for name, fd in central_difference(meta_loss, warp).items():
         g = exact.grads[name].numpy().reshape(-1)
         rel = np.linalg.norm(g - fd) / max(np.linalg.norm(fd), 1e-12)
@@ -45,8 +50,8 @@ def test_exact_meta_gradient_matches_central_finite_difference(float64, rule_nam
 def test_approx_equals_exact_with_task_gradient_held_constant(float64):
     warped, rule, task, opt_state, tb, mb = _setup("momentum")
     warp = warped.values("warp")
-    approx = wg.warp_objective(warped, warp, task, opt_state, rule, tb, mb, wg.losses.mse, objective="approx")
-    exact = wg.warp_objective(warped, warp, task, opt_state, rule, tb, mb, wg.losses.mse, objective="exact")
+    approx = wg.warp_objective(warped, warp, task, opt_state, _learner(rule, objective="approx"), tb, mb)
+    exact = wg.warp_objective(warped, warp, task, opt_state, _learner(rule, objective="exact"), tb, mb)
 
     # Hand-built Eq. 12: the task gradient is a constant, only L_meta(·; φ) is differentiated.
     with tf.GradientTape() as tape:
@@ -74,31 +79,31 @@ def test_approx_equals_exact_with_task_gradient_held_constant(float64):
 def test_meta_loss_gradient_takes_no_step(float64):
     warped, rule, task, opt_state, tb, mb = _setup("sgd")
     warp = warped.values("warp")
-    plain = wg.meta_loss_gradient(warped, warp, task, mb, wg.losses.mse)
+    plain = wg.meta_loss_gradient(warped, warp, task, mb, _learner(rule))
     out, _ = warped.apply(task, warp, mb[0], training=True)
     np.testing.assert_allclose(plain.meta_loss, wg.losses.mse(mb[1], out), rtol=1e-12)
-    stepped = wg.warp_objective(warped, warp, task, opt_state, rule, tb, mb, wg.losses.mse)
+    stepped = wg.warp_objective(warped, warp, task, opt_state, _learner(rule), tb, mb)
     assert abs(float(stepped.meta_loss) - float(plain.meta_loss)) > 1e-6
 
 
 def test_learned_learning_rate_gets_a_gradient(float64):
     warped, rule, task, opt_state, tb, mb = _setup("sgd")
     lr = tf.Variable(0.3, dtype=tf.float64)
-    result = wg.warp_objective(warped, warped.values("warp"), task, opt_state, rule, tb, mb, wg.losses.mse,
-                               learning_rate=lr)
+    result = wg.warp_objective(warped, warped.values("warp"), task, opt_state, _learner(rule, learning_rate=lr),
+                               tb, mb)
     eps = 1e-6
 
     def loss_at(a):
-        return float(wg.warp_objective(warped, warped.values("warp"), task, opt_state, rule, tb, mb,
-                                       wg.losses.mse, learning_rate=a).meta_loss)
+        return float(wg.warp_objective(warped, warped.values("warp"), task, opt_state,
+                                       _learner(rule, learning_rate=a), tb, mb).meta_loss)
 
     fd = (loss_at(0.3 + eps) - loss_at(0.3 - eps)) / (2 * eps)
     np.testing.assert_allclose(float(result.learning_rate_grad), fd, rtol=1e-5)
-    constant = wg.warp_objective(warped, warped.values("warp"), task, opt_state, rule, tb, mb, wg.losses.mse,
-                                 learning_rate=tf.constant(0.3, tf.float64))  # a tensor, not a variable
+    constant = wg.warp_objective(warped, warped.values("warp"), task, opt_state,  # a tensor, not a variable
+                                 _learner(rule, learning_rate=tf.constant(0.3, tf.float64)), tb, mb)
     np.testing.assert_allclose(float(constant.learning_rate_grad), fd, rtol=1e-5)
-    scalar = wg.warp_objective(warped, warped.values("warp"), task, opt_state, rule, tb, mb, wg.losses.mse,
-                               learning_rate=np.float64(0.3))  # a NumPy number is a plain rate
+    scalar = wg.warp_objective(warped, warped.values("warp"), task, opt_state,  # a NumPy number is a plain rate
+                               _learner(rule, learning_rate=np.float64(0.3)), tb, mb)
     assert scalar.learning_rate_grad is None
     np.testing.assert_allclose(float(scalar.meta_loss), loss_at(0.3), rtol=1e-12)
 
@@ -106,5 +111,5 @@ def test_learned_learning_rate_gets_a_gradient(float64):
 def test_unknown_objective_is_an_error():
     warped, rule, task, opt_state, tb, mb = _setup("sgd")
     with pytest.raises(ValueError, match="exact"):
-        wg.warp_objective(warped, warped.values("warp"), task, opt_state, rule, tb, mb, wg.losses.mse,
-                          objective="second_order")
+        wg.warp_objective(warped, warped.values("warp"), task, opt_state,
+                          _learner(rule)._replace(objective="second_order"), tb, mb)

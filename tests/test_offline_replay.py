@@ -34,14 +34,13 @@ def test_eta1_replay_pass_equals_sequential_warp_updates_on_the_stored_trajector
         tb = algorithms.base.task_batches(learner, tasks.train_x[i], tasks.train_y[i], seed)
         mb = algorithms.base.meta_batches(learner, tasks.query_x[i], tasks.query_y[i], seed)
         batches.append((tb, mb))
-        trajectories.append(wg.unroll(warped, theta0, warp0, learner.rule, tb, wg.losses.mse, steps))
+        trajectories.append(wg.unroll(warped, theta0, warp0, learner, tb))
     warp = dict(warp0)
     for sample in np.random.default_rng(shuffle).permutation(len(seeds) * steps):
         i, k = divmod(int(sample), steps)
         theta_k, opt_k = trajectories[i].point(k)
         tb, mb = batches[i]
-        mg = wg.warp_objective(warped, warp, theta_k, opt_k, learner.rule, tb(k), mb(k), wg.losses.mse,
-                               objective=objective)
+        mg = wg.warp_objective(warped, warp, theta_k, opt_k, learner, tb(k), mb(k))
         warp = {n: warp[n] - beta * mg.grads[n] for n in warp}
 
     step = algorithms.offline_step(warped, learner, algorithms.meta_optimizers(warp=beta), eta=1)

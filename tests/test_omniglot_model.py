@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from warpgrad_tf import WarpedModel, adapt, losses, update_rules, warp_objective
+from warpgrad_tf import WarpedModel, adapt, inner_loop, losses, update_rules, warp_objective
 from warpgrad_tf.layers import BatchNormalization, FiLMWarpBlock, TaskFiLM, WarpBlock
 from warpgrad_tf.model import sublayers
 from warpgrad_tf.models import WARP_VARIANTS, FusedBatchNormalization, omniglot_convnet
@@ -46,7 +46,8 @@ def test_every_table3_variant_builds_and_adapts(variant):
     assert warped.num_parameters("warp") > 0
     x, y = images(16), tf.range(16) % 20
     task, warp = warped.values("task"), warped.values("warp")
-    result = adapt(warped, task, warp, update_rules.sgd(0.1), lambda k: (x, y), losses.softmax_cross_entropy, 3)
+    result = adapt(warped, task, warp, inner_loop(update_rules.sgd(0.1), losses.softmax_cross_entropy, 3),
+                   lambda k: (x, y))
     assert result.losses.shape == (3,) and np.all(np.isfinite(result.losses.numpy()))
     assert result.losses[-1] < result.losses[0]
 
@@ -155,9 +156,8 @@ def test_fused_batch_norm_exact_meta_gradient_matches_plain():
     task, warp, state = fused.values("task"), fused.values("warp"), fused.values("state")
     x, y = images(24, seed=4), tf.range(24) % 20
     mx, my = images(24, seed=5), (tf.range(24) + 3) % 20
-    rule = update_rules.sgd(0.5)
-    out = [warp_objective(m, warp, task, {}, rule, (x, y), (mx, my), losses.softmax_cross_entropy, state=state)
-           for m in (fused, plain)]
+    learner = inner_loop(update_rules.sgd(0.5), losses.softmax_cross_entropy, 1, objective="exact")
+    out = [warp_objective(m, warp, task, {}, learner, (x, y), (mx, my), state=state) for m in (fused, plain)]
     np.testing.assert_allclose(float(out[0].meta_loss), float(out[1].meta_loss), rtol=1e-4)
     for name in warp:
         a, b = out[0].grads[name].numpy(), out[1].grads[name].numpy()
@@ -176,11 +176,10 @@ def test_exact_meta_gradient_through_batch_norm_matches_finite_difference(warp):
     task, warp_v, state = warped.values("task"), warped.values("warp"), warped.values("state")
     x, y = tf.cast(images(12, seed=8), tf.float64), tf.range(12) % 20
     mx, my = tf.cast(images(12, seed=9), tf.float64), (tf.range(12) + 5) % 20
-    rule = update_rules.sgd(0.3)
+    learner = inner_loop(update_rules.sgd(0.3), losses.softmax_cross_entropy, 1, objective="exact")
 
     def objective(w):
-        return warp_objective(warped, w, task, {}, rule, (x, y), (mx, my), losses.softmax_cross_entropy,
-                              state=state)
+        return warp_objective(warped, w, task, {}, learner, (x, y), (mx, my), state=state)
 
     rng = np.random.default_rng(10)
     direction = {k: rng.normal(size=v.shape) for k, v in warp_v.items()}

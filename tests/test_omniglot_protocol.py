@@ -118,7 +118,7 @@ def test_authors_meta_training_starts_every_baseline_task_from_a_fresh_head():
     assert not np.array_equal(run(reset, theta0, 0).losses, run(plain, theta0, 0).losses)
     online = wg.algorithms.online.online_meta_gradient_sums  # the vectorised meta-batch starts from the same heads
     one_by_one = online(warped, reset, warp, theta0, tasks, seeds)
-    side_by_side = online(warped, reset, warp, theta0, tasks, seeds, vectorize=True)
+    side_by_side = online(warped, reset._replace(vectorize=True), warp, theta0, tasks, seeds)
     for k in theta0:
         np.testing.assert_allclose(side_by_side.init[k], one_by_one.init[k], rtol=1e-4, atol=1e-5)
 

@@ -63,8 +63,9 @@ def test_untrained_warp_gives_plain_gradient_descent():
     family = SurfaceFamily()
     constants = np.stack([family.sample(s).constants() for s in range(4)])
     starts = family.starts(0, 4)
-    result = wg.adapt(warped, {path: tf.constant(starts)}, warped.values("warp"), wg.sgd(0.1),
-                      lambda k: trainer._batch(constants), trainer.surface_sum, 20, training=False)
+    result = wg.adapt(warped, {path: tf.constant(starts)}, warped.values("warp"),
+                      wg.inner_loop(wg.sgd(0.1), trainer.surface_sum, 20, training=False),
+                      lambda k: trainer._batch(constants))
     x = tf.constant(starts)
     for _ in range(20):
         with tf.GradientTape() as tape:

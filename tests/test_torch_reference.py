@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from warpgrad_tf import WarpedModel, losses, sgd
 from warpgrad_tf.adaptation import task_step
+from warpgrad_tf.learner import inner_loop
 from warpgrad_tf.models import omniglot_convnet
 from warpgrad_tf.objectives import warp_objective
 
@@ -68,14 +69,14 @@ def test_reference_computes_the_same_task_step_and_replay_sample(shared, tmp_pat
 
     tf_task = {k: tf.constant(v) for k, v in task.items()}
     tf_warp = {k: tf.constant(v) for k, v in warp.items()}
-    stepped, _, _, loss = task_step(warped, tf_task, tf_warp, {}, None, (x, y), sgd(LR),
-                                    losses.softmax_cross_entropy)
+    stepped, _, _, loss = task_step(warped, tf_task, tf_warp, {}, None, (x, y),
+                                    inner_loop(sgd(LR), losses.softmax_cross_entropy, 1))
     np.testing.assert_allclose(loss.numpy(), ref["loss"], rtol=1e-6)
     for k, v in stepped.items():
         np.testing.assert_allclose(v.numpy(), ref[f"task/{k}"], rtol=1e-6, atol=1e-7, err_msg=k)
     for objective in ("exact", "approx"):
-        got = warp_objective(warped, tf_warp, tf_task, {}, sgd(LR), (x, y), (xm, ym), losses.softmax_cross_entropy,
-                             objective=objective)
+        got = warp_objective(warped, tf_warp, tf_task, {}, inner_loop(sgd(LR), losses.softmax_cross_entropy, 1,
+                                                                      objective=objective), (x, y), (xm, ym))
         np.testing.assert_allclose(got.meta_loss.numpy(), ref[f"meta_loss/{objective}"], rtol=1e-6)
         for k, g in got.grads.items():
             want = ref[f"warp_grad/{objective}/{k}"]

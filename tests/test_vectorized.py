@@ -52,7 +52,7 @@ def _check_online_and_collection(warped, tasks, loss):
     sums = {}
     for vectorize in (False, True):
         fn = tf.function(lambda v=vectorize: online.online_meta_gradient_sums(
-            warped, learner, warped.values("warp"), warped.values("task"), tasks, seeds, vectorize=v))
+            warped, learner._replace(vectorize=v), warped.values("warp"), warped.values("task"), tasks, seeds))
         sums[vectorize] = fn()
     moved = 0.0
     for k, g in sums[False].warp.items():
@@ -66,7 +66,7 @@ def _check_online_and_collection(warped, tasks, loss):
     for vectorize in (False, True):
         buffers[vectorize] = replay.ReplayBuffer()
         offline.collect(warped, learner, tasks, seeds, buffers[vectorize],
-                        run_fn=offline.collector(warped, learner, vectorize=vectorize))
+                        run_fn=offline.collector(warped, learner._replace(vectorize=vectorize)))
     every = np.arange(len(buffers[False]))
     seq, vec = buffers[False].gather(every), buffers[True].gather(every)
     assert len(buffers[True]) == len(buffers[False]) == int(tasks.train_x.shape[0]) * learner.steps
@@ -82,8 +82,9 @@ def test_vectorised_adaptation_equals_sequential_on_the_sine_mlp(float64):
     learner, buffer, batch = _check_online_and_collection(warped, tasks, loss)
     # a replay mini-batch with η > 1 (here the whole buffer, with a zero-weight sample), vectorised over samples
     weights = tf.constant(np.r_[np.ones(len(buffer) - 1), 0.0])
-    out = [offline.replay_meta_gradient_sums(warped, learner, warped.values("warp"), batch, buffer.task_data()[0],
-                                             buffer.task_data()[1], weights=weights, vectorize=v) for v in (0, 1)]
+    out = [offline.replay_meta_gradient_sums(warped, learner._replace(vectorize=v), warped.values("warp"), batch,
+                                             buffer.task_data()[0], buffer.task_data()[1], weights=weights)
+           for v in (False, True)]
     for k, g in out[0][0].items():
         assert np.abs(g).sum() > 0 and _relative(g, out[1][0][k]) <= 1e-4, k
     np.testing.assert_allclose(float(out[0][2]), float(out[1][2]), rtol=1e-9)

@@ -51,9 +51,10 @@ def test_xla_adapt_unroll_and_warp_objectives_equal_the_plain_graph(model):
     rule = wg.momentum(0.05, beta=0.5)
     task, warp = warped.values("task"), warped.values("warp")
     batches = wg.minibatches(x, y, batch_size=4, seed=3)  # device-independent draws: the same under XLA
+    learner = wg.inner_loop(rule, loss, 3)
     for fn in (wg.adapt, wg.unroll):
-        plain = fn(warped, task, warp, rule, batches, loss, 3)
-        xla = fn(warped, task, warp, rule, batches, loss, 3, jit_compile="strict")
+        plain = fn(warped, task, warp, learner, batches)
+        xla = fn(warped, task, warp, learner._replace(jit_compile="strict"), batches)
         np.testing.assert_allclose(xla.losses, plain.losses, rtol=1e-5)
         scale = max(float(np.abs(t).max()) for t in plain.task.values())
         for k, t in plain.task.items():  # (a conv bias before BatchNorm stays at round-off: absolute tolerance)
@@ -64,8 +65,8 @@ def test_xla_adapt_unroll_and_warp_objectives_equal_the_plain_graph(model):
     opt = tf.nest.map_structure(lambda v: v[1], plain.opt_state)
     for objective in ("exact", "approx"):
         def meta(warp, objective=objective):
-            return objectives.warp_objective(warped, warp, theta, opt, rule, batches(1), batches(2), loss,
-                                             objective=objective).grads
+            return objectives.warp_objective(warped, warp, theta, opt, learner._replace(objective=objective),
+                                             batches(1), batches(2)).grads
         a, b = tf.function(meta)(warp), tf.function(meta, jit_compile=True)(warp)
         assert sum(float(np.abs(g).sum()) for g in a.values()) > 0
         for k in a:
@@ -83,8 +84,8 @@ def test_xla_offline_meta_step_equals_the_plain_graph():
     for jit in (False, "strict"):
         for r, values in start.items():
             warped.assign(r, values)
-        step = algorithms.offline_step(warped, learner, algorithms.meta_optimizers(warp=0.1, init=0.1), eta=2,
-                                       jit_compile=jit)
+        step = algorithms.offline_step(warped, learner._replace(jit_compile=jit),
+                                       algorithms.meta_optimizers(warp=0.1, init=0.1), eta=2)
         step(tasks, [4, 5], shuffle_seed=0)
         after[jit] = {r: {k: v.numpy() for k, v in warped.values(r).items()} for r in start}
     for r in start:
@@ -99,8 +100,9 @@ def test_bfloat16_policy_runs_on_the_xla_path():
     warped, x, y, loss = _omniglot(dtype="mixed_bfloat16")
     task, warp = warped.values("task"), warped.values("warp")
     assert {v.dtype for v in task.values()} == {tf.float32}
-    args = (warped, task, warp, wg.sgd(0.05), wg.minibatches(x, y, batch_size=4, seed=1), loss, 3)
-    plain, xla = wg.adapt(*args), wg.adapt(*args, jit_compile="strict")
+    learner, batches = wg.inner_loop(wg.sgd(0.05), loss, 3), wg.minibatches(x, y, batch_size=4, seed=1)
+    plain = wg.adapt(warped, task, warp, learner, batches)
+    xla = wg.adapt(warped, task, warp, learner._replace(jit_compile="strict"), batches)
     assert np.isfinite(xla.losses.numpy()).all()
     np.testing.assert_allclose(xla.losses, plain.losses, rtol=3e-2)
 
@@ -115,34 +117,38 @@ def _not_compilable(loss):
 
 def test_xla_fallback_runs_the_plain_graph_with_a_notice_or_fails_when_strict(caplog):
     warped, x, y, loss = _sine()
-    args = (warped, warped.values("task"), warped.values("warp"), wg.sgd(0.05), wg.minibatches(x, y),
-            _not_compilable(loss), 2)
-    plain = wg.adapt(*args)
+    args = (warped, warped.values("task"), warped.values("warp"))
+    batches = wg.minibatches(x, y)
+
+    def inner(jit_compile):
+        return wg.inner_loop(wg.sgd(0.05), _not_compilable(loss), 2, jit_compile=jit_compile)
+
+    plain = wg.adapt(*args, inner(False), batches)
     verbosity = absl_logging.get_verbosity()  # an in-process CLI run earlier in the session may have raised it
     absl_logging.set_verbosity(absl_logging.WARNING)
     try:
         with caplog.at_level(logging.WARNING):
-            fallback = wg.adapt(*args, jit_compile=True)
+            fallback = wg.adapt(*args, inner(True), batches)
     finally:
         absl_logging.set_verbosity(verbosity)
     notices = [r.getMessage() for r in caplog.records if "XLA compilation of adapt failed" in r.getMessage()]
     assert len(notices) == 1 and "\n" not in notices[0]
     np.testing.assert_allclose(fallback.losses, plain.losses, rtol=1e-6)
     with pytest.raises(RuntimeError, match="XLA compilation of adapt failed"):
-        wg.adapt(*args, jit_compile="strict")
+        wg.adapt(*args, inner("strict"), batches)
 
     # the meta-step seam: online_step's replica terms fall back once and stay on the plain graph
     rng = np.random.default_rng(1)
     tasks = tuple(rng.standard_normal((2, 6, d)).astype("float32") for d in (2, 1, 2, 1))
     learner = algorithms.meta_learner(wg.sgd(0.05), _not_compilable(loss), 1, objective="approx")
-    step = algorithms.online_step(warped, learner, algorithms.meta_optimizers(warp=0.1), jit_compile=True)
+    step = algorithms.online_step(warped, learner._replace(jit_compile=True), algorithms.meta_optimizers(warp=0.1))
     metrics = step(tasks, [1, 2])
     assert np.isfinite(float(metrics["meta_loss"]))
     with pytest.raises(RuntimeError, match="XLA compilation of .* failed"):
-        algorithms.online_step(warped, learner, algorithms.meta_optimizers(warp=0.1), jit_compile="strict")(
-            tasks, [1, 2])
+        algorithms.online_step(warped, learner._replace(jit_compile="strict"),
+                               algorithms.meta_optimizers(warp=0.1))(tasks, [1, 2])
     with pytest.raises(ValueError, match="jit_compile must be False, True or 'strict'"):
-        wg.adapt(*args, jit_compile="yes")
+        wg.adapt(*args, inner("yes"), batches)
 
 
 def _numpy_indices(seed, k, n, size):

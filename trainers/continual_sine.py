@@ -43,6 +43,7 @@ import tensorflow as tf
 from warpgrad_tf import algorithms, artifacts, continual_objective, distribute, update_rules
 from warpgrad_tf.adaptation import unroll
 from warpgrad_tf.layers import WarpBlock
+from warpgrad_tf.learner import inner_loop
 from warpgrad_tf.losses import half_mse
 from warpgrad_tf.model import WarpedModel
 from warpgrad_tf.objectives import check_objective
@@ -91,8 +92,8 @@ def curves_function(warped, rule, steps):
     @tf.function
     def curves(task, warp, train_x, train_y, eval_x, eval_y, order):
         batches = continual_objective.sequence_batches(train_x, train_y, order)
-        return continual_objective.loss_curves(warped, task, warp, rule, batches, eval_x, eval_y, steps,
-                                               loss_fn=half_mse)
+        return continual_objective.loss_curves(warped, task, warp, inner_loop(rule, half_mse, steps), batches,
+                                               (eval_x, eval_y))
 
     return curves
 
@@ -240,6 +241,7 @@ def train_eval(
     with strategy.scope():  # φ, θ0 and the optimiser's slots mirrored over the replicas
         warped = WarpedModel(build_model(**model_kwargs))
     rule = update_rules.sgd(inner_learning_rate)
+    learner = inner_loop(rule, half_mse, steps, training=False, objective=objective)
     meta_learning = bool(warped.names["warp"]) and meta_steps > 0
     # The identity warp of a freshly built learner: adapting under it is plain SGD from the same θ0.
     identity_warp = WarpedModel(build_model(**model_kwargs)).values("warp")
@@ -261,10 +263,10 @@ def train_eval(
 
         def one_sequence(s):
             batches = continual_objective.sequence_batches(train_x[s], train_y[s], training_order)
-            trajectory = unroll(warped, theta0, warp, rule, batches, half_mse, steps, training=False)
+            trajectory = unroll(warped, theta0, warp, learner, batches)
             result = continual_objective.eq23_meta_gradient(
-                warped, warp, trajectory, rule, batches, eval_x[s], eval_y[s], training_order, points[s],
-                steps_per_subtask, objective=objective)
+                warped, warp, trajectory, learner, batches, (eval_x[s], eval_y[s]), training_order, points[s],
+                steps_per_subtask)
             return result.meta_loss, tf.reduce_mean(trajectory.losses), result.grads
 
         zeros = (tf.constant(0.0), tf.constant(0.0), {n: tf.zeros_like(v) for n, v in warp.items()})

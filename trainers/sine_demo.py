@@ -185,8 +185,8 @@ def evaluate(problem, task_init, warp, num_tasks):
 
     @tf.function
     def curve(tx, ty, qx, qy):
-        traj = wg.unroll(warped, task_init, warp, rule, wg.minibatches(tx, ty), wg.losses.mse,
-                         problem.inner_steps)
+        traj = wg.unroll(warped, task_init, warp, wg.inner_loop(rule, wg.losses.mse, problem.inner_steps),
+                         wg.minibatches(tx, ty))
 
         def query_loss(k):
             theta = tf.nest.map_structure(lambda t: t[k], traj.task)

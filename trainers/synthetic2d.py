@@ -53,6 +53,7 @@ from keras import ops
 from warpgrad_tf import algorithms, distribute, update_rules
 from warpgrad_tf.adaptation import adapt, unroll
 from warpgrad_tf.layers import WarpBlock
+from warpgrad_tf.learner import inner_loop
 from warpgrad_tf.model import WarpedModel
 from warpgrad_tf.objectives import check_objective, warp_objective
 from warpgrad_tf.tasks import synthetic2d
@@ -132,8 +133,8 @@ def final_values(warped, warp, constants, starts, rule, steps):
     """``f_τ(ω(x_K))`` per row after ``steps`` of gradient descent from ``starts`` (``[rows]`` tensor)."""
     (path,) = warped.names["task"]
     batch = _batch(constants)
-    result = adapt(warped, {path: tf.convert_to_tensor(starts)}, warp, rule, lambda k: batch, surface_sum,
-                   steps, training=False)
+    learner = inner_loop(rule, surface_sum, steps, training=False)
+    result = adapt(warped, {path: tf.convert_to_tensor(starts)}, warp, learner, lambda k: batch)
     values, _ = warped.apply(result.task, warp, batch[0])
     return values[:, 0]
 
@@ -298,6 +299,7 @@ def train_eval(
         warped = WarpedModel(build_model(**model_kwargs))
     (point_path,) = warped.names["task"]
     rule = update_rules.sgd(inner_learning_rate)
+    learner = inner_loop(rule, surface_sum, steps, training=False, objective=objective)
     identity_warp = WarpedModel(build_model(**model_kwargs)).values("warp")
     # The learner of one replica's runs: the same layers (so the same variable paths) with runs_per_replica
     # rows; only its structure is used — every parameter is passed in, φ from ``warped``.
@@ -320,13 +322,11 @@ def train_eval(
         constants, starts = shard
         warp = warped.values("warp")
         batch = _batch(constants)
-        trajectory = unroll(shard_warped, {point_path: starts}, warp, rule, lambda k: batch, surface_sum, steps,
-                            training=False)
+        trajectory = unroll(shard_warped, {point_path: starts}, warp, learner, lambda k: batch)
 
         def one_step(k):
             theta_k, opt_k = trajectory.point(k)
-            result = warp_objective(shard_warped, warp, theta_k, opt_k, rule, batch, batch, surface_sum,
-                                    objective=objective, training=False)
+            result = warp_objective(shard_warped, warp, theta_k, opt_k, learner, batch, batch)
             return result.meta_loss, result.grads
 
         zeros = (tf.constant(0.0), {n: tf.zeros_like(v) for n, v in warp.items()})
@@ -407,8 +407,7 @@ def train_eval(
     # Fig. 7: for each plotted surface pick the candidate start on which gradient descent ends highest.
     panels = []
     unroll_fn = tf.function(lambda warp, constants, starts: unroll(
-        warped, {point_path: starts}, warp, rule, lambda k: _batch(constants), surface_sum, steps,
-        training=False).task[point_path])
+        warped, {point_path: starts}, warp, learner, lambda k: _batch(constants)).task[point_path])
     for i in range(plot_surfaces):
         seed_i = EVAL_SEED_OFFSET + eval_pairs + i
         task = family.sample(seed_i)

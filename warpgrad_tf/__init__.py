@@ -7,6 +7,7 @@ Public API (one module per idea):
 * :class:`WarpedModel` — task / warp / frozen partition and the functional forward.
 * :mod:`warpgrad_tf.update_rules` — inner update rules (``sgd``, ``momentum``, ``adam``); :mod:`warpgrad_tf.kfac` —
   KFAC, the natural-gradient baseline (App. G).
+* :mod:`warpgrad_tf.learner` — the inner-loop configuration, one value (``MetaLearner``, ``inner_loop``).
 * :mod:`warpgrad_tf.adaptation` — K-step task adaptation (``adapt``, ``unroll``, ``minibatches``).
 * :mod:`warpgrad_tf.accelerate` — XLA with a fallback (``compiled``) and tasks adapted side by side.
 * :mod:`warpgrad_tf.objectives` — the warp meta-objective (Eq. 11 exact, Eq. 12 approx).
@@ -45,6 +46,8 @@ _NAMES = {
     "FusedBatchNormalization": "layers",
     "TaskFiLM": "layers",
     "WarpBlock": "layers",
+    "MetaLearner": "learner",
+    "inner_loop": "learner",
     "WarpedModel": "model",
     "MetaGradient": "objectives",
     "meta_loss_gradient": "objectives",
@@ -62,6 +65,7 @@ __all__ = [
     "DiracInitializer",
     "FusedBatchNormalization",
     "MetaGradient",
+    "MetaLearner",
     "TaskFiLM",
     "Trajectory",
     "UpdateRule",
@@ -75,8 +79,10 @@ __all__ = [
     "data",
     "geometry",
     "initialisation",
+    "inner_loop",
     "kfac",
     "learned_lr",
+    "learner",
     "losses",
     "meta_loss_gradient",
     "minibatches",

@@ -11,13 +11,14 @@ One step body, :func:`gradient_step` (:func:`task_step` on an ``(x, y)`` batch),
 * :func:`unroll` also returns the trajectory ``(θ_k, optimiser state_k, loss_k)`` for ``k = 0..K`` —
   the samples from ``p(θ | τ)`` on which the warp meta-objective is evaluated (Sec. 2.4, Alg. 2).
 
-Both run a ``tf.while_loop``; wrap the caller in ``tf.function``, or pass ``jit_compile=True`` to run the
-loop as one XLA function (with a fallback, :mod:`warpgrad_tf.accelerate`; on a 2-core CPU XLA measured
-~10× slower, so it is off by default). ``steps`` may be a
-Python int or a scalar tensor. Mini-batches come from a ``batches(k) -> (x, y)`` callable, usually
-:func:`minibatches`, so the data pipeline is traced into the loop and exported models can adapt alone.
+Both take the inner-loop configuration as one value, a :class:`~warpgrad_tf.learner.MetaLearner` (rule,
+loss, K, frozen values, inner rate, compute options). Both run a ``tf.while_loop``; wrap the caller in
+``tf.function``, or set the learner's ``jit_compile=True`` to run the loop as one XLA function (with a
+fallback, :mod:`warpgrad_tf.accelerate`; on a 2-core CPU XLA measured ~10× slower, so it is off by
+default). K may be a Python int or a scalar tensor. Mini-batches come from a ``batches(k) -> (x, y)``
+callable, usually :func:`minibatches`, so the data pipeline is traced into the loop and exported models can adapt alone.
 
-Length (≈ 430 lines, over the project's ~400): the one task step (:func:`gradient_step`, with the
+Length (≈ 440 lines, over the project's ~400): the one task step (:func:`gradient_step`, with the
 curvature seam), the mini-batch draw it consumes and the two loops built on it (:func:`adapt`,
 :func:`unroll`) change together; splitting the loops from their step would put one idea in two files.
 """
@@ -31,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from warpgrad_tf import accelerate
+from warpgrad_tf.learner import MetaLearner, inner_rate, learner_of
 
 __all__ = [
     "AdaptResult",
@@ -241,13 +243,19 @@ def supervised_objective(warped, warp, state, batch, loss_fn, *, frozen=None, tr
     return objective
 
 
-def task_step(warped, task, warp, opt_state, state, batch, rule, loss_fn, *, frozen=None, training=True,
-              learning_rate=None):
+def task_step(warped, task, warp, opt_state, state, batch, learner: MetaLearner, *old_args, **old):
     """One warped task update on ``batch = (x, y)``: returns ``(θ_{k+1}, opt_state_{k+1}, state_{k+1}, L_task(θ_k))``
-    (:func:`gradient_step` of :func:`supervised_objective`; the new BatchNorm state is stop-gradient'ed)."""
-    step = gradient_step(task, opt_state, rule, supervised_objective(warped, warp, state, batch, loss_fn,
-                                                                     frozen=frozen, training=training),
-                         learning_rate=learning_rate)
+    (:func:`gradient_step` of :func:`supervised_objective`; the new BatchNorm state is stop-gradient'ed).
+
+    ``learner`` (:class:`~warpgrad_tf.learner.MetaLearner`) gives the rule, the loss, the frozen values, the
+    forward mode and the inner rate. The old form ``task_step(…, batch, rule, loss_fn, frozen=, training=,
+    learning_rate=)`` still works for one release, with a DeprecationWarning.
+    """
+    learner = learner_of("task_step", learner, old_args, old)
+    step = gradient_step(task, opt_state, learner.rule,
+                         supervised_objective(warped, warp, state, batch, learner.loss_fn, frozen=learner.frozen,
+                                              training=learner.training),
+                         learning_rate=inner_rate(learner))
     return step.task, step.opt_state, tf.nest.map_structure(tf.stop_gradient, step.aux.state), step.loss
 
 
@@ -273,13 +281,12 @@ def _assert_finite(loss, k):
     )
 
 
-def _checked_step(warped, warp, rule, batches, loss_fn, frozen, training, learning_rate, check_finite):
+def _checked_step(warped, warp, learner, batches, check_finite):
     """The loop body shared by :func:`adapt` and :func:`unroll`: one task step, its loss logged and checked."""
 
     @isolated
     def one_step(task, warp, opt_state, state, x, y):
-        return task_step(warped, task, warp, opt_state, state, (x, y), rule, loss_fn, frozen=frozen,
-                         training=training, learning_rate=learning_rate)
+        return task_step(warped, task, warp, opt_state, state, (x, y), learner)
 
     def step(k, task, opt_state, state, losses):
         new_task, new_opt, new_state, loss = one_step(task, warp, opt_state, state, *batches(k))
@@ -330,49 +337,49 @@ def _check_steps(steps):
     return tf.constant(int(steps), tf.int32)
 
 
-def _compiled_loop(loop, name, jit_compile, warped, task, warp, rule, batches, loss_fn, steps, opt_state, state,
-                   **options):
+def _compiled_loop(loop, name, warped, task, warp, learner, batches, steps, opt_state, state, check_finite):
     """``loop`` (:func:`adapt` / :func:`unroll`) run as one XLA function of (θ, φ, optimiser state, BatchNorm state),
     with :func:`~warpgrad_tf.accelerate.compiled`'s fallback; K and everything else are compiled in."""
     steps = int(tf.get_static_value(steps)) if tf.get_static_value(steps) is not None else steps
+    inner = learner._replace(steps=steps, jit_compile=False)
 
     def run(task, warp, opt_state, state):
-        return loop(warped, task, warp, rule, batches, loss_fn, steps, opt_state=opt_state, state=state, **options)
+        return loop(warped, task, warp, inner, batches, opt_state=opt_state, state=state, check_finite=check_finite)
 
-    return accelerate.compiled(run, jit_compile, name=name, autograph=False)(task, warp, opt_state, state)
+    return accelerate.compiled(run, learner.jit_compile, name=name, autograph=False)(task, warp, opt_state, state)
 
 
-def adapt(warped, task, warp, rule, batches: Callable, loss_fn: Callable, steps, *, opt_state=None,
-          state=None, frozen=None, training=True, learning_rate=None, check_finite=True,
-          jit_compile=False) -> AdaptResult:
-    """Adapt task parameters for ``steps`` updates with warps fixed (Alg. 1, lines 7–8).
+def adapt(warped, task, warp, learner: MetaLearner, batches: Callable, *old_args, opt_state=None, state=None,
+          check_finite=True, **old) -> AdaptResult:
+    """Adapt task parameters for K = ``learner.steps`` updates with warps fixed (Alg. 1, lines 7–8).
 
     Args:
       warped: the :class:`WarpedModel`.
       task: initial task parameters θ_0 (``{path: tensor}``).
       warp: warp parameters φ (held fixed).
-      rule: an :class:`~warpgrad_tf.update_rules.UpdateRule`.
+      learner: the :class:`~warpgrad_tf.learner.MetaLearner` (:func:`~warpgrad_tf.learner.inner_loop`): its rule,
+        loss, steps K (int or scalar tensor), frozen values, forward mode (``training``), inner rate
+        (``learning_rate``, None: the rule's) and ``jit_compile`` (run the whole loop as one XLA function; True
+        falls back to the plain graph with a one-line notice when the model's ops do not compile, ``"strict"``
+        raises instead; each call traces anew, so to adapt many tasks wrap a caller in
+        ``tf.function(jit_compile=True)`` once instead).
       batches: ``batches(k) -> (x, y)`` for step ``k``.
-      loss_fn: ``loss_fn(y_true, y_pred) -> scalar``.
-      steps: K (int or scalar tensor).
-      opt_state, state, frozen: optional starting optimiser state, BatchNorm state and frozen values.
-      training: forward mode for the task loss (BatchNorm batch statistics when True).
-      learning_rate: optional override of the rule's step size (scalar or per-parameter dict).
+      opt_state, state: optional starting optimiser state and BatchNorm state.
       check_finite: stop with ``InvalidArgumentError`` naming the step if a task loss is not finite (not
         under XLA, which compiles the check away; see :mod:`warpgrad_tf.accelerate`).
-      jit_compile: run the whole loop as one XLA-compiled function (True: falling back to the plain graph with
-        a one-line notice when the model's ops do not compile; ``"strict"``: an error instead). Each call
-        traces anew; to adapt many tasks, wrap a caller in ``tf.function(jit_compile=True)`` once instead.
+
+    The old form ``adapt(warped, task, warp, rule, batches, loss_fn, steps, frozen=, training=, learning_rate=,
+    jit_compile=)`` still works for one release, with a DeprecationWarning naming the fields.
     """
-    steps = _check_steps(steps)
-    opt_state, state = _prepare(warped, task, warp, rule, opt_state, state)
-    if jit_compile:
-        return _compiled_loop(adapt, "adapt", jit_compile, warped, task, warp, rule, batches, loss_fn, steps,
-                              opt_state, state, frozen=frozen, training=training, learning_rate=learning_rate,
-                              check_finite=check_finite)
+    learner = learner_of("adapt", learner, old_args, old, ("loss_fn", "steps"))
+    steps = _check_steps(learner.steps)
+    opt_state, state = _prepare(warped, task, warp, learner.rule, opt_state, state)
+    if learner.jit_compile:
+        return _compiled_loop(adapt, "adapt", warped, task, warp, learner, batches, steps, opt_state, state,
+                              check_finite)
     losses = tf.TensorArray(tf.float32, size=steps, element_shape=[])
 
-    step = _checked_step(warped, warp, rule, batches, loss_fn, frozen, training, learning_rate, check_finite)
+    step = _checked_step(warped, warp, learner, batches, check_finite)
 
     def body(k, task, opt_state, state, losses):
         new_task, new_opt, new_state, losses = step(k, task, opt_state, state, losses)
@@ -383,21 +390,20 @@ def adapt(warped, task, warp, rule, batches: Callable, loss_fn: Callable, steps,
     return AdaptResult(task, opt_state, state, losses.stack())
 
 
-def unroll(warped, task, warp, rule, batches: Callable, loss_fn: Callable, steps, *, opt_state=None,
-           state=None, frozen=None, training=True, learning_rate=None, check_finite=True,
-           jit_compile=False) -> Trajectory:
+def unroll(warped, task, warp, learner: MetaLearner, batches: Callable, *old_args, opt_state=None, state=None,
+           check_finite=True, **old) -> Trajectory:
     """Adapt like :func:`adapt` and return the whole trajectory θ_0..θ_K (Alg. 2, lines 6–10).
 
     The returned tensors are stop-gradient'ed: WarpGrad never backpropagates through the trajectory.
     ``losses[k]`` is L_task(θ_k) on ``batches(k)``; ``losses[K]`` costs one extra forward pass.
-    ``jit_compile`` as in :func:`adapt`.
+    Arguments (and the old form, deprecated) as in :func:`adapt`.
     """
-    steps = _check_steps(steps)
-    opt_state, state = _prepare(warped, task, warp, rule, opt_state, state)
-    if jit_compile:
-        return _compiled_loop(unroll, "unroll", jit_compile, warped, task, warp, rule, batches, loss_fn, steps,
-                              opt_state, state, frozen=frozen, training=training, learning_rate=learning_rate,
-                              check_finite=check_finite)
+    learner = learner_of("unroll", learner, old_args, old, ("loss_fn", "steps"))
+    steps = _check_steps(learner.steps)
+    opt_state, state = _prepare(warped, task, warp, learner.rule, opt_state, state)
+    if learner.jit_compile:
+        return _compiled_loop(unroll, "unroll", warped, task, warp, learner, batches, steps, opt_state, state,
+                              check_finite)
 
     def array_like(t):
         return tf.TensorArray(t.dtype, size=steps + 1, element_shape=t.shape)
@@ -409,7 +415,7 @@ def unroll(warped, task, warp, rule, batches: Callable, loss_fn: Callable, steps
     def write(tas, k, values):
         return tf.nest.map_structure(lambda ta, v: ta.write(k, tf.stop_gradient(v)), tas, values)
 
-    step = _checked_step(warped, warp, rule, batches, loss_fn, frozen, training, learning_rate, check_finite)
+    step = _checked_step(warped, warp, learner, batches, check_finite)
 
     def body(k, task, opt_state, state, task_ta, opt_ta, losses):
         task_ta = write(task_ta, k, task)
@@ -421,8 +427,8 @@ def unroll(warped, task, warp, rule, batches: Callable, loss_fn: Callable, steps
         lambda k, *_: k < steps, body,
         (tf.constant(0), task, opt_state, state, task_ta, opt_ta, losses))
     x, y = batches(steps)
-    outputs, _ = warped.apply(task, warp, x, frozen=frozen, state=state, training=training)
-    losses = losses.write(steps, tf.cast(loss_fn(y, outputs), tf.float32))
+    outputs, _ = warped.apply(task, warp, x, frozen=learner.frozen, state=state, training=learner.training)
+    losses = losses.write(steps, tf.cast(learner.loss_fn(y, outputs), tf.float32))
     task_ta = write(task_ta, steps, task)
     opt_ta = write(opt_ta, steps, opt_state)
     stack = lambda ta: ta.stack()  # noqa: E731

@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from warpgrad_tf.adaptation import Trajectory, task_step
+from warpgrad_tf.learner import MetaLearner, deprecated_arguments, legacy_learner
 from warpgrad_tf.losses import half_mse
 from warpgrad_tf.objectives import EXACT, MetaGradient, warp_objective
 
@@ -105,9 +106,8 @@ def _float_dtype(params):
     return dtypes.pop() if dtypes else tf.float32
 
 
-def eq23_meta_gradient(warped, warp, trajectory: Trajectory, rule, batches, eval_x, eval_y, order, points,
-                       steps_per_subtask, *, loss_fn=half_mse, objective=EXACT, frozen=None,
-                       training=False) -> MetaGradient:
+def eq23_meta_gradient(warped, warp, trajectory: Trajectory, learner: MetaLearner, batches, held_out, order, points,
+                       steps_per_subtask, *old_args, **old) -> MetaGradient:
     """The Eq. 23 warp meta-gradient of one task sequence, averaged over sampled parameterisations.
 
     Args:
@@ -115,20 +115,34 @@ def eq23_meta_gradient(warped, warp, trajectory: Trajectory, rule, batches, eval
       warp: warp parameters φ; the gradient is taken w.r.t. these only.
       trajectory: the sequence's :class:`~warpgrad_tf.Trajectory` θ_0..θ_K (from
         :func:`~warpgrad_tf.unroll` with :func:`sequence_batches`).
-      rule: the inner update rule that produced it.
+      learner: the :class:`~warpgrad_tf.learner.MetaLearner` that produced it: its rule, task loss (Eq. 22,
+        ``half_mse``; the meta-loss is its Eq. 23 weighted form), ``objective`` (``"exact"``, Eq. 11, or
+        ``"approx"``, Eq. 12), frozen values and forward mode (``training=False`` in the paper's runs).
       batches: the same ``batches(k)`` used for the unroll (the step from θ_k uses the batch of step k).
-      eval_x, eval_y: ``[T, m, ...]`` held-out data of each sub-task (sub-task index order).
+      held_out: ``(eval_x, eval_y)``, ``[T, m, ...]`` held-out data of each sub-task (sub-task index order).
       order: presentation order (a permutation of ``range(T)``).
       points: int ``[P]`` indices ``k ∈ [0, K)`` of the sampled parameterisations θ_k.
       steps_per_subtask: ``n``.
-      loss_fn: the task loss (Eq. 22, ``half_mse``); the meta-loss is its Eq. 23 weighted form.
-      objective: ``"exact"`` (Eq. 11) or ``"approx"`` (Eq. 12).
 
     Returns:
       :class:`~warpgrad_tf.objectives.MetaGradient` with the mean over points of the Eq. 23 meta-loss, of
       the task loss, and of the gradients, in the dtype of φ (float32 or float64: the weights ``w[t, i]``
       and the accumulators follow the model).
+
+    The old form ``eq23_meta_gradient(warped, warp, trajectory, rule, batches, eval_x, eval_y, order, points,
+    steps_per_subtask, loss_fn=, objective=, frozen=, training=)`` still works for one release, with a
+    DeprecationWarning.
     """
+    if not isinstance(learner, MetaLearner):  # the old form: (rule, batches, eval_x, eval_y, order, points, n)
+        (eval_y, order, points), steps_per_subtask, old_args = (order, points, steps_per_subtask), old_args[0], ()
+        held_out = (held_out, eval_y)
+        learner = legacy_learner("eq23_meta_gradient", learner, old.pop("loss_fn", half_mse), None, old,
+                                 objective=EXACT, training=False)
+    elif old_args:
+        raise TypeError(f"eq23_meta_gradient() got {len(old_args)} positional argument(s) too many.")
+    else:
+        learner = deprecated_arguments("eq23_meta_gradient", learner, old)
+    eval_x, eval_y = held_out
     dtype = _float_dtype(warp)
     eval_x = tf.convert_to_tensor(eval_x)
     eval_y = tf.convert_to_tensor(eval_y)
@@ -147,9 +161,9 @@ def eq23_meta_gradient(warped, warp, trajectory: Trajectory, rule, batches, eval
         position = k // steps_per_subtask
         example_weights = tf.repeat(weights[position], m) / tf.cast(m, dtype)
         theta_k, opt_k = trajectory.point(k)
-        result = warp_objective(warped, warp, theta_k, opt_k, rule, batches(k), (flat_x, flat_y), loss_fn,
-                                objective=objective, meta_loss_fn=weighted_half_squared_error(example_weights),
-                                frozen=frozen, training=training)
+        result = warp_objective(warped, warp, theta_k, opt_k,
+                                learner._replace(meta_loss_fn=weighted_half_squared_error(example_weights)),
+                                batches(k), (flat_x, flat_y))
         grads = {name: grads[name] + tf.cast(result.grads[name], grads[name].dtype) for name in grads}
         return (j + 1, meta_total + tf.cast(result.meta_loss, dtype), task_total + tf.cast(result.task_loss, dtype),
                 grads)
@@ -173,14 +187,29 @@ def subtask_losses(warped, task, warp, eval_x, eval_y, *, frozen=None, state=Non
     return 0.5 * tf.reduce_mean(tf.square(tf.reshape(outputs, [num_subtasks, -1]) - y), axis=1)
 
 
-def loss_curves(warped, task, warp, rule, batches, eval_x, eval_y, steps, *, loss_fn=half_mse,
-                frozen=None):
-    """Adapt for ``steps`` continual SGD steps and record every sub-task's held-out loss (Fig. 12).
+def loss_curves(warped, task, warp, learner: MetaLearner, batches, held_out, *old_args, **old):
+    """Adapt for K = ``learner.steps`` continual steps and record every sub-task's held-out loss (Fig. 12).
+
+    ``learner`` gives the rule, the task loss (``half_mse`` in the paper) and the frozen values; the forward runs
+    in inference mode. ``held_out`` is ``(eval_x, eval_y)``, ``[T, m, ...]``. The old form ``loss_curves(warped,
+    task, warp, rule, batches, eval_x, eval_y, steps, loss_fn=, frozen=)`` still works for one release, with a
+    DeprecationWarning.
 
     Returns:
       ``[steps + 1, T]`` in the model's float dtype: row ``k`` holds the Eq. 22 loss of θ_k on each
       sub-task (sub-task index order), from θ_0 to θ_K.
     """
+    if not isinstance(learner, MetaLearner):  # the old form: (rule, batches, eval_x, eval_y, steps)
+        eval_y, steps = (old_args or (old.pop("eval_y"),))[0], (old_args[1:] or (old.pop("steps"),))[0]
+        held_out = (held_out, eval_y)
+        learner = legacy_learner("loss_curves", learner, old.pop("loss_fn", half_mse), steps, old)
+    elif old_args:
+        raise TypeError(f"loss_curves() got {len(old_args)} positional argument(s) too many.")
+    else:
+        learner = deprecated_arguments("loss_curves", learner, old)
+    eval_x, eval_y = held_out
+    rule, frozen, steps = learner.rule, learner.frozen, learner.steps
+    inference = learner._replace(training=False)
     steps = tf.convert_to_tensor(steps, tf.int32)
     opt_state = rule.init(task)
     state = warped.values("state")
@@ -189,8 +218,7 @@ def loss_curves(warped, task, warp, rule, batches, eval_x, eval_y, steps, *, los
     def body(k, task, opt_state, state, curves):
         curves = curves.write(k, subtask_losses(warped, task, warp, eval_x, eval_y, frozen=frozen,
                                                 state=state))
-        task, opt_state, state, _ = task_step(warped, task, warp, opt_state, state, batches(k), rule, loss_fn,
-                                              frozen=frozen, training=False)
+        task, opt_state, state, _ = task_step(warped, task, warp, opt_state, state, batches(k), inference)
         return k + 1, task, opt_state, state, curves
 
     _, task, _, state, curves = tf.while_loop(lambda k, *_: k < steps, body,

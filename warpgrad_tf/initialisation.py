@@ -31,7 +31,7 @@ name           gradient for one task τ (first-order unless stated)
 Example::
 
     c = initialisation.get("leap")
-    traj = adaptation.unroll(warped, theta0, warp, rule, batches, loss_fn, steps=10)
+    traj = adaptation.unroll(warped, theta0, warp, inner_loop(rule, loss_fn, 10), batches)
     value, grads, _ = initialisation.gradient(c, inputs, traj, task_grads)
 """
 
@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 import tensorflow as tf
 
 from warpgrad_tf.adaptation import task_step
+from warpgrad_tf.learner import MetaLearner
 
 __all__ = ["add", "check", "fomaml", "get", "gradient", "InitGradient", "InitObjective", "leap", "maml", "multitask",
            "none", "OBJECTIVES", "Point", "reptile", "task_gradient", "TaskInputs", "zero"]
@@ -91,6 +92,12 @@ class TaskInputs(NamedTuple):
     training: bool = True
     learning_rate: Any = None
     head: Any = None
+
+    @property
+    def learner(self) -> MetaLearner:
+        """The inner loop these inputs describe, as the :class:`~warpgrad_tf.learner.MetaLearner` task steps take."""
+        return MetaLearner(self.rule, self.loss_fn, self.steps, None, None, 0.0, None, None, self.meta_loss_fn,
+                           self.training, frozen=self.frozen, learning_rate=self.learning_rate)
 
 
 class InitGradient(NamedTuple):
@@ -222,9 +229,7 @@ def maml():
             state = inputs.state if inputs.state is not None else inputs.warped.values("state")
             for k in range(inputs.steps):
                 task_params, opt_state, state, _ = task_step(
-                    inputs.warped, task_params, warp, opt_state, state, inputs.task_batches(k), inputs.rule,
-                    inputs.loss_fn, frozen=inputs.frozen, training=inputs.training,
-                    learning_rate=inputs.learning_rate)
+                    inputs.warped, task_params, warp, opt_state, state, inputs.task_batches(k), inputs.learner)
             x, y = inputs.meta_batches(inputs.steps)
             out, _ = inputs.warped.apply(task_params, warp, x, frozen=inputs.frozen, state=state,
                                          training=inputs.training)

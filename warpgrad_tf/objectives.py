@@ -17,13 +17,13 @@ L_task and L_meta are evaluated on different batches of the task's data (``task_
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
 from warpgrad_tf.adaptation import task_step
+from warpgrad_tf.learner import MetaLearner, deprecated_arguments, inner_rate, learner_of
 
 __all__ = ["APPROX", "check_objective", "EXACT", "meta_loss_gradient", "MetaGradient", "OBJECTIVES", "warp_objective"]
 
@@ -56,9 +56,8 @@ def check_objective(objective):
     return objective
 
 
-def warp_objective(warped, warp, task_k, opt_state_k, rule, task_batch, meta_batch, loss_fn: Callable, *,
-                   objective=EXACT, meta_loss_fn: Callable | None = None, frozen=None, state=None,
-                   training=True, learning_rate=None) -> MetaGradient:
+def warp_objective(warped, warp, task_k, opt_state_k, learner: MetaLearner, task_batch, meta_batch, *old_args,
+                   state=None, **old) -> MetaGradient:
     """Meta-loss and warp meta-gradient of one trajectory sample (Eq. 11 exact, Eq. 12 approx).
 
     Args:
@@ -66,18 +65,22 @@ def warp_objective(warped, warp, task_k, opt_state_k, rule, task_batch, meta_bat
       warp: warp parameters φ (``{path: tensor}``); gradients are taken w.r.t. these.
       task_k: the sampled task parameters θ_k (treated as constants).
       opt_state_k: the update rule's state stored with θ_k (momentum buffer; ``{}`` for SGD).
-      rule: the inner :class:`~warpgrad_tf.update_rules.UpdateRule` that produced the trajectory.
+      learner: the :class:`~warpgrad_tf.learner.MetaLearner` that produced the trajectory: its rule, task loss
+        ``loss_fn``, ``meta_loss_fn``, ``objective`` (``"exact"``, Eq. 11, or ``"approx"``, Eq. 12), frozen values,
+        forward mode and inner rate ``learning_rate`` — a tensor or ``tf.Variable`` (scalar or per-parameter
+        dict) or a :class:`~warpgrad_tf.learned_lr.LearnedRate` gets its meta-gradient in ``learning_rate_grad``
+        (exact objective only: under Eq. 12 the stepped parameters are detached, so the rate gets none).
       task_batch: ``(x, y)`` for L_task, whose gradient takes the step.
       meta_batch: ``(x, y)`` for L_meta, evaluated after the step.
-      loss_fn: task loss ``loss_fn(y_true, y_pred)``; ``meta_loss_fn`` defaults to it.
-      objective: ``"exact"`` (Eq. 11) or ``"approx"`` (Eq. 12).
-      frozen, state, training: passed to :meth:`WarpedModel.apply`.
-      learning_rate: optional inner step size; pass a tensor or ``tf.Variable`` (scalar or per-parameter
-        dict) to get its meta-gradient in ``learning_rate_grad`` (exact objective only: under
-        Eq. 12 the stepped parameters are detached, so the rate receives no gradient).
+      state: BatchNorm statistics for :meth:`WarpedModel.apply`.
+
+    The old form ``warp_objective(…, rule, task_batch, meta_batch, loss_fn, objective=, meta_loss_fn=, frozen=,
+    training=, learning_rate=)`` still works for one release, with a DeprecationWarning.
     """
+    learner = learner_of("warp_objective", learner, old_args, old, objective=EXACT)
+    objective, meta_loss_fn = learner.objective, learner.meta_loss_fn or learner.loss_fn
+    frozen, training, learning_rate = learner.frozen, learner.training, inner_rate(learner)
     check_objective(objective)
-    meta_loss_fn = meta_loss_fn or loss_fn
     task_k = tf.nest.map_structure(tf.stop_gradient, task_k)
     opt_state_k = tf.nest.map_structure(tf.stop_gradient, opt_state_k)
     xm, ym = meta_batch
@@ -89,9 +92,8 @@ def warp_objective(warped, warp, task_k, opt_state_k, rule, task_batch, meta_bat
         if lr_vars is not None:  # a tf.constant rate gets its gradient like a tf.Variable
             outer.watch(lr_vars)
         # The task step records on the outer tape: its gradient ∇_θ L_task(θ_k; φ) depends on φ (Eq. 11).
-        stepped, _, new_state, task_loss = task_step(
-            warped, task_k, warp, opt_state_k, state, task_batch, rule, loss_fn, frozen=frozen,
-            training=training, learning_rate=learning_rate)
+        stepped, _, new_state, task_loss = task_step(warped, task_k, warp, opt_state_k, state, task_batch,
+                                                     learner._replace(learning_rate=learning_rate))
         if objective == APPROX:
             stepped = tf.nest.map_structure(tf.stop_gradient, stepped)
         meta_state = new_state if training else state
@@ -105,12 +107,19 @@ def warp_objective(warped, warp, task_k, opt_state_k, rule, task_batch, meta_bat
     return MetaGradient(meta_loss, task_loss, grads, lr_grad)
 
 
-def meta_loss_gradient(warped, warp, task_k, meta_batch, loss_fn: Callable, *, frozen=None, state=None,
-                       training=True) -> MetaGradient:
+def meta_loss_gradient(warped, warp, task_k, meta_batch, learner: MetaLearner, *, state=None, **old) -> MetaGradient:
     """``∇_φ L_meta(θ_k; φ)`` at the sampled point itself, no task step taken (for comparison).
 
-    ``task_loss`` of the result repeats the meta loss, since no task step is involved.
+    ``learner`` gives the meta loss (``meta_loss_fn``), the frozen values and the forward mode; ``task_loss`` of
+    the result repeats the meta loss, since no task step is involved. The old form ``meta_loss_gradient(…,
+    meta_batch, loss_fn, frozen=, training=)`` still works for one release, with a DeprecationWarning.
     """
+    if not isinstance(learner, MetaLearner):  # the old form: a loss function in the learner's place
+        bare = MetaLearner(None, learner, None, None, None, 0.0, None, None, learner, True)
+        learner = deprecated_arguments("meta_loss_gradient", bare, {"loss_fn": learner, **old})
+    else:
+        learner = deprecated_arguments("meta_loss_gradient", learner, old)
+    loss_fn, frozen, training = learner.meta_loss_fn or learner.loss_fn, learner.frozen, learner.training
     task_k = tf.nest.map_structure(tf.stop_gradient, task_k)
     xm, ym = meta_batch
     with tf.GradientTape() as tape:

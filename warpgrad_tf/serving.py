@@ -68,6 +68,7 @@ import numpy as np
 import tensorflow as tf
 
 from warpgrad_tf import adaptation, artifacts, learned_lr, losses, run_checkpoints, serving_checks
+from warpgrad_tf.learner import inner_loop
 from warpgrad_tf.saved_model_files import check_output, save_module
 from warpgrad_tf.serving_checks import batch_spec, check_finite, check_scalar, check_task_parameters, scalar_spec
 from warpgrad_tf.version import __version__
@@ -295,8 +296,9 @@ class AdaptiveModelSaver:
         steps = check_scalar(steps, "steps", minimum=0, maximum=serving_checks.MAX_STEPS)
         task, warp, frozen, state, rate = self.adaptation_state()
         batches = adaptation.minibatches(support_x, support_y, self._batch_size, self._seed)
-        result = adaptation.adapt(self._warped, task, warp, self._rule, batches, self._loss_fn, steps,
-                                  state=state, frozen=frozen, training=self._training, learning_rate=rate)
+        learner = inner_loop(self._rule, self._loss_fn, steps, training=self._training, frozen=frozen,
+                             learning_rate=rate)
+        result = adaptation.adapt(self._warped, task, warp, learner, batches, state=state)
         return result.task, result.state
 
     def _adapt(self, support_x, support_y, steps):

@@ -15,14 +15,15 @@ are added once after the loop.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
+from warpgrad_tf import accelerate
 from warpgrad_tf import initialisation as init_lib
 from warpgrad_tf.adaptation import gradient_step, isolated, minibatches, supervised_objective
+from warpgrad_tf.learner import MetaLearner, deprecated_arguments, inner_rate
 from warpgrad_tf.meta_optimizers import MetaOptimizers, meta_optimizer, meta_optimizers
 from warpgrad_tf.objectives import check_objective, warp_objective
 from warpgrad_tf.update_rules import UpdateRule
@@ -95,43 +96,11 @@ def raise_if_not_finite(finite, where, grads: MetaGradients | None = None, loss=
                              "lower the inner learning rate. This update was not applied.")
 
 
-class MetaLearner(NamedTuple):
-    """The configuration of Eq. 13, ``J(φ, θ0) = L(φ) + λ C(θ0)``: which terms, which inner loop.
-
-    Build it with :func:`meta_learner`, which validates every field.
-
-    Attributes:
-      rule: the inner :class:`~warpgrad_tf.update_rules.UpdateRule` (α inside).
-      loss_fn: task loss ``loss_fn(y_true, y_pred)``.
-      steps: K, inner steps per task.
-      init: the :class:`~warpgrad_tf.initialisation.InitObjective` C.
-      objective: ``"exact"`` (Eq. 11), ``"approx"`` (Eq. 12) or ``None`` (warps not meta-learned).
-      init_weight: λ ≥ 0.
-      batch_size: task mini-batch size (``None``: the whole support set every step).
-      meta_batch_size: meta-loss mini-batch size on the query set (``None``: all of it).
-      meta_loss_fn: meta loss (defaults to ``loss_fn``).
-      training: forward mode (BatchNorm batch statistics when True).
-      task_start: ``task_start(θ0, seed) -> θ``, where each task's adaptation starts (None: θ0 itself); e.g.
-        :func:`~warpgrad_tf.algorithms.multihead.fresh_head`, the authors' per-task head reset. C(θ0) is then
-        taken from that start, as the release does (it resets the model's head in place).
-    """
-
-    rule: UpdateRule
-    loss_fn: Callable
-    steps: int
-    init: init_lib.InitObjective
-    objective: str | None
-    init_weight: float
-    batch_size: int | None
-    meta_batch_size: int | None
-    meta_loss_fn: Callable
-    training: bool
-    task_start: Callable | None = None
-
-
 def meta_learner(rule, loss_fn, steps, *, init="none", objective="approx", init_weight=1.0, batch_size=None,
-                 meta_batch_size=None, meta_loss_fn=None, training=True, task_start=None) -> MetaLearner:
-    """Validate and build a :class:`MetaLearner`; every problem is a ValueError raised before any work."""
+                 meta_batch_size=None, meta_loss_fn=None, training=True, task_start=None, frozen=None,
+                 learning_rate=None, jit_compile=False, vectorize=False) -> MetaLearner:
+    """Validate and build a :class:`~warpgrad_tf.learner.MetaLearner` (one keyword per field, documented there);
+    every problem is a ValueError raised before any work."""
     if not isinstance(rule, UpdateRule):
         raise ValueError(f"rule must be an UpdateRule (warpgrad_tf.sgd / momentum); got {rule!r}.")
     if not rule.learning_rate > 0:
@@ -150,8 +119,11 @@ def meta_learner(rule, loss_fn, steps, *, init="none", objective="approx", init_
             raise ValueError(f"{name} must be >= 1 or None; got {size}.")
     if task_start is not None and not callable(task_start):
         raise ValueError(f"task_start must be a function task_start(theta0, seed) -> theta; got {task_start!r}.")
+    if not isinstance(vectorize, bool):
+        raise ValueError(f"vectorize must be True or False; got {vectorize!r}.")
     return MetaLearner(rule, loss_fn, int(steps), init, objective, float(init_weight), batch_size,
-                       meta_batch_size, meta_loss_fn or loss_fn, bool(training), task_start)
+                       meta_batch_size, meta_loss_fn or loss_fn, bool(training), task_start, frozen, learning_rate,
+                       accelerate.check_jit_compile(jit_compile), vectorize)
 
 
 class MetaGradients(NamedTuple):
@@ -198,35 +170,53 @@ def learning_rate_zeros(learning_rate):
     return tf.nest.map_structure(lambda v: tf.zeros(v.shape, v.dtype), learning_rate)
 
 
-def sample_objective(warped, learner: MetaLearner, *, frozen=None, learning_rate=None):
+def sample_objective(warped, learner: MetaLearner):
     """The learner's warp objective (Eq. 11 / 12) of one trajectory sample as a non-inlined function
     ``fn(warp, θ_k, opt_state_k, state, x, y, meta_x, meta_y) -> MetaGradient`` for loop bodies
     (see :func:`~warpgrad_tf.adaptation.isolated`)."""
 
     @isolated
     def objective(warp, theta, opt, state, x, y, mx, my):
-        return warp_objective(warped, warp, theta, opt, learner.rule, (x, y), (mx, my), learner.loss_fn,
-                              objective=learner.objective, meta_loss_fn=learner.meta_loss_fn, frozen=frozen,
-                              state=state, training=learner.training, learning_rate=learning_rate)
+        return warp_objective(warped, warp, theta, opt, learner, (x, y), (mx, my), state=state)
 
     return objective
 
 
-def run_task(warped, learner: MetaLearner, warp, theta0, task, seed, *, learning_rate=None, frozen=None,
-             state=None, accumulate_warp=True, record=False) -> TaskRun:
+class _WarpSums(NamedTuple):
+    """:func:`run_task`'s running sums of the warp objective's terms (Alg. 1, line 9)."""
+
+    grads: dict
+    learning_rate: Any  # () when the rate is not meta-learned (a loop variable cannot be None)
+    meta_loss: tf.Tensor
+
+
+class _InitSums(NamedTuple):
+    """:func:`run_task`'s running sums of C's segment terms (Alg. 1, line 10)."""
+
+    grads: dict
+    value: tf.Tensor
+
+
+def run_task(warped, learner: MetaLearner, warp, theta0, task, seed, *, state=None, accumulate_warp=True,
+             record=False, **old) -> TaskRun:
     """Adapt one task for K steps, accumulating the meta-gradient terms of Eq. 13 on the way.
 
     Args:
       warped: the :class:`~warpgrad_tf.WarpedModel`.
-      learner: the :class:`MetaLearner`.
+      learner: the :class:`~warpgrad_tf.learner.MetaLearner`, with the frozen values and the inner rate
+        (``learning_rate``: a meta-learned variable, dict of them or LearnedRate, or None for the rule's own).
       warp: φ (``{path: tensor}``), fixed during adaptation.
       theta0: θ0 (``{path: tensor}``).
       task: ``(train_x, train_y, query_x, query_y)`` of one task (no task axis).
       seed: integer (tensor) keying this task's mini-batches.
-      learning_rate: the inner step size override (a meta-learned variable, or dict of them), or None.
+      state: BatchNorm statistics (None: the model's).
       accumulate_warp: add ∇L(φ; θ_k) at every step (Alg. 1); False when only collecting (Alg. 2).
       record: store θ_k and the optimiser state for k = 0..K−1 (Alg. 2's buffer; memory O(K)).
+
+    ``learning_rate=`` and ``frozen=`` still work for one release, with a DeprecationWarning (learner fields).
     """
+    learner = deprecated_arguments("run_task", learner, old)
+    learning_rate, frozen = inner_rate(learner), learner.frozen
     train_x, train_y, query_x, query_y = task
     if learner.task_start is not None:  # e.g. the authors' per-task head reset
         theta0 = learner.task_start(theta0, seed)
@@ -258,45 +248,48 @@ def run_task(warped, learner: MetaLearner, warp, theta0, task, seed, *, learning
                              learning_rate=learning_rate)
         return step.task, step.opt_state, step.aux.state, tf.cast(step.loss, dtype), step.grads
 
-    objective = sample_objective(warped, learner, frozen=frozen, learning_rate=learning_rate)
+    objective = sample_objective(warped, learner)
 
-    def body(k, theta, opt, st, prev_theta, prev_loss, prev_grads, acc_w, acc_lr, acc_c, c_val, m_loss, losses,
-             task_ta, opt_ta):
+    def body(k, theta, opt, st, prev: init_lib.Point, warp_sums: _WarpSums, init_sums: _InitSums, losses, records):
         x, y = batches(k)
         new_theta, new_opt, new_st, loss, grads = task_update(theta, opt, warp, st, x, y)
         if do_warp:
             mg = objective(warp, theta, opt, st, x, y, *mbatches(k))
-            acc_w = {n: acc_w[n] + mg.grads[n] for n in acc_w}
-            m_loss = m_loss + tf.cast(mg.meta_loss, dtype)
+            acc_lr = warp_sums.learning_rate
             if not isinstance(acc_lr, tuple) and mg.learning_rate_grad is not None:
                 acc_lr = tf.nest.map_structure(tf.add, acc_lr, mg.learning_rate_grad)
+            warp_sums = _WarpSums({n: warp_sums.grads[n] + mg.grads[n] for n in warp_sums.grads}, acc_lr,
+                                  warp_sums.meta_loss + tf.cast(mg.meta_loss, dtype))
         if segment is not None:  # the chord θ_{k−1} → θ_k; masked out at k = 0
-            seg = segment(init_lib.Point(prev_theta, prev_loss, prev_grads), init_lib.Point(theta, loss, grads))
+            seg = segment(prev, init_lib.Point(theta, loss, grads))
             mask = tf.cast(k > 0, dtype)
-            acc_c = {n: acc_c[n] + mask * tf.cast(seg.grads[n], dtype) for n in acc_c}
-            c_val = c_val + mask * tf.cast(seg.value, dtype)
+            init_sums = _InitSums({n: g + mask * tf.cast(seg.grads[n], dtype) for n, g in init_sums.grads.items()},
+                                  init_sums.value + mask * tf.cast(seg.value, dtype))
         if record:
-            task_ta = {n: ta.write(k, tf.stop_gradient(theta[n])) for n, ta in task_ta.items()}
-            opt_ta = tf.nest.map_structure(lambda ta, v: ta.write(k, tf.stop_gradient(v)), opt_ta, opt)
+            task_ta, opt_ta = records
+            records = ({n: ta.write(k, tf.stop_gradient(theta[n])) for n, ta in task_ta.items()},
+                       tf.nest.map_structure(lambda ta, v: ta.write(k, tf.stop_gradient(v)), opt_ta, opt))
         losses = losses.write(k, loss)
         new_theta = tf.nest.map_structure(tf.stop_gradient, new_theta)
         new_opt = tf.nest.map_structure(tf.stop_gradient, new_opt)
         new_st = tf.nest.map_structure(tf.stop_gradient, new_st)
-        return (k + 1, new_theta, new_opt, new_st, theta, loss, grads, acc_w, acc_lr, acc_c, c_val, m_loss, losses,
-                task_ta, opt_ta)
+        return k + 1, new_theta, new_opt, new_st, init_lib.Point(theta, loss, grads), warp_sums, init_sums, losses, \
+            records
 
     zero = tf.zeros([], dtype)
-    loop_vars = (tf.constant(0), dict(theta0), opt_state, state, dict(theta0), zero, zeros_t, zeros_w, lr_acc,
-                 zeros_t, zero, zero, losses, task_ta, opt_ta)
-    (_, theta, _, st, prev_theta, prev_loss, prev_grads, acc_w, acc_lr, acc_c, c_val, m_loss, losses, task_ta,
-     opt_ta) = tf.while_loop(lambda k, *_: k < steps, body, loop_vars)
+    loop_vars = (tf.constant(0), dict(theta0), opt_state, state, init_lib.Point(dict(theta0), zero, zeros_t),
+                 _WarpSums(zeros_w, lr_acc, zero), _InitSums(zeros_t, zero), losses, (task_ta, opt_ta))
+    _, theta, _, st, prev, warp_sums, init_sums, losses, (task_ta, opt_ta) = tf.while_loop(
+        lambda k, *_: k < steps, body, loop_vars)
+    acc_w, acc_lr, m_loss = warp_sums
+    acc_c, c_val = init_sums.grads, init_sums.value
 
     x, y = batches(steps)
     out, _ = warped.apply(theta, warp, x, frozen=frozen, state=st, training=learner.training)
     final_loss = tf.cast(loss_fn(y, out), dtype)
     losses = losses.write(steps, final_loss)
     if segment is not None:  # the last chord θ_{K−1} → θ_K
-        seg = segment(init_lib.Point(prev_theta, prev_loss, prev_grads), init_lib.Point(theta, final_loss, None))
+        seg = segment(prev, init_lib.Point(theta, final_loss, None))
         acc_c = {n: acc_c[n] + tf.cast(seg.grads[n], dtype) for n in acc_c}
         c_val = c_val + tf.cast(seg.value, dtype)
 

@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from warpgrad_tf.algorithms import base
 from warpgrad_tf.algorithms.online import online_meta_gradient
+from warpgrad_tf.learner import deprecated_arguments
 
 __all__ = [
     "CONTINUAL_INIT_OBJECTIVES",
@@ -155,25 +156,27 @@ def continual_gradient_step(warped, gradient_fn: Callable, optimizers: base.Meta
     return step
 
 
-def supervised_gradients(warped, learner: base.MetaLearner, *, frozen=None, jit_compile=False):
+def supervised_gradients(warped, learner: base.MetaLearner, **old):
     """Algorithm 3's gradient function for supervised tasks: ``fn(tasks, seeds) -> ContinualGradients``.
 
     g_θ is the learner's ``C`` (``multitask``: the mean task loss gradient; ``none``: zero) and g_φ the warp
-    objective (Eq. 11 / 12), both at the current θ — one trajectory sample per task (``steps`` = 1).
+    objective (Eq. 11 / 12), both at the current θ — one trajectory sample per task (``steps`` = 1), with the
+    learner's frozen values, compiled with XLA when its ``jit_compile`` is set. ``frozen=`` and ``jit_compile=``
+    still work for one release, with a DeprecationWarning (learner fields).
     """
-    one_sample = learner._replace(steps=1)
+    learner = deprecated_arguments("supervised_gradients", learner, old)
+    one_sample = learner._replace(steps=1, jit_compile=False)
 
-    @tf.function(jit_compile=jit_compile, reduce_retracing=True)
+    @tf.function(jit_compile=learner.jit_compile, reduce_retracing=True)
     def gradients(tasks, seeds):
         grads = online_meta_gradient(warped, one_sample, warped.values("warp"), warped.values("task"), tasks,
-                                     seeds, frozen=frozen)
+                                     seeds)
         return ContinualGradients(grads.init, grads.warp, grads.metrics["task_loss_last"], grads.metrics)
 
     return gradients
 
 
-def continual_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimizers, eta, *, frozen=None,
-                   jit_compile=False):
+def continual_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimizers, eta, **old):
     """A step function ``step(state, tasks, seeds) -> (state, metrics)`` running one iteration of Algorithm 3
     on a batch of supervised tasks (:func:`continual_gradient_step` with :func:`supervised_gradients`).
 
@@ -182,14 +185,16 @@ def continual_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptim
         trajectory); ``steps`` is not used (each task contributes the one sample at θ).
       optimizers: ``init`` updates θ with λ g_θ on every batch, ``warp`` updates φ every η-th batch.
       eta: warp-update period η >= 1.
+
+    ``frozen=`` and ``jit_compile=`` still work for one release, with a DeprecationWarning (learner fields).
     """
+    learner = deprecated_arguments("continual_step", learner, old)
     _check_eta(eta)
     if learner.init.name not in CONTINUAL_INIT_OBJECTIVES:
         raise ValueError(f"continual meta-training evaluates C at the current task parameters: init objective "
                          f"must be one of {CONTINUAL_INIT_OBJECTIVES}; got {learner.init.name!r}.")
-    apply = continual_gradient_step(warped, supervised_gradients(warped, learner, frozen=frozen,
-                                                                 jit_compile=jit_compile),
-                                    optimizers, eta, init_weight=learner.init_weight)
+    apply = continual_gradient_step(warped, supervised_gradients(warped, learner), optimizers, eta,
+                                    init_weight=learner.init_weight)
 
     def step(state: ContinualState, tasks, seeds):
         tasks = base.as_tasks(tasks)

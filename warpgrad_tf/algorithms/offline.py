@@ -25,6 +25,7 @@ import tensorflow as tf
 from warpgrad_tf import accelerate, distribute
 from warpgrad_tf import replay as replay_lib
 from warpgrad_tf.algorithms import base
+from warpgrad_tf.learner import deprecated_arguments, inner_rate, learned_rate_of
 
 __all__ = ["collect", "collector", "offline_step", "replay_meta_gradient", "replay_meta_gradient_sums"]
 
@@ -33,8 +34,7 @@ def _has_init(learner):
     return learner.init.segment is not None or learner.init.task is not None
 
 
-def collector(warped, learner: base.MetaLearner, *, learning_rate=None, frozen=None, jit_compile=False,
-              strategy=None, vectorize=False):
+def collector(warped, learner: base.MetaLearner, *, strategy=None, **old):
     """Compiled collection (Alg. 2, lines 3–12): ``collect_into(tasks, seeds, buffers) -> (metrics, lr_grad)``.
 
     Adapts every task of a meta-batch from θ0 for K steps with φ fixed, recording (θ_k, optimiser state_k)
@@ -47,17 +47,21 @@ def collector(warped, learner: base.MetaLearner, *, learning_rate=None, frozen=N
     Returns the mean collection metrics (``task_loss_first``, ``task_loss_last``, ``init_value``) over the
     whole meta-batch and the mean learning-rate gradient of C (MAML's α), or None.
 
-    ``jit_compile`` compiles each replica's task run with XLA (:func:`~warpgrad_tf.distribute.sharded_sum`'s
-    fallback); ``vectorize=True`` adapts a replica's P tasks side by side in one traced loop
-    (:func:`~warpgrad_tf.accelerate.map_tasks` over the same :func:`~warpgrad_tf.algorithms.run_task`, one
-    call per meta-batch instead of P) — the same trajectories up to floating-point order.
+    The learner's ``jit_compile`` compiles each replica's task run with XLA
+    (:func:`~warpgrad_tf.distribute.sharded_sum`'s fallback); its ``vectorize`` adapts a replica's P tasks side
+    by side in one traced loop (:func:`~warpgrad_tf.accelerate.map_tasks` over the same
+    :func:`~warpgrad_tf.algorithms.run_task`, one call per meta-batch instead of P) — the same trajectories up
+    to floating-point order. ``learning_rate=``, ``frozen=``, ``jit_compile=`` and ``vectorize=`` still work
+    for one release, with a DeprecationWarning (learner fields).
     """
+    learner = deprecated_arguments("collector", learner, old)
+    vectorize = learner.vectorize
     strategy = strategy or tf.distribute.get_strategy()
     has_init = _has_init(learner)
 
     def one_task(task, seed):
         run = base.run_task(warped, learner, warped.values("warp"), warped.values("task"), task, seed,
-                            learning_rate=learning_rate, frozen=frozen, accumulate_warp=False, record=True)
+                            accumulate_warp=False, record=True)
         init = run.init.grads if has_init else {}
         bad = 1.0 - tf.cast(base.all_finite(run.losses, init), tf.float32)
         lr = () if run.init.learning_rate_grad is None else run.init.learning_rate_grad
@@ -72,7 +76,7 @@ def collector(warped, learner: base.MetaLearner, *, learning_rate=None, frozen=N
         total = lambda t: tf.reduce_sum(t, axis=0)  # noqa: E731
         return tf.nest.map_structure(total, totals[:4]) + (tf.reduce_max(totals[4]),), local
 
-    run = distribute.sharded_sum(strategy, task_terms, jit_compile=jit_compile)
+    run = distribute.sharded_sum(strategy, task_terms, jit_compile=learner.jit_compile)
 
     def calls(shards, per):
         """``(totals, local)`` for i = 0..P−1: one call per task, or one vectorised call sliced per task."""
@@ -121,14 +125,16 @@ def collector(warped, learner: base.MetaLearner, *, learning_rate=None, frozen=N
     return collect_into
 
 
-def collect(warped, learner: base.MetaLearner, tasks, seeds, buffer: replay_lib.ReplayBuffer, *,
-            learning_rate=None, frozen=None, run_fn=None):
+def collect(warped, learner: base.MetaLearner, tasks, seeds, buffer: replay_lib.ReplayBuffer, *, run_fn=None,
+            **old):
     """Fill ``buffer`` with the trajectories of a meta-batch on one device (Alg. 2, lines 3–12).
 
     ``run_fn`` is a ``collect_into`` made by :func:`collector` (reuse it to trace once); one is made when
-    omitted. Returns ``(metrics, learning-rate gradient of C or None)``.
+    omitted. Returns ``(metrics, learning-rate gradient of C or None)``. ``learning_rate=`` and ``frozen=``
+    still work for one release, with a DeprecationWarning (learner fields).
     """
-    run_fn = run_fn or collector(warped, learner, learning_rate=learning_rate, frozen=frozen)
+    learner = deprecated_arguments("collect", learner, old)
+    run_fn = run_fn or collector(warped, learner)
     (g,) = run_fn.replica_ids
     return run_fn(tasks, seeds, {g: buffer})
 
@@ -139,14 +145,17 @@ def _weighted(w, t):
 
 
 def replay_meta_gradient_sums(warped, learner: base.MetaLearner, warp, batch: replay_lib.Batch, task_data,
-                              seeds, *, weights=None, learning_rate=None, frozen=None, state=None, vectorize=False):
+                              seeds, *, weights=None, state=None, **old):
     """Weighted sums ``Σ_i w_i ∇L(φ; θ_i)`` over the samples of one buffer mini-batch (w_i = 1 by default).
 
     The sums behind :func:`replay_meta_gradient` (same arguments, plus ``weights``: ``[η]``, 0 for padding
     samples that must not count). Returns ``(warp_sums, learning_rate_sums or None, meta_loss_sum)``.
-    ``vectorize=True`` evaluates the η samples side by side (:func:`~warpgrad_tf.accelerate.map_tasks`) instead
-    of one after the other; same sums up to floating-point order.
+    ``learner.vectorize`` evaluates the η samples side by side (:func:`~warpgrad_tf.accelerate.map_tasks`)
+    instead of one after the other; same sums up to floating-point order. ``learning_rate=``, ``frozen=`` and
+    ``vectorize=`` still work for one release, with a DeprecationWarning (learner fields).
     """
+    learner = deprecated_arguments("replay_meta_gradient_sums", learner, old)
+    learning_rate = inner_rate(learner)
     train_x, train_y, query_x, query_y = task_data
     n = tf.shape(batch.step)[0]
     first = next(iter(batch.task.values()))
@@ -156,8 +165,8 @@ def replay_meta_gradient_sums(warped, learner: base.MetaLearner, warp, batch: re
         and learner.objective == "exact"
     lr0 = tf.nest.map_structure(lambda v: tf.zeros(v.shape, v.dtype), learning_rate) if lr_vars else ()
 
-    objective = base.sample_objective(warped, learner, frozen=frozen, learning_rate=learning_rate)
-    if vectorize:
+    objective = base.sample_objective(warped, learner)
+    if learner.vectorize:
         def sample(i):
             j, k = batch.task_index[i], batch.step[i]
             theta = {p: t[i] for p, t in batch.task.items()}
@@ -198,7 +207,7 @@ def replay_meta_gradient_sums(warped, learner: base.MetaLearner, warp, batch: re
 
 
 def replay_meta_gradient(warped, learner: base.MetaLearner, warp, batch: replay_lib.Batch, task_data, seeds, *,
-                         learning_rate=None, frozen=None, state=None):
+                         state=None, **old):
     """Mean warp meta-gradient over the samples of one buffer mini-batch (Alg. 2, line 15).
 
     Args:
@@ -206,10 +215,11 @@ def replay_meta_gradient(warped, learner: base.MetaLearner, warp, batch: replay_
       batch: a :class:`~warpgrad_tf.replay.Batch` from :meth:`ReplayBuffer.gather`.
       task_data, seeds: :meth:`ReplayBuffer.task_data` — every stored task's data and mini-batch seed.
 
-    Returns ``(warp_grads, learning_rate_grad or None, mean meta loss)``.
+    Returns ``(warp_grads, learning_rate_grad or None, mean meta loss)``. ``learning_rate=`` and ``frozen=``
+    still work for one release, with a DeprecationWarning (learner fields).
     """
-    acc_w, acc_lr, loss = replay_meta_gradient_sums(warped, learner, warp, batch, task_data, seeds,
-                                                    learning_rate=learning_rate, frozen=frozen, state=state)
+    learner = deprecated_arguments("replay_meta_gradient", learner, old)
+    acc_w, acc_lr, loss = replay_meta_gradient_sums(warped, learner, warp, batch, task_data, seeds, state=state)
     count = tf.cast(tf.shape(batch.step)[0], loss.dtype)
     grads = {p: g / tf.cast(count, g.dtype) for p, g in acc_w.items()}
     lr_grad = None if acc_lr is None else tf.nest.map_structure(lambda g: g / tf.cast(count, g.dtype), acc_lr)
@@ -244,8 +254,7 @@ def _build_optimizers(warped, optimizers, warp, init):
 
 
 def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimizers, eta, *, buffer=None,
-                 learned_rate=None, clip=None, frozen=None, jit_compile=False, strategy=None, spill_dir=None,
-                 max_bytes_in_memory=None, vectorize=False):
+                 clip=None, strategy=None, spill_dir=None, max_bytes_in_memory=None, **old):
     """A meta-step function ``step(tasks, seeds, shuffle_seed=None) -> metrics`` running Algorithm 2.
 
     The one implementation for one device and for the replicas of a ``tf.distribute`` strategy
@@ -265,11 +274,12 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
       spill_dir, max_bytes_in_memory: configure each replica's buffer (App. F's disk buffer: records beyond
         ``max_bytes_in_memory`` bytes go to ``spill_dir``); not with ``buffer``.
       strategy: the ``tf.distribute.Strategy`` (None: the current one); the meta-batch must divide evenly.
-      jit_compile: XLA for the collection's task runs and the replay step's meta-gradient terms (Eq. 11 / 12),
-        with :func:`~warpgrad_tf.distribute.sharded_sum`'s fallback (True) or without (``"strict"``).
-      vectorize: adapt a replica's tasks side by side in collection, and evaluate a replay mini-batch's η
-        samples side by side (:func:`collector`, :func:`replay_meta_gradient_sums`).
-      Other arguments as :func:`~warpgrad_tf.algorithms.online_step`.
+      Other arguments as :func:`~warpgrad_tf.algorithms.online_step`. The learner's ``jit_compile``: XLA for the
+      collection's task runs and the replay step's meta-gradient terms (Eq. 11 / 12), with
+      :func:`~warpgrad_tf.distribute.sharded_sum`'s fallback (True) or without (``"strict"``); its
+      ``vectorize``: adapt a replica's tasks side by side in collection, and evaluate a replay mini-batch's η
+      samples side by side (:func:`collector`, :func:`replay_meta_gradient_sums`). ``learned_rate=``,
+      ``frozen=``, ``jit_compile=`` and ``vectorize=`` still work for one release, with a DeprecationWarning.
 
     ``metrics`` holds the collection losses, ``meta_steps`` (the number of warp updates), the mean
     ``meta_loss`` over the pass, the buffers' :class:`~warpgrad_tf.replay.MemoryReport` fields (this
@@ -279,11 +289,12 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
     buffers (``step.buffer``: the only one, on one replica); ``step.fused`` tells whether replay runs as one
     call per mini-batch (the default strategy without a learned rate or XLA, on an in-memory buffer).
     """
+    learner = deprecated_arguments("offline_step", learner, old)
+    jit_compile, learned_rate = learner.jit_compile, learned_rate_of(learner)
     replay_lib.check_eta(eta, float("inf"))  # type and sign now; the size against each meta-batch's N
     strategy = strategy or tf.distribute.get_strategy()
-    rates = learned_rate.rates() if learned_rate is not None else None
-    collect_into = collector(warped, learner, learning_rate=rates, frozen=frozen, jit_compile=jit_compile,
-                             strategy=strategy, vectorize=vectorize)
+    collect_into = collector(warped, learner, strategy=strategy)
+    replay_learner = learner._replace(vectorize=learner.vectorize and eta > 1)
     local_ids = collect_into.replica_ids
     if buffer is not None:
         if len(local_ids) != 1 or spill_dir is not None or max_bytes_in_memory is not None:
@@ -300,8 +311,7 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
         warp_sums, lr_sums, loss = {}, None, tf.zeros([], weights.dtype)
         if learn_warp:
             warp_sums, lr_sums, loss = replay_meta_gradient_sums(
-                warped, learner, warped.values("warp"), batch, task_data, seeds, weights=weights,
-                learning_rate=rates, frozen=frozen, vectorize=vectorize and eta > 1)
+                warped, replay_learner, warped.values("warp"), batch, task_data, seeds, weights=weights)
         return (warp_sums, lr_sums, loss, init), ()
 
     def replay_finish(total, count):

@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from warpgrad_tf import accelerate, distribute
 from warpgrad_tf.algorithms import base
+from warpgrad_tf.learner import deprecated_arguments, inner_rate, learned_rate_of
 
 __all__ = ["MetaGradientSums", "normalise", "online_meta_gradient", "online_meta_gradient_sums", "online_step"]
 
@@ -53,17 +54,19 @@ class MetaGradientSums(NamedTuple):
     num_tasks: tf.Tensor
 
 
-def online_meta_gradient_sums(warped, learner: base.MetaLearner, warp, theta0, tasks, seeds, *,
-                              learning_rate=None, frozen=None, state=None, vectorize=False) -> MetaGradientSums:
+def online_meta_gradient_sums(warped, learner: base.MetaLearner, warp, theta0, tasks, seeds, *, state=None,
+                              **old) -> MetaGradientSums:
     """The sums behind :func:`online_meta_gradient` (same arguments), before normalisation.
 
-    ``vectorize=True`` adapts the tasks side by side (:func:`~warpgrad_tf.accelerate.map_tasks`: one traced
+    ``learner.vectorize`` adapts the tasks side by side (:func:`~warpgrad_tf.accelerate.map_tasks`: one traced
     loop with a leading task axis) and sums their terms; the default adapts them one after the other. Both
-    run the same :func:`~warpgrad_tf.algorithms.run_task`.
+    run the same :func:`~warpgrad_tf.algorithms.run_task`. ``learning_rate=``, ``frozen=`` and ``vectorize=``
+    still work for one release, with a DeprecationWarning (learner fields).
     """
-    if vectorize:
-        return _vectorized_sums(warped, learner, warp, theta0, tasks, seeds, learning_rate=learning_rate,
-                                frozen=frozen, state=state)
+    learner = deprecated_arguments("online_meta_gradient_sums", learner, old)
+    learning_rate = inner_rate(learner)
+    if learner.vectorize:
+        return _vectorized_sums(warped, learner, warp, theta0, tasks, seeds, state=state)
     tasks = base.Tasks(*tasks)
     seeds = tf.convert_to_tensor(seeds, tf.int64)
     num_tasks = tf.shape(seeds)[0]
@@ -80,8 +83,7 @@ def online_meta_gradient_sums(warped, learner: base.MetaLearner, warp, theta0, t
 
     def body(i, acc_w, acc_t, acc_lr_w, acc_lr_c, meta_loss, first, last, c_val):
         task = tuple(t[i] for t in tasks)
-        run = base.run_task(warped, learner, warp, theta0, task, seeds[i], learning_rate=learning_rate,
-                            frozen=frozen, state=state, accumulate_warp=True)
+        run = base.run_task(warped, learner, warp, theta0, task, seeds[i], state=state, accumulate_warp=True)
         acc_w = {k: acc_w[k] + run.warp_grads[k] for k in acc_w}
         acc_t = {k: acc_t[k] + run.init.grads[k] for k in acc_t}
         return (i + 1, acc_w, acc_t, add_lr(acc_lr_w, run.learning_rate_grad),
@@ -97,15 +99,15 @@ def online_meta_gradient_sums(warped, learner: base.MetaLearner, warp, theta0, t
                             last, c_val, num_tasks)
 
 
-def _vectorized_sums(warped, learner, warp, theta0, tasks, seeds, *, learning_rate, frozen, state):
-    """:func:`online_meta_gradient_sums` with the tasks adapted side by side (``vectorize=True``)."""
+def _vectorized_sums(warped, learner, warp, theta0, tasks, seeds, *, state):
+    """:func:`online_meta_gradient_sums` with the tasks adapted side by side (``learner.vectorize``)."""
+    learning_rate = inner_rate(learner)
     tasks = base.Tasks(*tasks)
     seeds = tf.convert_to_tensor(seeds, tf.int64)
 
     def one(args):
         task, seed = args
-        run = base.run_task(warped, learner, warp, theta0, tuple(task), seed, learning_rate=learning_rate,
-                            frozen=frozen, state=state, accumulate_warp=True)
+        run = base.run_task(warped, learner, warp, theta0, tuple(task), seed, state=state, accumulate_warp=True)
         lr = () if run.learning_rate_grad is None else run.learning_rate_grad
         lr_c = () if run.init.learning_rate_grad is None else run.init.learning_rate_grad
         return (run.warp_grads, run.init.grads, lr, lr_c, run.meta_loss, run.losses[0], run.losses[-1],
@@ -142,24 +144,27 @@ def normalise(learner: base.MetaLearner, sums: MetaGradientSums) -> base.MetaGra
     return base.MetaGradients(warp_grads, init_grads, lr_grads, metrics)
 
 
-def online_meta_gradient(warped, learner: base.MetaLearner, warp, theta0, tasks, seeds, *, learning_rate=None,
-                         frozen=None, state=None) -> base.MetaGradients:
+def online_meta_gradient(warped, learner: base.MetaLearner, warp, theta0, tasks, seeds, *, state=None,
+                         **old) -> base.MetaGradients:
     """Meta-gradients of one meta-batch under Algorithm 1 (a pure function of its arguments).
 
     Args:
       warped: the :class:`~warpgrad_tf.WarpedModel`.
-      learner: the :class:`~warpgrad_tf.algorithms.MetaLearner`.
+      learner: the :class:`~warpgrad_tf.algorithms.MetaLearner` (its ``learning_rate``: the inner step size
+        override, e.g. a :class:`~warpgrad_tf.learned_lr.LearnedRate`, or None for the rule's own).
       warp: φ as ``{path: tensor}``; theta0: θ0 as ``{path: tensor}``.
       tasks: :class:`~warpgrad_tf.algorithms.Tasks` with a leading task axis.
       seeds: ``[T]`` integer seeds keying each task's mini-batches.
-      learning_rate: inner step size override (a learned rate's ``rates()``), or None for the rule's own.
+      state: BatchNorm statistics (None: the model's).
+
+    ``learning_rate=`` and ``frozen=`` still work for one release, with a DeprecationWarning (learner fields).
     """
-    return normalise(learner, online_meta_gradient_sums(warped, learner, warp, theta0, tasks, seeds,
-                                                        learning_rate=learning_rate, frozen=frozen, state=state))
+    learner = deprecated_arguments("online_meta_gradient", learner, old)
+    return normalise(learner, online_meta_gradient_sums(warped, learner, warp, theta0, tasks, seeds, state=state))
 
 
-def online_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimizers, *, learned_rate=None,
-                clip=None, frozen=None, jit_compile=False, strategy=None, vectorize=False):
+def online_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimizers, *, clip=None, strategy=None,
+                **old):
     """A meta-step function ``step(tasks, seeds) -> metrics`` running Algorithm 1 on ``warped``'s variables.
 
     The one implementation for one device and for the replicas of a ``tf.distribute`` strategy: the
@@ -174,33 +179,37 @@ def online_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimize
     Args:
       warped, learner, optimizers: the model, the :class:`~warpgrad_tf.algorithms.MetaLearner` and its
         :class:`~warpgrad_tf.algorithms.MetaOptimizers` (built in ``strategy.scope()`` for a distributed
-        run, e.g. by :func:`warpgrad_tf.distribute.build`).
-      learned_rate: a :class:`~warpgrad_tf.learned_lr.LearnedRate` used as the inner rate and meta-learned when
-        ``optimizers.learning_rate`` is set, its meta-gradient clipped at ``clip``.
-      jit_compile: compile each replica's meta-gradient terms with XLA (True: with a fallback to the plain
-        graph and a one-line notice when they do not compile; ``"strict"``: an error instead).
+        run, e.g. by :func:`warpgrad_tf.distribute.build`). The learner's compute options: ``jit_compile``
+        compiles each replica's meta-gradient terms with XLA (True: with a fallback to the plain graph and a
+        one-line notice when they do not compile; ``"strict"``: an error instead); ``vectorize`` adapts each
+        replica's tasks side by side in one traced loop (:func:`online_meta_gradient_sums`; same
+        meta-gradients up to floating-point order). A :class:`~warpgrad_tf.learned_lr.LearnedRate` as its
+        ``learning_rate`` is the inner rate and is meta-learned when ``optimizers.learning_rate`` is set.
+      clip: elementwise clip of the learned rate's meta-gradient.
       strategy: the ``tf.distribute.Strategy`` (None: the current one, i.e. one device); the meta-batch must
         divide evenly over its replicas.
-      vectorize: adapt each replica's tasks side by side in one traced loop
-        (:func:`online_meta_gradient_sums`); same meta-gradients up to floating-point order.
+
+    ``learned_rate=``, ``frozen=``, ``jit_compile=`` and ``vectorize=`` still work for one release, with a
+    DeprecationWarning (learner fields; ``learned_rate`` is ``learning_rate``).
 
     ``step.meta_gradient(tasks, seeds)`` returns the :class:`~warpgrad_tf.algorithms.MetaGradients` without
     applying them.
     """
+    learner = deprecated_arguments("online_step", learner, old)
     strategy = strategy or tf.distribute.get_strategy()
-    rates = learned_rate.rates() if learned_rate is not None else None
+    learned_rate = learned_rate_of(learner)
 
     def replica_sums(shard, num_tasks):
         tasks, seeds = shard
         sums = online_meta_gradient_sums(warped, learner, warped.values("warp"), warped.values("task"), tasks,
-                                         seeds, learning_rate=rates, frozen=frozen, vectorize=vectorize)
+                                         seeds)
         return sums._replace(num_tasks=None), ()
 
     def finish(sums, num_tasks):
         grads = normalise(learner, sums._replace(num_tasks=num_tasks))
         return grads, base.all_finite(grads.warp, grads.init, grads.learning_rate)
 
-    run = distribute.sharded_sum(strategy, replica_sums, finish=finish, jit_compile=jit_compile)
+    run = distribute.sharded_sum(strategy, replica_sums, finish=finish, jit_compile=learner.jit_compile)
 
     def meta_gradient(tasks, seeds):
         tasks = base.as_tasks(tasks)

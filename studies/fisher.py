@@ -76,10 +76,11 @@ def gather(warped, rule, tasks, steps, every, batch_size, *, augment=True, seed=
                 {n: activation_statistics(taps.inputs[n]) for n in layers},
                 {n: activation_statistics(taps.outputs[n]) for n in layers})
 
+    learner = wg.inner_loop(rule, wg.losses.softmax_cross_entropy, 1)
+
     @tf.function(reduce_retracing=True)
     def step(theta, opt, state, x, y):
-        theta, opt, state, _ = wg.adaptation.task_step(warped, theta, warp, opt, state, (x, y), rule,
-                                                       wg.losses.softmax_cross_entropy)
+        theta, opt, state, _ = wg.adaptation.task_step(warped, theta, warp, opt, state, (x, y), learner)
         return theta, opt, tf.nest.map_structure(tf.stop_gradient, state)
 
     stats = {n: {w: {"mean": [], "schatten1": []} for w in ("pre", "post")} for n in layers}

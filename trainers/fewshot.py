@@ -47,7 +47,7 @@ from warpgrad_tf.algorithms import methods as methods_lib
 from warpgrad_tf.data import fewshot as fs
 from warpgrad_tf.models import fewshot as fm
 
-from . import common, loop
+from . import common, loop, meta_state
 
 METHODS = ("warp_maml", "maml", "fomaml", "meta_sgd", "tnets", "reptile")
 LABELS = {"warp_maml": "Warp-MAML", "maml": "MAML", "fomaml": "FOMAML", "meta_sgd": "Meta-SGD",
@@ -165,9 +165,7 @@ def train_eval(root_dir, data_dir,
     shape = episodes.image_shape
 
     keras.utils.set_random_seed(int(seed))
-    # Meta-SGD: FusedBatchNormalization inside Algorithm 1's task loop with learned-rate variables makes
-    # TensorFlow report "nodes in a cycle"; the plain-op BatchNormalization gives the same results without it.
-    fused = {"fused_batch_norm": False} if m.learned_rate else {}
+    fused = meta_state.batch_norm_options(m.learned_rate)  # Meta-SGD: the plain-op BatchNormalization
     with strategy.scope():  # θ0, φ, learned rates and optimiser slots mirrored over the replicas
         model = fm.fewshot_convnet(num_classes=int(ways), image_size=shape[0], channels=shape[2],
                                    warp=warp if learns_warp else None, **fused)
@@ -184,30 +182,12 @@ def train_eval(root_dir, data_dir,
     writers = common.SummaryWriters(root_dir)
     evaluator = make_evaluator(warped, rule, eval_inner_steps, rates)
 
-    task_vars, warp_vars = list(warped.task_variables.values()), list(warped.warp_variables.values())
-    trackables = {"model": list(model.variables)}
-    with strategy.scope():
-        warp_opt, init_opt, _ = algorithms.meta_optimizers(
-            warp=warp_lr if learns_warp and warp_vars else None, init=init_lr if m.init != "none" else None,
-            kind=meta_optimizer, flag="train_eval.meta_optimizer")
-        lr_opt = algorithms.meta_optimizer(lr_meta_lr if rate is not None else None, kind="adam",
-                                           name="learning_rate")
-        for name, opt, variables in (("init_optimizer", init_opt, task_vars),
-                                     ("warp_optimizer", warp_opt, warp_vars),
-                                     ("lr_optimizer", lr_opt, list(rate.variables.values()) if rate else [])):
-            if opt is not None:
-                opt.build(variables)
-                trackables[name] = opt
-    if rate is not None:
-        trackables["inner_rates"] = list(rate.variables.values())
-    best = loop.Best(initial=-1.0, directory=os.path.join(root_dir, "best"), model=list(model.variables),
-                     **({"inner_rates": trackables["inner_rates"]} if rate is not None else {}))
-    ckpt = run.checkpointer(**best.trackables(), **trackables)
-    start = ckpt.restore()
+    optimizers, best, ckpt, start = meta_state.meta_state(
+        run, warped, root_dir, init_lr=init_lr if m.init != "none" else None, warp_lr=warp_lr if learns_warp else None,
+        meta_optimizer=meta_optimizer, rate=rate, lr_meta_lr=lr_meta_lr)
 
     learner = methods_lib.meta_learner_for(method, rule, loss_fn, int(inner_steps), objective=objective,
                                            init_weight=init_weight)
-    optimizers = algorithms.meta_optimizers(warp=warp_opt, init=init_opt, learning_rate=lr_opt)
     step_fn = algorithms.online_step(warped, learner, optimizers, learned_rate=rate, clip=lr_clip, strategy=strategy)
 
     def validate(step):

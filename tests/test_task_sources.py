@@ -153,3 +153,14 @@ def test_a_study_runs_the_trainer_in_process_with_plain_bindings(tmp_path):
     run = Run(name="toy/seed0", trainer="omniglot", bindings=tuple(bindings + ["train_eval.meta_steps = 1"]))
     record = run_one(run, str(tmp_path), data_dir="unused", in_process=True, say=lambda *a, **k: None)
     assert record["status"] == "done" and (tmp_path / "toy" / "seed0" / "results.json").exists()
+
+
+@pytest.mark.parametrize("module,binding,needle", [
+    ("trainers.omniglot", "train_eval.meta_steps='5'", "error: train_eval.meta_steps must be int like its default"),
+    ("trainers.fewshot", "train_eval.inner_stpes=3", "error: Unknown setting train_eval.inner_stpes;"),
+], ids=["omniglot-type", "fewshot-unknown"])
+def test_grouped_settings_keep_the_one_line_binding_errors(module, binding, needle, tmp_path):
+    out = run_module(module, f"--root_dir={tmp_path / 'R'}", f"--data_dir={tmp_path}", f"--gin_param={binding}")
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
+    assert out.returncode == 2 and len(errors) == 1 and errors[0].startswith(needle), out.stderr[-2000:]
+    assert not (tmp_path / "R").exists()

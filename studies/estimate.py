@@ -35,22 +35,40 @@ REFERENCE = {"omniglot": {"meta": 0.05, "eval": 0.024, "start": 20.0},
 
 
 def trainer_defaults(trainer):
-    """``{parameter: default}`` of the trainer's ``train_eval`` read from its source (no import, no TensorFlow)."""
-    spec = importlib.util.find_spec(trainer_module(trainer))
-    with open(spec.origin) as f:
-        tree = ast.parse(f.read())
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef) and node.name == "train_eval":
-            args = node.args.args[len(node.args.args) - len(node.args.defaults):] + node.args.kwonlyargs
-            defaults = list(node.args.defaults) + list(node.args.kw_defaults)
-            out = {}
-            for a, d in zip(args, defaults):
-                try:
-                    out[a.arg] = ast.literal_eval(d)
-                except ValueError:
-                    pass
-            return out
-    return {}
+    """``{parameter: default}`` of the trainer's ``train_eval`` read from its source (no import, no TensorFlow),
+    with the settings it takes by keyword from the dataclasses of a sibling ``<module>_settings`` module
+    (:mod:`trainers.omniglot_settings`)."""
+    out = {}
+    for settings, tree in _trees(trainer_module(trainer), trainer_module(trainer) + "_settings"):
+        for node in tree.body:
+            if settings and isinstance(node, ast.ClassDef):  # the settings dataclasses: ``name: type = default``
+                for field in node.body:
+                    if isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name) and field.value:
+                        _literal(out, field.target.id, field.value)
+            if isinstance(node, ast.FunctionDef) and node.name == "train_eval":
+                args = node.args.args[len(node.args.args) - len(node.args.defaults):] + node.args.kwonlyargs
+                for a, d in zip(args, list(node.args.defaults) + list(node.args.kw_defaults)):
+                    _literal(out, a.arg, d)
+    return out
+
+
+def _trees(trainer, settings_module):
+    """``(is the settings module, its syntax tree)`` of each that exists."""
+    for settings, module in ((False, trainer), (True, settings_module)):
+        try:
+            spec = importlib.util.find_spec(module)
+        except ModuleNotFoundError:
+            spec = None
+        if spec is not None and spec.origin:
+            with open(spec.origin) as f:
+                yield settings, ast.parse(f.read())
+
+
+def _literal(out, name, node):
+    try:
+        out[name] = ast.literal_eval(node)
+    except ValueError:
+        pass
 
 
 def work(run):

@@ -20,6 +20,7 @@ from PIL import Image
 
 from studies.execute import qualified_gin
 from tests.helpers import checkpoint_values
+from trainers.task_sources import MultiShotSource
 from warpgrad_tf.data import fewshot as fs
 from warpgrad_tf.models import fewshot_convnet
 
@@ -165,7 +166,8 @@ def test_every_gin_file_parses_to_app_h_settings(method):
         gin.parse_config(qualified_gin([f"configs/tieredimagenet_multishot/{method}.gin"], []))
         q = lambda name: gin.query_parameter(f"trainers.omniglot.train_eval.{name}")  # noqa: E731
         assert q("preset") in trainer.MULTISHOT_PRESETS and q("preset").endswith(method) and q("method") == method
-        assert (q("source"), q("inner_rule"), q("inner_steps"), q("meta_batch_size")) == ("fewshot", "momentum", 100, 5)
+        assert (q("tasks").configurable.wrapped, q("inner_rule"), q("inner_steps"), q("meta_batch_size")) == (
+            MultiShotSource, "momentum", 100, 5)
         assert q("task_batch_size") == (256 if method == "sgd" else 64)
         assert q("meta_steps") == (0 if method == "sgd" else 2000)
         assert gin.query_parameter("fewshot_convnet.filters") == [64, 64, 160, 160, 256, 256]

@@ -79,15 +79,16 @@ def parse_gin(gin_files, gin_params):
                           f"bindings {gin_params}): {str(e).splitlines()[0]}") from e
 
 
-def check_binding_types(fn, name="train_eval"):
+def check_binding_types(fn, name="train_eval", defaults=None):
     """A :class:`ConfigError` naming the binding when a gin value's type does not fit its default's.
 
     ``train_eval.meta_steps = '5'`` (a string) or ``= 2.5`` for an integer default would otherwise fail deep
     inside the trainer, or be truncated silently. Integers are accepted for float defaults; parameters whose
-    default is None (or a container) are left to the trainer's own checks.
+    default is None (or a container) are left to the trainer's own checks. ``defaults`` adds those of settings
+    a ``train_eval(**settings)`` takes by keyword (e.g. :meth:`trainers.omniglot_settings.Settings.defaults`).
     """
-    defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items()
-                if p.default is not inspect.Parameter.empty}
+    defaults = {**(defaults or {}), **{k: p.default for k, p in inspect.signature(fn).parameters.items()
+                                       if p.default is not inspect.Parameter.empty}}
     for key, value in gin.get_bindings(fn).items():
         default = defaults.get(key)
         if isinstance(default, bool):
@@ -122,7 +123,7 @@ def check_settings(arguments, *configurables, name="train_eval"):
         settings.check_output_dir(root_dir)
 
 
-def run_main(train_eval, data_dir=False):
+def run_main(train_eval, data_dir=False, defaults=None):
     """Entry point for ``python -m trainers.X``: flags → gin → ``train_eval(root_dir=..., [data_dir=...])``.
 
     A ``train_eval`` with a ``strategy`` parameter receives the ``tf.distribute.Strategy`` named by
@@ -138,7 +139,7 @@ def run_main(train_eval, data_dir=False):
             _fail("--root_dir is required.")
         try:
             parse_gin(FLAGS.gin_file, FLAGS.gin_param)
-            check_binding_types(train_eval)
+            check_binding_types(train_eval, defaults=defaults)
             kwargs = {"root_dir": FLAGS.root_dir}
             if data_dir:
                 kwargs["data_dir"] = FLAGS.data_dir
@@ -165,11 +166,12 @@ def run_main(train_eval, data_dir=False):
     app.run(main)
 
 
-def entry_point(train_eval, data_dir=False):
-    """The ``main()`` of a trainer module: :func:`run_main` on its ``train_eval`` (setup.py's console command)."""
+def entry_point(train_eval, data_dir=False, defaults=None):
+    """The ``main()`` of a trainer module: :func:`run_main` on its ``train_eval`` (setup.py's console command);
+    ``defaults``: as :func:`check_binding_types`."""
 
     def main():
-        run_main(train_eval, data_dir=data_dir)
+        run_main(train_eval, data_dir=data_dir, defaults=defaults)
 
     return main
 

@@ -47,7 +47,7 @@ from warpgrad_tf.algorithms import methods as methods_lib
 from warpgrad_tf.data import fewshot as fs
 from warpgrad_tf.models import fewshot as fm
 
-from . import common, loop
+from . import common, fewshot_settings, loop, meta_state, settings_groups
 
 METHODS = ("warp_maml", "maml", "fomaml", "meta_sgd", "tnets", "reptile")
 LABELS = {"warp_maml": "Warp-MAML", "maml": "MAML", "fomaml": "FOMAML", "meta_sgd": "Meta-SGD",
@@ -105,20 +105,11 @@ def _check(method, ways, shots, queries, inner_steps, meta_steps, meta_batch_siz
 
 
 @gin.configurable(denylist=["root_dir", "data_dir"])
-def train_eval(root_dir, data_dir,
-               # data
-               dataset="omniglot", ways=5, shots=1, queries=15, train_shots=None,
-               # method
-               method="warp_maml", preset=None, objective=None, first_block=None, warp="conv3x3",
-               # task adaptation
-               inner_steps=5, inner_lr=0.4, eval_inner_steps=None,
-               # meta-training
-               meta_steps=60000, meta_batch_size=1, meta_optimizer="adam", init_lr=1e-3, warp_lr=1e-3,
-               init_weight=1.0, lr_meta_lr=1e-3, lr_clip=None,
-               # evaluation and bookkeeping
-               eval_episodes=600, val_episodes=100, eval_every=1000, checkpoint_every=100, log_every=10,
-               max_train_cpu_seconds=None, seed=0, strategy=None):
+def train_eval(root_dir, data_dir, strategy=None, **settings):
     """Meta-train ``method`` on few-shot episodes, meta-validate, evaluate on ``eval_episodes`` test episodes.
+
+    The settings below are ``train_eval.<name>`` keywords, grouped by :mod:`trainers.fewshot_settings` (episodes,
+    method, task adaptation, meta-training, evaluation and bookkeeping); an unknown one is one line naming it.
 
     Args:
       root_dir: run directory (re-running with the same one resumes).
@@ -144,9 +135,13 @@ def train_eval(root_dir, data_dir,
       strategy: a ``tf.distribute.Strategy`` (``--strategy``) whose replicas share every meta-batch; None:
         the default (single-device) strategy.
     """
-    common.check_settings(locals())  # before anything is written
-    _check(method, ways, shots, queries, inner_steps, meta_steps, meta_batch_size, eval_episodes, val_episodes,
-           eval_every, checkpoint_every, first_block)
+    groups = settings_groups.parse(fewshot_settings.GROUPS, settings)
+    common.check_settings({"root_dir": root_dir, **settings_groups.flat(groups)})  # before anything is written
+    ep, me, ad, mt, bk = groups
+    _check(me.method, ep.ways, ep.shots, ep.queries, ad.inner_steps, mt.meta_steps, mt.meta_batch_size,
+           bk.eval_episodes, bk.val_episodes, bk.eval_every, bk.checkpoint_every, me.first_block)
+    method, objective, first_block, init_weight = me.method, me.objective, me.first_block, mt.init_weight
+    inner_steps, eval_inner_steps, meta_batch_size = ad.inner_steps, ad.eval_inner_steps, mt.meta_batch_size
     m = methods_lib.get(method)
     learns_warp = (objective or m.objective) is not None
     first_block = first_block or ("warp" if learns_warp else "task")
@@ -157,73 +152,54 @@ def train_eval(root_dir, data_dir,
     if distributed:
         distribute.shard_size(strategy, meta_batch_size)  # an indivisible meta-batch fails here, early
 
-    episodes = fs.FewShotEpisodes(data_dir, dataset, ways, shots, queries, seed=seed)
+    episodes = fs.FewShotEpisodes(data_dir, ep.dataset, ep.ways, ep.shots, ep.queries, seed=bk.seed)
     train_episodes = episodes
-    if train_shots is not None and int(train_shots) != int(shots):
-        train_episodes = fs.FewShotEpisodes(data_dir, dataset, ways, int(train_shots), queries, seed=seed,
-                                            splits=("train",))
+    if ep.train_shots is not None and int(ep.train_shots) != int(ep.shots):
+        train_episodes = fs.FewShotEpisodes(data_dir, ep.dataset, ep.ways, int(ep.train_shots), ep.queries,
+                                            seed=bk.seed, splits=("train",))
     shape = episodes.image_shape
 
-    keras.utils.set_random_seed(int(seed))
-    # Meta-SGD: FusedBatchNormalization inside Algorithm 1's task loop with learned-rate variables makes
-    # TensorFlow report "nodes in a cycle"; the plain-op BatchNormalization gives the same results without it.
-    fused = {"fused_batch_norm": False} if m.learned_rate else {}
+    keras.utils.set_random_seed(int(bk.seed))
+    fused = meta_state.batch_norm_options(m.learned_rate)  # Meta-SGD: the plain-op BatchNormalization
     with strategy.scope():  # θ0, φ, learned rates and optimiser slots mirrored over the replicas
-        model = fm.fewshot_convnet(num_classes=int(ways), image_size=shape[0], channels=shape[2],
-                                   warp=warp if learns_warp else None, **fused)
+        model = fm.fewshot_convnet(num_classes=int(ep.ways), image_size=shape[0], channels=shape[2],
+                                   warp=me.warp if learns_warp else None, **fused)
         warped = fm.partition(model, first_block)
-        rate = learned_lr.learned_rate(warped, inner_lr, m.learned_rate) if m.learned_rate else None
+        rate = learned_lr.learned_rate(warped, ad.inner_lr, m.learned_rate) if m.learned_rate else None
     methods_lib.check_model(method, warped)
-    rule = wg.sgd(inner_lr)
+    rule = wg.sgd(ad.inner_lr)
     loss_fn = wg.losses.softmax_cross_entropy
     rates = rate.rates() if rate is not None else None
-    label = LABELS[method] + ("" if preset in (None, method) else f" ({preset})")
+    label = LABELS[method] + ("" if me.preset in (None, method) else f" ({me.preset})")
 
     os.makedirs(root_dir, exist_ok=True)
     common.write_operative_config(root_dir)
     writers = common.SummaryWriters(root_dir)
     evaluator = make_evaluator(warped, rule, eval_inner_steps, rates)
 
-    task_vars, warp_vars = list(warped.task_variables.values()), list(warped.warp_variables.values())
-    trackables = {"model": list(model.variables)}
-    with strategy.scope():
-        warp_opt, init_opt, _ = algorithms.meta_optimizers(
-            warp=warp_lr if learns_warp and warp_vars else None, init=init_lr if m.init != "none" else None,
-            kind=meta_optimizer, flag="train_eval.meta_optimizer")
-        lr_opt = algorithms.meta_optimizer(lr_meta_lr if rate is not None else None, kind="adam",
-                                           name="learning_rate")
-        for name, opt, variables in (("init_optimizer", init_opt, task_vars),
-                                     ("warp_optimizer", warp_opt, warp_vars),
-                                     ("lr_optimizer", lr_opt, list(rate.variables.values()) if rate else [])):
-            if opt is not None:
-                opt.build(variables)
-                trackables[name] = opt
-    if rate is not None:
-        trackables["inner_rates"] = list(rate.variables.values())
-    best = loop.Best(initial=-1.0, directory=os.path.join(root_dir, "best"), model=list(model.variables),
-                     **({"inner_rates": trackables["inner_rates"]} if rate is not None else {}))
-    ckpt = run.checkpointer(**best.trackables(), **trackables)
-    start = ckpt.restore()
+    optimizers, best, ckpt, start = meta_state.meta_state(
+        run, warped, root_dir, init_lr=mt.init_lr if m.init != "none" else None,
+        warp_lr=mt.warp_lr if learns_warp else None, meta_optimizer=mt.meta_optimizer, rate=rate,
+        lr_meta_lr=mt.lr_meta_lr)
 
     learner = methods_lib.meta_learner_for(method, rule, loss_fn, int(inner_steps), objective=objective,
                                            init_weight=init_weight)
-    optimizers = algorithms.meta_optimizers(warp=warp_opt, init=init_opt, learning_rate=lr_opt)
-    step_fn = algorithms.online_step(warped, learner, optimizers, learned_rate=rate, clip=lr_clip, strategy=strategy)
+    step_fn = algorithms.online_step(warped, learner, optimizers, learned_rate=rate, clip=mt.lr_clip, strategy=strategy)
 
     def validate(step):
-        accs = evaluate(evaluator, warped, episodes, "val", int(val_episodes))
+        accs = evaluate(evaluator, warped, episodes, "val", int(bk.val_episodes))
         score, ci = confidence_interval(accs)
         writers.scalars(writers.eval, step, {"val/accuracy": score, "val/ci95": ci})
         return score
 
-    data = iter(train_episodes.as_dataset("train", max(int(meta_steps) - start, 0) * meta_batch_size,
+    data = iter(train_episodes.as_dataset("train", max(int(mt.meta_steps) - start, 0) * meta_batch_size,
                                           start=start * meta_batch_size, batch_size=meta_batch_size))
     last = {}
 
     def train_step(step):
         nonlocal last
         ep = next(data)
-        seeds = tf.range(step * meta_batch_size, (step + 1) * meta_batch_size, dtype=tf.int64) + seed * 10**9
+        seeds = tf.range(step * meta_batch_size, (step + 1) * meta_batch_size, dtype=tf.int64) + bk.seed * 10**9
         metrics = step_fn(algorithms.Tasks(ep.support_x, ep.support_y, ep.query_x, ep.query_y), seeds)
         last = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
         return last
@@ -233,56 +209,59 @@ def train_eval(root_dir, data_dir,
 
     def log(step, metrics, steps_per_sec):
         writers.scalars(writers.train, step, {f"train/{k}": v for k, v in metrics.items()})
-        budget = ({} if max_train_cpu_seconds is None else  # the CPU budget, not the step count, ends it
-                  {"cpu_s": f"{cpu_seconds():.0f}/{float(max_train_cpu_seconds):.0f}"})
+        budget = ({} if bk.max_train_cpu_seconds is None else  # the CPU budget, not the step count, ends it
+                  {"cpu_s": f"{cpu_seconds():.0f}/{float(bk.max_train_cpu_seconds):.0f}"})
         return dict(query_loss=f"{metrics.get('init_value', float('nan')):.3f}", **budget)
 
     t0, cpu0 = time.time(), time.process_time()
     end = loop.train_loop(
-        train_step, start=start, total_steps=int(meta_steps), checkpointer=ckpt, log=log, log_every=log_every,
-        checkpoint_every=checkpoint_every, validate=validate if int(val_episodes) else None, eval_every=eval_every,
-        best=best, validate_first=True, desc=f"meta-train {label}",
-        budget=None if max_train_cpu_seconds is None else lambda: cpu_seconds() > float(max_train_cpu_seconds))
+        train_step, start=start, total_steps=int(mt.meta_steps), checkpointer=ckpt, log=log, log_every=bk.log_every,
+        checkpoint_every=bk.checkpoint_every, validate=validate if int(bk.val_episodes) else None,
+        eval_every=bk.eval_every, best=best, validate_first=True, desc=f"meta-train {label}",
+        budget=None if bk.max_train_cpu_seconds is None else lambda: cpu_seconds() > float(bk.max_train_cpu_seconds))
     train_seconds, train_cpu_seconds = time.time() - t0, time.process_time() - cpu0
     cpu1 = time.process_time()
     best.restore()
 
-    bar = common.progress(int(eval_episodes), desc=f"evaluate {label}")
-    accs = evaluate(evaluator, warped, episodes, "test", int(eval_episodes), bar=bar)
+    bar = common.progress(int(bk.eval_episodes), desc=f"evaluate {label}")
+    accs = evaluate(evaluator, warped, episodes, "test", int(bk.eval_episodes), bar=bar)
     bar.close()
     mean, ci = confidence_interval(accs)
     eval_cpu_seconds = time.process_time() - cpu1
-    final_step = end.step if end.budget_spent else int(meta_steps)
+    final_step = end.step if end.budget_spent else int(mt.meta_steps)
     writers.scalars(writers.eval, final_step, {"test/accuracy": mean, "test/ci95": ci})
     wg.artifacts.save(root_dir, warped, rule, loss="softmax_cross_entropy", steps=eval_inner_steps, batch_size=None,
-                      method=method, training_step=int(max(best.step.numpy(), 0)), task_family=f"fewshot/{dataset}",
-                      extra={"ways": int(ways), "shots": int(shots), "learned_rate": rate is not None},
+                      method=method, training_step=int(max(best.step.numpy(), 0)), task_family=f"fewshot/{ep.dataset}",
+                      extra={"ways": int(ep.ways), "shots": int(ep.shots), "learned_rate": rate is not None},
                       learned_rate=rate)
     results = {
-        "task": f"fewshot/{dataset}", "method": method, "preset": preset, "label": label,
-        "algorithm": "online" if meta_steps else None, "objective": learner.objective,
+        "task": f"fewshot/{ep.dataset}", "method": method, "preset": me.preset, "label": label,
+        "algorithm": "online" if mt.meta_steps else None, "objective": learner.objective,
         "data_format": episodes.data_format, "alphabets": episodes.alphabets,
         "classes": {s: len(episodes.classes(s).names) for s in fs.SPLITS},
-        "ways": int(ways), "shots": int(shots), "queries": int(queries),
-        "train_shots": int(train_shots or shots), "first_block": first_block, "warp": warp if learns_warp else None,
-        "inner_steps": int(inner_steps), "eval_inner_steps": eval_inner_steps, "inner_lr": float(inner_lr),
-        "meta_steps": int(meta_steps), "meta_steps_done": final_step, "meta_batch_size": meta_batch_size,
-        "meta_optimizer": meta_optimizer, "init_lr": float(init_lr), "warp_lr": float(warp_lr),
+        "ways": int(ep.ways), "shots": int(ep.shots), "queries": int(ep.queries),
+        "train_shots": int(ep.train_shots or ep.shots), "first_block": first_block,
+        "warp": me.warp if learns_warp else None,
+        "inner_steps": int(inner_steps), "eval_inner_steps": eval_inner_steps, "inner_lr": float(ad.inner_lr),
+        "meta_steps": int(mt.meta_steps), "meta_steps_done": final_step, "meta_batch_size": meta_batch_size,
+        "meta_optimizer": mt.meta_optimizer, "init_lr": float(mt.init_lr), "warp_lr": float(mt.warp_lr),
         "best_step": int(best.step.numpy()), "best_val_accuracy": float(best.score.numpy()),
         "test": {"episodes": int(accs.size), "accuracy": mean, "ci95": ci},
         "last_train_metrics": last, "meta_train_seconds_this_run": train_seconds,
-        "meta_train_cpu_seconds_this_run": train_cpu_seconds, "eval_cpu_seconds": eval_cpu_seconds, "seed": int(seed),
+        "meta_train_cpu_seconds_this_run": train_cpu_seconds, "eval_cpu_seconds": eval_cpu_seconds,
+        "seed": int(bk.seed),
         "task_parameters": warped.num_parameters("task"), "warp_parameters": warped.num_parameters("warp"),
         "replicas": int(strategy.num_replicas_in_sync),
     }
     common.write_json(os.path.join(root_dir, "results.json"), results)
-    print(f"\n{label}: {int(ways)}-way {int(shots)}-shot test accuracy {100 * mean:.2f} ± {100 * ci:.2f}% "
+    print(f"\n{label}: {int(ep.ways)}-way {int(ep.shots)}-shot test accuracy {100 * mean:.2f} ± {100 * ci:.2f}% "
           f"({accs.size} episodes); best meta-step {int(best.step.numpy())}\n"
           f"results: {os.path.join(root_dir, 'results.json')}\nTensorBoard: tensorboard --logdir {root_dir}")
     return results
 
 
-main = common.entry_point(train_eval, data_dir=True)  # the installed command warpgrad-train-fewshot (setup.py)
+# the installed command warpgrad-train-fewshot (setup.py)
+main = common.entry_point(train_eval, data_dir=True, defaults=settings_groups.defaults(fewshot_settings.GROUPS))
 
 if __name__ == "__main__":
     main()

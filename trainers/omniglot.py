@@ -5,8 +5,9 @@
     python -m trainers.omniglot --gin_file=configs/omniglot/ablation/<row>.gin ...          # a row of Table 3
     python -m trainers.omniglot --gin_file=configs/tieredimagenet_multishot/warp_leap.gin --data_dir=D --root_dir=R
 
-Multi-shot tieredImageNet (``train_eval.source="fewshot"``) replaces the alphabets by 10-way 640-shot tasks of
-the few-shot reader (:class:`~warpgrad_tf.data.fewshot.MultiShotTasks`, the standard pickles or folders) and the
+The tasks come from a task source (:mod:`trainers.task_sources`, ``train_eval.tasks``): Omniglot alphabets by
+default; multi-shot tieredImageNet (``train_eval.tasks = @MultiShotSource``) replaces them by 10-way 640-shot tasks
+of the few-shot reader (:class:`~warpgrad_tf.data.fewshot.MultiShotTasks`, the standard pickles or folders) and the
 learner by App. H's six-block :func:`~warpgrad_tf.models.fewshot_convnet`; the rest below holds for both.
 Table 3's "learned α" is ``train_eval.learned_rate="scalar"`` (App. F: one α meta-learned by the exact
 objective, Adam 0.001, meta-gradients clipped at ±0.001).
@@ -65,17 +66,15 @@ import numpy as np
 import tensorflow as tf
 
 import warpgrad_tf as wg
-from warpgrad_tf import algorithms, distribute, learned_lr, precision
+from warpgrad_tf import algorithms, distribute, learned_lr
 from warpgrad_tf.algorithms import methods as methods_lib
-from warpgrad_tf.data import fewshot as fs
 from warpgrad_tf.data import omniglot as og
 from warpgrad_tf.data import omniglot_protocol as protocols
-from warpgrad_tf.models import fewshot_convnet, omniglot_convnet
 
-from . import common, loop
+from . import common, loop, meta_state, omniglot_settings, task_sources
 
-__all__ = ["ABLATION_PRESETS", "ALGORITHMS", "BATCH_NORM_EVAL", "LABELS", "MULTISHOT_PRESETS", "PRESETS", "SOURCES",
-           "evaluate", "main", "make_evaluator", "plot_curves", "task_name", "train_eval"]
+__all__ = ["ABLATION_PRESETS", "ALGORITHMS", "BATCH_NORM_EVAL", "LABELS", "MULTISHOT_PRESETS", "PRESETS", "evaluate",
+           "main", "make_evaluator", "plot_curves", "train_eval"]
 
 #: gin-file name → (method of :mod:`warpgrad_tf.algorithms.methods`, algorithm, warp objective override).
 PRESETS = ("warp_leap", "warp_leap_online", "warp_leap_approx", "leap", "reptile", "fomaml", "maml", "finetune",
@@ -92,20 +91,6 @@ LABELS = {"warp_leap": "Warp-Leap", "leap": "Leap", "reptile": "Reptile", "fomam
           "tnets": "T-Nets"}
 #: ``train_eval.batch_norm_eval`` choices: how held-out images are normalised (:func:`make_evaluator`).
 BATCH_NORM_EVAL = ("running", "transductive")
-#: ``train_eval.source`` choices: Omniglot alphabets (Sec. 4.2), or multi-shot tasks of a few-shot data set
-#: (App. H: 10-way 640-shot tieredImageNet, :class:`~warpgrad_tf.data.fewshot.MultiShotTasks`).
-SOURCES = ("omniglot", "fewshot")
-
-
-def task_name(task):
-    """An evaluation task's name: the Omniglot alphabet, or a multi-shot task's ``"<split>/<number>"``."""
-    return task.alphabet if isinstance(task, og.OmniglotTask) else task.name
-
-
-def _task_seed(seed, step, i, meta_batch_size):
-    return int(seed) * 1_000_003 + int(step) * int(meta_batch_size) + i
-
-
 # ---------------------------------------------------------------------------------------------- evaluation
 
 
@@ -175,8 +160,9 @@ def make_evaluator(warped, rule, steps, batch_size, augment, batch_norm="running
     return run
 
 
-def evaluate(evaluator, warped, tasks, repeats, seed, bar=None):
-    """``{task name: (train_acc [R, K], held_out_acc [R, K+1])}`` from the model's current θ0, φ."""
+def evaluate(evaluator, warped, tasks, repeats, seed, bar=None, name=lambda task: task.alphabet):
+    """``{name(task): (train_acc [R, K], held_out_acc [R, K+1])}`` from the model's current θ0, φ (``name``: the
+    task source's :meth:`~trainers.task_sources.TaskSource.name`)."""
     theta0, warp = warped.values("task"), warped.values("warp")
     out = {}
     for i, task in enumerate(tasks):
@@ -189,7 +175,7 @@ def evaluate(evaluator, warped, tasks, repeats, seed, bar=None):
             test.append(b.numpy())
             if bar is not None:
                 bar.update(1)
-        out[task_name(task)] = (np.stack(train), np.stack(test))
+        out[name(task)] = (np.stack(train), np.stack(test))
     return out
 
 
@@ -218,68 +204,45 @@ def plot_curves(path, curves, label, eval_steps, title="Omniglot, held-out alpha
 # ---------------------------------------------------------------------------------------------- train_eval
 
 
-def _check_config(preset, method, algorithm, objective, inner_steps, meta_steps, eta, meta_batch_size,
-                  checkpoint_every, eval_every, batch_norm_eval, source, learned_rate):
-    if preset is not None and preset not in PRESETS + ABLATION_PRESETS + MULTISHOT_PRESETS:
-        raise ValueError(f"Unknown train_eval.preset {preset!r}; choose one of "
+def _check_config(me, ad, mt, ev, bk):
+    if me.preset is not None and me.preset not in PRESETS + ABLATION_PRESETS + MULTISHOT_PRESETS:
+        raise ValueError(f"Unknown train_eval.preset {me.preset!r}; choose one of "
                          f"{list(PRESETS + ABLATION_PRESETS + MULTISHOT_PRESETS)}.")
-    methods_lib.get(method)
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"Unknown train_eval.algorithm {algorithm!r}; choose one of {list(ALGORITHMS)}.")
-    if objective not in (None, "exact", "approx"):
-        raise ValueError(f"train_eval.objective must be None, 'exact' or 'approx'; got {objective!r}.")
-    if source not in SOURCES:
-        raise ValueError(f"Unknown train_eval.source {source!r}; choose one of {list(SOURCES)}.")
-    if learned_rate is not None and learned_rate not in learned_lr.GRANULARITIES:
-        raise ValueError(f"Unknown train_eval.learned_rate {learned_rate!r}; choose None or one of "
+    methods_lib.get(me.method)
+    if me.algorithm not in ALGORITHMS:
+        raise ValueError(f"Unknown train_eval.algorithm {me.algorithm!r}; choose one of {list(ALGORITHMS)}.")
+    if me.objective not in (None, "exact", "approx"):
+        raise ValueError(f"train_eval.objective must be None, 'exact' or 'approx'; got {me.objective!r}.")
+    if me.learned_rate is not None and me.learned_rate not in learned_lr.GRANULARITIES:
+        raise ValueError(f"Unknown train_eval.learned_rate {me.learned_rate!r}; choose None or one of "
                          f"{list(learned_lr.GRANULARITIES)}.")
-    if batch_norm_eval is not None and batch_norm_eval not in BATCH_NORM_EVAL:
-        raise ValueError(f"Unknown train_eval.batch_norm_eval {batch_norm_eval!r}; choose one of "
+    if ev.batch_norm_eval is not None and ev.batch_norm_eval not in BATCH_NORM_EVAL:
+        raise ValueError(f"Unknown train_eval.batch_norm_eval {ev.batch_norm_eval!r}; choose one of "
                          f"{list(BATCH_NORM_EVAL)}.")
-    for name, value, low in (("inner_steps", inner_steps, 1), ("meta_steps", meta_steps, 0), ("eta", eta, 1),
-                             ("meta_batch_size", meta_batch_size, 1), ("checkpoint_every", checkpoint_every, 1),
-                             ("eval_every", eval_every, 1)):
+    for name, value, low in (("inner_steps", ad.inner_steps, 1), ("meta_steps", mt.meta_steps, 0),
+                             ("eta", me.eta, 1), ("meta_batch_size", mt.meta_batch_size, 1),
+                             ("checkpoint_every", bk.checkpoint_every, 1), ("eval_every", ev.eval_every, 1)):
         if int(value) < low:
             raise ValueError(f"train_eval.{name} must be >= {low}; got {value}.")
 
 
-@gin.configurable(denylist=["root_dir", "data_dir"])
-def train_eval(root_dir, data_dir,
-               # data
-               source="omniglot",
-               # method
-               method="warp_leap", preset=None, algorithm="offline", objective=None, eta=1, replay_memory_mb=None,
-               learned_rate=None, lr_meta_lr=1e-3, lr_clip=1e-3, multi_head=False,
-               # task adaptation (inner loop)
-               inner_steps=100, inner_lr=0.1, inner_rule="sgd", task_batch_size=20, augment=True,
-               task_batch_scale=1, inner_lr_scale=1,
-               # meta-training (outer loop)
-               meta_steps=1000, meta_batch_size=20, warp_lr=0.1, init_lr=0.1, meta_optimizer="sgd",
-               init_weight=1.0,
-               # model
-               warp="conv3x3", shared_init=False,
-               # evaluation and meta-validation
-               eval_steps=100, eval_repeats=1, eval_every=100, val_steps=None, protocol="paper", batch_norm_eval=None,
-               eval_seed=None,
-               # bookkeeping
-               checkpoint_every=50, log_every=10, seed=0, deterministic=False, strategy=None,
-               # accelerators
-               jit_compile=False, vectorize=False):
-    """Meta-train ``method`` on Omniglot alphabets, meta-validate, evaluate on held-out alphabets.
+@gin.configurable("train_eval", denylist=["root_dir", "data_dir"])
+def train_eval(root_dir, data_dir, tasks=task_sources.OmniglotSource, strategy=None, **settings):
+    """Meta-train ``method`` on the tasks of ``tasks``, meta-validate, evaluate on held-out tasks.
 
-    With ``source="fewshot"`` the tasks are multi-shot tasks of a few-shot data set instead (App. H: 10-way
-    640-shot tieredImageNet, :class:`~warpgrad_tf.data.fewshot.MultiShotTasks`, configured by gin) and the
-    learner is :func:`~warpgrad_tf.models.fewshot_convnet` (App. H's six-block network in
-    ``configs/tieredimagenet_multishot/``); everything else — methods, Algorithms 1 / 2, evaluation,
-    meta-validation, checkpoints — is this trainer's. Meta-training task ``i`` of meta-step ``t`` is episode
-    ``seed · 1000003 + t · meta_batch_size + i`` of the train split; validation and test use the split's
-    first ``MultiShotTasks.num_val_tasks`` / ``num_test_tasks`` episodes.
+    The tasks, their names and the learner come from the task source (:mod:`trainers.task_sources`):
+    Omniglot alphabets by default, or ``train_eval.tasks = @MultiShotSource`` for App. H's multi-shot tasks of a
+    few-shot data set with its six-block learner (``configs/tieredimagenet_multishot/``); everything else —
+    methods, Algorithms 1 / 2, evaluation, meta-validation, checkpoints — is this trainer's. The settings below
+    are ``train_eval.<name>`` keywords, grouped by :class:`trainers.omniglot_settings.Settings` (method, task
+    adaptation, meta-training, evaluation, bookkeeping); an unknown or retired one is one line naming it.
 
     Args:
       root_dir: run directory (re-running with the same one resumes).
-      data_dir: folder(s) with the Omniglot zips or extracted folders (``source="fewshot"``: the few-shot
-        data set's folder, :mod:`warpgrad_tf.data.fewshot`).
-      source: ``"omniglot"`` (alphabets, :class:`~warpgrad_tf.data.omniglot.OmniglotTasks`) or ``"fewshot"``.
+      data_dir: the task source's data folder(s) (Omniglot: the zips or extracted folders; multi-shot: the
+        few-shot data set's folder, :mod:`warpgrad_tf.data.fewshot`).
+      tasks: a :class:`~trainers.task_sources.TaskSource` class, called with ``(data_dir, protocol,
+        meta_training)``: ``OmniglotSource`` (default) or ``MultiShotSource``.
       method: a name of :data:`warpgrad_tf.algorithms.methods.METHODS` (``warp_leap``, ``leap``, ...).
       preset: the gin file's name (for results; informational).
       algorithm: ``"offline"`` (Alg. 2, replay in mini-batches of ``eta``) or ``"online"`` (Alg. 1); only
@@ -331,84 +294,55 @@ def train_eval(root_dir, data_dir,
         XLA (False / True with a fallback notice / ``"strict"``) and tasks adapted side by side. Off by default:
         on a 2-core CPU both are slower (benchmarks/README.md).
     """
-    common.check_settings(locals())  # before anything is written
-    _check_config(preset, method, algorithm, objective, inner_steps, meta_steps, eta, meta_batch_size,
-                  checkpoint_every, eval_every, batch_norm_eval, source, learned_rate)
-    protocol = protocols.get(protocol).for_source(source)
-    protocol.check(augment)
+    config = omniglot_settings.Settings.parse(settings)
+    common.check_settings({"root_dir": root_dir, **config.flat()})  # before anything is written
+    me, ad, mt, ev, bk = config
+    _check_config(me, ad, mt, ev, bk)
+    method, preset, objective, warp, seed = me.method, me.preset, me.objective, me.warp, bk.seed
+    inner_steps, inner_lr, task_batch_size = ad.inner_steps, ad.inner_lr, ad.task_batch_size
+    meta_steps, init_weight = mt.meta_steps, mt.init_weight
+    val_steps, batch_norm_eval, eval_seed = ev.val_steps, ev.batch_norm_eval, ev.eval_seed
+    protocol = protocols.get(ev.protocol).for_source(tasks.source)
+    protocol.check(ad.augment)
     batch_norm_eval = batch_norm_eval or protocol.batch_norm
     eval_seed = int(seed if eval_seed is None else eval_seed)
-    task_batch_size = int(round(int(task_batch_size) * float(task_batch_scale)))
-    inner_lr = float(inner_lr) * float(inner_lr_scale)
+    task_batch_size = int(round(int(task_batch_size) * float(ad.task_batch_scale)))
+    inner_lr = float(inner_lr) * float(ad.inner_lr_scale)
     m = methods_lib.get(method)
-    granularity = learned_rate or m.learned_rate
+    granularity = me.learned_rate or m.learned_rate
     if granularity is not None and (objective or m.objective) != "exact" and m.init != "maml":
         raise ValueError(f"train_eval.learned_rate={granularity!r} needs a meta-gradient w.r.t. the inner rate: the "
                          f"exact warp objective (Eq. 11) or MAML; method {method!r} with objective "
                          f"{objective or m.objective!r} has none.")
-    if deterministic:
+    if bk.deterministic:
         tf.config.experimental.enable_op_determinism()
     if data_dir is None:
-        raise ValueError("--data_dir is required: a folder with the Omniglot zips or extracted folders"
-                         + (" (train_eval.source='fewshot': the few-shot data set's folder)." if source == "fewshot"
-                            else "."))
+        raise ValueError(f"--data_dir is required: {tasks.data_help}.")
     learns_warp = (objective or m.objective) is not None
     meta_steps = int(meta_steps) if m.init != "none" or learns_warp else 0  # sgd: nothing to meta-learn
-    val_steps = int(val_steps or eval_steps)
-    if multi_head and (m.init != "multitask" or learns_warp or source != "omniglot"):
+    val_steps = int(val_steps or ev.eval_steps)
+    if me.multi_head and (m.init != "multitask" or learns_warp or not tasks.multi_head):
         raise ValueError(f"train_eval.multi_head=True pre-trains one head per Omniglot alphabet on the multi-task "
-                         f"objective (method 'finetune', source 'omniglot'); got method={method!r}, "
-                         f"source={source!r}.")
+                         f"objective (method 'finetune', tasks @OmniglotSource); got method={method!r}, "
+                         f"tasks @{tasks.__name__}.")
     run = common.place_run(strategy, root_dir, "omniglot")
     strategy, distributed, root_dir = run.strategy, run.distributed, run.out_dir
     if distributed:
-        distribute.shard_size(strategy, int(meta_batch_size))  # an indivisible meta-batch fails here, early
-    if distributed and multi_head:
+        distribute.shard_size(strategy, int(mt.meta_batch_size))  # an indivisible meta-batch fails here, early
+    if distributed and me.multi_head:
         raise ValueError("train_eval.multi_head=True runs on one device; drop --strategy or set it to False.")
 
-    omniglot = source == "omniglot"
-    if omniglot:
-        data = og.OmniglotTasks(data_dir, images=protocol.images, background=protocol.background)
-        split = data.split_alphabets
-        if not split["test"]:
-            raise ValueError("The Omniglot split has no test alphabets (OmniglotTasks.num_test_alphabets).")
-        if meta_steps and not split["train"]:
-            raise ValueError("The Omniglot split has no meta-training alphabets "
-                             "(OmniglotTasks.num_train_alphabets).")
-        train_tasks, test_tasks = data.tasks("train"), data.tasks("test")
-        val_tasks = data.tasks("val") or train_tasks
-        val_source = "val alphabets" if split["val"] else "held-out drawings of the meta-training alphabets"
-    else:  # App. H multi-shot tasks (tieredImageNet): episodes of the few-shot reader
-        data = fs.MultiShotTasks(data_dir)
-        split = data.split_tasks
-        if not split["test"]:
-            raise ValueError("train_eval.source='fewshot' needs test tasks: MultiShotTasks.num_test_tasks >= 1.")
-        if not split["val"]:  # no fallback: validating on test tasks would choose the model on the test set
-            raise ValueError("train_eval.source='fewshot' needs validation tasks (meta-validation chooses the "
-                             "evaluated model): MultiShotTasks.num_val_tasks >= 1.")
-        test_tasks, val_tasks, val_source = data.tasks("test"), data.tasks("val"), "val tasks"
+    source = tasks(data_dir, protocol, meta_training=bool(meta_steps))  # the split's tasks (trainers.task_sources)
+    split = source.split
 
     keras.utils.set_random_seed(int(seed))
-    # a learned α: FusedBatchNormalization in the task loop with learned-rate variables makes TensorFlow report
-    # "nodes in a cycle" (see trainers/fewshot.py); the plain-op BatchNormalization gives the same results.
-    fused = {"fused_batch_norm": False} if granularity else {}
-    if omniglot:  # a bfloat16 policy only where the hardware computes in it, else float32 and one line why
-        try:
-            fused["dtype"], note = precision.supported_dtype(gin.query_parameter("omniglot_convnet.dtype"))
-        except ValueError:  # no dtype bound: Keras' global policy
-            note = None
-        if note:
-            print(note)
+    fused = meta_state.batch_norm_options(granularity)
     with strategy.scope():  # φ, θ0, BatchNorm state, learned α and optimiser slots mirrored over the replicas
         def build(w, **kwargs):
-            if omniglot:
-                return omniglot_convnet(num_classes=data.num_classes, warp=w, **fused, **kwargs)
-            height, _, channels = data.image_shape
-            return fewshot_convnet(num_classes=data.num_classes, image_size=height, channels=channels, warp=w,
-                                   **fused, **kwargs)
+            return source.learner(w, **fused, **kwargs)
 
         warped = wg.WarpedModel(build(warp if learns_warp else None))
-        if shared_init and learns_warp:
+        if me.shared_init and learns_warp:
             keras.utils.set_random_seed(int(seed))
             plain = {v.path: v for v in build(None, warp_kwargs=None).variables}
             for path, var in warped.task_variables.items():
@@ -420,7 +354,7 @@ def train_eval(root_dir, data_dir,
     if learns_warp and not warped.names["warp"]:
         raise ValueError(f"train_eval.method={method!r} meta-learns warps, but train_eval.warp={warp!r} gives "
                          "the learner none: choose a warp (e.g. 'conv3x3') or a method without warps.")
-    rule = wg.update_rules.get(inner_rule, inner_lr, warped=warped)  # kfac preconditions the model's layers
+    rule = wg.update_rules.get(ad.inner_rule, inner_lr, warped=warped)  # kfac preconditions the model's layers
     loss_fn = wg.losses.softmax_cross_entropy
     label = LABELS.get(method, method) + ("" if preset in (None, method) else f" ({preset})")
 
@@ -429,77 +363,52 @@ def train_eval(root_dir, data_dir,
     writers = common.SummaryWriters(root_dir)
     rates = rate.rates() if rate is not None else None
     fresh_head = protocol.resets_head(method)
-    evaluator = make_evaluator(warped, rule, int(eval_steps), task_batch_size, augment, batch_norm_eval,
+    evaluator = make_evaluator(warped, rule, int(ev.eval_steps), task_batch_size, ad.augment, batch_norm_eval,
                                learning_rate=rates, protocol=protocol, fresh_head=fresh_head)
-    val_evaluator = evaluator if val_steps == int(eval_steps) else make_evaluator(
-        warped, rule, val_steps, task_batch_size, augment, batch_norm_eval, learning_rate=rates, protocol=protocol,
+    val_evaluator = evaluator if val_steps == int(ev.eval_steps) else make_evaluator(
+        warped, rule, val_steps, task_batch_size, ad.augment, batch_norm_eval, learning_rate=rates, protocol=protocol,
         fresh_head=fresh_head)
 
-    # --- meta-training state: every variable of the model, both optimisers, step, best validation score
-    model_vars = list(warped.model.variables)
-    task_vars, warp_vars = list(warped.task_variables.values()), list(warped.warp_variables.values())
-    trackables = {"model": model_vars}
+    # --- meta-training state: every variable of the model, the meta-optimisers, step, best validation score
     heads = {}
-    if multi_head and meta_steps:  # one head per meta-training alphabet (App. B), explicit and checkpointed
+    if me.multi_head and meta_steps:  # one head per meta-training alphabet (App. B), explicit and checkpointed
         with strategy.scope():
             heads = algorithms.multihead.head_variables(warped, split["train"])
-        trackables["heads"] = [v for a in split["train"] for v in heads[a].values()]
-    with strategy.scope():
-        warp_opt, init_opt, _ = algorithms.meta_optimizers(
-            init=init_lr if m.init != "none" else None, warp=warp_lr if learns_warp and warp_vars else None,
-            kind=meta_optimizer, flag="train_eval.meta_optimizer")
-        lr_opt = algorithms.meta_optimizer(lr_meta_lr if rate is not None else None, kind="adam",
-                                           name="learning_rate")
-        rate_vars = list(rate.variables.values()) if rate is not None else []
-        for name, opt, variables in (("init_optimizer", init_opt, task_vars + trackables.get("heads", [])),
-                                     ("warp_optimizer", warp_opt, warp_vars),
-                                     ("lr_optimizer", lr_opt, rate_vars)):
-            if opt is not None:
-                opt.build(variables)
-                trackables[name] = opt
-    if rate is not None:
-        trackables["inner_rates"] = rate_vars
-    best = loop.Best(initial=-1.0, directory=os.path.join(root_dir, "best"), model=model_vars,
-                     **({"inner_rates": rate_vars} if rate is not None else {}))
-    ckpt = run.checkpointer(**best.trackables(), **trackables)
-    start = ckpt.restore()
+    state = meta_state.meta_state(
+        run, warped, root_dir, init_lr=mt.init_lr if m.init != "none" else None,
+        warp_lr=mt.warp_lr if learns_warp else None, meta_optimizer=mt.meta_optimizer, rate=rate,
+        lr_meta_lr=me.lr_meta_lr, extra_init=[v for a in split["train"] for v in heads[a].values()] if heads else ())
+    optimizers, best, ckpt, start = state
 
     reset_in_training = protocol.resets_head_in_meta_training(method)  # the release resets before every task
     learner = methods_lib.meta_learner_for(method, rule, loss_fn, int(inner_steps), objective=objective,
                                            init_weight=init_weight, batch_size=task_batch_size,
                                            meta_batch_size=task_batch_size,
                                            task_start=algorithms.multihead.fresh_head if reset_in_training else None)
-    optimizers = algorithms.meta_optimizers(warp=warp_opt, init=init_opt, learning_rate=lr_opt)
-    clip = None if lr_clip is None else float(lr_clip)
-    offline = learns_warp and algorithm == "offline"
+    clip = None if me.lr_clip is None else float(me.lr_clip)
+    offline = learns_warp and me.algorithm == "offline"
     spill = {}
-    if replay_memory_mb is not None:
-        if float(replay_memory_mb) < 0:
-            raise ValueError(f"train_eval.replay_memory_mb must be >= 0 (MB); got {replay_memory_mb}.")
+    if me.replay_memory_mb is not None:
+        if float(me.replay_memory_mb) < 0:
+            raise ValueError(f"train_eval.replay_memory_mb must be >= 0 (MB); got {me.replay_memory_mb}.")
         spill = dict(spill_dir=os.path.join(root_dir, "replay"),
-                     max_bytes_in_memory=int(float(replay_memory_mb) * 2**20))
-    accel = common.accelerator_options(jit_compile, vectorize)
-    step_fn = (algorithms.offline_step(warped, learner, optimizers, int(eta), learned_rate=rate, clip=clip,
+                     max_bytes_in_memory=int(float(me.replay_memory_mb) * 2**20))
+    accel = common.accelerator_options(bk.jit_compile, bk.vectorize)
+    step_fn = (algorithms.offline_step(warped, learner, optimizers, int(me.eta), learned_rate=rate, clip=clip,
                                        strategy=strategy, **spill, **accel)
                if offline else algorithms.online_step(warped, learner, optimizers, learned_rate=rate, clip=clip,
                                                       strategy=strategy, **accel))
 
     if heads:
-        step_fn = algorithms.multihead.multi_head_step(warped, learner, heads, init_opt)
+        step_fn = algorithms.multihead.multi_head_step(warped, learner, heads, optimizers.init)
 
     def meta_batch(step):
-        seeds = [_task_seed(seed, step, i, meta_batch_size) for i in range(int(meta_batch_size))]
-        if omniglot:
-            rng = np.random.default_rng([int(seed), int(step), 17])
-            names = [split["train"][i] for i in rng.integers(len(split["train"]), size=int(meta_batch_size))]
-            tasks = [data.task(name) for name in names]
-        else:  # episode number = the task's seed: a pure function of (seed, step, i), so resume is exact
-            tasks = [data.task("train", s) for s in seeds]
-            names = [t.name for t in tasks]
+        seeds = [task_sources.task_seed(seed, step, i, mt.meta_batch_size) for i in range(int(mt.meta_batch_size))]
+        tasks, names = source.meta_batch(seed, step, mt.meta_batch_size)
         xs, ys = [], []
         for task, s in zip(tasks, seeds):
             x = tf.convert_to_tensor(task.train_images)
-            if augment:
+            if ad.augment:
                 x = protocol.augment(x, tf.constant([s, -2], tf.int64))
             xs.append(x)
             ys.append(task.train_labels)
@@ -507,7 +416,7 @@ def train_eval(root_dir, data_dir,
         return algorithms.Tasks(x, y, x, y), seeds, names
 
     def validate(step):
-        scores = evaluate(val_evaluator, warped, val_tasks, 1, seed + 1)
+        scores = evaluate(val_evaluator, warped, source.val_tasks, 1, seed + 1, name=source.name)
         per = {a: float(test[:, -1].mean()) for a, (_, test) in scores.items()}
         score = float(np.mean(list(per.values())))
         writers.scalars(writers.eval, step, {"val/accuracy": score, **{f"val/accuracy/{a}": v
@@ -522,7 +431,7 @@ def train_eval(root_dir, data_dir,
         if heads:
             metrics = step_fn(tasks, tf.constant(seeds, tf.int64), names)
         elif offline:
-            metrics = step_fn(tasks, seeds, _task_seed(seed, step, -1, meta_batch_size) % 2**31)
+            metrics = step_fn(tasks, seeds, task_sources.task_seed(seed, step, -1, mt.meta_batch_size) % 2**31)
         else:
             metrics = step_fn(tasks, seeds)
         last = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
@@ -535,16 +444,16 @@ def train_eval(root_dir, data_dir,
         return {"task_loss": f"{metrics.get('task_loss_last', float('nan')):.3f}"}
 
     t0 = time.time()
-    loop.train_loop(train_step, start=start, total_steps=meta_steps, checkpointer=ckpt, log=log, log_every=log_every,
-                    checkpoint_every=checkpoint_every, validate=validate, eval_every=eval_every, best=best,
+    loop.train_loop(train_step, start=start, total_steps=meta_steps, checkpointer=ckpt, log=log, log_every=bk.log_every,
+                    checkpoint_every=bk.checkpoint_every, validate=validate, eval_every=ev.eval_every, best=best,
                     validate_first=True, desc=f"meta-train {label}")
     train_seconds = time.time() - t0
     if protocol.model_selection == "best":
         best.restore()  # evaluate the meta-validated choice; "last": the final meta-parameters, as they are
 
     # --- evaluation on held-out alphabets
-    bar = common.progress(len(test_tasks) * int(eval_repeats), desc=f"evaluate {label}")
-    scores = evaluate(evaluator, warped, test_tasks, int(eval_repeats), eval_seed, bar=bar)
+    bar = common.progress(len(source.test_tasks) * int(ev.eval_repeats), desc=f"evaluate {label}")
+    scores = evaluate(evaluator, warped, source.test_tasks, int(ev.eval_repeats), eval_seed, bar=bar, name=source.name)
     bar.close()
     curves = {a: test for a, (_, test) in scores.items()}
     per_alphabet = {a: {"accuracy": float(test[:, -1].mean()), "auc": float(train.mean()),
@@ -561,9 +470,9 @@ def train_eval(root_dir, data_dir,
     if warped.warp_variables:
         writers.histograms(writers.eval, final_step, {f"warp/{k}": v for k, v in warped.warp_variables.items()})
 
-    family = "omniglot" if omniglot else f"multishot/{data.dataset}"
+    family = source.family
     evaluated_step = int(max(best.step.numpy(), 0)) if protocol.model_selection == "best" else meta_steps
-    wg.artifacts.save(root_dir, warped, rule, loss="softmax_cross_entropy", steps=int(eval_steps),
+    wg.artifacts.save(root_dir, warped, rule, loss="softmax_cross_entropy", steps=int(ev.eval_steps),
                       batch_size=task_batch_size, method=method, training_step=evaluated_step,
                       task_family=family, training=True,
                       extra={"batch_norm_eval": batch_norm_eval, "protocol": protocol.name},
@@ -571,19 +480,19 @@ def train_eval(root_dir, data_dir,
     results = {
         "task": family, "method": method, "preset": preset, "label": label,
         "algorithm": ("offline" if offline else "online") if meta_steps else None,
-        "objective": learner.objective, "eta": int(eta) if offline else None,
-        "alphabets" if omniglot else "tasks": split, "validation": val_source, "seed": int(seed),
-        "source": source, "warp": warp if learns_warp else None,
+        "objective": learner.objective, "eta": int(me.eta) if offline else None,
+        source.split_key: split, "validation": source.validation, "seed": int(seed),
+        "source": source.source, "warp": warp if learns_warp else None,
         "learned_rate": None if rate is None else {"granularity": granularity, "values": {
             k: float(np.mean(v.numpy())) for k, v in rate.variables.items()}},
-        "inner_steps": int(inner_steps), "inner_lr": float(inner_lr), "inner_rule": inner_rule,
-        "task_batch_size": int(task_batch_size), "meta_batch_size": int(meta_batch_size),
+        "inner_steps": int(inner_steps), "inner_lr": float(inner_lr), "inner_rule": ad.inner_rule,
+        "task_batch_size": int(task_batch_size), "meta_batch_size": int(mt.meta_batch_size),
         "meta_steps": meta_steps, "best_step": int(best.step.numpy()), "best_val_accuracy": float(best.score.numpy()),
-        "eval_steps": int(eval_steps), "eval_repeats": int(eval_repeats), "batch_norm_eval": batch_norm_eval,
+        "eval_steps": int(ev.eval_steps), "eval_repeats": int(ev.eval_repeats), "batch_norm_eval": batch_norm_eval,
         "protocol": protocol.name, "protocol_settings": protocol.metadata(), "eval_seed": eval_seed,
         "fresh_head": fresh_head, "fresh_head_in_meta_training": reset_in_training, "multi_head": bool(heads),
         "model_selection": protocol.model_selection,
-        "task_batch_scale": float(task_batch_scale), "inner_lr_scale": float(inner_lr_scale),
+        "task_batch_scale": float(ad.task_batch_scale), "inner_lr_scale": float(ad.inner_lr_scale),
         "held_out_accuracy": {"mean": accuracy, "per_alphabet": {a: v["accuracy"] for a, v in per_alphabet.items()}},
         "auc": {"mean": auc, "per_alphabet": {a: v["auc"] for a, v in per_alphabet.items()}},
         "learning_curves": {"held_out_accuracy_mean": mean_curve,
@@ -595,9 +504,9 @@ def train_eval(root_dir, data_dir,
         "warp_parameters": warped.num_parameters("warp"), "task_parameters": warped.num_parameters("task"),
     }
     common.write_json(os.path.join(root_dir, "results.json"), results)
-    plot_curves(os.path.join(root_dir, "curves.png"), curves, label, int(eval_steps),
-                title="Omniglot, held-out alphabets" if omniglot else f"{data.dataset}, held-out tasks")
-    print(f"\n{label}: held-out accuracy after {eval_steps} steps {100 * accuracy:.1f}% "
+    plot_curves(os.path.join(root_dir, "curves.png"), curves, label, int(ev.eval_steps),
+                title=source.title)
+    print(f"\n{label}: held-out accuracy after {ev.eval_steps} steps {100 * accuracy:.1f}% "
           f"(AUC {100 * auc:.1f}; protocol {protocol.name}, BatchNorm {batch_norm_eval}) on "
           f"{', '.join(split['test'])}; best meta-step "
           f"{int(best.step.numpy())}"
@@ -606,7 +515,8 @@ def train_eval(root_dir, data_dir,
     return results
 
 
-main = common.entry_point(train_eval, data_dir=True)  # the installed command warpgrad-train-omniglot (setup.py)
+# the installed command warpgrad-train-omniglot (setup.py)
+main = common.entry_point(train_eval, data_dir=True, defaults=omniglot_settings.Settings.defaults())
 
 if __name__ == "__main__":
     main()

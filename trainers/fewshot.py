@@ -57,11 +57,11 @@ LABELS = {"warp_maml": "Warp-MAML", "maml": "MAML", "fomaml": "FOMAML", "meta_sg
 def make_evaluator(warped, rule, steps, rates=None):
     """``run(θ0, φ, support_x, support_y, query_x, query_y) -> (query accuracy, query loss)`` after ``steps``."""
     loss_fn = wg.losses.softmax_cross_entropy
+    learner = wg.inner_loop(rule, loss_fn, steps, learning_rate=rates)
 
     @tf.function(reduce_retracing=True)
     def run(theta0, warp, sx, sy, qx, qy):
-        result = wg.adapt(warped, theta0, warp, rule, wg.minibatches(sx, sy), loss_fn, steps, training=True,
-                          learning_rate=rates, check_finite=False)
+        result = wg.adapt(warped, theta0, warp, learner, wg.minibatches(sx, sy), check_finite=False)
         out, _ = warped.apply(result.task, warp, qx, training=True)
         return wg.losses.accuracy(qy, out), loss_fn(qy, out)
 
@@ -183,8 +183,8 @@ def train_eval(root_dir, data_dir, strategy=None, **settings):
         lr_meta_lr=mt.lr_meta_lr)
 
     learner = methods_lib.meta_learner_for(method, rule, loss_fn, int(inner_steps), objective=objective,
-                                           init_weight=init_weight)
-    step_fn = algorithms.online_step(warped, learner, optimizers, learned_rate=rate, clip=mt.lr_clip, strategy=strategy)
+                                           init_weight=init_weight, learning_rate=rate)
+    step_fn = algorithms.online_step(warped, learner, optimizers, clip=mt.lr_clip, strategy=strategy)
 
     def validate(step):
         accs = evaluate(evaluator, warped, episodes, "val", int(bk.val_episodes))

@@ -381,9 +381,10 @@ def train_eval(root_dir, data_dir, tasks=task_sources.OmniglotSource, strategy=N
     optimizers, best, ckpt, start = state
 
     reset_in_training = protocol.resets_head_in_meta_training(method)  # the release resets before every task
+    accel = common.accelerator_options(bk.jit_compile, bk.vectorize)
     learner = methods_lib.meta_learner_for(method, rule, loss_fn, int(inner_steps), objective=objective,
                                            init_weight=init_weight, batch_size=task_batch_size,
-                                           meta_batch_size=task_batch_size,
+                                           meta_batch_size=task_batch_size, learning_rate=rate, **accel,
                                            task_start=algorithms.multihead.fresh_head if reset_in_training else None)
     clip = None if me.lr_clip is None else float(me.lr_clip)
     offline = learns_warp and me.algorithm == "offline"
@@ -393,11 +394,9 @@ def train_eval(root_dir, data_dir, tasks=task_sources.OmniglotSource, strategy=N
             raise ValueError(f"train_eval.replay_memory_mb must be >= 0 (MB); got {me.replay_memory_mb}.")
         spill = dict(spill_dir=os.path.join(root_dir, "replay"),
                      max_bytes_in_memory=int(float(me.replay_memory_mb) * 2**20))
-    accel = common.accelerator_options(bk.jit_compile, bk.vectorize)
-    step_fn = (algorithms.offline_step(warped, learner, optimizers, int(me.eta), learned_rate=rate, clip=clip,
-                                       strategy=strategy, **spill, **accel)
-               if offline else algorithms.online_step(warped, learner, optimizers, learned_rate=rate, clip=clip,
-                                                      strategy=strategy, **accel))
+    step_fn = (algorithms.offline_step(warped, learner, optimizers, int(me.eta), clip=clip, strategy=strategy,
+                                       **spill)
+               if offline else algorithms.online_step(warped, learner, optimizers, clip=clip, strategy=strategy))
 
     if heads:
         step_fn = algorithms.multihead.multi_head_step(warped, learner, heads, optimizers.init)

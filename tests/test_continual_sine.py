@@ -1,14 +1,18 @@
 """Continual sine regression (App. J): task generator, Eq. 23 weights and meta-gradient, trainer."""
 
+import inspect
 import json
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import warpgrad_tf as wg
+from tests.conftest import REPO
 from trainers import continual_sine
 from warpgrad_tf import artifacts, continual_objective
 from warpgrad_tf.tasks.continual_sine import ContinualSineFamily
@@ -221,3 +225,30 @@ def test_eq23_meta_gradient_on_a_float64_model_equals_its_finite_difference(floa
     assert max(np.abs(g).max() for g in fd.values()) > 1e-3
     curves = continual_objective.loss_curves(warped, theta0, warp, learner, batches, (eval_x, eval_y))
     assert curves.shape == (family.num_steps + 1, 2) and curves.dtype == tf.float64
+
+
+#: ``train_eval``'s defaults before its settings were grouped (trainers/continual_sine_settings.py).
+OLD_DEFAULTS = dict(num_subtasks=5, steps_per_subtask=20, batch_size=5, eval_size=25, hidden_units=200, num_layers=4,
+                    use_warp=True, warp_hidden_units=100, warp_layers=2, init_seed=0, inner_learning_rate=0.001,
+                    meta_steps=20000, meta_batch_size=5, meta_learning_rate=1e-3, objective="exact",
+                    points_per_sequence=None, seed=0, eval_sequences=100,
+                    eval_orders=(("training", (0, 1, 2, 3, 4)), ("random", (1, 3, 4, 2, 0))), eval_every=0,
+                    eval_every_sequences=10, select_best=False, log_every=10, checkpoint_every=100)
+
+
+def test_grouped_settings_keep_the_old_defaults():
+    from trainers import continual_sine_settings, settings_groups
+
+    assert settings_groups.defaults(continual_sine_settings.GROUPS) == OLD_DEFAULTS
+    assert list(inspect.signature(continual_sine.train_eval).parameters) == ["root_dir", "strategy", "settings"]
+
+
+def test_cli_reports_an_unknown_setting_in_one_line_naming_the_binding(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainers.continual_sine", f"--root_dir={tmp_path / 'R'}",
+         "--gin_file=configs/continual_sine/warp.gin", "--gin_param=train_eval.meta_step=3"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert errors[0].startswith("error: Unknown setting train_eval.meta_step;"), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "R").exists()

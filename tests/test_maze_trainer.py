@@ -1,6 +1,7 @@
 """The maze trainer: one iteration per gin config, Algorithm 3's warp-update period, resume, bad input."""
 
 import glob
+import inspect
 import json
 import os
 import subprocess
@@ -146,3 +147,29 @@ def test_cli_reports_an_unknown_cell_binding_in_one_line(tmp_path):
     assert "error: Unknown RNN cell 'lstm' in train_eval.cell; choose one of" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not os.path.exists(tmp_path / "checkpoints")
+
+
+#: ``train_eval``'s defaults before its settings were grouped (trainers/maze_settings.py): they must not move.
+OLD_DEFAULTS = dict(cell="warp_rnn", num_iterations=2000, batch_size=30, episode_length=200, maze_size=11, units=100,
+                    meta_units=64, seed=0, learning_rate=1e-3, warp_learning_rate=1e-3, warp_period=30, discount=0.9,
+                    value_coef=0.1, entropy_coef=0.03, grad_clip=4.0, maze_rules="published",
+                    policy_regulariser="sum_p2", plasticity=None, log_every=10, checkpoint_every=100, plot=True,
+                    jit_compile=False)
+
+
+def test_grouped_settings_keep_the_old_defaults():
+    from trainers import maze_settings, settings_groups
+
+    assert settings_groups.defaults(maze_settings.GROUPS) == OLD_DEFAULTS
+    assert list(inspect.signature(trainer.train_eval).parameters) == ["root_dir", "strategy", "settings"]
+
+
+def test_cli_reports_an_unknown_setting_in_one_line_naming_the_binding(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainers.maze", f"--root_dir={tmp_path / 'R'}", "--gin_file=configs/maze/rnn.gin",
+         "--gin_param=train_eval.num_iteratons=3"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert errors[0].startswith("error: Unknown setting train_eval.num_iteratons;"), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "R").exists()

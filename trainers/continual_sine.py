@@ -49,7 +49,7 @@ from warpgrad_tf.model import WarpedModel
 from warpgrad_tf.objectives import check_objective
 from warpgrad_tf.tasks.continual_sine import ContinualSineFamily
 
-from . import common, loop
+from . import common, continual_sine_settings, loop, settings_groups
 
 TRAINING_ORDER = "training"
 RANDOM_ORDER = "random"
@@ -158,103 +158,60 @@ def plot(path, curves_by_method, orders, steps_per_subtask, num_sequences=None):
 
 
 @gin.configurable
-def train_eval(
-    root_dir,
-    # Task family (App. J).
-    num_subtasks=5,
-    steps_per_subtask=20,
-    batch_size=5,
-    eval_size=25,
-    # Task learner.
-    hidden_units=200,
-    num_layers=4,
-    use_warp=True,
-    warp_hidden_units=100,
-    warp_layers=2,
-    init_seed=0,
-    inner_learning_rate=0.001,
-    # Meta-training (Eq. 23).
-    meta_steps=20000,
-    meta_batch_size=5,
-    meta_learning_rate=1e-3,
-    objective="exact",
-    points_per_sequence=None,
-    seed=0,
-    # Evaluation, logging, checkpoints.
-    eval_sequences=100,
-    eval_orders=(("training", (0, 1, 2, 3, 4)), ("random", (1, 3, 4, 2, 0))),
-    eval_every=0,
-    eval_every_sequences=10,
-    select_best=False,
-    log_every=10,
-    checkpoint_every=100,
-    strategy=None,
-):
+def train_eval(root_dir, strategy=None, **settings):
     """Meta-train warps for continual sine regression (Eq. 23) and evaluate on held-out sequences.
+
+    The settings are ``train_eval.<name>`` keywords, grouped by :mod:`trainers.continual_sine_settings` (the task
+    family, the task learner, meta-training, evaluation, bookkeeping), whose fields document each; an unknown one
+    is one line naming it.
 
     Args:
       root_dir: run directory.
-      num_subtasks, steps_per_subtask, batch_size, eval_size: the task family
-        (:class:`~warpgrad_tf.tasks.continual_sine.ContinualSineFamily`).
-      hidden_units, num_layers, use_warp, warp_hidden_units, warp_layers, init_seed: the task learner
-        (:func:`build_model`); ``use_warp=False`` is the plain-SGD baseline (no meta-training).
-      inner_learning_rate: SGD step size α of task adaptation.
-      meta_steps: Adam updates of φ; each uses ``meta_batch_size`` fresh task sequences.
-      meta_learning_rate: Adam step size.
-      objective: ``"exact"`` (Eq. 11) or ``"approx"`` (Eq. 12) one-step meta-gradient.
-      points_per_sequence: θ_k sampled per sequence for the meta-gradient (``None``: all K, as Alg. 1).
-      seed: seed of the warp initialisation, meta-training sequences and sampled points (derived per step,
-        so resume is exact).
-      eval_sequences: held-out sequences of the final evaluation (100 in Fig. 12).
-      eval_orders: ``(name, order)`` pairs; orders are permutations of the sub-tasks.
-      eval_every: every this many meta steps (and after the last), evaluate on ``eval_every_sequences``
-        validation sequences (disjoint from the test sequences; 0: never).
-      select_best: keep the warp with the lowest validation loss (mean over ``eval_orders`` of the mean
-        final loss) instead of the last one; the choice is checkpointed and reported.
-      log_every, checkpoint_every: meta steps between train summaries / checkpoints.
       strategy: a ``tf.distribute.Strategy`` (``--strategy``) whose replicas share the task sequences of every
         meta step; None: the default (single-device) strategy.
 
     Returns:
       The results dict written to ``root_dir/results.json``.
     """
-    common.check_settings(locals())  # before anything is written
-    check_objective(objective)
+    groups = settings_groups.parse(continual_sine_settings.GROUPS, settings)
+    common.check_settings({"root_dir": root_dir, **settings_groups.flat(groups)})  # before anything is written
+    fam, net, mt, ev, bk = groups
+    check_objective(mt.objective)
     run = common.place_run(strategy, root_dir, "continual_sine")
     strategy, distributed, root_dir = run.strategy, run.distributed, run.out_dir
-    if int(meta_steps) < 0:
-        raise ValueError(f"train_eval.meta_steps must be >= 0 (0: no meta-training); got {meta_steps}.")
-    if distributed and use_warp and meta_steps > 0:
-        distribute.shard_size(strategy, int(meta_batch_size))  # an indivisible meta-batch fails here, early
+    if int(mt.meta_steps) < 0:
+        raise ValueError(f"train_eval.meta_steps must be >= 0 (0: no meta-training); got {mt.meta_steps}.")
+    if distributed and net.use_warp and mt.meta_steps > 0:
+        distribute.shard_size(strategy, int(mt.meta_batch_size))  # an indivisible meta-batch fails here, early
     os.makedirs(root_dir, exist_ok=True)
     common.write_operative_config(root_dir)
-    family = ContinualSineFamily(num_subtasks, steps_per_subtask, batch_size, eval_size)
-    orders = {name: fixed_order(num_subtasks, order) for name, order in dict(eval_orders).items()}
+    family = ContinualSineFamily(fam.num_subtasks, fam.steps_per_subtask, fam.batch_size, fam.eval_size)
+    orders = {name: fixed_order(fam.num_subtasks, order) for name, order in dict(ev.eval_orders).items()}
     steps = family.num_steps
-    if points_per_sequence is not None and not 1 <= int(points_per_sequence) <= steps:
-        raise ValueError(f"points_per_sequence must lie in [1, {steps}] or be None; got {points_per_sequence}.")
-    model_kwargs = dict(hidden_units=hidden_units, num_layers=num_layers, use_warp=use_warp,
-                        warp_hidden_units=warp_hidden_units, warp_layers=warp_layers, init_seed=init_seed)
+    if mt.points_per_sequence is not None and not 1 <= int(mt.points_per_sequence) <= steps:
+        raise ValueError(f"points_per_sequence must lie in [1, {steps}] or be None; got {mt.points_per_sequence}.")
+    model_kwargs = dict(hidden_units=net.hidden_units, num_layers=net.num_layers, use_warp=net.use_warp,
+                        warp_hidden_units=net.warp_hidden_units, warp_layers=net.warp_layers, init_seed=net.init_seed)
     # Seeds the warp blocks' hidden-layer initialisation (their output maps start at zero, so the initial warp is
     # the identity whatever the seed); θ0 depends on init_seed only.
-    keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(mt.seed)
     with strategy.scope():  # φ, θ0 and the optimiser's slots mirrored over the replicas
         warped = WarpedModel(build_model(**model_kwargs))
-    rule = update_rules.sgd(inner_learning_rate)
-    learner = inner_loop(rule, half_mse, steps, training=False, objective=objective)
-    meta_learning = bool(warped.names["warp"]) and meta_steps > 0
+    rule = update_rules.sgd(net.inner_learning_rate)
+    learner = inner_loop(rule, half_mse, steps, training=False, objective=mt.objective)
+    meta_learning = bool(warped.names["warp"]) and mt.meta_steps > 0
     # The identity warp of a freshly built learner: adapting under it is plain SGD from the same θ0.
     identity_warp = WarpedModel(build_model(**model_kwargs)).values("warp")
     warp_vars = list(warped.variables("warp").values())
     with strategy.scope():
-        optimizer = algorithms.meta_optimizer(meta_learning_rate, kind="adam", name="warp")
+        optimizer = algorithms.meta_optimizer(mt.meta_learning_rate, kind="adam", name="warp")
         if meta_learning:
             optimizer.build(warp_vars)
         best = loop.Best(higher_is_better=False, warp=warp_vars)  # the lowest validation loss, in the checkpoint
     checkpointer = run.checkpointer(model=warped.model, optimizer=optimizer, **best.trackables())
     start = checkpointer.restore()
     writers = common.SummaryWriters(root_dir)
-    training_order = list(range(num_subtasks))
+    training_order = list(range(fam.num_subtasks))
 
     def meta_gradient_sums(shard):
         """Sums over a shard of task sequences of the Eq. 23 meta-gradient (unroll each, then one-step terms)."""
@@ -266,7 +223,7 @@ def train_eval(
             trajectory = unroll(warped, theta0, warp, learner, batches)
             result = continual_objective.eq23_meta_gradient(
                 warped, warp, trajectory, learner, batches, (eval_x[s], eval_y[s]), training_order, points[s],
-                steps_per_subtask)
+                fam.steps_per_subtask)
             return result.meta_loss, tf.reduce_mean(trajectory.losses), result.grads
 
         zeros = (tf.constant(0.0), tf.constant(0.0), {n: tf.zeros_like(v) for n, v in warp.items()})
@@ -276,12 +233,12 @@ def train_eval(
     meta_gradient = distribute.sharded_mean_gradient(strategy, meta_gradient_sums)
 
     def sample_step(step):
-        rng = np.random.default_rng([seed, step])
-        seeds = [seed * 10**7 + step * meta_batch_size + i for i in range(meta_batch_size)]
+        rng = np.random.default_rng([mt.seed, step])
+        seeds = [mt.seed * 10**7 + step * mt.meta_batch_size + i for i in range(mt.meta_batch_size)]
         if seeds[-1] >= VALIDATION_SEED_OFFSET:
             raise ValueError("meta-training seeds would overlap the held-out range; lower seed or meta_steps.")
         data = family.sample_batch(seeds)
-        num = steps if points_per_sequence is None else int(points_per_sequence)
+        num = steps if mt.points_per_sequence is None else int(mt.points_per_sequence)
         points = np.stack([np.sort(rng.choice(steps, size=num, replace=False)) for _ in seeds]).astype(np.int32)
         return data, points
 
@@ -301,7 +258,7 @@ def train_eval(
         return out
 
     def validate(step):
-        curves = run_eval(step, eval_every_sequences, {method: warped.values("warp")}, validation=True)[method]
+        curves = run_eval(step, ev.eval_every_sequences, {method: warped.values("warp")}, validation=True)[method]
         return float(np.mean([np.mean(c[-1]) for c in curves.values()]))
 
     def train_step(step):
@@ -311,25 +268,25 @@ def train_eval(
         return {"meta_loss": meta_loss, "task_loss": task_loss}
 
     method = "warpgrad" if warped.names["warp"] else "sgd"
-    step, _ = loop.train_loop(train_step, start=start, total_steps=meta_steps if meta_learning else 0,
-                              checkpointer=checkpointer, log=loop.scalar_log(writers), log_every=log_every,
-                              checkpoint_every=checkpoint_every, validate=validate if eval_every else None,
-                              eval_every=eval_every, best=best)
+    step, _ = loop.train_loop(train_step, start=start, total_steps=mt.meta_steps if meta_learning else 0,
+                              checkpointer=checkpointer, log=loop.scalar_log(writers), log_every=bk.log_every,
+                              checkpoint_every=bk.checkpoint_every, validate=validate if ev.eval_every else None,
+                              eval_every=ev.eval_every, best=best)
 
     selected = step
-    if select_best and best.restore() >= 0:
+    if ev.select_best and best.restore() >= 0:
         selected = int(best.step)
         print(f"Selected the warp of meta step {selected} (validation loss {float(best.score):.4f}).")
     methods = {method: warped.values("warp")}
     if warped.names["warp"]:
         methods["sgd"] = identity_warp
-    curves = run_eval(step, eval_sequences, methods)
+    curves = run_eval(step, ev.eval_sequences, methods)
     results = {
         "method": method,
         "meta_steps": step,
         "selected_meta_step": selected,
-        "eval_sequences": eval_sequences,
-        "inner_learning_rate": inner_learning_rate,
+        "eval_sequences": ev.eval_sequences,
+        "inner_learning_rate": net.inner_learning_rate,
         "steps": steps,
         "replicas": int(strategy.num_replicas_in_sync),
         "results": {m: {name: summarise(c, orders[name]) for name, c in by_order.items()}
@@ -342,16 +299,18 @@ def train_eval(
     common.write_json(os.path.join(root_dir, "results.json"), results)
     np.savez(os.path.join(root_dir, "curves.npz"),
              **{f"{m}_{name}": c for m, by_order in curves.items() for name, c in by_order.items()})
-    plot(os.path.join(root_dir, "continual.png"), curves, orders, steps_per_subtask, num_sequences=eval_sequences)
-    artifacts.save(root_dir, warped, rule, loss="half_mse", steps=steps, batch_size=batch_size, method=method,
+    plot(os.path.join(root_dir, "continual.png"), curves, orders, fam.steps_per_subtask,
+         num_sequences=ev.eval_sequences)
+    artifacts.save(root_dir, warped, rule, loss="half_mse", steps=steps, batch_size=fam.batch_size, method=method,
                    training_step=step, task_family="continual_sine",
-                   extra={"num_subtasks": num_subtasks, "steps_per_subtask": steps_per_subtask,
-                          "objective": objective})
+                   extra={"num_subtasks": fam.num_subtasks, "steps_per_subtask": fam.steps_per_subtask,
+                          "objective": mt.objective})
     print(f"\nresults: {os.path.join(root_dir, 'results.json')}\nplot:    {os.path.join(root_dir, 'continual.png')}")
     return results
 
 
-main = common.entry_point(train_eval)  # the installed command warpgrad-train-continual-sine (setup.py)
+# the installed command warpgrad-train-continual-sine (setup.py)
+main = common.entry_point(train_eval, defaults=settings_groups.defaults(continual_sine_settings.GROUPS))
 
 if __name__ == "__main__":
     main()

@@ -75,7 +75,7 @@ from warpgrad_tf.layers.rnn import CELLS, HebbianRNNCell, NeuromodulatedHebbianR
 from warpgrad_tf.model import WarpedModel
 from warpgrad_tf.rl import a2c, build_agent, evaluate, rollout
 
-from . import common, loop
+from . import common, loop, maze_settings, settings_groups
 
 #: How a batch of episodes that does not divide over the replicas is named in the error.
 EPISODE_BATCH = dict(batch="batch", unit="episodes", setting="train_eval.batch_size")
@@ -176,49 +176,36 @@ def make_train_step(warped, env, *, discount, value_coef, entropy_coef, regulari
 
 
 @gin.configurable
-def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, episode_length=200, maze_size=11,
-               units=100, meta_units=64, seed=0, learning_rate=1e-3, warp_learning_rate=1e-3, warp_period=30,
-               discount=0.9, value_coef=0.1, entropy_coef=0.03, grad_clip=4.0, maze_rules="published",
-               policy_regulariser="sum_p2", plasticity=None, log_every=10, checkpoint_every=100, plot=True,
-               jit_compile=False, strategy=None):
+def train_eval(root_dir, strategy=None, **settings):
     """Train a recurrent A2C agent on the maze, meta-learning warps with Algorithm 3 where the cell has them.
+
+    The settings are ``train_eval.<name>`` keywords, grouped by :mod:`trainers.maze_settings` (the maze, the
+    agent, A2C task learning, Algorithm 3's warp meta-learning, bookkeeping), whose fields document each; an
+    unknown one is one line naming it.
 
     Args:
       root_dir: run directory.
-      cell: ``"rnn"``, ``"warp_rnn"``, ``"hyper_rnn"``, ``"tnets_rnn"``, ``"hebbian"`` or ``"neuromodulated"``.
-      num_iterations: task updates (batches of episodes); the paper runs 200 000.
-      batch_size, episode_length, maze_size: episodes per batch (30), steps per episode (200), maze (11).
-      units, meta_units: task RNN width (100) and meta-LSTM width (hyper-network cells only).
-      seed: initialisation and episode seed.
-      learning_rate: Adam step size of the task parameters (1e-3).
-      warp_learning_rate, warp_period: Adam step size of the warp parameters and the period η (30) of
-        Algorithm 3's warp updates.
-      discount, value_coef, entropy_coef: A2C constants (γ, value weight, policy-regulariser weight).
-      grad_clip: global-norm clip of each gradient before Adam (0 disables).
-      maze_rules: ``"published"`` (the released maze) or ``"pillar"`` (this project's first maze).
-      policy_regulariser: ``"sum_p2"`` (the released code's Σ p² penalty) or ``"entropy"`` (entropy bonus).
-      plasticity: the Hebbian cells' plasticity — ``"hebb"`` / ``"oja"`` for ``hebbian``, ``"simple"`` /
-        ``"retroactive"`` for ``neuromodulated``; None: the cell's default (``"hebb"``, ``"simple"``).
-      log_every, checkpoint_every: iterations between summaries / checkpoints.
-      plot: write ``returns.png``.
-      jit_compile: XLA-compile the rollout + gradient step.
       strategy: a ``tf.distribute.Strategy`` (``--strategy``) whose replicas share every batch of episodes
         (``batch_size`` must divide evenly over them); None: the default (single-device) strategy.
 
     Returns:
       A summary dict (also written into ``returns.json``).
     """
-    common.check_settings(locals())  # before anything is written
+    groups = settings_groups.parse(maze_settings.GROUPS, settings)
+    common.check_settings({"root_dir": root_dir, **settings_groups.flat(groups)})  # before anything is written
+    maze, agent, ac, wm, bk = groups
+    cell, batch_size, seed = agent.cell, maze.batch_size, bk.seed
     if cell not in CELLS:
         raise ValueError(f"Unknown RNN cell {cell!r} in train_eval.cell; choose one of {sorted(CELLS)}.")
-    num_iterations = _check_positive_int("num_iterations", num_iterations)
-    warp_period = _check_positive_int("warp_period", warp_period)
-    log_every = _check_positive_int("log_every", log_every)
-    checkpoint_every = _check_positive_int("checkpoint_every", checkpoint_every)
-    a2c.check_coefficients(discount, value_coef, entropy_coef)
-    a2c.check_regulariser(policy_regulariser)
-    cell_kwargs = _cell_kwargs(cell, meta_units, plasticity)
-    env = MazeEnv(size=maze_size, batch_size=batch_size, episode_length=episode_length, rules=maze_rules)
+    num_iterations = _check_positive_int("num_iterations", bk.num_iterations)
+    warp_period = _check_positive_int("warp_period", wm.warp_period)
+    log_every = _check_positive_int("log_every", bk.log_every)
+    checkpoint_every = _check_positive_int("checkpoint_every", bk.checkpoint_every)
+    a2c.check_coefficients(ac.discount, ac.value_coef, ac.entropy_coef)
+    a2c.check_regulariser(ac.policy_regulariser)
+    cell_kwargs = _cell_kwargs(cell, agent.meta_units, agent.plasticity)
+    env = MazeEnv(size=maze.maze_size, batch_size=batch_size, episode_length=maze.episode_length,
+                  rules=maze.maze_rules)
     run = common.place_run(strategy, root_dir, "maze")
     strategy, distributed, root_dir = run.strategy, run.distributed, run.out_dir
     replicas = int(strategy.num_replicas_in_sync)
@@ -228,15 +215,15 @@ def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, ep
     common.write_operative_config(root_dir)
 
     keras.utils.set_random_seed(seed)
-    clip = {"global_clipnorm": float(grad_clip)} if grad_clip else {}
+    clip = {"global_clipnorm": float(ac.grad_clip)} if ac.grad_clip else {}
     with strategy.scope():  # θ, φ, both optimisers' slots and Alg. 3's accumulator mirrored over the replicas
-        warped = WarpedModel(build_agent(make_cell(cell, units=units, **cell_kwargs), env.observation_size,
+        warped = WarpedModel(build_agent(make_cell(cell, units=agent.units, **cell_kwargs), env.observation_size,
                                          env.num_actions))
         task_vars = list(warped.variables("task").values())
         warp_vars = list(warped.variables("warp").values())
-        task_optimizer = algorithms.meta_optimizer(learning_rate, kind="adam", name="task", **clip)
+        task_optimizer = algorithms.meta_optimizer(ac.learning_rate, kind="adam", name="task", **clip)
         task_optimizer.build(task_vars)
-        warp_optimizer = algorithms.meta_optimizer(warp_learning_rate, kind="adam", name="warp", **clip)
+        warp_optimizer = algorithms.meta_optimizer(wm.warp_learning_rate, kind="adam", name="warp", **clip)
         trackables = dict(model=warped.model, task_optimizer=task_optimizer)
         accumulator = algorithms.continual_init(warped)  # Algorithm 3's g_φ and i
         if warp_vars:
@@ -247,9 +234,9 @@ def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, ep
     writers = common.SummaryWriters(root_dir)
     # Distributed: gradients and metrics come back all-reduced; the updates below run once, in cross-replica
     # context outside strategy.scope(), so each mirrored variable gets them once (and the clip sees them whole).
-    train_step = make_train_step(warped, env, discount=discount, value_coef=value_coef, entropy_coef=entropy_coef,
-                                 regulariser=policy_regulariser, jit_compile=jit_compile,
-                                 strategy=strategy if distributed else None)
+    train_step = make_train_step(warped, env, discount=ac.discount, value_coef=ac.value_coef,
+                                 entropy_coef=ac.entropy_coef, regulariser=ac.policy_regulariser,
+                                 jit_compile=bk.jit_compile, strategy=strategy if distributed else None)
     # Algorithm 3: θ updated on every batch (task Adam), φ on every warp_period-th with the mean accumulated g_φ.
     meta_step = algorithms.continual_gradient_step(
         warped, continual_gradients(warped, train_step),
@@ -281,14 +268,14 @@ def train_eval(root_dir, cell="warp_rnn", num_iterations=2000, batch_size=30, ep
     except loop.Interrupted as stop:  # checkpointed; the agent, history and figure are saved first
         step, interrupted = stop.step, stop
     if step > start or not is_agent_run(root_dir):  # what export needs (R/model), at the checkpoint's step
-        save_agent(root_dir, warped, task_optimizer, cell=cell, discount=discount, value_coef=value_coef,
-                   entropy_coef=entropy_coef, training_step=step,
-                   extra=dict(maze_size=maze_size, episode_length=episode_length, batch_size=batch_size,
-                              units=units, seed=seed, warp_learning_rate=warp_learning_rate,
-                              warp_period=warp_period, maze_rules=maze_rules,
-                              policy_regulariser=policy_regulariser, **cell_kwargs))
+        save_agent(root_dir, warped, task_optimizer, cell=cell, discount=ac.discount, value_coef=ac.value_coef,
+                   entropy_coef=ac.entropy_coef, training_step=step,
+                   extra=dict(maze_size=maze.maze_size, episode_length=maze.episode_length, batch_size=batch_size,
+                              units=agent.units, seed=seed, warp_learning_rate=wm.warp_learning_rate,
+                              warp_period=warp_period, maze_rules=maze.maze_rules,
+                              policy_regulariser=ac.policy_regulariser, **cell_kwargs))
     summary = _write_history(root_dir, cell, seed, batch_size, replicas, history)
-    if plot:
+    if bk.plot:
         plot_returns(os.path.dirname(os.path.abspath(root_dir)), os.path.join(root_dir, "returns.png"))
     if interrupted is not None:  # run_main reports it in one line (exit status 130)
         raise interrupted
@@ -394,7 +381,8 @@ def plot_returns(parent_dir, path, smooth=20):
     return runs
 
 
-main = common.entry_point(train_eval)  # the installed command warpgrad-train-maze (setup.py)
+# the installed command warpgrad-train-maze (setup.py)
+main = common.entry_point(train_eval, defaults=settings_groups.defaults(maze_settings.GROUPS))
 
 if __name__ == "__main__":
     main()

@@ -129,7 +129,8 @@ def test_an_installed_command_trains_away_from_the_checkout(wheel, tmp_path):
     assert json.load(open(root / "results.json"))["methods"]["sgd"]["final_mse"] > 0
     assert "SGD (fixed init, no warp)" in result.stdout
     assert result.stderr.strip() == "", result.stderr  # no TensorFlow start-up lines, no absl INFO lines
-    estimate = subprocess.run([str(target / "bin" / "warpgrad-study"), "estimate", "ablation", "--set=rows=leap"],
+    estimate = subprocess.run([str(target / "bin" / "warpgrad-study"), "estimate", "ablation", "--set=rows=leap",
+                               "--set=seeds=0"],
                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert estimate.returncode == 0, estimate.stderr  # the study's gin files are found in the installed package
     assert "CPU-hours for study 'ablation' (1 of 1 runs left)" in estimate.stdout

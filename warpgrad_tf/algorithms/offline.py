@@ -274,12 +274,13 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
       spill_dir, max_bytes_in_memory: configure each replica's buffer (App. F's disk buffer: records beyond
         ``max_bytes_in_memory`` bytes go to ``spill_dir``); not with ``buffer``.
       strategy: the ``tf.distribute.Strategy`` (None: the current one); the meta-batch must divide evenly.
-      Other arguments as :func:`~warpgrad_tf.algorithms.online_step`. The learner's ``jit_compile``: XLA for the
-      collection's task runs and the replay step's meta-gradient terms (Eq. 11 / 12), with
-      :func:`~warpgrad_tf.distribute.sharded_sum`'s fallback (True) or without (``"strict"``); its
-      ``vectorize``: adapt a replica's tasks side by side in collection, and evaluate a replay mini-batch's η
-      samples side by side (:func:`collector`, :func:`replay_meta_gradient_sums`). ``learned_rate=``,
-      ``frozen=``, ``jit_compile=`` and ``vectorize=`` still work for one release, with a DeprecationWarning.
+
+    Other arguments as :func:`~warpgrad_tf.algorithms.online_step`. The learner's ``jit_compile``: XLA for the
+    collection's task runs and the replay step's meta-gradient terms (Eq. 11 / 12), with
+    :func:`~warpgrad_tf.distribute.sharded_sum`'s fallback (True) or without (``"strict"``); its ``vectorize``:
+    adapt a replica's tasks side by side in collection, and evaluate a replay mini-batch's η samples side by side
+    (:func:`collector`, :func:`replay_meta_gradient_sums`). ``learned_rate=``, ``frozen=``, ``jit_compile=`` and
+    ``vectorize=`` still work for one release, with a DeprecationWarning.
 
     ``metrics`` holds the collection losses, ``meta_steps`` (the number of warp updates), the mean
     ``meta_loss`` over the pass, the buffers' :class:`~warpgrad_tf.replay.MemoryReport` fields (this

@@ -34,7 +34,7 @@ decoding) runs in Python. Images come out float32 in [0, 1], ``[N·K, H, W, C]``
 
 Multi-shot tasks (App. H: 10-way 640-shot tieredImageNet) come from the same files: :class:`MultiShotTasks`
 draws them with :class:`FewShotEpisodes` (K = 640 training and L = 50 held-out images per class) for the
-multi-shot trainer (``trainers/omniglot.py``, ``train_eval.source="fewshot"``).
+multi-shot trainer (``trainers/omniglot.py``, ``train_eval.tasks = @MultiShotSource``).
 
 Bad input raises :class:`FewShotDataError` (a ``ValueError``) or :class:`FewShotNotFoundError` (a
 ``FileNotFoundError``), one line naming the file or folder at fault.
@@ -501,7 +501,7 @@ class MultiShotTask(NamedTuple):
     """One multi-shot task drawn from few-shot data (App. H: 10-way 640-shot tieredImageNet).
 
     The fields mirror :class:`~warpgrad_tf.data.omniglot.OmniglotTask`'s images and labels, so the multi-shot
-    trainer (:mod:`trainers.omniglot` with ``source="fewshot"``) runs either.
+    trainer (:mod:`trainers.omniglot` with ``train_eval.tasks = @MultiShotSource``) runs either.
 
     Attributes:
       name: ``"<split>/<episode>"``.

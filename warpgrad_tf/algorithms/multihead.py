@@ -18,9 +18,13 @@ from warpgrad_tf.algorithms import base
 __all__ = ["fresh_head", "head_paths", "head_variables", "multi_head_step"]
 
 
+def _in_layer(path, layer):
+    return layer in path.split("/")[:-1]
+
+
 def head_paths(warped, layer="head"):
     """The task-parameter paths of layer ``layer`` (a ValueError naming the layer when it has none)."""
-    paths = [k for k in warped.names["task"] if layer in k.split("/")[:-1]]
+    paths = [k for k in warped.names["task"] if _in_layer(k, layer)]
     if not paths:
         raise ValueError(f"multi-headed pre-training needs a task layer named {layer!r}; the model has none.")
     return paths
@@ -35,12 +39,12 @@ def fresh_head(theta, seed, layer="head"):
     """
     out = dict(theta)
     key = tf.stack([tf.cast(seed, tf.int64), tf.constant(-4, tf.int64)])
-    kernel = next((v for k, v in theta.items() if layer in k.split("/")[:-1] and len(v.shape) == 2), None)
+    kernel = next((v for k, v in theta.items() if _in_layer(k, layer) and len(v.shape) == 2), None)
     if kernel is None:
         raise ValueError(f"a head reset needs a task layer named {layer!r} with a kernel; the model has none.")
     bound = 1.0 / float(kernel.shape[0]) ** 0.5
     for i, (k, v) in enumerate(sorted(theta.items())):
-        if layer in k.split("/")[:-1]:
+        if _in_layer(k, layer):
             u = tf.random.stateless_uniform(tf.shape(v), tf.random.experimental.stateless_fold_in(key, i), -bound,
                                             bound, dtype=tf.float32)
             out[k] = tf.cast(u, v.dtype)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .report import claim
+from .report import claims
 from .study import Run, Study, StudyError, gin_values
 
 __all__ = ["ABLATION_ROWS", "BUDGET_SETTINGS", "NGD_ROWS", "SWEEP_METHODS", "STUDIES", "discordant_pairs", "ranks",
@@ -146,17 +146,6 @@ def _sweep_figure(path, table, records, options):
 SWEEP_BASELINES = ("leap", "reptile", "sgd4x", "kfac4x", "finetune")
 
 
-def _claims(records, pairs):
-    """Lines and JSON of :func:`~.report.claim` for ``(a, b, col, col_b, text)`` tuples."""
-    lines, payload = [], []
-    for a, b, col, col_b, text in pairs:
-        line, result = claim(records, a, b, col, col_b=col_b, text=text)
-        lines.append(line)
-        if result is not None:
-            payload.append(result)
-    return lines, {"claims": payload}
-
-
 def _sweep_extra(table, records, options):
     warp = next((m for m in ("warp_leap_approx", "warp_leap") if m in table), None)
     if warp is None:
@@ -167,7 +156,7 @@ def _sweep_extra(table, records, options):
              for n in counts if n >= 5 for b in SWEEP_BASELINES if b in table]
     pairs += [(warp, warp, str(hi), str(lo), f"{label(warp)} rises from n={lo} to n={hi}")
               for lo, hi in zip(counts, counts[1:])]
-    return _claims(records, pairs)
+    return claims(records, pairs)
 
 
 SWEEP = Study(
@@ -284,9 +273,9 @@ def _ablation_extra(table, records, options):
              f"{paper_rank[k]})" for k in table]
     lines.append(f"{len(pairs)} of {len(table) * (len(table) - 1) // 2} row pairs ordered against the paper"
                  + (": " + "; ".join(f"{a} < {b}" for a, b in pairs) if pairs else "."))
-    claim_lines, claims = _claims(records, [(a, b, "", None, f"{a} > {b}") for a, b in ABLATION_CLAIMS
+    claim_lines, found = claims(records, [(a, b, "", None, f"{a} > {b}") for a, b in ABLATION_CLAIMS
                                             if a in table and b in table])
-    return lines + claim_lines, {**claims, "paper": {k: ABLATION_ROWS[k][1:] for k in table}, "ranks": our_rank,
+    return lines + claim_lines, {**found, "paper": {k: ABLATION_ROWS[k][1:] for k in table}, "ranks": our_rank,
                                  "paper_ranks": paper_rank, "discordant_pairs": pairs}
 
 
@@ -346,10 +335,10 @@ def _ngd_extra(table, records, options):
         lines.append("paper's ordering SGD < KFAC < WarpGrad linear < WarpGrad non-linear (means): "
                      f"{'holds' if ordered else 'does not hold'} at this budget")
     rows = [r for r in NGD_ROWS if r in table]
-    claim_lines, claims = _claims(records, [(b, a, "", None, f"{NGD.labels[b]} > {NGD.labels[a]}")
+    claim_lines, found = claims(records, [(b, a, "", None, f"{NGD.labels[b]} > {NGD.labels[a]}")
                                             for a, b in zip(rows, rows[1:])])
     return lines + claim_lines, {"paper": {k: NGD_ROWS[k][3:] for k in table}, "paper_ordering_holds": ordered,
-                                 **claims}
+                                 **found}
 
 
 NGD = Study(

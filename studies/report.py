@@ -13,7 +13,7 @@ import time
 from .execute import RECORD, finished, load_record
 from .study import StudyError
 
-__all__ = ["claim", "collect", "format_table", "gap", "mean_stderr", "page_path", "report", "tabulate",
+__all__ = ["claim", "claims", "collect", "format_table", "gap", "mean_stderr", "page_path", "report", "tabulate",
            "markers", "write_hparams", "write_page_block"]
 
 
@@ -56,6 +56,17 @@ def claim(records, a, b, col="", metric="accuracy", col_b=None, text=None):
     line = f"{text}: gap {g['mean']:+.1f} ± {g['stderr']:.1f} (s.e. over n={g['n']} seeds) — {verdict}"
     return line, {"claim": text, "a": a, "b": b, "col": col, "col_b": col if col_b is None else col_b, **g,
                   "shown": shown}
+
+
+def claims(records, pairs):
+    """Lines and JSON (``{"claims": [...]}``) of :func:`claim` for ``(a, b, col, col_b, text)`` tuples."""
+    lines, payload = [], []
+    for a, b, col, col_b, text in pairs:
+        line, result = claim(records, a, b, col, col_b=col_b, text=text)
+        lines.append(line)
+        if result is not None:
+            payload.append(result)
+    return lines, {"claims": payload}
 
 
 def collect(study, runs, root, settings):

@@ -172,3 +172,22 @@ def test_a_claim_is_shown_only_when_its_seed_paired_gap_exceeds_twice_its_standa
     _, result = report.claim(records, "warp", "warp", "5", col_b="1")  # one seed: never shown
     assert result["n"] == 1 and result["mean"] == 20.0 and not result["shown"]
     assert report.claim(records, "leap", "sgd", "1")[1] is None
+
+
+def test_the_table1_study_checks_warp_maml_against_each_baseline_paired_by_seed():
+    from studies.other import FEWSHOT, FEWSHOT_BASELINES
+
+    def rec(row, seed, acc):
+        return {"row": row, "seed": seed, "cols": [""], "metrics": {
+            "accuracy": acc, "ci95": 1.0, "episodes": 600, "meta_steps": 10, "best_val_accuracy": acc}}
+
+    records = [rec("warp_maml", s, 80.0 + s) for s in range(3)] + [rec("maml_published", s, 70.0 + 2 * s)
+                                                                     for s in range(3)]
+    records += [rec("maml", 0, 79.0)]
+    lines, payload = FEWSHOT.extra({"warp_maml": {}, "maml_published": {}, "maml": {}}, records, {})
+    by_b = {c["b"]: c for c in payload["claims"]}
+    assert set(by_b) == {"maml_published", "maml"} and set(FEWSHOT_BASELINES) >= set(by_b)
+    assert by_b["maml_published"]["n"] == 3 and math.isclose(by_b["maml_published"]["mean"], 9.0)
+    assert by_b["maml_published"]["shown"]  # gaps 10, 9, 8: mean 9, s.e. 0.58
+    assert by_b["maml"]["n"] == 1 and not by_b["maml"]["shown"]  # one seed is never shown
+    assert any(line.startswith("Warp-MAML > MAML (published") and line.endswith("— shown") for line in lines)

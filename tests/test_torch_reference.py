@@ -82,3 +82,11 @@ def test_reference_computes_the_same_task_step_and_replay_sample(shared, tmp_pat
             want = ref[f"warp_grad/{objective}/{k}"]
             scale = np.abs(want).max()
             np.testing.assert_allclose(g.numpy(), want, rtol=1e-4, atol=1e-6 * scale, err_msg=f"{objective} {k}")
+
+
+def test_benchmarks_package_imports_without_tensorflow():
+    """The reference runs in an interpreter with PyTorch and NumPy only: ``import benchmarks`` must not need
+    TensorFlow there (its quiet start-up is skipped)."""
+    code = 'import sys; sys.modules["tensorflow"] = None; import benchmarks; print("imported")'
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "imported", out.stderr[-2000:]

@@ -111,10 +111,31 @@ def rollout(warped, task, warp, env, seed, *, greedy=False, episodes=None) -> Ep
     return Episodes(swap(obs_ta.stack()), swap(act_ta.stack()), swap(rew_ta.stack()))
 
 
+def _replaying_cell(model, observations):
+    """The agent's cell if it replays whole episodes itself (``replays_episodes``, the fused plastic cells)
+    and the episodes' shape is static; else None."""
+    cells = [layer for layer in model.layers if getattr(layer, "replays_episodes", False)]
+    return cells[0] if cells and observations.shape.is_fully_defined() else None
+
+
 def evaluate(warped, task, warp, observations):
-    """Replay ``observations`` ``[B, T, obs]`` under (θ, φ): returns ``(logits [B, T, A], values [B, T])``."""
+    """Replay ``observations`` ``[B, T, obs]`` under (θ, φ): returns ``(logits [B, T, A], values [B, T])``.
+
+    Step by step through the one-step model (``tf.scan``), or — for a cell that replays whole episodes
+    (:meth:`warpgrad_tf.layers.rnn.HebbianRNNCell.replay`) — the cell over the whole sequence, then the
+    ``policy`` and ``value`` heads of :func:`build_agent` on all its outputs at once; the same function."""
     observations = tf.convert_to_tensor(observations)
     time_major = tf.transpose(observations, [1, 0, 2])
+    cell = _replaying_cell(warped.model, observations)
+    if cell is not None:
+        warped.check("task", task)
+        warped.check("warp", warp)
+        merged = {**warped.values("frozen"), **task, **warp}
+        outputs = tf.transpose(cell.replay(time_major, {v.name: merged[v.path] for v in cell.weights}), [1, 0, 2])
+        heads = [warped.model.get_layer(name) for name in ("policy", "value")]
+        logits, values = (head.stateless_call([merged[v.path] for v in head.trainable_variables], [], outputs)[0]
+                          for head in heads)
+        return logits, values[..., 0]
 
     def step(carry, obs):
         _, _, state = carry

@@ -253,9 +253,9 @@ def _replay_backward(kind, clip, xs, hs, stored, w, d_hs):
 def replay(kind, clip, xs, w):
     """The hidden states ``hs [T, B, units]`` of episodes ``xs [T, B, inputs]`` (time-major) run from the
     zero state with :func:`plastic_step`, as one XLA call forward and one backward: the forward keeps the
-    traces before every step (``T × B × units²`` floats each), the backward is :func:`_step_backward`
-    swept over the sequence in reverse (checked against TensorFlow's gradient of the step-by-step loop in
-    tests/test_hebbian.py)."""
+    traces before every segment of ``≈ √T`` steps, the backward recomputes a segment's traces from them and
+    sweeps :func:`_step_backward` over it in reverse (checked against TensorFlow's gradient of the
+    step-by-step loop in tests/test_hebbian.py)."""
     names = sorted(w)
 
     @tf.custom_gradient

@@ -293,6 +293,11 @@ class _PlasticRNNBase(_TaskRNNBase):
         """Whether :func:`warpgrad_tf.rl.evaluate` replays episodes through :meth:`replay` (``fused=True``)."""
         return self.fused
 
+    @property
+    def compiles_rollout(self):
+        """Whether :func:`warpgrad_tf.rl.rollout` plays episodes as one XLA call (``fused=True``)."""
+        return self.fused
+
     def replay(self, inputs, weights):
         """The outputs ``h [T, B, units]`` of episodes ``inputs [T, B, input_dim]`` (time-major) run from the
         zero state under ``weights`` (``{variable name: tensor}``): :func:`warpgrad_tf.layers.plastic.replay`."""

@@ -55,6 +55,12 @@ def initial_state(warped, batch_size):
     return [tf.zeros([batch_size, int(s.shape[-1])], model.inputs[0].dtype) for s in model.inputs[1:]]
 
 
+def _compiles_rollout(model):
+    """Whether the agent's cell asks for its rollout loop to be one XLA call (``compiles_rollout``: the fused
+    plastic cells, whose per-step XLA call would otherwise be launched once per step)."""
+    return any(getattr(layer, "compiles_rollout", False) for layer in model.layers)
+
+
 def rollout(warped, task, warp, env, seed, *, greedy=False, episodes=None) -> Episodes:
     """Play ``env.batch_size`` episodes of ``env.episode_length`` steps, sampling actions from the policy.
 
@@ -81,9 +87,6 @@ def rollout(warped, task, warp, env, seed, *, greedy=False, episodes=None) -> Ep
     start = tf.cast(start, tf.int32)
     env_state = env.reset(seed)
     key = tf.random.experimental.stateless_fold_in(env.key(seed), 977)
-    obs_ta = tf.TensorArray(tf.float32, size=steps)
-    act_ta = tf.TensorArray(tf.int32, size=steps)
-    rew_ta = tf.TensorArray(tf.float32, size=steps)
     rows = (lambda x: tf.ensure_shape(x[start:start + count], [count, *x.shape[1:]])  # noqa: E731
             ) if sharded else (lambda x: x)
     pad = [[start, b - start - count], [0, 0]]
@@ -103,12 +106,18 @@ def rollout(warped, task, warp, env, seed, *, greedy=False, episodes=None) -> Ep
         return (t + 1, env_state, rnn_state, obs_ta.write(t, obs), act_ta.write(t, action),
                 rew_ta.write(t, rows(reward)))
 
-    loop = tf.while_loop(lambda t, *_: t < steps, body,
-                         (tf.constant(0), env_state, initial_state(warped, count), obs_ta, act_ta, rew_ta),
-                         maximum_iterations=steps)
-    _, _, _, obs_ta, act_ta, rew_ta = loop
+    def play(env_state):
+        arrays = [tf.TensorArray(dtype, size=steps) for dtype in (tf.float32, tf.int32, tf.float32)]
+        loop = tf.while_loop(lambda t, *_: t < steps, body,
+                             (tf.constant(0), env_state, initial_state(warped, count), *arrays),
+                             maximum_iterations=steps)
+        return [ta.stack() for ta in loop[3:]]
+
+    if not sharded and _compiles_rollout(warped.model):  # the whole loop as one XLA call (the step inlined)
+        play = tf.function(play, jit_compile=True, autograph=False)
+    obs, act, rew = play(env_state)
     swap = lambda x: tf.transpose(x, [1, 0] + list(range(2, x.shape.rank)))  # noqa: E731
-    return Episodes(swap(obs_ta.stack()), swap(act_ta.stack()), swap(rew_ta.stack()))
+    return Episodes(swap(obs), swap(act), swap(rew))
 
 
 def _replaying_cell(model, observations):

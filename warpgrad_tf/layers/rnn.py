@@ -30,7 +30,7 @@ recurrent term, ``U_b`` the bias). With ``projection_bias=True`` (the default) `
 ``projection_bias_init`` (1.0, so the warps start near ``tanh(1) ≈ 0.76`` rather than near 0, which would
 almost switch the task RNN off). ``projection_bias=False`` is the strictly linear form of Eq. 20.
 
-Length (≈ 490 lines, over the project's ~400): the six task RNN cells of the maze (plain, Warp-Hyper,
+Length (≈ 440 lines, over the project's ~400): the six task RNN cells of the maze (plain, Warp-Hyper,
 Hyper, T-Nets, Hebbian, neuromodulated Hebbian) share one base class and :func:`make_cell`; each cell is
 short and they are compared side by side. The plastic cells' math is :mod:`warpgrad_tf.layers.plastic`
 (docs/plastic-cells.md).

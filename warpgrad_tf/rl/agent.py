@@ -87,19 +87,21 @@ def rollout(warped, task, warp, env, seed, *, greedy=False, episodes=None) -> Ep
     start = tf.cast(start, tf.int32)
     env_state = env.reset(seed)
     key = tf.random.experimental.stateless_fold_in(env.key(seed), 977)
-    rows = (lambda x: tf.ensure_shape(x[start:start + count], [count, *x.shape[1:]])  # noqa: E731
+    # A shard's rows, and a shard-sized tensor put back at its rows of a zero batch (both with a dynamic
+    # offset that XLA accepts: a compiled rollout plays the same episodes sharded or not).
+    rows = (lambda x: tf.slice(x, [start] + [0] * (x.shape.rank - 1), [count, *x.shape[1:]])  # noqa: E731
             ) if sharded else (lambda x: x)
-    pad = [[start, b - start - count], [0, 0]]
+    into_batch = lambda x: tf.scatter_nd((start + tf.range(count))[:, None], x, [b, *x.shape[1:]])  # noqa: E731
 
     def body(t, env_state, rnn_state, obs_ta, act_ta, rew_ta):
         obs = rows(env.observe(env_state))
         logits, _, rnn_state = _split(warped, warped.apply(task, warp, [obs, *rnn_state])[0])
         if greedy:
             action = tf.argmax(logits, axis=-1, output_type=tf.int32)
-            batch_action = tf.pad(action[:, None], pad)[:, 0] if sharded else action
+            batch_action = into_batch(action) if sharded else action
         else:  # rows of a stateless categorical draw are independent: sample the whole batch, keep ours
             sample_key = tf.random.experimental.stateless_fold_in(key, t)
-            batch_logits = tf.pad(logits, pad) if sharded else logits
+            batch_logits = into_batch(logits) if sharded else logits
             batch_action = tf.cast(tf.random.stateless_categorical(batch_logits, 1, sample_key)[:, 0], tf.int32)
             action = rows(batch_action)
         env_state, reward = env.step(env_state, tf.ensure_shape(batch_action, [b]))
@@ -113,7 +115,7 @@ def rollout(warped, task, warp, env, seed, *, greedy=False, episodes=None) -> Ep
                              maximum_iterations=steps)
         return [ta.stack() for ta in loop[3:]]
 
-    if not sharded and _compiles_rollout(warped.model):  # the whole loop as one XLA call (the step inlined)
+    if _compiles_rollout(warped.model):  # the whole loop as one XLA call (the step inlined)
         play = tf.function(play, jit_compile=True, autograph=False)
     obs, act, rew = play(env_state)
     swap = lambda x: tf.transpose(x, [1, 0] + list(range(2, x.shape.rank)))  # noqa: E731

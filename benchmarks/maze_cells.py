@@ -1,7 +1,9 @@
 """Episodes per CPU-second of every maze cell in the A2C loop, two checkouts interleaved in one run.
 
     python -m benchmarks.maze_cells --old=/work/main [--new=.] [--iterations=8] [--rounds=2] \\
-        [--cells=rnn,warp_rnn,hebbian,neuromodulated,neuromodulated:retroactive] [--threads=1] [--json=FILE]
+        [--cells=rnn,warp_rnn,hyper_rnn,tnets_rnn,hebbian,neuromodulated,neuromodulated:retroactive] \\
+        [--threads=1] [--json=FILE]
+    python -m benchmarks.maze_cells --phases [--cells=...] [--iterations=3]     # this checkout, per phase
 
 Each checkout is measured in a fresh process running this file with ``PYTHONPATH`` set to it, so that
 ``warpgrad_tf`` and ``trainers`` are imported from that checkout (the process prints the file it imported
@@ -13,6 +15,10 @@ first update (tracing and compiling) is timed apart; the next ``--iterations`` g
 CPU-second (this process's user + system time). Each round runs the old checkout's process, then the new
 one's, every cell in each, so the machine's drift hits both; the table shows the median over rounds, the
 new/old speed-up and every cell's slowdown against the first cell (the plain RNN).
+
+``--phases`` times the phases of one task update of this checkout apart, each its own ``tf.function``:
+the rollout, the replay (``evaluate``), and the replay with the A2C loss and its backward pass (CPU-seconds
+per batch, the mean of ``--iterations`` calls after a warm-up).
 """
 
 from __future__ import annotations
@@ -25,9 +31,9 @@ import subprocess
 import sys
 import time
 
-__all__ = ["main", "measure"]
+__all__ = ["main", "measure", "phases"]
 
-DEFAULT_CELLS = "rnn,warp_rnn,hebbian,neuromodulated,neuromodulated:retroactive"
+DEFAULT_CELLS = "rnn,warp_rnn,hyper_rnn,tnets_rnn,hebbian,neuromodulated,neuromodulated:retroactive"
 _MARK = "MAZE_CELLS_RESULT "
 
 
@@ -83,6 +89,50 @@ def measure(cell, iterations, threads=1, seed=0):
             "episodes": episodes, "episodes_per_cpu_s": episodes / cpu}
 
 
+def phases(cell, iterations, threads=1, seed=0):
+    """CPU-seconds per batch of ``cell``'s rollout, replay, and replay + A2C loss + backward pass."""
+    import keras
+    import tensorflow as tf
+
+    from trainers import maze
+    from warpgrad_tf.envs import MazeEnv
+    from warpgrad_tf.layers import rnn
+    from warpgrad_tf.model import WarpedModel
+    from warpgrad_tf.rl import a2c_loss, build_agent, evaluate, rollout
+
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    name, _, plasticity = cell.partition(":")
+    kwargs = {maze.PLASTICITY[name][0]: plasticity} if plasticity else {}
+    env = MazeEnv(size=11, batch_size=30, episode_length=200, rules="published")
+    keras.utils.set_random_seed(seed)
+    warped = WarpedModel(build_agent(rnn.make_cell(name, units=100, **kwargs), env.observation_size,
+                                     env.num_actions))
+    task, warp = warped.values("task"), warped.values("warp")
+    play = tf.function(lambda s: rollout(warped, task, warp, env, s))
+    played = play(tf.constant(seed, tf.int64))
+
+    def backward(observations):
+        with tf.GradientTape() as tape:
+            tape.watch((task, warp))
+            logits, values = evaluate(warped, task, warp, observations)
+            loss = a2c_loss(logits, values, played.actions, played.rewards).loss
+        return tape.gradient(loss, (task, warp))
+
+    timings = {}
+    for label, fn, arg in (("rollout", play, tf.constant(seed + 1, tf.int64)),
+                           ("replay", tf.function(lambda o: evaluate(warped, task, warp, o)), played.observations),
+                           ("replay_backward", tf.function(backward), played.observations)):
+        tf.nest.map_structure(lambda t: t.numpy(), fn(arg))
+        start = _cpu()
+        for _ in range(iterations):
+            out = fn(arg)
+        tf.nest.map_structure(lambda t: t.numpy(), out)
+        timings[label] = (_cpu() - start) / iterations
+    return {"cell": cell, **timings}
+
+
 def _run_worker(checkout, cells, iterations, threads):
     """Measure ``cells`` one after the other in one fresh process importing ``checkout``'s code."""
     env = dict(os.environ, PYTHONPATH=os.path.abspath(checkout), TF_CPP_MIN_LOG_LEVEL="3")
@@ -114,11 +164,18 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="TensorFlow intra-/inter-op threads (0: default)")
     parser.add_argument("--json", help="also write the measurements here")
+    parser.add_argument("--phases", action="store_true", help="time this checkout's phases (see the docstring)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.iterations < 1 or args.rounds < 1:
         parser.error("--iterations and --rounds must be >= 1.")
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
+    if args.phases:
+        rows = [phases(cell, args.iterations, args.threads) for cell in cells]
+        for row in rows:
+            print(f"{row['cell']:<28} rollout {row['rollout']:.3f}  replay {row['replay']:.3f}  "
+                  f"replay + backward {row['replay_backward']:.3f} CPU-s per batch", flush=True)
+        return rows
     if args.worker:
         for cell in cells:
             print(_MARK + json.dumps(measure(cell, args.iterations, args.threads)), flush=True)

@@ -214,3 +214,54 @@ def test_fused_step_equals_the_plain_step_in_value_and_gradient_along_an_episode
         np.testing.assert_allclose(fused_grads[path].numpy(), plain_grads[path].numpy(), rtol=1e-7, atol=1e-9,
                                    err_msg=path)
     assert np.abs(plain_grads["plastic/alpha"].numpy()).max() > 0
+
+
+@pytest.mark.parametrize("kind", ["hebb", "oja", "simple", "retroactive"])
+def test_replay_hand_written_backward_equals_autodiff_of_the_step_loop(float64, kind):
+    """``plastic.replay`` (one XLA call forward, segment checkpoints, the hand-written backward) against
+    TensorFlow's own gradient of :func:`plastic_step` looped over the episode: the same hidden states and
+    the same gradients of the inputs and of every weight, with 12 steps (segments of 3) and a clip that binds."""
+    from warpgrad_tf.layers import plastic
+
+    rng = np.random.default_rng(6)
+    steps, batch, units = 12, 3, 5
+    if kind in HebbianRNNCell.RULES:
+        cell = HebbianRNNCell(units=units, rule=kind)
+    else:
+        cell = NeuromodulatedHebbianRNNCell(units=units, modulation=kind, clip=0.3)
+    cell.build((None, D))
+    w = {name: tf.constant(value) for name, value in _randomise(cell, rng).items()}
+    xs = tf.constant(rng.normal(size=(steps, batch, D)))
+    upstream = tf.constant(rng.normal(size=(steps, batch, units)))
+    clip = getattr(cell, "clip", 0.0)
+
+    def loop(xs, w):
+        h = tf.zeros([batch, units], tf.float64)
+        traces = [tf.zeros([batch, units * units], tf.float64)] * plastic.num_traces(kind)
+        hs = []
+        for t in range(steps):
+            h, traces = plastic.plastic_step(kind, clip, xs[t], h, traces, w)
+            hs.append(h)
+        return tf.stack(hs)
+
+    results = []
+    for run in (loop, lambda xs, w: plastic.replay(kind, clip, xs, w)):
+        with tf.GradientTape() as tape:
+            tape.watch((xs, w))
+            hs = run(xs, w)
+            loss = tf.reduce_sum(hs * upstream)
+        results.append((hs.numpy(), tape.gradient(loss, (xs, w))))
+    (want_hs, (want_dx, want_dw)), (got_hs, (got_dx, got_dw)) = results
+    np.testing.assert_allclose(got_hs, want_hs, atol=1e-12)
+    np.testing.assert_allclose(got_dx.numpy(), want_dx.numpy(), rtol=1e-9, atol=1e-12)
+    assert sorted(got_dw) == sorted(want_dw)
+    for name in want_dw:
+        np.testing.assert_allclose(got_dw[name].numpy(), want_dw[name].numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
+    if kind in ("simple", "retroactive"):  # the clip binds somewhere along the episode
+        n = units
+        h, traces = tf.zeros([batch, n], tf.float64), [tf.zeros([batch, n * n], tf.float64)] * plastic.num_traces(kind)
+        bound = False
+        for t in range(steps):
+            h, traces = plastic.plastic_step(kind, clip, xs[t], h, traces, w)
+            bound = bound or bool(np.any(np.abs(traces[0].numpy()) == clip))
+        assert bound

@@ -30,17 +30,19 @@ def cli(root, *extra, **overrides):
                       *(f"--gin_param=train_eval.{k}={v!r}" for k, v in params.items()))
 
 
-def tiny_agent(seed=0):
+def tiny_agent(seed=0, cell="warp_rnn"):
     """The trainer's agent at initialisation (same seed, same construction order)."""
     env = MazeEnv(size=TINY["maze_size"], batch_size=TINY["batch_size"], episode_length=TINY["episode_length"])
     keras.utils.set_random_seed(seed)
-    cell = make_cell("warp_rnn", units=TINY["units"], meta_units=TINY["meta_units"])
+    cell = (make_cell(cell, units=TINY["units"], meta_units=TINY["meta_units"]) if cell == "warp_rnn"
+            else make_cell(cell, units=TINY["units"]))
     return env, WarpedModel(build_agent(cell, env.observation_size, env.num_actions))
 
 
+@pytest.mark.parametrize("cell", ["warp_rnn", "hebbian"])  # hebbian: the rollout compiled by XLA
 @pytest.mark.parametrize("greedy", [False, True])
-def test_a_shard_plays_the_same_episodes_as_its_rows_of_the_batch(greedy):
-    env, warped = tiny_agent()
+def test_a_shard_plays_the_same_episodes_as_its_rows_of_the_batch(greedy, cell):
+    env, warped = tiny_agent(cell=cell)
     task, warp = warped.values("task"), warped.values("warp")
     play = tf.function(lambda seed, episodes=None: rollout(warped, task, warp, env, seed, greedy=greedy,
                                                            episodes=episodes))

@@ -30,10 +30,10 @@ recurrent term, ``U_b`` the bias). With ``projection_bias=True`` (the default) `
 ``projection_bias_init`` (1.0, so the warps start near ``tanh(1) ≈ 0.76`` rather than near 0, which would
 almost switch the task RNN off). ``projection_bias=False`` is the strictly linear form of Eq. 20.
 
-Length (≈ 490 lines, over the project's ~400): the six task RNN cells of the maze (plain, Warp-Hyper,
+Length (≈ 440 lines, over the project's ~400): the six task RNN cells of the maze (plain, Warp-Hyper,
 Hyper, T-Nets, Hebbian, neuromodulated Hebbian) share one base class and :func:`make_cell`; each cell is
-short and they are compared side by side. The plastic cells' step is one pure function with an
-XLA-compiled, recomputing gradient (:func:`_fused_step`; docs/plastic-cells.md).
+short and they are compared side by side. The plastic cells' math is :mod:`warpgrad_tf.layers.plastic`
+(docs/plastic-cells.md).
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 from keras import ops
+
+from warpgrad_tf.layers import plastic
 
 __all__ = ["CELLS", "HebbianRNNCell", "HyperRNNCell", "make_cell", "NeuromodulatedHebbianRNNCell", "TanhRNNCell",
            "TNetsRNNCell", "WarpHyperRNNCell"]
@@ -237,82 +239,6 @@ class TNetsRNNCell(_TaskRNNBase):
         return h, [h]
 
 
-def _modulator(h, w):
-    """The neuromodulator ``M_t = tanh(h_t w_m + b_m) f + f_b`` ``[B, units]`` (Miconi et al. 2019)."""
-    return tf.matmul(tf.tanh(tf.matmul(h, w["modulator_kernel"]) + w["modulator_bias"]), w["fanout"]) + w["fanout_bias"]
-
-
-def _plastic_step(kind, clip, x, h, traces, w):
-    """One step of a plastic cell as a pure function of tensors (the math of :class:`_PlasticRNNBase` and the
-    rules of its subclasses): ``(h_t, [Hebb_t(, E_t)])`` from ``x_t``, ``h_{t−1}``, the flat traces and the
-    weights ``w`` (``{name: tensor}``). ``kind`` is ``"hebb"``, ``"oja"``, ``"simple"`` or ``"retroactive"``.
-
-    Written with as few ``[B, units, units]`` temporaries as the rule allows: ``h V`` apart from the plastic
-    term, and η (or M) folded into one factor of each outer product."""
-    n = int(w["recurrent_kernel"].shape[0])
-    hebb = tf.reshape(traces[0], (-1, n, n))
-    h_new = tf.tanh(tf.matmul(x, w["kernel"]) + w["bias"] + tf.matmul(h, w["recurrent_kernel"])
-                    + tf.einsum("bi,bij->bj", h, w["alpha"] * hebb))
-    flat = lambda t: tf.reshape(t, (-1, n * n))  # noqa: E731
-    if kind == "hebb":  # Miconi et al. 2018, Eq. 2
-        eta = w["eta"]
-        return h_new, [flat((1.0 - eta) * hebb + (eta * h)[:, :, None] * h_new[:, None, :])]
-    if kind == "oja":  # Eq. 3
-        post = w["eta"] * h_new[:, None, :]
-        return h_new, [flat(hebb + post * (h[:, :, None] - h_new[:, None, :] * hebb))]
-    m = _modulator(h_new, w)
-    if kind == "simple":  # Miconi et al. 2019, Eq. 3-4
-        return h_new, [flat(tf.clip_by_value(hebb + h[:, :, None] * (m * h_new)[:, None, :], -clip, clip))]
-    trace, eta = tf.reshape(traces[1], (-1, n, n)), w["eta"]  # Eq. 5-6
-    hebb = tf.clip_by_value(hebb + m[:, None, :] * trace, -clip, clip)
-    trace = (1.0 - eta) * trace + (eta * h)[:, :, None] * h_new[:, None, :]
-    return h_new, [flat(hebb), flat(trace)]
-
-
-@tf.function(jit_compile=True, autograph=False)
-def _compiled_step(kind, clip, x, h, traces, w):
-    """:func:`_plastic_step` compiled by XLA into a few fused loops over the ``[B, units, units]`` traces."""
-    return _plastic_step(kind, clip, x, h, traces, w)
-
-
-@tf.function(jit_compile=True, autograph=False)
-def _compiled_step_gradient(kind, clip, x, h, traces, w, upstream):
-    """The vector-Jacobian product of :func:`_plastic_step` with ``upstream`` (``d h_t``, ``d traces_t``):
-    the step is recomputed under a tape and differentiated by TensorFlow, all inside one XLA cluster."""
-    inputs = (x, h, traces, w)
-    with tf.GradientTape() as tape:
-        tape.watch(inputs)
-        h_new, new_traces = _plastic_step(kind, clip, x, h, traces, w)
-    return tape.gradient([h_new, new_traces], inputs, output_gradients=upstream,
-                         unconnected_gradients=tf.UnconnectedGradients.ZERO)
-
-
-def _fused_step(kind, clip, x, h, traces, w):
-    """:func:`_plastic_step` run as one XLA call forward and one backward (:func:`_compiled_step_gradient`).
-
-    Under the unfused step TensorFlow differentiates through every ``[B, units, units]`` temporary, keeping
-    each of them for every step of the episode; here a step keeps only its inputs and recomputes the rest in
-    its backward call (docs/plastic-cells.md)."""
-    names = sorted(w)
-    k = len(traces)
-
-    @tf.custom_gradient
-    def step(x, h, *rest):
-        traces, values = list(rest[:k]), dict(zip(names, rest[k:]))
-        h_new, new_traces = _compiled_step(kind, clip, x, h, traces, values)
-
-        def gradient(d_h, *d_traces):
-            upstream = [d_h if d_h is not None else tf.zeros_like(h_new),
-                        [d if d is not None else tf.zeros_like(t) for d, t in zip(d_traces, new_traces)]]
-            dx, dh, d_tr, dw = _compiled_step_gradient(kind, clip, x, h, traces, values, upstream)
-            return [dx, dh, *d_tr, *(dw[name] for name in names)]
-
-        return [h_new, *new_traces], gradient
-
-    out = step(x, h, *traces, *(w[name] for name in names))
-    return out[0], list(out[1:])
-
-
 class _PlasticRNNBase(_TaskRNNBase):
     """The plastic recurrence shared by the Hebbian cells (Miconi et al. 2018, Eq. 1; 2019, Eq. 1).
 
@@ -328,8 +254,9 @@ class _PlasticRNNBase(_TaskRNNBase):
     variable is a task parameter, learned by A2C with the rest of the agent.
 
     ``fused=True`` (the default) runs each step as one XLA-compiled call with a recomputing backward
-    (:func:`_fused_step`); ``fused=False`` runs the same step as plain TensorFlow ops. Both compute the same
-    update (docs/plastic-cells.md has the speed of each).
+    (:func:`warpgrad_tf.layers.plastic.fused_step`) and lets :func:`warpgrad_tf.rl.evaluate` replay whole
+    episodes through :meth:`replay` (one XLA call forward, one backward); ``fused=False`` runs the same step
+    as plain TensorFlow ops. All compute the same update (docs/plastic-cells.md has the speed of each).
 
     Where the papers' code and this project differ: W, V, b use the initialisers of the other cells of this
     module (Glorot / orthogonal / zeros) so that the baselines differ only in plasticity; α starts as
@@ -356,10 +283,25 @@ class _PlasticRNNBase(_TaskRNNBase):
 
     def call(self, inputs, states, training=False):
         weights = {v.name: tf.convert_to_tensor(v.value) for v in self.weights}
-        step = _fused_step if self.fused else _plastic_step
+        step = plastic.fused_step if self.fused else plastic.plastic_step
         h, traces = step(self.kind, getattr(self, "clip", 0.0), ops.convert_to_tensor(inputs),
                          ops.convert_to_tensor(states[0]), [ops.convert_to_tensor(s) for s in states[1:]], weights)
         return h, [h, *traces]
+
+    @property
+    def replays_episodes(self):
+        """Whether :func:`warpgrad_tf.rl.evaluate` replays episodes through :meth:`replay` (``fused=True``)."""
+        return self.fused
+
+    @property
+    def compiles_rollout(self):
+        """Whether :func:`warpgrad_tf.rl.rollout` plays episodes as one XLA call (``fused=True``)."""
+        return self.fused
+
+    def replay(self, inputs, weights):
+        """The outputs ``h [T, B, units]`` of episodes ``inputs [T, B, input_dim]`` (time-major) run from the
+        zero state under ``weights`` (``{variable name: tensor}``): :func:`warpgrad_tf.layers.plastic.replay`."""
+        return plastic.replay(self.kind, getattr(self, "clip", 0.0), inputs, weights)
 
     def get_config(self):
         config = super().get_config()
@@ -400,7 +342,7 @@ class HebbianRNNCell(_PlasticRNNBase):
 
     @property
     def kind(self):
-        """The update rule run by the step (:func:`_plastic_step`)."""
+        """The update rule run by the step (:func:`warpgrad_tf.layers.plastic.plastic_step`)."""
         return self.rule
 
     def get_config(self):
@@ -461,12 +403,12 @@ class NeuromodulatedHebbianRNNCell(_PlasticRNNBase):
 
     @property
     def kind(self):
-        """The update rule run by the step (:func:`_plastic_step`)."""
+        """The update rule run by the step (:func:`warpgrad_tf.layers.plastic.plastic_step`)."""
         return self.modulation
 
     def modulator(self, h):
         """``M_t`` ``[B, units]`` of hidden states ``h_t``."""
-        return _modulator(tf.convert_to_tensor(h), {v.name: tf.convert_to_tensor(v.value) for v in self.weights})
+        return plastic.modulator(tf.convert_to_tensor(h), {v.name: tf.convert_to_tensor(v.value) for v in self.weights})
 
     def get_config(self):
         config = super().get_config()

@@ -55,6 +55,12 @@ def initial_state(warped, batch_size):
     return [tf.zeros([batch_size, int(s.shape[-1])], model.inputs[0].dtype) for s in model.inputs[1:]]
 
 
+def _compiles_rollout(model):
+    """Whether the agent's cell asks for its rollout loop to be one XLA call (``compiles_rollout``: the fused
+    plastic cells, whose per-step XLA call would otherwise be launched once per step)."""
+    return any(getattr(layer, "compiles_rollout", False) for layer in model.layers)
+
+
 def rollout(warped, task, warp, env, seed, *, greedy=False, episodes=None) -> Episodes:
     """Play ``env.batch_size`` episodes of ``env.episode_length`` steps, sampling actions from the policy.
 
@@ -81,40 +87,66 @@ def rollout(warped, task, warp, env, seed, *, greedy=False, episodes=None) -> Ep
     start = tf.cast(start, tf.int32)
     env_state = env.reset(seed)
     key = tf.random.experimental.stateless_fold_in(env.key(seed), 977)
-    obs_ta = tf.TensorArray(tf.float32, size=steps)
-    act_ta = tf.TensorArray(tf.int32, size=steps)
-    rew_ta = tf.TensorArray(tf.float32, size=steps)
-    rows = (lambda x: tf.ensure_shape(x[start:start + count], [count, *x.shape[1:]])  # noqa: E731
+    # A shard's rows, and a shard-sized tensor put back at its rows of a zero batch (both with a dynamic
+    # offset that XLA accepts: a compiled rollout plays the same episodes sharded or not).
+    rows = (lambda x: tf.slice(x, [start] + [0] * (x.shape.rank - 1), [count, *x.shape[1:]])  # noqa: E731
             ) if sharded else (lambda x: x)
-    pad = [[start, b - start - count], [0, 0]]
+    into_batch = lambda x: tf.scatter_nd((start + tf.range(count))[:, None], x, [b, *x.shape[1:]])  # noqa: E731
 
     def body(t, env_state, rnn_state, obs_ta, act_ta, rew_ta):
         obs = rows(env.observe(env_state))
         logits, _, rnn_state = _split(warped, warped.apply(task, warp, [obs, *rnn_state])[0])
         if greedy:
             action = tf.argmax(logits, axis=-1, output_type=tf.int32)
-            batch_action = tf.pad(action[:, None], pad)[:, 0] if sharded else action
+            batch_action = into_batch(action) if sharded else action
         else:  # rows of a stateless categorical draw are independent: sample the whole batch, keep ours
             sample_key = tf.random.experimental.stateless_fold_in(key, t)
-            batch_logits = tf.pad(logits, pad) if sharded else logits
+            batch_logits = into_batch(logits) if sharded else logits
             batch_action = tf.cast(tf.random.stateless_categorical(batch_logits, 1, sample_key)[:, 0], tf.int32)
             action = rows(batch_action)
         env_state, reward = env.step(env_state, tf.ensure_shape(batch_action, [b]))
         return (t + 1, env_state, rnn_state, obs_ta.write(t, obs), act_ta.write(t, action),
                 rew_ta.write(t, rows(reward)))
 
-    loop = tf.while_loop(lambda t, *_: t < steps, body,
-                         (tf.constant(0), env_state, initial_state(warped, count), obs_ta, act_ta, rew_ta),
-                         maximum_iterations=steps)
-    _, _, _, obs_ta, act_ta, rew_ta = loop
+    def play(env_state):
+        arrays = [tf.TensorArray(dtype, size=steps) for dtype in (tf.float32, tf.int32, tf.float32)]
+        loop = tf.while_loop(lambda t, *_: t < steps, body,
+                             (tf.constant(0), env_state, initial_state(warped, count), *arrays),
+                             maximum_iterations=steps)
+        return [ta.stack() for ta in loop[3:]]
+
+    if _compiles_rollout(warped.model):  # the whole loop as one XLA call (the step inlined)
+        play = tf.function(play, jit_compile=True, autograph=False)
+    obs, act, rew = play(env_state)
     swap = lambda x: tf.transpose(x, [1, 0] + list(range(2, x.shape.rank)))  # noqa: E731
-    return Episodes(swap(obs_ta.stack()), swap(act_ta.stack()), swap(rew_ta.stack()))
+    return Episodes(swap(obs), swap(act), swap(rew))
+
+
+def _replaying_cell(model, observations):
+    """The agent's cell if it replays whole episodes itself (``replays_episodes``, the fused plastic cells)
+    and the episodes' shape is static; else None."""
+    cells = [layer for layer in model.layers if getattr(layer, "replays_episodes", False)]
+    return cells[0] if cells and observations.shape.is_fully_defined() else None
 
 
 def evaluate(warped, task, warp, observations):
-    """Replay ``observations`` ``[B, T, obs]`` under (θ, φ): returns ``(logits [B, T, A], values [B, T])``."""
+    """Replay ``observations`` ``[B, T, obs]`` under (θ, φ): returns ``(logits [B, T, A], values [B, T])``.
+
+    Step by step through the one-step model (``tf.scan``), or — for a cell that replays whole episodes
+    (:meth:`warpgrad_tf.layers.rnn.HebbianRNNCell.replay`) — the cell over the whole sequence, then the
+    ``policy`` and ``value`` heads of :func:`build_agent` on all its outputs at once; the same function."""
     observations = tf.convert_to_tensor(observations)
     time_major = tf.transpose(observations, [1, 0, 2])
+    cell = _replaying_cell(warped.model, observations)
+    if cell is not None:
+        warped.check("task", task)
+        warped.check("warp", warp)
+        merged = {**warped.values("frozen"), **task, **warp}
+        outputs = tf.transpose(cell.replay(time_major, {v.name: merged[v.path] for v in cell.weights}), [1, 0, 2])
+        heads = [warped.model.get_layer(name) for name in ("policy", "value")]
+        logits, values = (head.stateless_call([merged[v.path] for v in head.trainable_variables], [], outputs)[0]
+                          for head in heads)
+        return logits, values[..., 0]
 
     def step(carry, obs):
         _, _, state = carry

@@ -24,19 +24,34 @@ def final_fifth(curve):
     return float(np.mean(curve[-n:]))
 
 
+#: study methods that are a cell's gin file plus bindings: the frozen-warp ablation keeps the Warp-RNN's randomly
+#: initialised warps — Algorithm 3's warp period longer than any run, so no warp update is ever applied — and
+#: so removes only the meta-learning of φ, at the same compute per task update.
+MAZE_VARIANTS = {"warp_rnn_frozen": ("warp_rnn", ("train_eval.warp_period=1000000000",))}
+
+
 def _maze_runs(o):
     it = int(o["iterations"])
-    return [Run(f"{m}/seed{s}", "maze", (f"configs/maze/{m}.gin",),
-                (f"train_eval.seed={s}", f"train_eval.num_iterations={it}", f"train_eval.checkpoint_every={it}",
-                 "train_eval.plot=False", *o["bindings"]), s, m, data=False,
-                env=(("TF_NUM_INTRAOP_THREADS", str(o["threads"])), ("TF_NUM_INTEROP_THREADS", str(o["threads"])))
-                if o["threads"] else ())
-            for s in o["seeds"] for m in o["methods"]]  # seeds outermost: a cut-short study has every method
+    runs = []
+    for s in o["seeds"]:  # seeds outermost: a cut-short study has every method
+        for m in o["methods"]:
+            cell, extra = MAZE_VARIANTS.get(m, (m, ()))
+            runs.append(Run(f"{m}/seed{s}", "maze", (f"configs/maze/{cell}.gin",),
+                            (*extra, f"train_eval.seed={s}", f"train_eval.num_iterations={it}",
+                             f"train_eval.checkpoint_every={int(o['checkpoint_every']) or it}",
+                             "train_eval.plot=False", *o["bindings"]), s, m, data=False,
+                            env=(("TF_NUM_INTRAOP_THREADS", str(o["threads"])),
+                                 ("TF_NUM_INTEROP_THREADS", str(o["threads"]))) if o["threads"] else ()))
+    return runs
 
 
 def _maze_metrics(history, run_dir, settings):
     curve = [h["mean_return"] for h in history["history"]]
     return {"final_fifth_return": final_fifth(curve), "episodes": history["history"][-1]["episodes"]}
+
+
+#: Fig. 4 (right)'s claim the study checks (issue 31): Warp-RNN's final-fifth return above each baseline.
+MAZE_BASELINES = ("rnn", "hebbian", "neuromodulated", "warp_rnn_frozen", "tnets_rnn", "hyper_rnn")
 
 
 def _maze_extra(table, records, options):
@@ -48,12 +63,15 @@ def _maze_extra(table, records, options):
     lines = [f"{episodes} episodes per run = {100 * episodes / PAPER_EPISODES:.1f} % of the paper's x-axis "
              f"({PAPER_EPISODES} episodes)"]
     lines += [f"{MAZE.labels.get(m, m)}: {np.mean(v):.2f} episodes per CPU-second" for m, v in rates.items()]
-    return lines, {"episodes_per_cpu_s": {m: float(np.mean(v)) for m, v in rates.items()}}
+    claim_lines, found = claims(records, [("warp_rnn", b, "", None, f"Warp-RNN > {MAZE.labels.get(b, b)}")
+                                          for b in MAZE_BASELINES if b in table and "warp_rnn" in table],
+                                metric="final_fifth_return")
+    return lines + claim_lines, {"episodes_per_cpu_s": {m: float(np.mean(v)) for m, v in rates.items()}, **found}
 
 
 def _maze_figure(path, table, records, options):
     """Fig. 4 (right): one line per method (mean over seeds, moving mean over ``smooth`` batches), shaded
-    between the lowest and highest seed."""
+    ± one standard error over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,10 +92,11 @@ def _maze_figure(path, table, records, options):
         x = np.array([x["episodes"] for x in group[0][:n]])[k - 1:]
         ax.plot(x, curves.mean(0), color=f"C{i}", linewidth=2,
                 label=f"{MAZE.labels.get(method, method)} ({len(group)} seeds)")
-        ax.fill_between(x, curves.min(0), curves.max(0), color=f"C{i}", alpha=0.2)
+        se = curves.std(0, ddof=1) / np.sqrt(len(group)) if len(group) > 1 else np.zeros_like(curves[0])
+        ax.fill_between(x, curves.mean(0) - se, curves.mean(0) + se, color=f"C{i}", alpha=0.2)
     ax.set_xlabel("episodes")
     ax.set_ylabel("mean cumulative episode return")
-    ax.set_title(f"Maze navigation, 11×11 (Fig. 4 right; moving mean over {smooth} batches of 30)")
+    ax.set_title(f"Maze navigation, 11×11 (Fig. 4 right; moving mean over {smooth} batches of 30; ± s.e.)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -89,12 +108,14 @@ MAZE = Study(
     name="maze", page="maze", runs=_maze_runs, metrics=_maze_metrics, extra=_maze_extra, figure=_maze_figure,
     metric="final_fifth_return", results_file="returns.json",
     title="Fig. 4 (right): maze navigation, mean cumulative episode return over the last fifth of training",
-    options={"methods": ["warp_rnn", "rnn", "hebbian", "neuromodulated"], "seeds": [0, 1, 2], "iterations": 40,
-             "threads": 1, "smooth": 5, "bindings": []},
+    options={"methods": ["warp_rnn", "rnn", "hebbian", "neuromodulated", "warp_rnn_frozen"], "seeds": [0, 1, 2],
+             "iterations": 40, "checkpoint_every": 0, "threads": 1, "smooth": 5, "bindings": []},
     labels={"warp_rnn": "Warp-RNN", "rnn": "RNN (Learning to RL)", "hebbian": "Hebbian",
-            "neuromodulated": "Neuromodulated Hebbian", "tnets_rnn": "T-Nets RNN", "hyper_rnn": "HyperRNN"},
-    description="each method's configs/maze/<method>.gin (the released maze and A2C), iterations × 30 episodes "
-                "per run; threads: TensorFlow threads per run (0: its default).")
+            "neuromodulated": "Neuromodulated Hebbian", "tnets_rnn": "T-Nets RNN", "hyper_rnn": "HyperRNN",
+            "warp_rnn_frozen": "Warp-RNN, frozen warps"},
+    description="each method's configs/maze/<method>.gin (the released maze and A2C; warp_rnn_frozen: the Warp-RNN "
+                "whose warps are never updated), iterations × 30 episodes per run, a checkpoint every checkpoint_every "
+                "iterations (0: at the end); threads: TensorFlow threads per run (0: its default).")
 
 # ------------------------------------------------------------------------------------- few-shot, Table 1
 

@@ -58,11 +58,11 @@ def claim(records, a, b, col="", metric="accuracy", col_b=None, text=None):
                   "shown": shown}
 
 
-def claims(records, pairs):
+def claims(records, pairs, metric="accuracy"):
     """Lines and JSON (``{"claims": [...]}``) of :func:`claim` for ``(a, b, col, col_b, text)`` tuples."""
     lines, payload = [], []
     for a, b, col, col_b, text in pairs:
-        line, result = claim(records, a, b, col, col_b=col_b, text=text)
+        line, result = claim(records, a, b, col, metric=metric, col_b=col_b, text=text)
         lines.append(line)
         if result is not None:
             payload.append(result)

@@ -147,12 +147,11 @@ def test_authors_image_format_is_the_1bit_nearest_neighbour_reference(binary_tas
 
 
 def _run(tmp_path, data_dir, cache, params):
-    selector = "trainers.omniglot.train_eval"
     gin.clear_config()
-    gin.parse_config([f"{selector}.{p}" if not p.startswith(("Omniglot", "omniglot")) else p for p in params]
+    gin.parse_config([f"train_eval.{p}" if not p.startswith(("Omniglot", "omniglot")) else p for p in params]
                      + [f"OmniglotTasks.cache_dir = '{cache}'"])
     try:
-        return trainer.train_eval(root_dir=str(tmp_path), data_dir=data_dir)
+        return trainer.main.run(str(tmp_path), data_dir=data_dir)
     finally:
         gin.clear_config()
 

@@ -88,7 +88,8 @@ def parse_gin(gin_files, gin_params):
             key = (re.search(rf"{re.escape(old[1])}\.train_eval\.(\w+)", str(e)) or [None, "<name>"])[1]
             first = f"{old[1]}.train_eval.{key} is retired: bind train_eval.{key} (one name for every trainer)."
         elif "Ambiguous selector 'train_eval'" in first:
-            first += " A trainer's train_eval is a plain function: gin binds it as train_eval (trainers/common.py)."
+            first += (" A trainer registers its own @gin.configurable train_eval: make it a plain function "
+                      "(trainers/common.py binds train_eval.<name> once).")
         raise ConfigError(f"bad gin configuration ({', '.join(gin_files) or 'no files'}; "
                           f"bindings {gin_params}): {first}") from e
 
@@ -157,10 +158,11 @@ def trainer_settings(train_eval, defaults=None):
     naming a binding that is a flag, that ``train_eval`` does not take (a trainer with ``**settings`` names its
     unknown ones itself) or whose type does not fit its default (:func:`check_binding_types`)."""
     bound = bound_settings()
+    parameters = inspect.signature(train_eval).parameters
     for key in FLAG_ARGUMENTS:
         if key in bound:
-            raise ConfigError(f"train_eval.{key} is not a setting: pass --{key}.")
-    parameters = inspect.signature(train_eval).parameters
+            raise ConfigError(f"train_eval.{key} is not a setting: "
+                              + (f"pass --{key}." if key in parameters else "this trainer takes none."))
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         known = sorted(set(parameters) - set(FLAG_ARGUMENTS))
         for key in bound:

@@ -17,6 +17,7 @@ from studies.execute import run_one
 from studies.study import Run
 from tests.conftest import REPO
 from tests.helpers import run_module
+from tests.study_trainer import TINY as _STAND_IN  # noqa: F401  (its import must register no train_eval)
 from trainers import common, continual_sine, fewshot, maze, omniglot, sine_demo, synthetic2d
 
 TRAINERS = (continual_sine, fewshot, maze, omniglot, sine_demo, synthetic2d)

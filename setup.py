@@ -29,7 +29,7 @@ APPS = {"warpgrad_tf_apps.trainers": "trainers", "warpgrad_tf_apps.export": "exp
 #: the gin files, installed as data beside the apps (no ``__init__``: not importable, only read).
 CONFIGS = {"warpgrad_tf_apps.configs": "configs"}
 
-#: ``command = module:function``; every trainer's ``main`` is ``common.run_main(train_eval)``.
+#: ``command = module:function``; every trainer's ``main`` is ``common.entry_point(train_eval)``.
 CONSOLE_SCRIPTS = [
     "warpgrad-train-sine = warpgrad_tf_apps.trainers.sine_demo:main",
     "warpgrad-train-omniglot = warpgrad_tf_apps.trainers.omniglot:main",

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .study import APPS, StudyError, resolve_gin, trainer_module
 
-__all__ = ["RECORD", "commit", "finished", "load_record", "machine", "qualified_gin", "run_all", "run_one"]
+__all__ = ["RECORD", "commit", "finished", "load_record", "machine", "run_all", "run_one"]
 
 RECORD = "run.json"
 _LOCK = threading.Lock()
@@ -106,36 +106,24 @@ def _attempt_subprocess(run, run_dir, data_dir, nice):
                              "peak_rss_mb": usage.ru_maxrss / 1024.0}
 
 
-def qualified_gin(gin_files, bindings, module="trainers.omniglot"):
-    """The lines of ``gin_files`` (see :func:`~.study.resolve_gin`) and ``bindings`` with ``train_eval.``
-    qualified as ``<module>.train_eval.``: every trainer imported into one process defines a ``train_eval``,
-    which makes the short selector ambiguous."""
-    lines = []
-    for g in gin_files:
-        with open(resolve_gin(g) or g) as f:
-            lines += f.read().splitlines()
-    selector = f"{module}.train_eval."
-    return [ln.replace("train_eval.", selector, 1) if ln.strip().startswith("train_eval.") else ln
-            for ln in lines + list(bindings)]
-
-
 def _attempt_in_process(run, run_dir, data_dir):
-    """The trainer's ``train_eval`` in this process (tiny budgets: no TensorFlow start-up per run)."""
+    """The trainer in this process (tiny budgets: no TensorFlow start-up per run), through the seam of its
+    ``main`` (:meth:`trainers.common.Trainer.run`), with the study's gin files and bindings as written."""
     import importlib
     import resource
 
     import gin
 
     module = importlib.import_module(trainer_module(run.trainer))
-    lines = qualified_gin(run.gin_files, run.bindings, module.__name__)
+    if not callable(getattr(getattr(module, "main", None), "run", None)):
+        raise StudyError(f"--in_process runs trainers whose main is trainers.common.entry_point(train_eval); "
+                         f"{module.__name__}'s is not.")
+    common = importlib.import_module(type(module.main).__module__)  # trainers.common, checkout or installed
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.time()
     gin.clear_config()
     try:
-        gin.parse_config(lines)
-        kwargs = {"root_dir": run_dir}
-        if run.data and data_dir:
-            kwargs["data_dir"] = data_dir
-        module.train_eval(**kwargs)
+        common.parse_gin([resolve_gin(g) or g for g in run.gin_files], list(run.bindings))
+        module.main.run(run_dir, data_dir=data_dir if run.data else None)
         rc = 0
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         with open(os.path.join(run_dir, "log.txt"), "a") as log:

@@ -16,7 +16,6 @@ import gin
 __all__ = ["TINY", "main", "train_eval"]
 
 
-@gin.configurable
 def train_eval(root_dir, steps=4, value=1.0, seed=0, pause=0.0, fail=False):
     if fail:
         raise ValueError("train_eval.fail is set.")
@@ -42,9 +41,12 @@ def main(argv=None):
     p.add_argument("--gin_file", action="append", default=[])
     p.add_argument("--gin_param", action="append", default=[])
     args = p.parse_args(argv)
+    # registered by the program only: a study importing TINY must not add a second gin ``train_eval`` beside
+    # trainers.common's (the short selector would become ambiguous in that process)
+    configured = gin.external_configurable(train_eval, "train_eval", module="study_trainer")
     gin.parse_config_files_and_bindings(args.gin_file, args.gin_param)
     try:
-        train_eval(args.root_dir)
+        configured(args.root_dir)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

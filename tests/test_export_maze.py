@@ -34,7 +34,6 @@ from warpgrad_tf.rl import build_agent, evaluate, rollout
 from warpgrad_tf.version import __version__
 
 TOL = 1e-5
-SELECTOR = "trainers.maze.train_eval"
 TINY = dict(cell="warp_rnn", batch_size=2, episode_length=5, maze_size=5, units=8, meta_units=4, num_iterations=2,
             warp_period=1, log_every=1, checkpoint_every=1, plot=False)
 A2C = dict(discount=0.9, value_coef=0.1, entropy_coef=0.03)
@@ -59,8 +58,8 @@ def run(tmp_path_factory):
     root, out = str(tmp / "run"), str(tmp / "saved_model")
     gin.clear_config()
     try:
-        gin.parse_config([f"{SELECTOR}.{k} = {v!r}" for k, v in TINY.items()])
-        trainer.train_eval(root)
+        gin.parse_config([f"train_eval.{k} = {v!r}" for k, v in TINY.items()])
+        trainer.main.run(root)
     finally:
         gin.clear_config()
     stdout = io.StringIO()

@@ -15,7 +15,6 @@ from tests.test_fewshot_data import SIZE, write_mini_pickles, write_tiered_pickl
 from trainers import fewshot as trainer
 
 GIN_FILES = sorted(glob.glob(os.path.join(REPO, "configs", "fewshot", "*.gin")))
-SELECTOR = "trainers.fewshot.train_eval"
 TINY = ["train_eval.meta_steps = 1", "train_eval.inner_steps = 1", "train_eval.queries = 2",
         "train_eval.eval_episodes = 3", "train_eval.val_episodes = 0", "fewshot_convnet.filters = 4",
         f"FewShotEpisodes.image_size = {SIZE}"]
@@ -37,11 +36,10 @@ def run(root, data, gin_file, params=()):
     if dataset == "omniglot":
         lines += [f"FewShotEpisodes.cache_dir = '{data['cache']}'", "FewShotEpisodes.image_size = 28",
                   "FewShotEpisodes.test_alphabets = ['Early_Aramaic']", "FewShotEpisodes.val_alphabets = ['Greek']"]
-    lines = [ln.replace("train_eval.", f"{SELECTOR}.", 1) if ln.startswith("train_eval.") else ln for ln in lines]
     gin.clear_config()
     gin.parse_config(lines)
     try:
-        return trainer.train_eval(root_dir=str(root), data_dir=data[dataset])
+        return trainer.main.run(str(root), data_dir=data[dataset])
     finally:
         gin.clear_config()
 

@@ -31,7 +31,7 @@ from warpgrad_tf import artifacts, learned_lr, run_checkpoints, serving
 
 INNER_LR, STEPS = 0.4, (2,)
 DIFFERS = 1e-3  # the learned rates must change adaptation by more than this (max abs output difference)
-META_SGD = [f"trainers.fewshot.train_eval.{b}" for b in (
+META_SGD = [f"train_eval.{b}" for b in (
     "meta_steps = 1", "inner_steps = 1", "queries = 2", "eval_episodes = 1", "val_episodes = 0",
     f"inner_lr = {INNER_LR}", "lr_meta_lr = 0.05")] + ["fewshot_convnet.filters = 4",
                                                          f"FewShotEpisodes.image_size = {SIZE}"]
@@ -39,12 +39,11 @@ META_SGD = [f"trainers.fewshot.train_eval.{b}" for b in (
 
 def _train_meta_sgd(root, data_dir):
     gin_file = os.path.join(REPO, "configs", "fewshot", "miniimagenet_meta_sgd.gin")
-    lines = [ln.replace("train_eval.", "trainers.fewshot.train_eval.", 1) if ln.startswith("train_eval.") else ln
-             for ln in open(gin_file).read().splitlines()]
+    lines = open(gin_file).read().splitlines()
     gin.clear_config()
     gin.parse_config(lines + META_SGD)
     try:
-        fewshot.train_eval(root_dir=str(root), data_dir=data_dir)
+        fewshot.main.run(str(root), data_dir=data_dir)
     finally:
         gin.clear_config()
 

@@ -18,14 +18,13 @@ from trainers import maze as trainer
 from warpgrad_tf.layers.rnn import CELLS
 
 TINY = dict(batch_size=2, episode_length=6, maze_size=5, units=8, log_every=1, checkpoint_every=1)
-SELECTOR = "trainers.maze.train_eval"  # other trainers also define train_eval: qualify the gin selector
 
 
 def _parse_config_file(name, extra=()):
-    """Apply configs/maze/<name>.gin under the qualified selector (unambiguous inside pytest)."""
+    """Apply configs/maze/<name>.gin and ``extra`` bindings."""
     with open(os.path.join(REPO, "configs", "maze", f"{name}.gin")) as f:
         lines = [ln for ln in f.read().splitlines() if ln.strip() and not ln.startswith("#")]
-    gin.parse_config([ln.replace("train_eval.", f"{SELECTOR}.", 1) for ln in lines] + list(extra))
+    gin.parse_config(lines + list(extra))
 
 
 @pytest.fixture(autouse=True)
@@ -42,10 +41,10 @@ def _checkpoint_value(root, name):
 
 @pytest.mark.parametrize("name", sorted(CELLS))
 def test_one_iteration_per_config(tmp_path, name):
-    _parse_config_file(name, [f"{SELECTOR}.{k} = {v!r}" for k, v in TINY.items()]
-                       + [f"{SELECTOR}.meta_units = 4", f"{SELECTOR}.num_iterations = 1"])
+    _parse_config_file(name, [f"train_eval.{k} = {v!r}" for k, v in TINY.items()]
+                       + ["train_eval.meta_units = 4", "train_eval.num_iterations = 1"])
     root = str(tmp_path / name)
-    summary = trainer.train_eval(root)
+    summary = trainer.main.run(root)
     assert summary["cell"] == name and summary["iterations"] == 1 and summary["episodes"] == 2
     assert np.isfinite(summary["last_fifth_mean_return"])
     for path in ("returns.json", "returns.png", "operative_config.gin", "checkpoints/checkpoint"):

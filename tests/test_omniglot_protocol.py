@@ -147,12 +147,11 @@ def test_authors_image_format_is_the_1bit_nearest_neighbour_reference(binary_tas
 
 
 def _run(tmp_path, data_dir, cache, params):
-    selector = "trainers.omniglot.train_eval"
     gin.clear_config()
-    gin.parse_config([f"{selector}.{p}" if not p.startswith(("Omniglot", "omniglot")) else p for p in params]
+    gin.parse_config([f"train_eval.{p}" if not p.startswith(("Omniglot", "omniglot")) else p for p in params]
                      + [f"OmniglotTasks.cache_dir = '{cache}'"])
     try:
-        return trainer.train_eval(root_dir=str(tmp_path), data_dir=data_dir)
+        return trainer.main.run(str(tmp_path), data_dir=data_dir)
     finally:
         gin.clear_config()
 
@@ -174,10 +173,10 @@ def test_protocol_name_lands_in_results_and_the_exported_model(tmp_path, omniglo
 
 def test_bad_protocol_input_is_one_line(tmp_path, omniglot_dir, omniglot_cache):
     with pytest.raises(ValueError, match=r"^Unknown Omniglot protocol 'paperr' \(train_eval.protocol\); choose "
-                                         r"one of \['paper', 'authors', [^\n]*\]\.\n"):  # gin adds its own line
+                                         r"one of \['paper', 'authors', [^\n]*\]\.$"):  # one line
         _run(tmp_path, omniglot_dir, omniglot_cache, TINY + ["protocol = 'paperr'"])
     with pytest.raises(ValueError, match=r"^Protocol 'paper' augments the held-out drawings at evaluation, but "
-                                         r"train_eval.augment=False[^\n]*\.\n"):
+                                         r"train_eval.augment=False[^\n]*\.$"):
         _run(tmp_path, omniglot_dir, omniglot_cache, TINY + ["augment = False"])
     with pytest.raises(ValueError, match="train_eval.task_batch_scale must be > 0; got 0"):
         _run(tmp_path, omniglot_dir, omniglot_cache, TINY + ["task_batch_scale = 0"])

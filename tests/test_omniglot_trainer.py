@@ -34,19 +34,12 @@ def tfds_cache(omniglot_cache):
     return omniglot_cache  # the session's one decoded cache (conftest)
 
 
-SELECTOR = "trainers.omniglot.train_eval"  # other trainers also define train_eval: qualify the gin selector
-
-
-def _qualify(lines):
-    return [ln.replace("train_eval.", f"{SELECTOR}.", 1) if ln.startswith("train_eval.") else ln for ln in lines]
-
-
 def run(root, data_dir, cache, gin_file=None, params=()):
     gin.clear_config()
     lines = open(gin_file).read().splitlines() if gin_file else []
-    gin.parse_config(_qualify(lines + TINY + [f"OmniglotTasks.cache_dir = '{cache}'"] + list(params)))
+    gin.parse_config(lines + TINY + [f"OmniglotTasks.cache_dir = '{cache}'"] + list(params))
     try:
-        return trainer.train_eval(root_dir=str(root), data_dir=data_dir)
+        return trainer.main.run(str(root), data_dir=data_dir)
     finally:
         gin.clear_config()
 

@@ -58,7 +58,7 @@ def test_bad_configuration_is_one_line_naming_the_binding(tmp_path):
 
 
 def test_init_meta_learner_rows_train_and_report(tmp_path):
-    assert {"leap", "reptile", "maml", "warp_leap"} <= set(sine_demo.train_eval.__wrapped__.__defaults__[0])
+    assert {"leap", "reptile", "maml", "warp_leap"} <= set(sine_demo.train_eval.__defaults__[0])
     gin.bind_parameter("init_method.meta_steps", 2)
     gin.bind_parameter("init_method.meta_batch_size", 2)
     table = sine_demo.train_eval(str(tmp_path), inner_steps=3, eval_tasks=2, methods=("sgd", "leap", "warp_leap"))

@@ -101,11 +101,9 @@ def test_verbose_reads_the_environment(monkeypatch):
 
 
 TRAINER = """
-import gin
 from absl import logging
 from trainers import common
 
-@gin.configurable
 def train_eval(root_dir):
     logging.info("an INFO line")
     logging.warning("a WARNING line")

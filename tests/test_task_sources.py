@@ -130,14 +130,14 @@ def test_an_old_gin_file_with_train_eval_source_fails_in_one_line_naming_the_new
     assert not (tmp_path / "R").exists()
 
 
-def test_in_process_after_another_trainer_was_imported_with_module_bindings(tmp_path):
-    """trainers.fewshot is imported too: the module's name selects this trainer's ``train_eval`` in gin."""
+def test_in_process_after_another_trainer_was_imported_with_plain_bindings(tmp_path):
+    """trainers.fewshot is imported too: ``train_eval.`` is one gin name, read by the seam (``main.run``), whose
+    keywords override the bindings."""
     ToySource.calls.clear()
-    gin.parse_config(["trainers.omniglot.train_eval.tasks = @ToySource",
-                      "trainers.omniglot.train_eval.meta_steps = 1", "trainers.omniglot.train_eval.inner_steps = 2"])
+    gin.parse_config(["train_eval.tasks = @ToySource", "train_eval.meta_steps = 1", "train_eval.inner_steps = 2"])
     try:
-        results = trainer.train_eval(str(tmp_path / "run"), "unused",
-                                     **{k: v for k, v in TOY.items() if k not in ("tasks", "inner_steps")})
+        results = trainer.main.run(str(tmp_path / "run"), "unused",
+                                   **{k: v for k, v in TOY.items() if k not in ("tasks", "inner_steps")})
     finally:
         gin.clear_config()
     assert (results["task"], results["meta_steps"], results["inner_steps"]) == ("toy", 1, 2)

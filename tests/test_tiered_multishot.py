@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studies.execute import qualified_gin
+from tests.conftest import REPO
 from tests.helpers import checkpoint_values
 from trainers.task_sources import MultiShotSource
 from warpgrad_tf.data import fewshot as fs
@@ -66,13 +66,17 @@ def tiered(tmp_path):
     return write_tiered(tmp_path / "tiered")
 
 
+def _config(method):
+    return os.path.join(REPO, "configs", "tieredimagenet_multishot", f"{method}.gin")
+
+
 def _train(root, data_dir, extra=()):
     from trainers import omniglot as trainer
 
     gin.clear_config()
     try:
-        gin.parse_config(qualified_gin(["configs/tieredimagenet_multishot/warp_leap.gin"], TINY + list(extra)))
-        return trainer.train_eval(root_dir=str(root), data_dir=data_dir)
+        gin.parse_config_files_and_bindings([_config("warp_leap")], TINY + list(extra), finalize_config=False)
+        return trainer.main.run(str(root), data_dir=data_dir)
     finally:
         gin.clear_config()
 
@@ -163,8 +167,8 @@ def test_every_gin_file_parses_to_app_h_settings(method):
 
     gin.clear_config()
     try:
-        gin.parse_config(qualified_gin([f"configs/tieredimagenet_multishot/{method}.gin"], []))
-        q = lambda name: gin.query_parameter(f"trainers.omniglot.train_eval.{name}")  # noqa: E731
+        gin.parse_config_files_and_bindings([_config(method)], [], finalize_config=False)
+        q = lambda name: gin.query_parameter(f"train_eval.{name}")  # noqa: E731
         assert q("preset") in trainer.MULTISHOT_PRESETS and q("preset").endswith(method) and q("method") == method
         assert (q("tasks").configurable.wrapped, q("inner_rule"), q("inner_steps"), q("meta_batch_size")) == (
             MultiShotSource, "momentum", 100, 5)

@@ -2,7 +2,7 @@
 checkpoint-and-resume, the signal flag and progress bar of the training loop (:mod:`trainers.loop`) and
 results files.
 
-A trainer module defines one ``@gin.configurable train_eval(root_dir, ...)`` and ends with::
+A trainer module defines a plain ``train_eval(root_dir, ..., **settings)`` (no gin decorator) and ends with::
 
     main = common.entry_point(train_eval)  # the installed command warpgrad-train-<name> (setup.py)
 
@@ -16,6 +16,10 @@ line (exit status 1; ``--verbosity`` shows the traceback), an interruption (Ctrl
 trainer checkpointed) as one line (exit status 130), and writes the operative gin config to
 ``root_dir/operative_config.gin``. Each ``train_eval`` starts with :func:`check_settings` (docs/reliability.md).
 
+Every trainer's settings are bound under one gin name, ``train_eval.<name>`` (:func:`bound_settings`, registered
+here once), and reach the trainer as keywords through one seam, :meth:`Trainer.run`: the binary, the study
+harness's in-process runs and tests call it, so any number of trainer modules can share a process.
+
 Output is what the user needs — progress, the results, one line per problem: TensorFlow's start-up lines are
 filtered (:mod:`export.quiet`, run by the package) and absl logs only warnings and errors. ``--verbosity=0``
 (absl's flag: INFO; 1 for debug) brings the Python logs back; ``WARPGRAD_VERBOSE=1`` brings back both those and
@@ -24,13 +28,15 @@ TensorFlow's start-up lines, which are printed before any flag is parsed.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import gin
 import numpy as np
@@ -41,9 +47,10 @@ from warpgrad_tf import run_checkpoints, settings
 
 from . import quiet
 
-__all__ = ["FLAGS", "accelerator_options", "Checkpointer", "ConfigError", "Interrupt", "Placement", "SummaryWriters",
-           "check_binding_types", "check_settings", "define_flags", "entry_point", "loop_sum", "parse_gin",
-           "place_run", "progress", "quiet_logs", "run_main", "write_json", "write_operative_config"]
+__all__ = ["FLAGS", "FLAG_ARGUMENTS", "accelerator_options", "Checkpointer", "ConfigError", "Interrupt", "Placement",
+           "SummaryWriters", "Trainer", "bound_settings", "check_binding_types", "check_settings", "define_flags",
+           "entry_point", "loop_sum", "parse_gin", "place_run", "progress", "quiet_logs", "run_main", "run_trainer",
+           "trainer_settings", "write_json", "write_operative_config"]
 
 FLAGS = flags.FLAGS
 
@@ -75,21 +82,30 @@ def parse_gin(gin_files, gin_params):
     try:
         gin.parse_config_files_and_bindings(gin_files, gin_params)
     except (ValueError, KeyError, NameError, TypeError, SyntaxError) as e:  # gin raises these for bad bindings
+        first = str(e).strip("\"' ").splitlines()[0]
+        old = re.search(r"No configurable matching '([\w.]+)\.train_eval'", first)
+        if old:  # releases before the one train_eval name (bound_settings) qualified it by the trainer's module
+            key = (re.search(rf"{re.escape(old[1])}\.train_eval\.(\w+)", str(e)) or [None, "<name>"])[1]
+            first = f"{old[1]}.train_eval.{key} is retired: bind train_eval.{key} (one name for every trainer)."
+        elif "Ambiguous selector 'train_eval'" in first:
+            first += (" A trainer registers its own @gin.configurable train_eval: make it a plain function "
+                      "(trainers/common.py binds train_eval.<name> once).")
         raise ConfigError(f"bad gin configuration ({', '.join(gin_files) or 'no files'}; "
-                          f"bindings {gin_params}): {str(e).splitlines()[0]}") from e
+                          f"bindings {gin_params}): {first}") from e
 
 
-def check_binding_types(fn, name="train_eval", defaults=None):
+def check_binding_types(fn, bindings, name="train_eval", defaults=None):
     """A :class:`ConfigError` naming the binding when a gin value's type does not fit its default's.
 
     ``train_eval.meta_steps = '5'`` (a string) or ``= 2.5`` for an integer default would otherwise fail deep
     inside the trainer, or be truncated silently. Integers are accepted for float defaults; parameters whose
-    default is None (or a container) are left to the trainer's own checks. ``defaults`` adds those of settings
-    a ``train_eval(**settings)`` takes by keyword (e.g. :meth:`trainers.omniglot_settings.Settings.defaults`).
+    default is None (or a container) are left to the trainer's own checks. ``bindings``: ``{setting: value}``
+    (:func:`bound_settings`); ``defaults`` adds those of settings a ``train_eval(**settings)`` takes by keyword
+    (e.g. :meth:`trainers.omniglot_settings.Settings.defaults`) to those of ``fn``'s signature.
     """
     defaults = {**(defaults or {}), **{k: p.default for k, p in inspect.signature(fn).parameters.items()
                                        if p.default is not inspect.Parameter.empty}}
-    for key, value in gin.get_bindings(fn).items():
+    for key, value in bindings.items():
         default = defaults.get(key)
         if isinstance(default, bool):
             ok = isinstance(value, bool)
@@ -123,6 +139,55 @@ def check_settings(arguments, *configurables, name="train_eval"):
         settings.check_output_dir(root_dir)
 
 
+@gin.configurable("train_eval", module="trainers")
+def bound_settings(**settings):
+    """``{setting: value}`` of the ``train_eval.<name>`` bindings: the one gin name of every trainer's settings.
+
+    Registered once, here (gin selector ``trainers.train_eval``), so importing several trainer modules into one
+    process leaves ``train_eval.<name>`` unambiguous; calling it records the bindings in the operative config.
+    """
+    return settings
+
+
+#: What the command line, not a ``train_eval.<name>`` binding, gives a trainer.
+FLAG_ARGUMENTS = ("root_dir", "data_dir", "strategy")
+
+
+def trainer_settings(train_eval, defaults=None):
+    """The bound ``train_eval.<name>`` settings of the trainer ``train_eval``, checked: a :class:`ConfigError`
+    naming a binding that is a flag, that ``train_eval`` does not take (a trainer with ``**settings`` names its
+    unknown ones itself) or whose type does not fit its default (:func:`check_binding_types`)."""
+    bound = bound_settings()
+    parameters = inspect.signature(train_eval).parameters
+    for key in FLAG_ARGUMENTS:
+        if key in bound:
+            raise ConfigError(f"train_eval.{key} is not a setting: "
+                              + (f"pass --{key}." if key in parameters else "this trainer takes none."))
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        known = sorted(set(parameters) - set(FLAG_ARGUMENTS))
+        for key in bound:
+            if key not in parameters:
+                raise ConfigError(f"Unknown setting train_eval.{key}; the settings are {known}.")
+    check_binding_types(train_eval, bound, defaults=defaults)
+    return bound
+
+
+def _call(train_eval, root_dir, data_dir, strategy, settings):
+    parameters = inspect.signature(train_eval).parameters
+    context = {"root_dir": root_dir}
+    if "data_dir" in parameters:
+        context["data_dir"] = data_dir
+    if "strategy" in parameters:
+        context["strategy"] = strategy
+    return train_eval(**context, **settings)
+
+
+def run_trainer(train_eval, root_dir, data_dir=None, strategy=None, defaults=None, **settings):
+    """``train_eval(root_dir, [data_dir], [strategy], **bound settings)``: the one seam through which a trainer
+    is run with its ``train_eval.<name>`` bindings (:func:`trainer_settings`); ``settings`` override them."""
+    return _call(train_eval, root_dir, data_dir, strategy, {**trainer_settings(train_eval, defaults), **settings})
+
+
 def run_main(train_eval, data_dir=False, defaults=None):
     """Entry point for ``python -m trainers.X``: flags → gin → ``train_eval(root_dir=..., [data_dir=...])``.
 
@@ -139,17 +204,15 @@ def run_main(train_eval, data_dir=False, defaults=None):
             _fail("--root_dir is required.")
         try:
             parse_gin(FLAGS.gin_file, FLAGS.gin_param)
-            check_binding_types(train_eval, defaults=defaults)
-            kwargs = {"root_dir": FLAGS.root_dir}
-            if data_dir:
-                kwargs["data_dir"] = FLAGS.data_dir
+            bound = trainer_settings(train_eval, defaults)
+            strategy = None
             if "strategy" in inspect.signature(train_eval).parameters:
                 from warpgrad_tf import distribute
 
-                kwargs["strategy"] = distribute.make_strategy(FLAGS.strategy, num_cpu_replicas=FLAGS.cpu_replicas)
+                strategy = distribute.make_strategy(FLAGS.strategy, num_cpu_replicas=FLAGS.cpu_replicas)
             elif FLAGS.strategy != "default":
                 raise ConfigError(f"this trainer does not support --strategy={FLAGS.strategy} yet.")
-            train_eval(**kwargs)
+            _call(train_eval, FLAGS.root_dir, FLAGS.data_dir if data_dir else None, strategy, bound)
         except (ConfigError, ValueError, FileNotFoundError) as e:
             _fail(str(e))
         except (FloatingPointError, run_checkpoints.UnreadableCheckpoints) as e:  # a diverging meta-step
@@ -166,14 +229,29 @@ def run_main(train_eval, data_dir=False, defaults=None):
     app.run(main)
 
 
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """A trainer module's ``main``: its plain ``train_eval`` and the flags it takes.
+
+    ``main()`` is the binary (:func:`run_main`); ``main.run(root_dir, data_dir=..., **settings)`` runs it in this
+    process with the parsed gin bindings (:func:`run_trainer`), as the study harness's ``--in_process`` does.
+    """
+
+    train_eval: Callable
+    data_dir: bool = False
+    defaults: dict | None = None
+
+    def __call__(self):
+        run_main(self.train_eval, data_dir=self.data_dir, defaults=self.defaults)
+
+    def run(self, root_dir, data_dir=None, strategy=None, **settings):
+        return run_trainer(self.train_eval, root_dir, data_dir, strategy, self.defaults, **settings)
+
+
 def entry_point(train_eval, data_dir=False, defaults=None):
-    """The ``main()`` of a trainer module: :func:`run_main` on its ``train_eval`` (setup.py's console command);
-    ``defaults``: as :func:`check_binding_types`."""
-
-    def main():
-        run_main(train_eval, data_dir=data_dir, defaults=defaults)
-
-    return main
+    """The ``main`` of a trainer module (setup.py's console command): a :class:`Trainer` of its plain
+    ``train_eval``; ``defaults``: as :func:`check_binding_types`."""
+    return Trainer(train_eval, data_dir, defaults)
 
 
 def quiet_logs():

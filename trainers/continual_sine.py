@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import os
 
-import gin
 import keras
 import numpy as np
 import tensorflow as tf
@@ -157,7 +156,6 @@ def plot(path, curves_by_method, orders, steps_per_subtask, num_sequences=None):
     plt.close(fig)
 
 
-@gin.configurable
 def train_eval(root_dir, strategy=None, **settings):
     """Meta-train warps for continual sine regression (Eq. 23) and evaluate on held-out sequences.
 

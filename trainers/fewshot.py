@@ -36,7 +36,6 @@ from __future__ import annotations
 import os
 import time
 
-import gin
 import keras
 import numpy as np
 import tensorflow as tf
@@ -104,7 +103,6 @@ def _check(method, ways, shots, queries, inner_steps, meta_steps, meta_batch_siz
                          f"got {first_block!r}.")
 
 
-@gin.configurable(denylist=["root_dir", "data_dir"])
 def train_eval(root_dir, data_dir, strategy=None, **settings):
     """Meta-train ``method`` on few-shot episodes, meta-validate, evaluate on ``eval_episodes`` test episodes.
 

@@ -61,7 +61,6 @@ import glob
 import json
 import os
 
-import gin
 import keras
 import numpy as np
 import tensorflow as tf
@@ -175,7 +174,6 @@ def make_train_step(warped, env, *, discount, value_coef, entropy_coef, regulari
     return step
 
 
-@gin.configurable
 def train_eval(root_dir, strategy=None, **settings):
     """Train a recurrent A2C agent on the maze, meta-learning warps with Algorithm 3 where the cell has them.
 

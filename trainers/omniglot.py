@@ -60,7 +60,6 @@ from __future__ import annotations
 import os
 import time
 
-import gin
 import keras
 import numpy as np
 import tensorflow as tf
@@ -226,7 +225,6 @@ def _check_config(me, ad, mt, ev, bk):
             raise ValueError(f"train_eval.{name} must be >= {low}; got {value}.")
 
 
-@gin.configurable("train_eval", denylist=["root_dir", "data_dir"])
 def train_eval(root_dir, data_dir, tasks=task_sources.OmniglotSource, strategy=None, **settings):
     """Meta-train ``method`` on the tasks of ``tasks``, meta-validate, evaluate on held-out tasks.
 

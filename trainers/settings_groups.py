@@ -1,7 +1,8 @@
 """A trainer's settings as small frozen dataclasses: ``train_eval(**settings)`` keywords sorted into groups.
 
-Gin still binds them as ``train_eval.<name>`` (a configurable with ``**settings`` takes any name), so the
-groups check the names themselves: an unknown one, or a retired one, is one line naming the binding.
+Gin still binds them as ``train_eval.<name>`` (:func:`trainers.common.bound_settings`, a configurable with
+``**settings``, takes any name), so the groups check the names themselves: an unknown one, or a retired one, is one
+line naming the binding.
 """
 
 from __future__ import annotations

@@ -228,7 +228,6 @@ def plot_curves(path, curves, inner_steps):
 # ---------------------------------------------------------------------------------------------- train_eval
 
 
-@gin.configurable
 def train_eval(root_dir, methods=("sgd", "warp", "leap", "reptile", "maml", "warp_leap"),
                inner_steps=10, inner_lr=0.01, inner_rule="sgd", shots=10,
                query=50, eval_tasks=100, seed=0, strategy=None):

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import os
 
-import gin
 import keras
 import numpy as np
 import tensorflow as tf
@@ -224,7 +223,6 @@ def plot(path, panels, warp_layer):
     plt.close(fig)
 
 
-@gin.configurable
 def train_eval(
     root_dir,
     # Task family and adaptation (App. D).

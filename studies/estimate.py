@@ -26,10 +26,11 @@ REFERENCE_GFLOPS = 95.0
 #: CPU-seconds per unit of :func:`work` on that machine, and start-up CPU-seconds per run. Omniglot: a
 #: meta-training (task, step) sample at task batch 20 and 32 filters ≈ 0.05 CPU-s (a Warp-Leap meta-step of
 #: 5 tasks × 100 steps took 24.8 s, issue 30), an evaluation step ≈ 0.024 CPU-s; maze: episodes per CPU-s of
-#: benchmarks/README.md (2026-12-01, measured on a 2-core Intel Xeon: rougher); few-shot: the run's own CPU
+#: whole 120-iteration study runs, one TensorFlow thread, start-up included (2026-12-07, with the compiled
+#: plastic cells of docs/plastic-cells.md); few-shot: the run's own CPU
 #: budget plus its evaluation. Finished runs on this machine replace these rates (:func:`calibrate`).
 REFERENCE = {"omniglot": {"meta": 0.05, "eval": 0.024, "start": 20.0},
-             "maze": {"warp_rnn": 1 / 82.3, "rnn": 1 / 189.5, "hebbian": 1 / 17.3, "neuromodulated": 1 / 13.5,
+             "maze": {"warp_rnn": 1 / 127.1, "rnn": 1 / 292.8, "hebbian": 1 / 102.3, "neuromodulated": 1 / 94.7,
                       "start": 15.0},
              "fewshot": {"budget": 1.0, "start": 60.0}}
 

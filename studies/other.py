@@ -109,7 +109,7 @@ MAZE = Study(
     metric="final_fifth_return", results_file="returns.json",
     title="Fig. 4 (right): maze navigation, mean cumulative episode return over the last fifth of training",
     options={"methods": ["warp_rnn", "rnn", "hebbian", "neuromodulated", "warp_rnn_frozen"], "seeds": [0, 1, 2],
-             "iterations": 40, "checkpoint_every": 0, "threads": 1, "smooth": 5, "bindings": []},
+             "iterations": 3334, "checkpoint_every": 100, "threads": 1, "smooth": 50, "bindings": []},
     labels={"warp_rnn": "Warp-RNN", "rnn": "RNN (Learning to RL)", "hebbian": "Hebbian",
             "neuromodulated": "Neuromodulated Hebbian", "tnets_rnn": "T-Nets RNN", "hyper_rnn": "HyperRNN",
             "warp_rnn_frozen": "Warp-RNN, frozen warps"},

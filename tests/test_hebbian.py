@@ -265,3 +265,51 @@ def test_replay_hand_written_backward_equals_autodiff_of_the_step_loop(float64, 
             h, traces = plastic.plastic_step(kind, clip, xs[t], h, traces, w)
             bound = bound or bool(np.any(np.abs(traces[0].numpy()) == clip))
         assert bound
+
+
+@pytest.mark.parametrize("kind", ["hebb", "retroactive"])
+def test_a_rollouts_kept_forward_gives_the_replays_logits_and_gradients(kind):
+    """``rollout(keep_forward=True)`` records the hidden states and segment traces of the episodes it plays;
+    ``evaluate`` under the same parameters with that record (the trainer's A2C step) gives the logits and
+    gradients of replaying them from scratch, with 9 steps (segments of 3)."""
+    from warpgrad_tf.layers import plastic
+
+    env = MazeEnv(size=5, batch_size=3, episode_length=9)
+    if kind in HebbianRNNCell.RULES:
+        cell = HebbianRNNCell(units=5, rule=kind, name="plastic")
+    else:
+        cell = NeuromodulatedHebbianRNNCell(units=5, modulation=kind, clip=0.3, name="plastic")
+    warped = WarpedModel(build_agent(cell, env.observation_size, env.num_actions))
+    rng = np.random.default_rng(7)
+    for v in warped.model.weights:
+        v.assign(rng.normal(0.0, 0.7, size=v.shape) if v.shape.rank else rng.uniform(0.05, 0.5))
+    task = warped.values("task")
+
+    @tf.function
+    def both(seed):
+        played, kept = rollout(warped, task, {}, env, seed, keep_forward=True)
+        out = []
+        for forward in (kept, None):
+            with tf.GradientTape() as tape:
+                tape.watch(task)
+                logits, values = evaluate(warped, task, {}, played.observations, forward=forward)
+                loss = a2c_loss(logits, values, played.actions, played.rewards).loss
+            out.append((logits, tape.gradient(loss, task)))
+        return played, kept, out
+
+    played, kept, ((kept_logits, kept_grads), (logits, grads)) = both(tf.constant(3, tf.int64))
+    hs, stored = kept
+    assert hs.shape == (9, 3, 5) and [a.shape for a in stored] == [(3, 3, 5, 5)] * plastic.num_traces(kind)
+    assert np.abs(stored[0][1:].numpy()).max() > 1e-3  # the traces before segments 2 and 3 moved
+    np.testing.assert_allclose(kept_logits.numpy(), logits.numpy(), atol=1e-5)
+    for path in grads:
+        np.testing.assert_allclose(kept_grads[path].numpy(), grads[path].numpy(), rtol=1e-4, atol=1e-6, err_msg=path)
+    assert np.abs(grads["plastic/alpha"].numpy()).max() > 0
+    with pytest.raises(ValueError, match="does not fit episodes"):
+        evaluate(warped, task, {}, played.observations[:, :6], forward=kept)
+    # a replica's shard of the batch keeps the forward of its rows
+    _, (shard_hs, shard_stored) = tf.function(lambda s: rollout(warped, task, {}, env, s, episodes=(1, 2),
+                                                                keep_forward=True))(tf.constant(3, tf.int64))
+    np.testing.assert_allclose(shard_hs.numpy(), hs.numpy()[:, 1:3], atol=1e-6)
+    for got, want in zip(shard_stored, stored):
+        np.testing.assert_allclose(got.numpy(), want.numpy()[:, 1:3], atol=1e-6)

@@ -100,10 +100,11 @@ def _weighted_terms(warped, env, seed, weight, *, episodes=None, discount, value
     one-device batch loss, metrics and gradients, up to the order of additions.
     """
     task, warp = warped.values("task"), warped.values("warp")
-    played = rollout(warped, task, warp, env, seed, episodes=episodes)
+    # The rollout plays at the (θ, φ) the loss is differentiated at: a replaying cell's forward is kept.
+    played, forward = rollout(warped, task, warp, env, seed, episodes=episodes, keep_forward=True)
     with tf.GradientTape() as tape:
         tape.watch((task, warp))
-        logits, values = evaluate(warped, task, warp, played.observations)
+        logits, values = evaluate(warped, task, warp, played.observations, forward=forward)
         loss = a2c.a2c_loss(logits, values, played.actions, played.rewards, discount=discount,
                             value_coef=value_coef, entropy_coef=entropy_coef, regulariser=regulariser)
         objective = loss.loss if weight is None else loss.loss * weight

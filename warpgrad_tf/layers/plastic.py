@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-__all__ = ["KINDS", "fused_step", "modulator", "num_traces", "plastic_step", "replay"]
+__all__ = ["KINDS", "fused_step", "modulator", "num_traces", "plastic_step", "replay", "segment_length"]
 
 #: The update rules: Hebbian (2018 Eq. 2), Oja (2018 Eq. 3), neuromodulated (2019 Eq. 3–4), retroactive (Eq. 5–6).
 KINDS = ("hebb", "oja", "simple", "retroactive")
@@ -106,7 +106,7 @@ def _step3(kind, clip, x, h, traces, w):
     return h_new, [tf.reshape(t, (-1, n, n)) for t in new]
 
 
-def _segment_length(steps):
+def segment_length(steps):
     """Steps between two stored traces in :func:`replay`: the largest divisor of ``steps`` not above
     ``√steps + 1`` (10 of 200), so that the stored traces and one segment's recomputed ones are both
     ``≈ √T × B × units²`` floats instead of ``T × B × units²``."""
@@ -134,9 +134,9 @@ def _run_segment(kind, clip, xs, start, length, h, traces, w, keep_traces):
 @tf.function(jit_compile=True, autograph=False)
 def _replay_forward(kind, clip, xs, w):
     """``(hs [T, B, n], the traces before every segment's first step [T / K, B, n, n] per trace)`` from the
-    zero state (K: :func:`_segment_length`)."""
+    zero state (K: :func:`segment_length`)."""
     steps, batch, n = xs.shape[0], xs.shape[1], int(w["recurrent_kernel"].shape[0])
-    length = _segment_length(steps)
+    length = segment_length(steps)
     hs = tf.TensorArray(xs.dtype, size=steps // length, element_shape=[length, batch, n])
     stored = [tf.TensorArray(xs.dtype, size=steps // length, element_shape=[batch, n, n])
               for _ in range(num_traces(kind))]
@@ -219,7 +219,7 @@ def _replay_backward(kind, clip, xs, hs, stored, w, d_hs):
     """The reverse sweep of :func:`replay`: ``(dL/dxs, {name: dL/dw})`` from ``d_hs = dL/dhs``; each segment's
     traces are recomputed from the one stored before it, then swept backwards with :func:`_step_backward`."""
     steps, batch, n = xs.shape[0], xs.shape[1], int(w["recurrent_kernel"].shape[0])
-    length = _segment_length(steps)
+    length = segment_length(steps)
     dxs = tf.TensorArray(xs.dtype, size=steps, element_shape=xs.shape[1:])
     previous = lambda t: tf.where(t > 0, hs[tf.maximum(t - 1, 0)], tf.zeros_like(hs[0]))  # noqa: E731
 
@@ -250,19 +250,34 @@ def _replay_backward(kind, clip, xs, hs, stored, w, d_hs):
     return dxs.stack(), dw
 
 
-def replay(kind, clip, xs, w):
+def replay(kind, clip, xs, w, forward=None):
     """The hidden states ``hs [T, B, units]`` of episodes ``xs [T, B, inputs]`` (time-major) run from the
     zero state with :func:`plastic_step`, as one XLA call forward and one backward: the forward keeps the
     traces before every segment of ``≈ √T`` steps, the backward recomputes a segment's traces from them and
     sweeps :func:`_step_backward` over it in reverse (checked against TensorFlow's gradient of the
-    step-by-step loop in tests/test_hebbian.py)."""
+    step-by-step loop in tests/test_hebbian.py).
+
+    ``forward``: ``(hs, [traces before every segment [T / K, B, units, units] per trace])`` of these
+    episodes under these weights, already computed (the rollout's, :func:`warpgrad_tf.rl.rollout`); the
+    forward pass is then skipped. None: computed here."""
     names = sorted(w)
+    steps = int(xs.shape[0])
+    if forward is not None:
+        hs, stored = forward
+        expected = [steps // segment_length(steps), int(xs.shape[1]), int(w["recurrent_kernel"].shape[0])]
+        if (hs.shape[:2] != xs.shape[:2] or len(stored) != num_traces(kind)
+                or any(a.shape != expected + expected[-1:] for a in stored)):
+            raise ValueError(f"replay forward of shapes {hs.shape} / {[a.shape for a in stored]} does not fit "
+                             f"episodes {xs.shape} (traces [{', '.join(map(str, expected + expected[-1:]))}]).")
 
     @tf.custom_gradient
     def run(xs, *values):
         weights = dict(zip(names, values))  # stop_gradient: no tape records inside the compiled loops
-        hs, stored = _replay_forward(kind, clip, tf.stop_gradient(xs),
-                                     {k: tf.stop_gradient(v) for k, v in weights.items()})
+        if forward is None:
+            hs, stored = _replay_forward(kind, clip, tf.stop_gradient(xs),
+                                         {k: tf.stop_gradient(v) for k, v in weights.items()})
+        else:
+            hs, stored = tf.stop_gradient(forward[0]), [tf.stop_gradient(a) for a in forward[1]]
 
         def gradient(d_hs):
             dxs, dw = _replay_backward(kind, clip, xs, hs, stored, weights, d_hs)

@@ -298,10 +298,20 @@ class _PlasticRNNBase(_TaskRNNBase):
         """Whether :func:`warpgrad_tf.rl.rollout` plays episodes as one XLA call (``fused=True``)."""
         return self.fused
 
-    def replay(self, inputs, weights):
+    def replay(self, inputs, weights, forward=None):
         """The outputs ``h [T, B, units]`` of episodes ``inputs [T, B, input_dim]`` (time-major) run from the
-        zero state under ``weights`` (``{variable name: tensor}``): :func:`warpgrad_tf.layers.plastic.replay`."""
-        return plastic.replay(self.kind, getattr(self, "clip", 0.0), inputs, weights)
+        zero state under ``weights`` (``{variable name: tensor}``): :func:`warpgrad_tf.layers.plastic.replay`
+        (``forward``: its forward pass, recorded by :func:`warpgrad_tf.rl.rollout`)."""
+        return plastic.replay(self.kind, getattr(self, "clip", 0.0), inputs, weights, forward=forward)
+
+    def replay_segment_length(self, steps):
+        """Steps between the traces :meth:`replay` keeps (:func:`warpgrad_tf.layers.plastic.segment_length`)."""
+        return plastic.segment_length(steps)
+
+    def replay_record(self, states):
+        """``(h [B, units], traces [B, units, units] each)`` of a state ``[h, *flat traces]``: what a rollout
+        records for :meth:`replay`'s ``forward``."""
+        return states[0], [tf.reshape(s, (-1, self.units, self.units)) for s in states[1:]]
 
     def get_config(self):
         config = super().get_config()

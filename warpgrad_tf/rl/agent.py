@@ -61,7 +61,7 @@ def _compiles_rollout(model):
     return any(getattr(layer, "compiles_rollout", False) for layer in model.layers)
 
 
-def rollout(warped, task, warp, env, seed, *, greedy=False, episodes=None) -> Episodes:
+def rollout(warped, task, warp, env, seed, *, greedy=False, episodes=None, keep_forward=False) -> Episodes:
     """Play ``env.batch_size`` episodes of ``env.episode_length`` steps, sampling actions from the policy.
 
     Episode goals and teleports are keyed by ``seed`` (see :class:`~warpgrad_tf.envs.MazeEnv`); action
@@ -74,9 +74,14 @@ def rollout(warped, task, warp, env, seed, *, greedy=False, episodes=None) -> Ep
         replica's shard; ``start`` may be a scalar int tensor, ``count`` is a Python int). The environment
         still steps the whole batch (cheap), but the policy runs on those ``count`` episodes only, and their
         goals, starts, teleports and sampled actions are exactly those of the full batch's rows. None: all.
+      keep_forward: also return the forward pass of a cell that replays episodes (``replays_episodes``) over
+        the played episodes, as its ``replay`` takes it: ``(h [T, B, units], [traces before every replay
+        segment, [T / K, B, units, units] per trace])`` (time-major; None for other cells), so that
+        :func:`evaluate` under the same (θ, φ) skips the replay's forward pass.
 
     Returns:
-      :class:`Episodes` with ``count`` (default ``env.batch_size``) rows.
+      :class:`Episodes` with ``count`` (default ``env.batch_size``) rows; with ``keep_forward``,
+      ``(episodes, forward)``.
     """
     b, steps = env.batch_size, env.episode_length
     start, count = (0, b) if episodes is None else episodes
@@ -108,41 +113,77 @@ def rollout(warped, task, warp, env, seed, *, greedy=False, episodes=None) -> Ep
         return (t + 1, env_state, rnn_state, obs_ta.write(t, obs), act_ta.write(t, action),
                 rew_ta.write(t, rows(reward)))
 
+    cell = _replaying_cell(warped.model) if keep_forward else None
+
     def play(env_state):
         arrays = [tf.TensorArray(dtype, size=steps) for dtype in (tf.float32, tf.int32, tf.float32)]
-        loop = tf.while_loop(lambda t, *_: t < steps, body,
-                             (tf.constant(0), env_state, initial_state(warped, count), *arrays),
-                             maximum_iterations=steps)
-        return [ta.stack() for ta in loop[3:]]
+        state = initial_state(warped, count)
+        if cell is None:
+            loop = tf.while_loop(lambda t, *_: t < steps, body, (tf.constant(0), env_state, state, *arrays),
+                                 maximum_iterations=steps)
+            return [ta.stack() for ta in loop[3:]]
+        return _play_recording(cell, body, steps, env_state, state, arrays)
 
     if _compiles_rollout(warped.model):  # the whole loop as one XLA call (the step inlined)
         play = tf.function(play, jit_compile=True, autograph=False)
-    obs, act, rew = play(env_state)
+    obs, act, rew, *forward = play(env_state)
     swap = lambda x: tf.transpose(x, [1, 0] + list(range(2, x.shape.rank)))  # noqa: E731
-    return Episodes(swap(obs), swap(act), swap(rew))
+    played = Episodes(swap(obs), swap(act), swap(rew))
+    return (played, (forward[0], list(forward[1:])) if forward else None) if keep_forward else played
 
 
-def _replaying_cell(model, observations):
+def _play_recording(cell, body, steps, env_state, state, arrays):
+    """The rollout loop of ``body`` in segments of the cell's replay (:func:`rollout`'s ``keep_forward``):
+    ``[obs, actions, rewards, h [T, B, units], *traces before every segment]`` (time-major)."""
+    length = cell.replay_segment_length(steps)
+    h, traces = cell.replay_record(state)
+    hs = tf.TensorArray(h.dtype, size=steps, element_shape=h.shape)
+    stored = [tf.TensorArray(t.dtype, size=steps // length, element_shape=t.shape) for t in traces]
+
+    def step(t, env_state, rnn_state, hs, *arrays):
+        t_next, env_state, rnn_state, *arrays = body(t, env_state, rnn_state, *arrays)
+        return (t_next, env_state, rnn_state, hs.write(t, cell.replay_record(rnn_state)[0]), *arrays)
+
+    def segment(s, env_state, rnn_state, hs, stored, *arrays):
+        stored = [a.write(s, t) for a, t in zip(stored, cell.replay_record(rnn_state)[1])]
+        _, env_state, rnn_state, hs, *arrays = tf.while_loop(
+            lambda t, *_: t < (s + 1) * length, step, (s * length, env_state, rnn_state, hs, *arrays),
+            maximum_iterations=length)
+        return (s + 1, env_state, rnn_state, hs, stored, *arrays)
+
+    loop = tf.while_loop(lambda s, *_: s < steps // length, segment,
+                         (tf.constant(0), env_state, state, hs, stored, *arrays), maximum_iterations=steps // length)
+    return [ta.stack() for ta in loop[5:]] + [loop[3].stack()] + [a.stack() for a in loop[4]]
+
+
+def _replaying_cell(model, observations=None):
     """The agent's cell if it replays whole episodes itself (``replays_episodes``, the fused plastic cells)
     and the episodes' shape is static; else None."""
     cells = [layer for layer in model.layers if getattr(layer, "replays_episodes", False)]
-    return cells[0] if cells and observations.shape.is_fully_defined() else None
+    return cells[0] if cells and (observations is None or observations.shape.is_fully_defined()) else None
 
 
-def evaluate(warped, task, warp, observations):
+def evaluate(warped, task, warp, observations, forward=None):
     """Replay ``observations`` ``[B, T, obs]`` under (θ, φ): returns ``(logits [B, T, A], values [B, T])``.
 
     Step by step through the one-step model (``tf.scan``), or — for a cell that replays whole episodes
     (:meth:`warpgrad_tf.layers.rnn.HebbianRNNCell.replay`) — the cell over the whole sequence, then the
-    ``policy`` and ``value`` heads of :func:`build_agent` on all its outputs at once; the same function."""
+    ``policy`` and ``value`` heads of :func:`build_agent` on all its outputs at once; the same function.
+
+    ``forward``: the forward pass kept by the rollout that played ``observations`` under these same (θ, φ)
+    (``rollout(keep_forward=True)``): the cell's replay then skips its forward pass. None: replayed."""
     observations = tf.convert_to_tensor(observations)
     time_major = tf.transpose(observations, [1, 0, 2])
     cell = _replaying_cell(warped.model, observations)
+    if forward is not None and cell is None:
+        raise ValueError("evaluate forward= needs a cell that replays episodes (a fused plastic cell) and "
+                         f"observations of static shape; got {observations.shape}.")
     if cell is not None:
         warped.check("task", task)
         warped.check("warp", warp)
         merged = {**warped.values("frozen"), **task, **warp}
-        outputs = tf.transpose(cell.replay(time_major, {v.name: merged[v.path] for v in cell.weights}), [1, 0, 2])
+        outputs = tf.transpose(cell.replay(time_major, {v.name: merged[v.path] for v in cell.weights},
+                                           forward=forward), [1, 0, 2])
         heads = [warped.model.get_layer(name) for name in ("policy", "value")]
         logits, values = (head.stateless_call([merged[v.path] for v in head.trainable_variables], [], outputs)[0]
                           for head in heads)

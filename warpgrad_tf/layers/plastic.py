@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-__all__ = ["KINDS", "fused_step", "modulator", "num_traces", "plastic_step", "replay", "segment_length"]
+__all__ = ["KINDS", "fused_step", "modulator", "num_traces", "plastic_step", "replay", "segment_length",
+           "update_traces"]
 
 #: The update rules: Hebbian (2018 Eq. 2), Oja (2018 Eq. 3), neuromodulated (2019 Eq. 3–4), retroactive (Eq. 5–6).
 KINDS = ("hebb", "oja", "simple", "retroactive")
@@ -33,23 +34,29 @@ def plastic_step(kind, clip, x, h, traces, w):
     Written with as few ``[B, units, units]`` temporaries as the rule allows: ``h V`` apart from the plastic
     term, and η (or M) folded into one factor of each outer product."""
     n = int(w["recurrent_kernel"].shape[0])
-    hebb = tf.reshape(traces[0], (-1, n, n))
+    unflat = [tf.reshape(t, (-1, n, n)) for t in traces]
     h_new = tf.tanh(tf.matmul(x, w["kernel"]) + w["bias"] + tf.matmul(h, w["recurrent_kernel"])
-                    + tf.einsum("bi,bij->bj", h, w["alpha"] * hebb))
-    flat = lambda t: tf.reshape(t, (-1, n * n))  # noqa: E731
+                    + tf.einsum("bi,bij->bj", h, w["alpha"] * unflat[0]))
+    return h_new, [tf.reshape(t, (-1, n * n)) for t in update_traces(kind, clip, h, h_new, unflat, w)]
+
+
+def update_traces(kind, clip, h, h_new, traces, w):
+    """The trace update of ``kind`` on ``[B, units, units]`` traces, from ``h_{t−1}`` and ``h_t``: the second
+    half of :func:`plastic_step` (the replay's backward recomputes traces from known hidden states)."""
+    hebb = traces[0]
     if kind == "hebb":  # Miconi et al. 2018, Eq. 2
         eta = w["eta"]
-        return h_new, [flat((1.0 - eta) * hebb + (eta * h)[:, :, None] * h_new[:, None, :])]
+        return [(1.0 - eta) * hebb + (eta * h)[:, :, None] * h_new[:, None, :]]
     if kind == "oja":  # Eq. 3
         post = w["eta"] * h_new[:, None, :]
-        return h_new, [flat(hebb + post * (h[:, :, None] - h_new[:, None, :] * hebb))]
+        return [hebb + post * (h[:, :, None] - h_new[:, None, :] * hebb)]
     m = modulator(h_new, w)
     if kind == "simple":  # Miconi et al. 2019, Eq. 3-4
-        return h_new, [flat(tf.clip_by_value(hebb + h[:, :, None] * (m * h_new)[:, None, :], -clip, clip))]
-    trace, eta = tf.reshape(traces[1], (-1, n, n)), w["eta"]  # Eq. 5-6
+        return [tf.clip_by_value(hebb + h[:, :, None] * (m * h_new)[:, None, :], -clip, clip)]
+    trace, eta = traces[1], w["eta"]  # Eq. 5-6
     hebb = tf.clip_by_value(hebb + m[:, None, :] * trace, -clip, clip)
     trace = (1.0 - eta) * trace + (eta * h)[:, :, None] * h_new[:, None, :]
-    return h_new, [flat(hebb), flat(trace)]
+    return [hebb, trace]
 
 
 @tf.function(jit_compile=True, autograph=False)
@@ -113,22 +120,18 @@ def segment_length(steps):
     return max(d for d in range(1, int(steps**0.5) + 2) if steps % d == 0)
 
 
-def _run_segment(kind, clip, xs, start, length, h, traces, w, keep_traces):
-    """Steps ``start … start + length − 1`` from ``(h, traces)``: ``(h, traces, hs TensorArray, traces
-    before each step TensorArray per trace (if ``keep_traces``))``."""
+def _run_segment(kind, clip, xs, start, length, h, traces, w):
+    """Steps ``start … start + length − 1`` from ``(h, traces)``: ``(h, traces, hs TensorArray)``."""
     batch, n = xs.shape[1], int(w["recurrent_kernel"].shape[0])
     hs = tf.TensorArray(xs.dtype, size=length, element_shape=[batch, n])
-    kept = [tf.TensorArray(xs.dtype, size=length, element_shape=[batch, n, n])
-            for _ in range(num_traces(kind) if keep_traces else 0)]
 
-    def body(i, h, traces, hs, kept):
-        kept = [a.write(i, tr) for a, tr in zip(kept, traces)]
+    def body(i, h, traces, hs):
         h, traces = _step3(kind, clip, xs[start + i], h, traces, w)
-        return i + 1, h, traces, hs.write(i, h), kept
+        return i + 1, h, traces, hs.write(i, h)
 
-    _, h, traces, hs, kept = tf.while_loop(lambda i, *_: i < length, body, (tf.constant(0), h, traces, hs, kept),
-                                           maximum_iterations=length)
-    return h, traces, hs, kept
+    _, h, traces, hs = tf.while_loop(lambda i, *_: i < length, body, (tf.constant(0), h, traces, hs),
+                                     maximum_iterations=length)
+    return h, traces, hs
 
 
 @tf.function(jit_compile=True, autograph=False)
@@ -143,7 +146,7 @@ def _replay_forward(kind, clip, xs, w):
 
     def body(s, h, traces, hs, stored):
         stored = [a.write(s, tr) for a, tr in zip(stored, traces)]
-        h, traces, seg, _ = _run_segment(kind, clip, xs, s * length, length, h, traces, w, False)
+        h, traces, seg = _run_segment(kind, clip, xs, s * length, length, h, traces, w)
         return s + 1, h, traces, hs.write(s, seg.stack()), stored
 
     init = (tf.constant(0), tf.zeros([batch, n], xs.dtype), _zero_traces(kind, batch, n, xs.dtype), hs, stored)
@@ -214,6 +217,19 @@ def _step_backward(kind, clip, x, h, h_new, traces, w, g, d_traces):
     return tf.matmul(da, w["kernel"], transpose_b=True), dh, d_new, dw, dense
 
 
+def _segment_traces(kind, clip, hs, previous, start, length, traces, w):
+    """The traces before each of steps ``start … start + length − 1`` (a TensorArray per trace), recomputed
+    from the traces before ``start`` with :func:`update_traces` and the known hidden states ``hs``."""
+    kept = [tf.TensorArray(t.dtype, size=length, element_shape=t.shape) for t in traces]
+
+    def body(i, traces, kept):
+        kept = [a.write(i, tr) for a, tr in zip(kept, traces)]
+        return i + 1, update_traces(kind, clip, previous(start + i), hs[start + i], traces, w), kept
+
+    return tf.while_loop(lambda i, *_: i < length, body, (tf.constant(0), traces, kept),
+                         maximum_iterations=length)[2]
+
+
 @tf.function(jit_compile=True, autograph=False)
 def _replay_backward(kind, clip, xs, hs, stored, w, d_hs):
     """The reverse sweep of :func:`replay`: ``(dL/dxs, {name: dL/dw})`` from ``d_hs = dL/dhs``; each segment's
@@ -225,8 +241,7 @@ def _replay_backward(kind, clip, xs, hs, stored, w, d_hs):
 
     def segment(s, dh, d_traces, dw, dxs):
         start = s * length
-        _, _, _, kept = _run_segment(kind, clip, xs, start, length, previous(start), [a[s] for a in stored], w,
-                                     True)
+        kept = _segment_traces(kind, clip, hs, previous, start, length, [a[s] for a in stored], w)
 
         def step(i, dh, d_traces, dw, dxs):
             t = start + i

@@ -313,6 +313,10 @@ class _PlasticRNNBase(_TaskRNNBase):
         records for :meth:`replay`'s ``forward``."""
         return states[0], [tf.reshape(s, (-1, self.units, self.units)) for s in states[1:]]
 
+    def state_from_record(self, h, traces):
+        """The state ``[h, *flat traces]`` of :meth:`replay_record`'s ``(h, traces)``."""
+        return [h, *(tf.reshape(t, (-1, self.units * self.units)) for t in traces)]
+
     def get_config(self):
         config = super().get_config()
         config.update(alpha_initializer=keras.initializers.serialize(self.alpha_initializer), fused=self.fused)

@@ -42,16 +42,12 @@ def _cpu():
     return usage.ru_utime + usage.ru_stime
 
 
-def measure(cell, iterations, threads=1, seed=0):
-    """Trace one task update of ``cell`` (``name`` or ``name:plasticity``), then time ``iterations`` more.
-
-    Returns ``{cell, module, trace_cpu_s, cpu_s, episodes, episodes_per_cpu_s}``.
-    """
+def _agent(cell, threads, seed):
+    """The published 11×11 maze (batches of 30 × 200 steps) and ``cell``'s agent, on ``threads`` threads."""
     import keras
     import tensorflow as tf
 
     from trainers import maze
-    from warpgrad_tf import algorithms
     from warpgrad_tf.envs import MazeEnv
     from warpgrad_tf.layers import rnn
     from warpgrad_tf.model import WarpedModel
@@ -66,6 +62,21 @@ def measure(cell, iterations, threads=1, seed=0):
     keras.utils.set_random_seed(seed)
     warped = WarpedModel(build_agent(rnn.make_cell(name, units=100, **kwargs), env.observation_size,
                                      env.num_actions))
+    return env, warped
+
+
+def measure(cell, iterations, threads=1, seed=0):
+    """Trace one task update of ``cell`` (``name`` or ``name:plasticity``), then time ``iterations`` more.
+
+    Returns ``{cell, module, trace_cpu_s, cpu_s, episodes, episodes_per_cpu_s}``.
+    """
+    import tensorflow as tf
+
+    from trainers import maze
+    from warpgrad_tf import algorithms
+    from warpgrad_tf.layers import rnn
+
+    env, warped = _agent(cell, threads, seed)
     task_optimizer = algorithms.meta_optimizer(1e-3, kind="adam", name="task", global_clipnorm=4.0)
     task_optimizer.build(list(warped.variables("task").values()))
     warp_vars = list(warped.variables("warp").values())
@@ -91,24 +102,11 @@ def measure(cell, iterations, threads=1, seed=0):
 
 def phases(cell, iterations, threads=1, seed=0):
     """CPU-seconds per batch of ``cell``'s rollout, replay, and replay + A2C loss + backward pass."""
-    import keras
     import tensorflow as tf
 
-    from trainers import maze
-    from warpgrad_tf.envs import MazeEnv
-    from warpgrad_tf.layers import rnn
-    from warpgrad_tf.model import WarpedModel
-    from warpgrad_tf.rl import a2c_loss, build_agent, evaluate, rollout
+    from warpgrad_tf.rl import a2c_loss, evaluate, rollout
 
-    if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    name, _, plasticity = cell.partition(":")
-    kwargs = {maze.PLASTICITY[name][0]: plasticity} if plasticity else {}
-    env = MazeEnv(size=11, batch_size=30, episode_length=200, rules="published")
-    keras.utils.set_random_seed(seed)
-    warped = WarpedModel(build_agent(rnn.make_cell(name, units=100, **kwargs), env.observation_size,
-                                     env.num_actions))
+    env, warped = _agent(cell, threads, seed)
     task, warp = warped.values("task"), warped.values("warp")
     play = tf.function(lambda s: rollout(warped, task, warp, env, s))
     played = play(tf.constant(seed, tf.int64))

@@ -290,12 +290,9 @@ class _PlasticRNNBase(_TaskRNNBase):
 
     @property
     def replays_episodes(self):
-        """Whether :func:`warpgrad_tf.rl.evaluate` replays episodes through :meth:`replay` (``fused=True``)."""
-        return self.fused
-
-    @property
-    def compiles_rollout(self):
-        """Whether :func:`warpgrad_tf.rl.rollout` plays episodes as one XLA call (``fused=True``)."""
+        """Whether :func:`warpgrad_tf.rl.evaluate` replays episodes through :meth:`replay` and
+        :func:`warpgrad_tf.rl.rollout` plays them as one XLA call, carrying :meth:`replay_record`'s layout
+        (``fused=True``)."""
         return self.fused
 
     def replay(self, inputs, weights, forward=None):

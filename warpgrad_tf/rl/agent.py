@@ -55,13 +55,6 @@ def initial_state(warped, batch_size):
     return [tf.zeros([batch_size, int(s.shape[-1])], model.inputs[0].dtype) for s in model.inputs[1:]]
 
 
-def _compiled_cell(model):
-    """The agent's cell if it asks for its rollout loop to be one XLA call (``compiles_rollout``: the fused
-    plastic cells, whose per-step XLA call would otherwise be launched once per step); else None."""
-    cells = [layer for layer in model.layers if getattr(layer, "compiles_rollout", False)]
-    return cells[0] if cells else None
-
-
 def rollout(warped, task, warp, env, seed, *, greedy=False, episodes=None, keep_forward=False) -> Episodes:
     """Play ``env.batch_size`` episodes of ``env.episode_length`` steps, sampling actions from the policy.
 
@@ -99,7 +92,7 @@ def rollout(warped, task, warp, env, seed, *, greedy=False, episodes=None, keep_
             ) if sharded else (lambda x: x)
     into_batch = lambda x: tf.scatter_nd((start + tf.range(count))[:, None], x, [b, *x.shape[1:]])  # noqa: E731
 
-    compiled = _compiled_cell(warped.model)
+    compiled = _replaying_cell(warped.model)  # the fused plastic cells: the loop as one XLA call, not a launch per step
     # A compiled cell's state is carried through the loop in the cell's own layout (the plastic cells' traces
     # as [B, units, units], :meth:`~warpgrad_tf.layers.rnn.HebbianRNNCell.replay_record`): XLA runs the loop
     # 2–4× faster than with the flat [B, units²] traces the one-step model takes (the same numbers).
@@ -121,7 +114,7 @@ def rollout(warped, task, warp, env, seed, *, greedy=False, episodes=None, keep_
         return (t + 1, env_state, carry_of(rnn_state), obs_ta.write(t, obs), act_ta.write(t, action),
                 rew_ta.write(t, rows(reward)))
 
-    cell = _replaying_cell(warped.model) if keep_forward else None
+    cell = compiled if keep_forward else None
 
     def play(env_state):
         arrays = [tf.TensorArray(dtype, size=steps) for dtype in (tf.float32, tf.int32, tf.float32)]

@@ -267,7 +267,7 @@ class WorkerCheckpointer:
 # ---------------------------------------------------------------------------------------------- the seam
 
 
-def sharded_sum(strategy, fn, *, finish=None, jit_compile=False):
+def sharded_sum(strategy, fn, *, finish=None, apply=None, jit_compile=False):
     """The seam every meta-step runs through, on one replica or many: per-replica sums, all-reduced.
 
     ``run = sharded_sum(strategy, fn, finish=finish)`` gives ``run(inputs, extra) -> (total, local)``:
@@ -280,7 +280,9 @@ def sharded_sum(strategy, fn, *, finish=None, jit_compile=False):
     tensors shared by every replica (counts, step numbers). ``jit_compile`` compiles ``fn`` with XLA; the
     all-reduce stays outside the compiled cluster. ``True`` falls back to the plain graph with a one-line
     notice when ``fn``'s ops do not compile, ``"strict"`` raises instead
-    (:func:`~warpgrad_tf.accelerate.with_fallback`; ``run.compute.xla`` tells which path runs).
+    (:func:`~warpgrad_tf.accelerate.with_fallback`; ``run.compute.xla`` tells which path runs). ``apply(result,
+    extra)``, when given, is traced into the same call after ``finish``, in cross-replica context on the first
+    replica's result (e.g. apply the meta-update when it is finite: one graph call per meta-step).
 
     Returns ``total`` (``finish``'s result, from the first local replica) and ``local`` as
     ``{g: nest}`` for this worker's replicas. On the default strategy this is one call of ``fn`` on g = 0:
@@ -300,7 +302,10 @@ def sharded_sum(strategy, fn, *, finish=None, jit_compile=False):
                 total = _all_reduce(sums)
                 return (total if finish is None else finish(total, extra)), local
 
-            return strategy.run(replica, args=(inputs,))
+            total, local = strategy.run(replica, args=(inputs,))
+            if apply is not None:
+                apply(_first_local(strategy, total), extra)
+            return total, local
 
         return compute
 

@@ -238,12 +238,6 @@ def _local_indices(owned, eta):
     return indices, real
 
 
-def _local_batch(buffer, owned, eta, dtype):
-    """The samples ``owned`` of one buffer as a padded :class:`~warpgrad_tf.replay.Batch` and their weights."""
-    indices, real = _local_indices(owned, eta)
-    return buffer.gather(indices), tf.constant(real, dtype)
-
-
 def _build_optimizers(warped, optimizers, warp, init):
     """Create the meta-optimizers' slots now, so that :func:`offline_step`'s fused replay call can apply them
     inside a ``tf.cond`` (no variable may be created there)."""
@@ -329,18 +323,20 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
         base.apply_meta_gradients(warped, grads, optimizers, init_weight=learner.init_weight,
                                   learned_rate=learned_rate, clip=clip)
 
-    # The default strategy, no learned rate, no XLA: each mini-batch is one call that gathers its samples from
-    # the stacked buffer, takes the meta-gradient (the same replay_terms / replay_finish) and applies it when it
-    # is finite — instead of an eager gather, two calls and their nest conversions per update (docs/performance.md).
+    # The default strategy, no learned rate, no XLA: each mini-batch is one sharded_sum call that gathers its
+    # samples from the stacked buffer, takes the meta-gradient (the same replay_terms / replay_finish) and applies
+    # it when it is finite — instead of an eager gather, two calls and their nest conversions (docs/performance.md).
     default = not tf.distribute.has_strategy() and strategy is tf.distribute.get_strategy()
     fused = default and len(local_ids) == 1 and learned_rate is None and not jit_compile
 
-    @tf.function(reduce_retracing=True)
-    def replay_apply(task_data, seeds, records, task_index, step, indices, weights, init, count):
+    def gathered_terms(inputs, count):
+        (task_data, seeds, records), ((task_index, steps, indices), weights, init) = inputs
         task, opt = tf.nest.map_structure(lambda t: tf.gather(t, indices), records)
-        batch = replay_lib.Batch(task, opt, task_index, step)
-        total, _ = replay_terms(((task_data, seeds), (batch, weights, init)), count)
-        (warp_grads, lr_grads, loss, init), finite = replay_finish(total, count)
+        batch = replay_lib.Batch(task, opt, task_index, steps)
+        return replay_terms(((task_data, seeds), (batch, weights, init)), count)
+
+    def apply_if_finite(result, count):
+        (warp_grads, lr_grads, _, init), finite = result
 
         def apply():
             base.apply_meta_gradients(warped, base.MetaGradients(warp_grads, init, lr_grads, {}), optimizers,
@@ -348,7 +344,9 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
             return tf.constant(True)
 
         tf.cond(finite, apply, lambda: tf.constant(False))
-        return loss, finite
+
+    fused_replay = distribute.sharded_sum(strategy, gathered_terms, finish=replay_finish,
+                                          apply=apply_if_finite) if fused else None
 
     def step(tasks, seeds, shuffle_seed=None):
         tasks = base.as_tasks(tasks)
@@ -364,53 +362,44 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
         collected = time.perf_counter()
 
         # replay (lines 13–23) over the global sample numbering; replica g holds samples [g·span, (g+1)·span)
-        task_data = replay.place(lambda g: buffers[g].task_data())  # the meta-batch's data: placed once per step
+        records = next(iter(buffers.values())).stacked_records() if fused and init_lr is None else None
+        in_graph = records is not None  # the fused call (gather and apply in the graph), else gather, call, apply
+        run = fused_replay if in_graph else replay
+        # the meta-batch's data: placed once per step
+        data = run.place(lambda g: buffers[g].task_data() + ((records,) if in_graph else ()))
+        if in_graph:
+            _build_optimizers(warped, optimizers, learn_warp, has_init)
         theta0 = warped.values("task")
         dtype = next(iter(theta0.values())).dtype
         zeros_init = {k: tf.zeros_like(v) for k, v in theta0.items()} if has_init else {}
+
+        def replica_input(b, owned):
+            """Replica inputs for its samples ``owned`` (padded to η): the samples (their locations when
+            gathered in the graph), their weights and their share of the initialisation gradient."""
+            indices, real = _local_indices(owned, eta)
+            init = b.init_gradient(owned, total_tasks=num_tasks) if has_init and owned.size else None
+            samples = tuple(tf.constant(a) for a in b.locate(indices) + (indices,)) if in_graph else \
+                b.gather(indices)
+            return samples, tf.constant(real, dtype), zeros_init if init is None else init
+
         order = np.random.default_rng(shuffle_seed).permutation(total)  # as ReplayBuffer.minibatches
         span = per * learner.steps
         meta_loss, meta_steps = 0.0, 0
-        records = next(iter(buffers.values())).stacked_records() if fused and init_lr is None else None
-        if records is not None:
-            ((_, b),) = buffers.items()
-            fields, task_seeds = b.task_data()
-            for begin in range(0, total, eta):
-                indices, real = _local_indices(np.sort(order[begin:begin + eta]), eta)
-                init = b.init_gradient(indices[real], total_tasks=num_tasks) if has_init else None
-                init = zeros_init if init is None else init
-                if meta_steps == 0:
-                    _build_optimizers(warped, optimizers, learn_warp, init)
-                task_index, steps = b.locate(indices)
-                count = tf.constant(min(eta, total - begin))
-                loss, finite = replay_apply(fields, task_seeds, records, tf.constant(task_index), tf.constant(steps),
-                                            tf.constant(indices), tf.constant(real, dtype), init, count)
-                if not bool(finite):  # nothing was applied; the unfused call names the offending gradients
-                    inputs = (b.gather(indices), tf.constant(real, dtype), init)
-                    (warp_grads, lr_grad, loss, _), _ = replay((task_data, replay.place(lambda _, i=inputs: i)),
-                                                               count)[0]
-                    base.raise_if_not_finite(False, f"offline replay, meta-step {meta_steps + 1}",
-                                             base.MetaGradients(warp_grads, {}, lr_grad, {}), loss)
-                meta_loss += float(loss)
-                meta_steps += 1
-        for begin in range(0 if records is None else total, total, eta):
+        for begin in range(0, total, eta):
             indices = order[begin:begin + eta]
-            inputs = {}
-            for g, b in buffers.items():
-                owned = np.sort(indices[(indices >= g * span) & (indices < (g + 1) * span)] - g * span)
-                batch, weights = _local_batch(b, owned, eta, dtype)
-                init = b.init_gradient(owned, total_tasks=num_tasks) if has_init and owned.size else None
-                inputs[g] = (batch, weights, zeros_init if init is None else init)
-            (warp_grads, lr_grad, loss, init), finite = replay((task_data, replay.place(inputs.__getitem__)),
-                                                               tf.constant(len(indices)))[0]
+            inputs = {g: replica_input(b, np.sort(indices[(indices >= g * span) & (indices < (g + 1) * span)]
+                                                  - g * span)) for g, b in buffers.items()}
+            (warp_grads, lr_grad, loss, init), finite = run((data, run.place(inputs.__getitem__)),
+                                                            tf.constant(len(indices)))[0]
             base.raise_if_not_finite(finite, f"offline replay, meta-step {meta_steps + 1}",
                                      base.MetaGradients(warp_grads, {}, lr_grad, {}), loss)
-            if init_lr is not None:  # MAML's α-gradient, spread over the pass like g_θ0
-                share = len(indices) / total * learner.init_weight
-                extra = tf.nest.map_structure(lambda t, s=share: s * t, init_lr)
-                lr_grad = extra if lr_grad is None else tf.nest.map_structure(
-                    lambda a, b: a + tf.cast(b, a.dtype), lr_grad, extra)
-            apply_fn(base.MetaGradients(warp_grads, init, lr_grad, {}))
+            if not in_graph:  # the fused call applied it already
+                if init_lr is not None:  # MAML's α-gradient, spread over the pass like g_θ0
+                    share = len(indices) / total * learner.init_weight
+                    extra = tf.nest.map_structure(lambda t, s=share: s * t, init_lr)
+                    lr_grad = extra if lr_grad is None else tf.nest.map_structure(
+                        lambda a, b: a + tf.cast(b, a.dtype), lr_grad, extra)
+                apply_fn(base.MetaGradients(warp_grads, init, lr_grad, {}))
             meta_loss += float(loss)
             meta_steps += 1
         reports = [b.memory() for b in buffers.values()]

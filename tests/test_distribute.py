@@ -82,6 +82,48 @@ def _diverging(strategy):
     return out
 
 
+def _multi_head(strategy):
+    """One multi-headed pre-training step (Table 2's fine-tuning baseline) in float64: alphabet "a" on both
+    replicas, "b" on the first only, "c" on neither; returns θ0 and every head after it."""
+    import keras
+
+    import warpgrad_tf as wg
+    from warpgrad_tf import algorithms
+
+    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")  # both: Keras fixes its policy when the first layer is built
+    try:
+        with strategy.scope():
+            model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, activation="tanh", name="body"),
+                                      keras.layers.Dense(2, name="head")], name="multi_head_test")
+            rng = np.random.default_rng(2)
+            for v in sorted(model.trainable_variables, key=lambda v: v.path):
+                v.assign(rng.uniform(-0.8, 0.8, v.shape))
+            warped = wg.WarpedModel(model)
+            heads = algorithms.multihead.head_variables(warped, ["a", "b", "c"])
+            opt = keras.optimizers.SGD(0.5)
+            opt.build(list(warped.variables("task").values()) + [v for h in heads.values() for v in h.values()])
+        learner = algorithms.meta_learner(wg.sgd(0.1), wg.losses.softmax_cross_entropy, 1, init="multitask",
+                                          objective=None, init_weight=0.7)
+        rng = np.random.default_rng(9)
+        x, y = rng.standard_normal((NUM_TASKS, 4, 2)), rng.integers(2, size=(NUM_TASKS, 4))
+        step = algorithms.multihead.multi_head_step(warped, learner, heads, opt, strategy=strategy)
+        def values():
+            out = {f"multihead/theta0/{k}": v.numpy() for k, v in warped.variables("task").items()}
+            return dict(out, **{f"multihead/{a}/{k}": v.numpy() for a, h in heads.items() for k, v in h.items()})
+
+        before = values()
+        metrics = step(algorithms.Tasks(x, y, x, y), [1, 2, 3, 4], ["a", "b", "a", "a"])
+        out = values()
+        out["multihead_moved"] = sorted(k for k in out if np.abs(out[k] - before[k]).max() > 1e-6)
+        out["multihead_loss"] = metrics["task_loss_first"]
+        return out
+    finally:
+        keras.config.set_floatx(floatx)
+        keras.config.set_dtype_policy(policy)
+
+
 def run_steps(strategy, root_dir=None, offline=True):
     """One distributed Algorithm-1 step and, on a fresh model, one Algorithm-2 pass; returns the variables."""
     from warpgrad_tf import algorithms, distribute
@@ -112,6 +154,7 @@ def run_steps(strategy, root_dir=None, offline=True):
     except ValueError as e:
         out["indivisible_error"] = str(e)
     out.update(_diverging(strategy))
+    out.update(_multi_head(strategy))
     return out
 
 
@@ -139,7 +182,8 @@ def _single_device_reference():
 def reference():
     import tensorflow as tf
 
-    return dict(_single_device_reference(), **_diverging(tf.distribute.get_strategy()))
+    return dict(_single_device_reference(), **_diverging(tf.distribute.get_strategy()),
+                **_multi_head(tf.distribute.get_strategy()))
 
 
 def _assert_same_divergence(result, reference):
@@ -174,6 +218,18 @@ def _assert_same_update(result, reference, algorithms=("online", "offline")):
         assert int(result["offline_meta_steps"]) == reference["offline_meta_steps"] == -(-NUM_TASKS * STEPS // ETA)
 
 
+def _assert_same_multi_head(result, reference):
+    """Multi-headed pre-training: the same θ0 and heads as one replica; the body and the heads seen moved, θ0's
+    own head and the unseen alphabet's did not."""
+    keys = [k for k in reference if k.startswith("multihead/")]
+    assert keys and all(k in result for k in keys)
+    for k in keys:
+        np.testing.assert_allclose(result[k], reference[k], rtol=1e-12, atol=1e-14, err_msg=k)
+    moved = sorted(k for k in keys if "/head/" not in k or k.startswith(("multihead/a/", "multihead/b/")))
+    assert list(result["multihead_moved"]) == list(reference["multihead_moved"]) == moved
+    np.testing.assert_allclose(result["multihead_loss"], reference["multihead_loss"], rtol=1e-12)
+
+
 def _initial_values():
     import warpgrad_tf as wg
 
@@ -193,6 +249,7 @@ def test_mirrored_two_cpu_replicas_matches_single_device(tmp_path, reference):
     assert int(result["bytes_in_memory_per_replica"]) * 2 == reference["bytes_in_memory"]
     assert "does not divide evenly over 2 replicas" in str(result["indivisible_error"])
     _assert_same_divergence(result, reference)
+    _assert_same_multi_head(result, reference)
 
 
 def _free_ports(n):

@@ -260,3 +260,5 @@ def test_multi_head_step_updates_each_alphabet_head_by_its_own_gradient_and_head
     with pytest.raises(ValueError, match="no head for task keys"):
         step = algorithms.multihead.multi_head_step(warped, learner, heads, opt)
         step(algorithms.Tasks(x, y, x, y), seeds, ["a", "c", "a"])
+    with pytest.raises(ValueError, match="got 2 head keys for 3 tasks"):
+        step(algorithms.Tasks(x, y, x, y), seeds, ["a", "b"])

@@ -82,6 +82,21 @@ def _diverging(strategy):
     return out
 
 
+def _apply_hook(strategy):
+    """``sharded_sum(..., apply=)``: the update runs once, in the same call, on the all-reduced result."""
+    import tensorflow as tf
+
+    from warpgrad_tf import distribute
+
+    with strategy.scope():
+        v = tf.Variable(0.0)
+    run = distribute.sharded_sum(strategy, lambda x, scale: (x, ()), finish=lambda total, scale: scale * total,
+                                 apply=lambda result, scale: v.assign_add(result))
+    total, _ = run(lambda g: tf.constant(float(g + 1)), tf.constant(2.0))
+    return {"apply_hook_total": float(total), "apply_hook_variable": [float(t) for t in
+                                                                     strategy.experimental_local_results(v)]}
+
+
 def _multi_head(strategy):
     """One multi-headed pre-training step (Table 2's fine-tuning baseline) in float64: alphabet "a" on both
     replicas, "b" on the first only, "c" on neither; returns θ0 and every head after it."""
@@ -154,7 +169,7 @@ def run_steps(strategy, root_dir=None, offline=True):
     except ValueError as e:
         out["indivisible_error"] = str(e)
     out.update(_diverging(strategy))
-    out.update(_multi_head(strategy))
+    out.update(_multi_head(strategy), **_apply_hook(strategy))
     return out
 
 
@@ -250,6 +265,8 @@ def test_mirrored_two_cpu_replicas_matches_single_device(tmp_path, reference):
     assert "does not divide evenly over 2 replicas" in str(result["indivisible_error"])
     _assert_same_divergence(result, reference)
     _assert_same_multi_head(result, reference)
+    # replicas 1 and 2 contribute 1 + 2, scaled by 2 in finish, applied once to each copy of the variable
+    assert float(result["apply_hook_total"]) == 6.0 and list(result["apply_hook_variable"]) == [6.0, 6.0]
 
 
 def _free_ports(n):

@@ -68,7 +68,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--filters", type=int, default=64)
     p.add_argument("--eta", type=int, default=1)
-    p.add_argument("--objective", default="exact", choices=["exact", "approx"])
+    p.add_argument("--objective", default="exact", choices=wg.objectives.OBJECTIVES)
     p.add_argument("--data_dir", default=None)
     p.add_argument("--dtype", default=None, help="Keras dtype policy of the learner, e.g. mixed_bfloat16")
     p.add_argument("--replay_memory_mb", type=float, default=None,

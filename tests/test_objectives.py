@@ -76,6 +76,28 @@ def test_approx_equals_exact_with_task_gradient_held_constant(float64):
     assert np.sqrt(total_diff / total) > 1e-3
 
 
+def test_approx_released_is_the_meta_loss_gradient_at_the_stored_point(float64):
+    """The released code's approximation (``approx_step``): ∇_φ L_meta(θ_k; φ) by hand, no task step; it differs
+    from Eq. 12, whose step is taken under the current φ."""
+    warped, rule, task, opt_state, tb, mb = _setup("momentum")
+    warp = warped.values("warp")
+    released = wg.warp_objective(warped, warp, task, opt_state, _learner(rule, objective="approx_released"), tb, mb)
+    with tf.GradientTape() as tape:
+        tape.watch(warp)
+        out, _ = warped.apply(task, warp, mb[0], training=True)
+        meta = wg.losses.mse(mb[1], out)
+    by_hand = tape.gradient(meta, warp)
+    np.testing.assert_allclose(released.meta_loss, meta, rtol=1e-12)
+    approx = wg.warp_objective(warped, warp, task, opt_state, _learner(rule, objective="approx"), tb, mb)
+    diff = total = 0.0
+    for name in warp:
+        np.testing.assert_allclose(released.grads[name], by_hand[name], rtol=1e-10, atol=1e-12)
+        diff += float(tf.reduce_sum(tf.square(released.grads[name] - approx.grads[name])))
+        total += float(tf.reduce_sum(tf.square(approx.grads[name])))
+    assert np.sqrt(diff / total) > 1e-3
+    assert released.learning_rate_grad is None
+
+
 def test_meta_loss_gradient_takes_no_step(float64):
     warped, rule, task, opt_state, tb, mb = _setup("sgd")
     warp = warped.values("warp")
@@ -113,3 +135,5 @@ def test_unknown_objective_is_an_error():
     with pytest.raises(ValueError, match="exact"):
         wg.warp_objective(warped, warped.values("warp"), task, opt_state,
                           _learner(rule)._replace(objective="second_order"), tb, mb)
+    with pytest.raises(ValueError, match="approx_released"):
+        _learner(rule, objective="approx_relased")

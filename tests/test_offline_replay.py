@@ -20,7 +20,7 @@ def _values(warped, role):
     return {k: v.numpy().copy() for k, v in warped.variables(role).items()}
 
 
-@pytest.mark.parametrize("objective", ["exact", "approx"])
+@pytest.mark.parametrize("objective", ["exact", "approx", "approx_released"])
 def test_eta1_replay_pass_equals_sequential_warp_updates_on_the_stored_trajectories(float64, objective):
     """η = 1, SGD on φ: each update is ``φ ← φ − β ∇L(φ; θ_k)`` (Eq. 11 / 12) at the *current* φ, on the
     trajectory collected at φ0, in the pass's permutation order — recomputed here step by step."""

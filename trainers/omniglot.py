@@ -210,8 +210,9 @@ def _check_config(me, ad, mt, ev, bk):
     methods_lib.get(me.method)
     if me.algorithm not in ALGORITHMS:
         raise ValueError(f"Unknown train_eval.algorithm {me.algorithm!r}; choose one of {list(ALGORITHMS)}.")
-    if me.objective not in (None, "exact", "approx"):
-        raise ValueError(f"train_eval.objective must be None, 'exact' or 'approx'; got {me.objective!r}.")
+    if me.objective is not None and me.objective not in wg.objectives.OBJECTIVES:
+        raise ValueError(f"train_eval.objective must be None or one of {wg.objectives.OBJECTIVES}; "
+                         f"got {me.objective!r}.")
     if me.learned_rate is not None and me.learned_rate not in learned_lr.GRANULARITIES:
         raise ValueError(f"Unknown train_eval.learned_rate {me.learned_rate!r}; choose None or one of "
                          f"{list(learned_lr.GRANULARITIES)}.")
@@ -245,7 +246,8 @@ def train_eval(root_dir, data_dir, tasks=task_sources.OmniglotSource, strategy=N
       preset: the gin file's name (for results; informational).
       algorithm: ``"offline"`` (Alg. 2, replay in mini-batches of ``eta``) or ``"online"`` (Alg. 1); only
         methods that meta-learn warps use it, the others always run Alg. 1 (no warp replay needed).
-      objective: warp objective override (``"exact"`` Eq. 11, ``"approx"`` Eq. 12) or None (the method's).
+      objective: warp objective override (``"exact"`` Eq. 11, ``"approx"`` Eq. 12, ``"approx_released"`` the
+        released code's, no task step: :mod:`warpgrad_tf.objectives`) or None (the method's).
       eta: offline replay mini-batch size η.
       replay_memory_mb: memory budget (MB) of the offline replay buffer; trajectory records beyond it are
         spilled to ``<root_dir>/replay`` and read back when replayed (App. F's disk buffer). None keeps

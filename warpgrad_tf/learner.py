@@ -23,7 +23,11 @@ from warpgrad_tf.learned_lr import LearnedRate
 from warpgrad_tf.rule import UpdateRule
 
 __all__ = ["deprecated_arguments", "inner_loop", "inner_rate", "learned_rate_of", "learner_of", "legacy_learner",
-           "MetaLearner"]
+           "MetaLearner", "WARP_OBJECTIVES"]
+
+#: The warp objectives :func:`~warpgrad_tf.objectives.warp_objective` evaluates, named here, below it, so that
+#: every validator reads one list: Eq. 11, Eq. 12, and the released code's approximation (no task step).
+WARP_OBJECTIVES = ("exact", "approx", "approx_released")
 
 
 class MetaLearner(NamedTuple):
@@ -37,7 +41,8 @@ class MetaLearner(NamedTuple):
       loss_fn: task loss ``loss_fn(y_true, y_pred)``.
       steps: K, inner steps per task (:func:`~warpgrad_tf.adaptation.adapt` also takes an integer tensor).
       init: the :class:`~warpgrad_tf.initialisation.InitObjective` C (None: adaptation only).
-      objective: ``"exact"`` (Eq. 11), ``"approx"`` (Eq. 12) or ``None`` (warps not meta-learned).
+      objective: ``"exact"`` (Eq. 11), ``"approx"`` (Eq. 12), ``"approx_released"`` (the released code's
+        approximation, :func:`~warpgrad_tf.objectives.warp_objective`) or ``None`` (warps not meta-learned).
       init_weight: λ ≥ 0.
       batch_size: task mini-batch size (``None``: the whole support set every step).
       meta_batch_size: meta-loss mini-batch size on the query set (``None``: all of it).
@@ -77,7 +82,7 @@ def inner_loop(rule, loss_fn, steps, *, batch_size=None, training=True, frozen=N
     """A validated :class:`MetaLearner` for adaptation and evaluation (no C; λ = 0).
 
     ``steps`` is an int ≥ 0 or an integer tensor, checked when the loop runs; every other problem is a
-    ValueError naming the argument, raised before any work. ``objective`` (``"exact"`` or ``"approx"``) is what
+    ValueError naming the argument, raised before any work. ``objective`` (one of :data:`WARP_OBJECTIVES`) is what
     :func:`~warpgrad_tf.objectives.warp_objective` evaluates with this learner.
     """
     if not isinstance(rule, UpdateRule):
@@ -86,8 +91,9 @@ def inner_loop(rule, loss_fn, steps, *, batch_size=None, training=True, frozen=N
         raise ValueError(f"loss_fn must be a function loss_fn(y_true, y_pred); got {loss_fn!r}.")
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1 or None; got {batch_size}.")
-    if objective not in (None, "exact", "approx"):
-        raise ValueError(f"Unknown warp objective {objective!r}; choose 'exact' (Eq. 11) or 'approx' (Eq. 12).")
+    if objective is not None and objective not in WARP_OBJECTIVES:
+        raise ValueError(f"Unknown warp objective {objective!r}; choose one of {WARP_OBJECTIVES} "
+                         "(exact = Eq. 11, approx = Eq. 12, approx_released = the released code's, no task step).")
     return MetaLearner(rule, loss_fn, steps, None, objective, 0.0, batch_size, None, loss_fn, bool(training),
                        frozen=frozen, learning_rate=learning_rate,
                        jit_compile=accelerate.check_jit_compile(jit_compile))

@@ -103,6 +103,23 @@ def test_mirrored_two_replicas_equals_single_device(preset, tmp_path, omniglot_d
         np.testing.assert_array_equal(value, v2[name], err_msg=name)
 
 
+def test_mirrored_multi_headed_pretraining_equals_single_device(tmp_path, omniglot_dir, cache):
+    """Table 2's fine-tuning baseline on two replicas (``multi_head_step(..., strategy=S)``): the body, the
+    per-alphabet heads and the optimiser end where the single-device run ends."""
+    values = {}
+    for name, extra in (("single", ()), ("mirrored", ("--strategy=mirrored", "--cpu_replicas=2"))):
+        out = cli(tmp_path / name, omniglot_dir, cache, "finetune", *extra)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert json.load(open(tmp_path / name / "results.json"))["replicas"] == (2 if extra else 1)
+        path, values[name] = helpers.checkpoint_values(tmp_path / name)
+        assert path.endswith("ckpt-2")
+    single, mirrored = values["single"], values["mirrored"]
+    assert single.keys() == mirrored.keys() and any(k.startswith("heads/") for k in single)
+    assert single["init_optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"] == 2  # both pre-training steps applied
+    for name in single:
+        np.testing.assert_allclose(mirrored[name], single[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 def test_meta_batch_that_does_not_divide_is_one_line(tmp_path, omniglot_dir, cache):
     out = cli(tmp_path / "bad", omniglot_dir, cache, "warp_leap", "--strategy=mirrored", "--cpu_replicas=2",
               params=["train_eval.meta_batch_size=3"])

@@ -329,8 +329,6 @@ def train_eval(root_dir, data_dir, tasks=task_sources.OmniglotSource, strategy=N
     strategy, distributed, root_dir = run.strategy, run.distributed, run.out_dir
     if distributed:
         distribute.shard_size(strategy, int(mt.meta_batch_size))  # an indivisible meta-batch fails here, early
-    if distributed and me.multi_head:
-        raise ValueError("train_eval.multi_head=True runs on one device; drop --strategy or set it to False.")
 
     source = tasks(data_dir, protocol, meta_training=bool(meta_steps))  # the split's tasks (trainers.task_sources)
     split = source.split
@@ -399,7 +397,7 @@ def train_eval(root_dir, data_dir, tasks=task_sources.OmniglotSource, strategy=N
                if offline else algorithms.online_step(warped, learner, optimizers, clip=clip, strategy=strategy))
 
     if heads:
-        step_fn = algorithms.multihead.multi_head_step(warped, learner, heads, optimizers.init)
+        step_fn = algorithms.multihead.multi_head_step(warped, learner, heads, optimizers.init, strategy=strategy)
 
     def meta_batch(step):
         seeds = [task_sources.task_seed(seed, step, i, mt.meta_batch_size) for i in range(int(mt.meta_batch_size))]

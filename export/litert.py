@@ -50,7 +50,7 @@ from warpgrad_tf import adaptation, artifacts, learned_lr, losses, saved_model_f
 from warpgrad_tf.learner import inner_loop
 from warpgrad_tf.model import WarpedModel, sublayers
 
-from . import litert_ops
+from . import litert_ops, quiet
 
 __all__ = ["LiteRTExporter", "SIGNATURES", "export", "from_saved_model", "main", "parse_args"]
 
@@ -318,27 +318,18 @@ def parse_args(argv=None):
     return args
 
 
-def _first_line(error):
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def main(argv=None):
     args = parse_args(argv)
     import absl.logging
 
     absl.logging.set_verbosity(absl.logging.ERROR if args.verbosity is None else absl.logging.INFO)
-    try:
-        path, d, size = export(args.output, root_dir=args.root_dir, saved_model=args.saved_model,
-                               support_size=args.support_size, query_size=args.query_size, steps=args.steps)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:  # bad flags, paths or inputs: exit 2
-        print(f"error: {_first_line(e)}", file=sys.stderr)
-        return 2
-    except Exception as e:  # noqa: BLE001 - any other failure: one line, exit 1 (--verbosity: the traceback)
-        if args.verbosity is not None:
-            raise
-        print(f"error: {type(e).__name__}: {_first_line(e)} (--verbosity=0 shows the traceback)", file=sys.stderr)
-        return 1
+    status, result = quiet.one_line_errors(
+        lambda: export(args.output, root_dir=args.root_dir, saved_model=args.saved_model,
+                       support_size=args.support_size, query_size=args.query_size, steps=args.steps),
+        verbose=args.verbosity is not None)
+    if status:
+        return status
+    path, d, size = result
     print(f"Exported {d['task_family'] or 'model'} ({d['method']}, training step {d['training_step']}) to {path} "
           f"({size / 1024:.1f} KiB, LiteRT builtins only)\n"
           f"  support {d['support_size']} x {d['input_shape']}, query {d['query_size']}; {d['steps']} steps of "

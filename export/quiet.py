@@ -15,6 +15,8 @@ cuda drivers") that ignore ``TF_CPP_MIN_LOG_LEVEL``, so no setting made from Pyt
   start-up lines that ignore that setting filtered out of stderr (file descriptor 2), every other line kept.
 * :func:`filtered_stderr` with :data:`LITERT_NOISE` — the LiteRT interpreter's "Created TensorFlow Lite
   XNNPACK delegate for CPU" line, held back by :mod:`export.load_litert`.
+* :func:`one_line_errors` — the programs' one failure policy: an ``error: ...`` line and an exit status instead
+  of a traceback (2 for a bad flag, path or file; 1 otherwise, naming the type and ``--verbosity=0``).
 * :func:`quiet_loading` — ``tf.saved_model.load`` without absl's warnings, e.g. the one per saved gradient
   function "Importing a function … with ops with unsaved custom gradients" of a model with the library's
   max-pool (why: :mod:`warpgrad_tf.serving`); the loaded signatures never need those gradients.
@@ -29,8 +31,8 @@ import re
 import sys
 import tempfile
 
-__all__ = ["LITERT_NOISE", "NOISE", "VERBOSE_ENV", "filtered_stderr", "import_tensorflow", "is_noise", "quiet_loading",
-           "verbose"]
+__all__ = ["LITERT_NOISE", "NOISE", "VERBOSE_ENV", "filtered_stderr", "first_line", "import_tensorflow", "is_noise",
+           "one_line_errors", "quiet_loading", "verbose"]
 
 #: The environment variable that keeps every TensorFlow log line.
 VERBOSE_ENV = "WARPGRAD_VERBOSE"
@@ -114,3 +116,31 @@ def quiet_loading():
         yield
     finally:
         logger.setLevel(level)
+
+
+def first_line(error):
+    """The first line of an error's message (gin appends "In call to configurable …" lines), else its type."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def one_line_errors(fn, *, verbose, bad_input=(FileNotFoundError, FileExistsError, ValueError), expected=()):
+    """``fn()`` with a failure reported as one ``error: …`` line on stderr and an exit status, no traceback.
+
+    ``bad_input`` (a bad flag, path or file) gives 2 and the message's first line; ``expected`` (a failure its
+    message explains, e.g. a diverging run) gives 1 and its first line; any other ``Exception`` gives 1, its type
+    and a pointer to ``--verbosity=0`` — or, when ``verbose``, is re-raised so the traceback shows.
+    ``KeyboardInterrupt`` passes through. Returns ``(0, fn())`` or ``(status, None)``.
+    """
+    try:
+        return 0, fn()
+    except bad_input as e:
+        status, line = 2, first_line(e)
+    except expected as e:
+        status, line = 1, first_line(e)
+    except Exception as e:  # noqa: BLE001 - any other failure: one line (verbose: the traceback)
+        if verbose:
+            raise
+        status, line = 1, f"{type(e).__name__}: {first_line(e)} (--verbosity=0 shows the traceback)"
+    print(f"error: {line}", file=sys.stderr)
+    return status, None

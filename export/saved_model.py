@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import quiet
+
 __all__ = ["main", "parse_args", "summary"]
 
 
@@ -68,11 +70,6 @@ def _learned_summary(learned):
             "learning_rate")
 
 
-def _first_line(error):
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def main(argv=None):
     """Exit status 0, 2 for a bad flag, path or run (one line), 1 for any other failure (one line; the
     traceback with ``--verbosity``). Flags and ``--output`` are checked before the run is loaded; the SavedModel
@@ -83,20 +80,17 @@ def main(argv=None):
     absl.logging.set_verbosity(absl.logging.WARNING if args.verbosity is None else absl.logging.INFO)
     from warpgrad_tf import artifacts, saved_model_files, serving, serving_rl, settings
 
-    try:
+    def run():
         settings.check({"seed": args.seed}, "--")
         settings.check_output_dir(args.output, "--output", renamed_into_place=True)
         saved_model_files.check_output(args.output, overwrite=True)
         exporter = serving_rl.export if artifacts.is_agent_run(args.root_dir) else serving.export
-        path, d = exporter(args.root_dir, args.output, checkpoint=args.checkpoint, seed=args.seed)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"error: {_first_line(e)}", file=sys.stderr)
-        return 2
-    except Exception as e:  # noqa: BLE001 - any other failure: one line, exit 1 (--verbosity: the traceback)
-        if args.verbosity is not None:
-            raise
-        print(f"error: {type(e).__name__}: {_first_line(e)} (--verbosity=0 shows the traceback)", file=sys.stderr)
-        return 1
+        return exporter(args.root_dir, args.output, checkpoint=args.checkpoint, seed=args.seed)
+
+    status, result = quiet.one_line_errors(run, verbose=args.verbosity is not None)
+    if status:
+        return status
+    path, d = result
     print(summary(path, d))
     return 0
 

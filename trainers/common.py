@@ -202,7 +202,8 @@ def run_main(train_eval, data_dir=False, defaults=None):
             raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
         if not FLAGS.root_dir:
             _fail("--root_dir is required.")
-        try:
+
+        def run():
             parse_gin(FLAGS.gin_file, FLAGS.gin_param)
             bound = trainer_settings(train_eval, defaults)
             strategy = None
@@ -213,18 +214,17 @@ def run_main(train_eval, data_dir=False, defaults=None):
             elif FLAGS.strategy != "default":
                 raise ConfigError(f"this trainer does not support --strategy={FLAGS.strategy} yet.")
             _call(train_eval, FLAGS.root_dir, FLAGS.data_dir if data_dir else None, strategy, bound)
-        except (ConfigError, ValueError, FileNotFoundError) as e:
-            _fail(str(e))
-        except (FloatingPointError, run_checkpoints.UnreadableCheckpoints) as e:  # a diverging meta-step
-            _fail(str(e), status=1)  # (refused before any update, nothing saved) or no checkpoint reads back
+
+        try:  # a diverging meta-step (refused before any update, nothing saved) or no readable checkpoint: 1
+            status, _ = quiet.one_line_errors(
+                run, verbose=FLAGS["verbosity"].present or quiet.verbose(),
+                bad_input=(ConfigError, ValueError, FileNotFoundError),
+                expected=(FloatingPointError, run_checkpoints.UnreadableCheckpoints))
         except KeyboardInterrupt as e:  # SIGINT / SIGTERM: the loop checkpointed (see Interrupt); no traceback
             print(str(e) or "interrupted.", file=sys.stderr)
             sys.exit(130)
-        except Exception as e:  # noqa: BLE001 - any other failure: one line, exit 1; --verbosity: the traceback
-            if FLAGS["verbosity"].present or quiet.verbose():
-                raise
-            first = (str(e).strip().splitlines() or [""])[0]
-            _fail(f"{type(e).__name__}: {first} (--verbosity=0 shows the traceback)", status=1)
+        if status:
+            sys.exit(status)
 
     app.run(main)
 
@@ -261,9 +261,7 @@ def quiet_logs():
 
 
 def _fail(message, status=2):
-    # gin appends "In call to configurable ..." lines to errors raised inside configurables: keep line one.
-    first = str(message).strip().splitlines()[0] if str(message).strip() else "unknown error"
-    print(f"error: {first}", file=sys.stderr)
+    print(f"error: {quiet.first_line(message)}", file=sys.stderr)
     sys.exit(status)
 
 

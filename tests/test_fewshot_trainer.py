@@ -114,3 +114,25 @@ def test_cpu_budget_stops_meta_training_validated_and_checkpointed(tmp_path, dat
     assert results["meta_steps"] == 50 and results["meta_steps_done"] == 1  # spent after the first meta-step
     assert results["best_step"] in (0, 1)  # validated at step 0 and where the budget ran out
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-1")
+
+
+def test_cpu_budget_counts_on_across_a_resume(tmp_path, data):
+    """The CPU-seconds spent are checkpointed (``train_cpu_seconds``): a resumed run counts on from them, so a
+    budget equal to what the first sittings spent is spent after one more meta-step, not one per sitting."""
+    gin_file = os.path.join(REPO, "configs", "fewshot", "miniimagenet_maml.gin")
+    first = run(tmp_path, data, gin_file, ["train_eval.meta_steps = 2"])
+
+    def checkpointed():
+        reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / "checkpoints")))
+        (name,) = [k for k in reader.get_variable_to_shape_map() if k.startswith("train_cpu_seconds/")]
+        return float(reader.get_tensor(name))
+
+    spent = checkpointed()
+    assert spent > 0 and first["meta_train_cpu_seconds"] == pytest.approx(spent)
+    second = run(tmp_path, data, gin_file, ["train_eval.meta_steps = 3"])
+    assert second["meta_steps_done"] == 3
+    assert spent < second["meta_train_cpu_seconds"] <= spent + second["meta_train_cpu_seconds_this_run"] + 1e-6
+    spent = checkpointed()
+    third = run(tmp_path, data, gin_file,
+                ["train_eval.meta_steps = 50", f"train_eval.max_train_cpu_seconds = {spent!r}"])
+    assert third["meta_steps_done"] == 4  # one meta-step past the restored count spends it

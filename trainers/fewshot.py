@@ -127,8 +127,9 @@ def train_eval(root_dir, data_dir, strategy=None, **settings):
       lr_meta_lr, lr_clip: Meta-SGD: meta learning rate and clip of the per-parameter inner rates.
       eval_episodes, val_episodes, eval_every: test episodes (600), validation episodes and period.
       checkpoint_every, log_every: checkpoint and TensorBoard periods (meta-steps).
-      max_train_cpu_seconds: stop meta-training once the process has used this much CPU time (all threads,
-        validation included; checkpointing first) — a budget that does not depend on other load.
+      max_train_cpu_seconds: stop meta-training once the run has used this much CPU time (all threads,
+        validation included; checkpointing first) — a budget that does not depend on other load, counted
+        across resumes (the checkpoint holds it: :class:`trainers.loop.CpuBudget`).
       seed: model initialisation, episodes and the Omniglot alphabet split.
       strategy: a ``tf.distribute.Strategy`` (``--strategy``) whose replicas share every meta-batch; None:
         the default (single-device) strategy.
@@ -175,10 +176,11 @@ def train_eval(root_dir, data_dir, strategy=None, **settings):
     writers = common.SummaryWriters(root_dir)
     evaluator = make_evaluator(warped, rule, eval_inner_steps, rates)
 
+    budget = loop.CpuBudget(bk.max_train_cpu_seconds)  # counts on across resumes: the checkpoint holds it
     optimizers, best, ckpt, start = meta_state.meta_state(
         run, warped, root_dir, init_lr=mt.init_lr if m.init != "none" else None,
         warp_lr=mt.warp_lr if learns_warp else None, meta_optimizer=mt.meta_optimizer, rate=rate,
-        lr_meta_lr=mt.lr_meta_lr)
+        lr_meta_lr=mt.lr_meta_lr, budget=budget)
 
     learner = methods_lib.meta_learner_for(method, rule, loss_fn, int(inner_steps), objective=objective,
                                            init_weight=init_weight, learning_rate=rate)
@@ -202,21 +204,19 @@ def train_eval(root_dir, data_dir, strategy=None, **settings):
         last = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
         return last
 
-    def cpu_seconds():
-        return time.process_time() - cpu0
-
     def log(step, metrics, steps_per_sec):
         writers.scalars(writers.train, step, {f"train/{k}": v for k, v in metrics.items()})
-        budget = ({} if bk.max_train_cpu_seconds is None else  # the CPU budget, not the step count, ends it
-                  {"cpu_s": f"{cpu_seconds():.0f}/{float(bk.max_train_cpu_seconds):.0f}"})
-        return dict(query_loss=f"{metrics.get('init_value', float('nan')):.3f}", **budget)
+        spent = ({} if budget.seconds is None else  # the CPU budget, not the step count, ends it
+                 {"cpu_s": f"{budget.seconds_spent():.0f}/{budget.seconds:.0f}"})
+        return dict(query_loss=f"{metrics.get('init_value', float('nan')):.3f}", **spent)
 
     t0, cpu0 = time.time(), time.process_time()
+    budget.start()  # counts on from the restored seconds
     end = loop.train_loop(
         train_step, start=start, total_steps=int(mt.meta_steps), checkpointer=ckpt, log=log, log_every=bk.log_every,
         checkpoint_every=bk.checkpoint_every, validate=validate if int(bk.val_episodes) else None,
         eval_every=bk.eval_every, best=best, validate_first=True, desc=f"meta-train {label}",
-        budget=None if bk.max_train_cpu_seconds is None else lambda: cpu_seconds() > float(bk.max_train_cpu_seconds))
+        budget=budget)
     train_seconds, train_cpu_seconds = time.time() - t0, time.process_time() - cpu0
     cpu1 = time.process_time()
     best.restore()
@@ -247,6 +247,7 @@ def train_eval(root_dir, data_dir, strategy=None, **settings):
         "test": {"episodes": int(accs.size), "accuracy": mean, "ci95": ci},
         "last_train_metrics": last, "meta_train_seconds_this_run": train_seconds,
         "meta_train_cpu_seconds_this_run": train_cpu_seconds, "eval_cpu_seconds": eval_cpu_seconds,
+        "meta_train_cpu_seconds": float(budget.spent.numpy()),  # every sitting's, as the budget counted them
         "seed": int(bk.seed),
         "task_parameters": warped.num_parameters("task"), "warp_parameters": warped.num_parameters("warp"),
         "replicas": int(strategy.num_replicas_in_sync),

@@ -26,7 +26,7 @@ from warpgrad_tf import run_checkpoints
 
 from . import common
 
-__all__ = ["Best", "Interrupted", "LoopEnd", "scalar_log", "train_loop"]
+__all__ = ["Best", "CpuBudget", "Interrupted", "LoopEnd", "scalar_log", "train_loop"]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -137,6 +137,33 @@ def scalar_log(writers, show="meta_loss", rate="steps_per_sec"):
         return {show.rsplit("/", 1)[-1]: f"{float(values[show]):.4f}"} if show in values else None
 
     return log
+
+
+class CpuBudget:
+    """A meta-training budget in process CPU-seconds that survives a resume (e.g. ``max_train_cpu_seconds``).
+
+    The seconds spent are a variable the run's checkpoint holds (:attr:`spent`), so a run stopped and resumed
+    stops where an uninterrupted one stops instead of starting its budget again. Checkpoint :attr:`spent`, call
+    :meth:`start` after restoring, and pass the instance as :func:`train_loop`'s ``budget``: each call records
+    the seconds spent so far and says whether ``seconds`` (None: no limit, only the count) are spent.
+    """
+
+    def __init__(self, seconds):
+        self.seconds = None if seconds is None else float(seconds)
+        self.spent = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_cpu_seconds")
+        self.start()
+
+    def start(self):
+        """Count on from the restored :attr:`spent` (0 in a fresh run) with this process's CPU time."""
+        self._base, self._cpu0 = float(self.spent.numpy()), time.process_time()
+
+    def seconds_spent(self):
+        return self._base + time.process_time() - self._cpu0
+
+    def __call__(self):
+        spent = self.seconds_spent()
+        self.spent.assign(spent)
+        return self.seconds is not None and spent > self.seconds
 
 
 def train_loop(step_fn, *, start, total_steps, checkpointer, log, log_every=10, checkpoint_every=100,

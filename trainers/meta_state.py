@@ -3,7 +3,8 @@ in the strategy's scope, what the run's checkpoint holds, the best-validated rec
 
 Shared by the multi-shot (:mod:`trainers.omniglot`) and few-shot (:mod:`trainers.fewshot`) trainers. The
 checkpoint's names (``model``, ``init_optimizer``, ``warp_optimizer``, ``lr_optimizer``, ``inner_rates``,
-``heads``, ``best_score``, ``best_step``) are those of every earlier run, so old runs resume.
+``heads``, ``best_score``, ``best_step``) are those of every earlier run, so old runs resume (``train_cpu_seconds``,
+a CPU budget's count, is new: an older checkpoint restores without it and counts from 0).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def batch_norm_options(learned_rate):
 
 
 def meta_state(run, warped, root_dir, *, init_lr, warp_lr, meta_optimizer, rate=None, lr_meta_lr=None,
-               extra_init=()):
+               extra_init=(), budget=None):
     """Build the meta-optimisers once, checkpoint them with the model, restore the latest checkpoint.
 
     Args:
@@ -51,6 +52,8 @@ def meta_state(run, warped, root_dir, *, init_lr, warp_lr, meta_optimizer, rate=
       rate: a :class:`~warpgrad_tf.learned_lr.LearnedRate` (App. F's α, Adam at ``lr_meta_lr``) or None.
       extra_init: further variables θ0's optimiser updates and the checkpoint holds as ``heads`` (the
         multi-headed pre-training's per-task heads).
+      budget: a :class:`trainers.loop.CpuBudget` whose seconds spent the checkpoint holds (as
+        ``train_cpu_seconds``); its :meth:`~trainers.loop.CpuBudget.start` then counts on from the restored value.
     """
     model_vars = list(warped.model.variables)
     task_vars, warp_vars = list(warped.task_variables.values()), list(warped.warp_variables.values())
@@ -58,6 +61,8 @@ def meta_state(run, warped, root_dir, *, init_lr, warp_lr, meta_optimizer, rate=
     trackables = {"model": model_vars}
     if extra_init:
         trackables["heads"] = list(extra_init)
+    if budget is not None:
+        trackables["train_cpu_seconds"] = budget.spent
     with run.strategy.scope():
         optimizers = algorithms.meta_optimizers(
             warp=warp_lr if warp_vars else None, init=init_lr, kind=meta_optimizer,

@@ -63,6 +63,9 @@ def _maze_extra(table, records, options):
     lines = [f"{episodes} episodes per run = {100 * episodes / PAPER_EPISODES:.1f} % of the paper's x-axis "
              f"({PAPER_EPISODES} episodes)"]
     lines += [f"{MAZE.labels.get(m, m)}: {np.mean(v):.2f} episodes per CPU-second" for m, v in rates.items()]
+    lines += [f"{MAZE.labels.get(m, m)} per seed: " + ", ".join(
+        f"{r['metrics']['final_fifth_return']:.1f} (seed {r['seed']})" for r in records if r["row"] == m)
+        for m in table]
     claim_lines, found = claims(records, [("warp_rnn", b, "", None, f"Warp-RNN > {MAZE.labels.get(b, b)}")
                                           for b in MAZE_BASELINES if b in table and "warp_rnn" in table],
                                 metric="final_fifth_return")
@@ -96,7 +99,8 @@ def _maze_figure(path, table, records, options):
         ax.fill_between(x, curves.mean(0) - se, curves.mean(0) + se, color=f"C{i}", alpha=0.2)
     ax.set_xlabel("episodes")
     ax.set_ylabel("mean cumulative episode return")
-    ax.set_title(f"Maze navigation, 11×11 (Fig. 4 right; moving mean over {smooth} batches of 30; ± s.e.)")
+    ax.set_title(f"Maze navigation, 11×11 (Fig. 4 right)\nmoving mean over {smooth} batches of 30 episodes; "
+                 "shaded ± s.e. over seeds", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -18,21 +18,37 @@ import sys
 from .execute import finished, load_record, machine
 from .study import gin_values, trainer_module
 
-__all__ = ["REFERENCE", "REFERENCE_GFLOPS", "calibrate", "estimate", "trainer_defaults", "work"]
+__all__ = ["REFERENCE", "REFERENCE_GFLOPS", "RULE_COST", "SAMPLE_COST", "calibrate", "estimate", "method_objectives",
+           "trainer_defaults", "work"]
 
 #: single-threaded float32 512² matmul GFLOP per CPU-second (numpy) on the 2-core AMD EPYC the reference rates
 #: were measured on (95–97 on 2026-12-07 at load averages 2–8).
 REFERENCE_GFLOPS = 95.0
-#: CPU-seconds per unit of :func:`work` on that machine, and start-up CPU-seconds per run. Omniglot: a
-#: meta-training (task, step) sample at task batch 20 and 32 filters ≈ 0.05 CPU-s (a Warp-Leap meta-step of
-#: 5 tasks × 100 steps took 24.8 s, issue 30), an evaluation step ≈ 0.024 CPU-s; maze: episodes per CPU-s of
-#: whole 120-iteration study runs, one TensorFlow thread, start-up included (2026-12-07, with the compiled
-#: plastic cells of docs/plastic-cells.md); few-shot: the run's own CPU
-#: budget plus its evaluation. Finished runs on this machine replace these rates (:func:`calibrate`).
-REFERENCE = {"omniglot": {"meta": 0.05, "eval": 0.024, "start": 20.0},
+#: CPU-seconds per unit of :func:`work` on that machine, and start-up CPU-seconds per run. Omniglot: a Leap
+#: meta-training (task, step) sample at task batch 20 and 32 filters ≈ 0.0116 CPU-s and an evaluation step ≈ 0.0042
+#: CPU-s (fitted to the sweep study's Leap and SGD runs, two runs at a time, 2026-12-07; other methods' samples
+#: weigh :data:`SAMPLE_COST` of it); maze: episodes per CPU-s of whole 120-iteration study runs, one TensorFlow
+#: thread, start-up included (2026-12-07, with the compiled plastic cells of docs/plastic-cells.md); few-shot:
+#: the run's own CPU budget plus its evaluation. Finished runs on this machine replace these rates
+#: (:func:`calibrate`).
+REFERENCE = {"omniglot": {"meta": 0.0116, "eval": 0.0042, "start": 20.0},
              "maze": {"warp_rnn": 1 / 127.1, "rnn": 1 / 292.8, "hebbian": 1 / 114.7, "neuromodulated": 1 / 118.4,
                       "start": 15.0},
              "fewshot": {"budget": 1.0, "start": 60.0}}
+
+#: CPU of one Omniglot meta-training sample relative to a Leap sample (one task step of the same network, warps
+#: at identity), by the warp objective of a method that meta-learns warps, else by its initialisation objective
+#: (:data:`warpgrad_tf.algorithms.methods.METHODS`). Measured on the reference EPYC, 2026-12-07: whole sweep runs
+#: at one budget put a Warp-Leap Eq. 12 sample at 3.5 Leap samples (652 against 210 CPU-s, evaluation included)
+#: and multi-head fine-tuning's at 0.5; Eq. 11 and the released approximation scale Eq. 12's by
+#: ``benchmarks.omniglot_meta_step``'s per-sample split (collection 7.5 ms plus a replay of 17.6 ms for Eq. 12,
+#: 30.4 for Eq. 11, 9.7 for the released approximation). ``none`` meta-trains nothing (SGD, KFAC). A method
+#: missing here is costed as a Leap sample; the online algorithm as the offline one.
+SAMPLE_COST = {"approx": 3.5, "exact": 5.3, "approx_released": 2.4, "leap": 1.0, "reptile": 1.0,
+               "multitask": 0.5, "none": 0.0}
+
+#: CPU of a task step under an inner rule relative to SGD's (the sweep's KFAC and SGD runs at 4× batch, 2026-12-07).
+RULE_COST = {"kfac": 4.2}
 
 
 def trainer_defaults(trainer):
@@ -51,6 +67,24 @@ def trainer_defaults(trainer):
                 for a, d in zip(args, list(node.args.defaults) + list(node.args.kw_defaults)):
                     _literal(out, a.arg, d)
     return out
+
+
+def method_objectives():
+    """``{method: (initialisation objective, warp objective or None)}`` of
+    :data:`warpgrad_tf.algorithms.methods.METHODS`, read from its source (no import, no TensorFlow)."""
+    spec = importlib.util.find_spec("warpgrad_tf")  # a top-level spec: the package is not imported
+    with open(os.path.join(os.path.dirname(spec.origin), "algorithms", "methods.py")) as f:
+        tree = ast.parse(f.read())
+    return {ast.literal_eval(n.args[0]): (ast.literal_eval(n.args[1]), ast.literal_eval(n.args[2]))
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "Method" and len(n.args) >= 3}
+
+
+def _sample_cost(method, objective=None):
+    """:data:`SAMPLE_COST` of a method's meta-training sample (``objective``: its warp-objective override)."""
+    init, warp_objective = method_objectives().get(method, ("leap", None))
+    key = (objective or warp_objective) if warp_objective else init
+    return SAMPLE_COST.get(key, 1.0)
 
 
 def _trees(trainer, settings_module):
@@ -78,16 +112,17 @@ def work(run):
     v = {**base, **gin_values(run.gin_files, run.bindings)}
     name = run.trainer.rsplit(".", 1)[-1]
     if name == "omniglot":
-        scale = v["train_eval.task_batch_size"] / 20
-        scale *= (v.get("omniglot_convnet.filters", 64) / 32) ** 2
+        batch = v["train_eval.task_batch_size"] / 20 * v.get("train_eval.task_batch_scale", 1)
+        scale = batch * (v.get("omniglot_convnet.filters", 64) / 32) ** 2 * RULE_COST.get(v["train_eval.inner_rule"], 1)
         meta = v["train_eval.meta_steps"] * v["train_eval.meta_batch_size"] * v["train_eval.inner_steps"]
+        cost = _sample_cost(v["train_eval.method"], v.get("train_eval.objective"))
+        meta *= cost
         tests = len(v.get("OmniglotTasks.test_alphabets", [])) or v.get("OmniglotTasks.num_test_alphabets", 5)
         vals = len(v.get("OmniglotTasks.val_alphabets", [])) or 1
-        checks = v["train_eval.meta_steps"] // max(1, v.get("train_eval.eval_every", 1)) + 1
+        checks = v["train_eval.meta_steps"] // max(1, v.get("train_eval.eval_every", 1)) + 1 if cost else 1
         val_steps = v.get("train_eval.val_steps") or v["train_eval.eval_steps"]
         evals = tests * v["train_eval.eval_steps"] + checks * vals * val_steps
-        return "omniglot", {"meta": meta * scale * (v["train_eval.meta_steps"] > 0), "eval": evals * scale,
-                            "start": 1}
+        return "omniglot", {"meta": meta * scale, "eval": evals * scale, "start": 1}
     if name == "maze":
         method = os.path.basename(run.gin_files[0])[:-4] if run.gin_files else "rnn"
         return "maze", {method: 30 * v["train_eval.num_iterations"], "start": 1}

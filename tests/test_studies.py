@@ -191,3 +191,42 @@ def test_the_table1_study_checks_warp_maml_against_each_baseline_paired_by_seed(
     assert by_b["maml_published"]["shown"]  # gaps 10, 9, 8: mean 9, s.e. 0.58
     assert by_b["maml"]["n"] == 1 and not by_b["maml"]["shown"]  # one seed is never shown
     assert any(line.startswith("Warp-MAML > MAML (published") and line.endswith("— shown") for line in lines)
+
+
+def _omniglot_run(name, gin_file):
+    from studies.study import Run
+
+    return Run(name, "omniglot", (gin_file, "configs/omniglot/splits/full_42.gin",
+                                  "configs/omniglot/budgets/study_cpu.gin"), ("train_eval.seed=0",))
+
+
+def test_a_runs_cost_weighs_its_meta_training_samples_by_method():
+    from studies import estimate
+
+    leap = estimate.work(_omniglot_run("leap", "configs/omniglot/ablation/leap.gin"))[1]
+    exact = estimate.work(_omniglot_run("conv3x3", "configs/omniglot/ablation/conv3x3.gin"))[1]
+    approx = estimate.work(_omniglot_run("approx", "configs/omniglot/ablation/approx.gin"))[1]
+    sgd = estimate.work(_omniglot_run("sgd", "configs/omniglot/sgd.gin"))[1]
+    assert leap["meta"] == 150 * 5 * 20  # study_cpu.gin: 150 meta-steps of 5 tasks x 20 steps, one Leap sample each
+    assert exact["meta"] == pytest.approx(estimate.SAMPLE_COST["exact"] * leap["meta"])  # Eq. 11 replays each
+    assert approx["meta"] == pytest.approx(estimate.SAMPLE_COST["approx"] * leap["meta"])
+    assert exact["eval"] == leap["eval"]
+    assert sgd["meta"] == 0 and 0 < sgd["eval"] < leap["eval"]  # SGD meta-trains nothing and validates once
+
+
+def test_finished_runs_of_one_method_calibrate_the_estimate_of_another(tmp_path, monkeypatch):
+    from studies import estimate, execute
+
+    leap = _omniglot_run("leap/seed0", "configs/omniglot/ablation/leap.gin")
+    warp = _omniglot_run("conv3x3/seed0", "configs/omniglot/ablation/conv3x3.gin")
+    reference = {run.name: sum(estimate.REFERENCE["omniglot"][p] * u for p, u in estimate.work(run)[1].items())
+                 for run in (leap, warp)}
+    os.makedirs(tmp_path / "leap" / "seed0")
+    record = {"status": "done", "machine": execute.machine(),
+              "attempts": [{"cpu_s": 1.5 * reference["leap/seed0"]}]}  # this machine: 1.5x the reference
+    with open(tmp_path / "leap" / "seed0" / execute.RECORD, "w") as f:
+        json.dump(record, f)
+    monkeypatch.setattr(estimate, "_speed", lambda: estimate.REFERENCE_GFLOPS)  # other kinds: reference speed
+    total, by_kind, unknown = estimate.estimate([leap, warp], str(tmp_path))
+    assert not unknown and total == pytest.approx(1.5 * reference["conv3x3/seed0"])
+    assert by_kind["omniglot"][1:] == (1, "1 finished runs here")

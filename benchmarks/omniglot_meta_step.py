@@ -5,10 +5,18 @@ after every block, 100 inner SGD steps (lr 0.1), meta-batch 20, offline replay w
 objective (Eq. 11): one meta-step collects 20 × 100 task steps and takes 2000 warp updates. Targets:
 ≤ 350 s per meta-step, ≤ 1.5 GB peak resident memory.
 
-A warm-up meta-step on ``--warmup_tasks`` tasks traces every function first; the timed meta-step then runs
-``--tasks`` tasks. ``--tasks`` below 20 times a smaller meta-batch, and the full figure is extrapolated
-linearly (collection and replay both scale with tasks × steps) and printed as such. Peak memory is the
+A warm-up meta-step on ``--warmup_tasks`` tasks traces every function first (default: ``--tasks``, so the timed
+step traces nothing anew; fewer tasks retrace the collection and replay for the new meta-batch inside the
+timed step); the timed meta-step then runs ``--tasks`` tasks. ``--tasks`` below 20 times a smaller meta-batch,
+and the full figure is extrapolated linearly (collection and replay both scale with tasks × steps) and printed
+as such. Peak memory is the
 process' maximum resident set size (``getrusage``), which includes TensorFlow itself.
+
+``--floor`` also times the meta-step's arithmetic alone, the bound no cut in overhead can beat: K task steps on
+one fixed batch in one traced loop (:func:`warpgrad_tf.adapt`), and the warp objective of one sample (Eq. 11 /
+12, :func:`warpgrad_tf.algorithms.base.sample_objective`) at θ0 on fixed batches, evaluated once per sample in
+one traced loop and summed — no replay buffer, no mini-batch draws, no meta-update, no Python between samples.
+Process CPU time, per sample, after a traced warm-up.
 
 Usage::
 
@@ -16,6 +24,7 @@ Usage::
     python -m benchmarks.omniglot_meta_step --tasks=2             # quicker: 2 tasks, extrapolated to 20
     python -m benchmarks.omniglot_meta_step --data_dir=../shared/data/omniglot
     python -m benchmarks.omniglot_meta_step --dtype=mixed_bfloat16 --replay_memory_mb=0   # bf16, buffer on disk
+    python -m benchmarks.omniglot_meta_step --tasks=5 --batch=20 --filters=32 --objective=approx --floor
 
 ``--dtype=mixed_bfloat16`` runs the learner's layers in bfloat16 with float32 parameters (fast on CPUs with
 AMX / AVX-512-BF16); ``--replay_memory_mb`` caps the replay buffer's memory and spills the rest to a
@@ -37,6 +46,7 @@ import tensorflow as tf
 
 import warpgrad_tf as wg
 from warpgrad_tf import algorithms
+from warpgrad_tf.algorithms import base
 from warpgrad_tf.models import omniglot_convnet
 
 
@@ -56,6 +66,37 @@ def task_data(args, n, seed):
     return algorithms.Tasks(tf.constant(x), tf.constant(y), tf.constant(x), tf.constant(y))
 
 
+def arithmetic_floor(warped, learner, tasks, samples):
+    """CPU-seconds of one task step and of one replay sample's warp objective, each in one traced loop on fixed
+    batches (the first ``learner.batch_size`` examples of the first task) at the model's θ0 and φ."""
+    x, y = tasks.train_x[0][:learner.batch_size], tasks.train_y[0][:learner.batch_size]
+    warp, theta = warped.values("warp"), warped.values("task")
+    objective = base.sample_objective(warped, learner)
+    opt = learner.rule.init(theta)
+
+    @tf.function
+    def task_steps():
+        return tf.nest.flatten(wg.adapt(warped, theta, warp, learner, lambda k: (x, y)))[0]
+
+    @tf.function
+    def replay_samples(n):
+        def body(i, acc):
+            grads = objective(warp, theta, opt, None, x, y, x, y).grads
+            return i + 1, {p: acc[p] + grads[p] for p in acc}
+
+        zeros = {p: tf.zeros_like(v) for p, v in warp.items()}
+        return tf.while_loop(lambda i, _: i < n, body, (tf.constant(0), zeros))[1]
+
+    def cpu_per(fn, count):
+        fn()  # trace
+        start = time.process_time()
+        fn()
+        return (time.process_time() - start) / count
+
+    return (cpu_per(task_steps, learner.steps),
+            cpu_per(lambda: replay_samples(tf.constant(samples)), samples))
+
+
 def peak_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -63,7 +104,7 @@ def peak_mb():
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", type=int, default=20, help="meta-batch size of the timed step")
-    p.add_argument("--warmup_tasks", type=int, default=1)
+    p.add_argument("--warmup_tasks", type=int, default=None, help="tasks of the warm-up step (default: --tasks)")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--filters", type=int, default=64)
@@ -77,8 +118,12 @@ def main(argv=None):
                    help="XLA for collection and replay (warpgrad_tf.accelerate; true falls back with a notice)")
     p.add_argument("--vectorize", action="store_true", help="adapt the tasks side by side (and replay η > 1)")
     p.add_argument("--intra_threads", type=int, default=0, help="TensorFlow intra-op threads (0: all CPUs)")
+    p.add_argument("--floor", action="store_true",
+                   help="also time the arithmetic alone: task steps and replay samples in traced loops")
     p.add_argument("--json", default=None, help="also write the figures here")
     args = p.parse_args(argv)
+    if args.warmup_tasks is None:
+        args.warmup_tasks = args.tasks
     tf.config.threading.set_intra_op_parallelism_threads(args.intra_threads)
     jit = {"false": False, "true": True, "strict": "strict"}[args.jit_compile]
 
@@ -125,6 +170,13 @@ def main(argv=None):
           f"{'extrapolated ' if args.tasks != 20 else ''}20 tasks: {full:.0f} s (target ≤ 350 s); "
           f"peak RSS {out['peak_rss_mb']:.0f} MB (target ≤ 1536 MB); load {load0:.1f} → {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs")
+    if args.floor:
+        step_cpu, sample_cpu = arithmetic_floor(warped, learner, tasks, min(samples, 200))
+        floor = step_cpu + sample_cpu
+        out.update(floor_task_step_cpu_seconds=step_cpu, floor_replay_sample_cpu_seconds=sample_cpu)
+        print(f"arithmetic floor (fixed batches, no buffer, no meta-update, traced loops): task step "
+              f"{1000 * step_cpu:.1f} + replay sample {1000 * sample_cpu:.1f} = {1000 * floor:.1f} CPU-ms per sample; "
+              f"this meta-step {1000 * cpu / samples:.1f} CPU-ms per sample, {cpu / samples / floor:.2f}× the floor")
     if spill is not None:
         spill.cleanup()
     if args.json:

@@ -1,5 +1,6 @@
 """Trainer binaries on bad input: one ``error:`` line naming the binding or folder, exit status 2, no traceback."""
 
+import json
 import os
 import subprocess
 import sys
@@ -61,3 +62,16 @@ def test_benchmark_json_folder_is_checked_before_the_benchmarks_run(tmp_path):
     proc = _run("benchmarks.run", ["--quick", f"--json={tmp_path / 'missing' / 'bench.json'}"], timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "--json" in proc.stderr and "does not exist" in proc.stderr, proc.stderr[-3000:]
+
+
+def test_meta_step_benchmark_warms_up_on_the_timed_meta_batch_and_times_its_arithmetic_floor(tmp_path):
+    out = tmp_path / "meta_step.json"
+    proc = _run("benchmarks.omniglot_meta_step", ["--tasks=2", "--steps=3", "--batch=4", "--filters=4",
+                                                  "--objective=approx", "--floor", f"--json={out}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "arithmetic floor" in proc.stdout, proc.stdout
+    with open(out) as f:
+        figures = json.load(f)
+    assert figures["config"]["warmup_tasks"] == 2  # the timed step retraces nothing
+    assert figures["warp_updates"] == 2 * 3  # η = 1: one warp update per (task, step) sample
+    assert figures["floor_task_step_cpu_seconds"] > 0 and figures["floor_replay_sample_cpu_seconds"] > 0

@@ -198,6 +198,13 @@ class ReplayBuffer:
         fields = tuple(tf.stack([d[i] for d in self._data]) for i in range(4))
         return fields, tf.constant(self._seeds, tf.int64)
 
+    def init_gradients(self):
+        """Every stored task's ∇C stacked in task order (``{path: [num_tasks, ...]}``), or None if no task stored
+        one: :meth:`init_gradient`'s terms, for a replay pass that attributes them in the graph."""
+        if not self._init or self._init[0] is None:
+            return None
+        return {k: tf.stack([g[k] for g in self._init]) for k in self._init[0]}
+
     def init_gradient(self, indices, total_tasks=None):
         """The initialisation gradient attributed to samples ``indices``: ``Σ_i g_C(τ_i) / (n_τi · T)``.
 

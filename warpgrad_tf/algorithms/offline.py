@@ -348,6 +348,50 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
     fused_replay = distribute.sharded_sum(strategy, gathered_terms, finish=replay_finish,
                                           apply=apply_if_finite) if fused else None
 
+    @tf.function(reduce_retracing=True)
+    def replay_pass(data, plan, init_terms):
+        """The whole pass in one graph call: ``fused_replay``'s call for each mini-batch b in turn (its samples,
+        weights and count are row b of ``plan``; its share of ∇C is ``Σ_j coef[b, j] · ∇C(τ of sample j)``, as
+        :meth:`~warpgrad_tf.replay.ReplayBuffer.init_gradient`), stopping at the first non-finite meta-gradient,
+        which is not applied. Returns the summed meta-loss, the mini-batches run, the first bad one (−1: none)
+        and the last mini-batch's warp gradients and loss (to name the bad ones)."""
+        task_index, steps, indices, weights, counts, coef = plan
+        num = tf.shape(counts)[0]
+
+        def body(b, loss_sum, bad, last_grads, last_loss):
+            init = {k: tf.tensordot(tf.cast(coef[b], v.dtype), tf.gather(v, task_index[b]), axes=1)
+                    for k, v in init_terms.items()}
+            inputs = ((task_index[b], steps[b], indices[b]), weights[b], init)
+            (warp_grads, _, loss, _), finite = fused_replay((data, fused_replay.place(lambda g: inputs)),
+                                                            counts[b])[0]
+            return (b + 1, loss_sum + tf.cast(loss, tf.float64), tf.where(finite, bad, b), warp_grads,
+                    tf.cast(loss, last_loss.dtype))
+
+        dtype = weights.dtype
+        zeros = {p: tf.zeros(v.shape, dtype) for p, v in warped.values("warp").items()} if learn_warp else {}
+        start = (tf.constant(0), tf.constant(0.0, tf.float64), tf.constant(-1), zeros, tf.constant(0.0, dtype))
+        # one iteration at a time: each reads the φ the previous one wrote
+        return tf.while_loop(lambda b, _, bad, *rest: tf.logical_and(b < num, bad < 0), body, start,
+                             parallel_iterations=1)
+
+    def replay_in_graph(b, data, order, num_tasks, dtype):
+        """The pass's plan for one replica holding every sample (:func:`_local_indices` per mini-batch), then
+        :func:`replay_pass`. Returns ``(summed meta-loss, meta-steps)``."""
+        rows = []
+        for begin in range(0, len(order), eta):
+            indices, real = _local_indices(np.sort(order[begin:begin + eta]), eta)
+            rows.append(b.locate(indices) + (indices, real, min(eta, len(order) - begin)))
+        task_index, steps, indices, real, counts = (np.stack(c) for c in zip(*rows))
+        coef = np.where(real, 1.0 / (b.task_sizes()[task_index] * num_tasks), 0.0)
+        plan = (task_index, steps, indices, real.astype(dtype.as_numpy_dtype), counts.astype(np.int32), coef)
+        init_terms = (b.init_gradients() or {}) if has_init else {}
+        done, loss_sum, bad, last_grads, last_loss = replay_pass(
+            data, tuple(tf.constant(a) for a in plan), init_terms)
+        if int(bad) >= 0:
+            base.raise_if_not_finite(False, f"offline replay, meta-step {int(bad) + 1}",
+                                     base.MetaGradients(last_grads, {}, None, {}), last_loss)
+        return float(loss_sum), int(done)
+
     def step(tasks, seeds, shuffle_seed=None):
         tasks = base.as_tasks(tasks)
         seeds = base.task_seeds(tasks, seeds)
@@ -363,7 +407,7 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
 
         # replay (lines 13–23) over the global sample numbering; replica g holds samples [g·span, (g+1)·span)
         records = next(iter(buffers.values())).stacked_records() if fused and init_lr is None else None
-        in_graph = records is not None  # the fused call (gather and apply in the graph), else gather, call, apply
+        in_graph = records is not None  # one call for the pass (gather and apply in the graph), else a call each
         run = fused_replay if in_graph else replay
         # the meta-batch's data: placed once per step
         data = run.place(lambda g: buffers[g].task_data() + ((records,) if in_graph else ()))
@@ -374,34 +418,34 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
         zeros_init = {k: tf.zeros_like(v) for k, v in theta0.items()} if has_init else {}
 
         def replica_input(b, owned):
-            """Replica inputs for its samples ``owned`` (padded to η): the samples (their locations when
-            gathered in the graph), their weights and their share of the initialisation gradient."""
+            """Replica inputs for its samples ``owned`` (padded to η): the samples, their weights and their
+            share of the initialisation gradient."""
             indices, real = _local_indices(owned, eta)
             init = b.init_gradient(owned, total_tasks=num_tasks) if has_init and owned.size else None
-            samples = tuple(tf.constant(a) for a in b.locate(indices) + (indices,)) if in_graph else \
-                b.gather(indices)
-            return samples, tf.constant(real, dtype), zeros_init if init is None else init
+            return b.gather(indices), tf.constant(real, dtype), zeros_init if init is None else init
 
         order = np.random.default_rng(shuffle_seed).permutation(total)  # as ReplayBuffer.minibatches
-        span = per * learner.steps
-        meta_loss, meta_steps = 0.0, 0
-        for begin in range(0, total, eta):
-            indices = order[begin:begin + eta]
-            inputs = {g: replica_input(b, np.sort(indices[(indices >= g * span) & (indices < (g + 1) * span)]
-                                                  - g * span)) for g, b in buffers.items()}
-            (warp_grads, lr_grad, loss, init), finite = run((data, run.place(inputs.__getitem__)),
-                                                            tf.constant(len(indices)))[0]
-            base.raise_if_not_finite(finite, f"offline replay, meta-step {meta_steps + 1}",
-                                     base.MetaGradients(warp_grads, {}, lr_grad, {}), loss)
-            if not in_graph:  # the fused call applied it already
+        if in_graph:  # one replica holds every sample: the whole pass is one call
+            meta_loss, meta_steps = replay_in_graph(next(iter(buffers.values())), data, order, num_tasks, dtype)
+        else:  # per mini-batch: gather, one call, apply
+            meta_loss, meta_steps = 0.0, 0
+            span = per * learner.steps
+            for begin in range(0, total, eta):
+                indices = order[begin:begin + eta]
+                inputs = {g: replica_input(b, np.sort(indices[(indices >= g * span) & (indices < (g + 1) * span)]
+                                                      - g * span)) for g, b in buffers.items()}
+                (warp_grads, lr_grad, loss, init), finite = run((data, run.place(inputs.__getitem__)),
+                                                                tf.constant(len(indices)))[0]
+                base.raise_if_not_finite(finite, f"offline replay, meta-step {meta_steps + 1}",
+                                         base.MetaGradients(warp_grads, {}, lr_grad, {}), loss)
                 if init_lr is not None:  # MAML's α-gradient, spread over the pass like g_θ0
                     share = len(indices) / total * learner.init_weight
                     extra = tf.nest.map_structure(lambda t, s=share: s * t, init_lr)
                     lr_grad = extra if lr_grad is None else tf.nest.map_structure(
                         lambda a, b: a + tf.cast(b, a.dtype), lr_grad, extra)
                 apply_fn(base.MetaGradients(warp_grads, init, lr_grad, {}))
-            meta_loss += float(loss)
-            meta_steps += 1
+                meta_loss += float(loss)
+                meta_steps += 1
         reports = [b.memory() for b in buffers.values()]
         summed = {f: sum(getattr(r, f) for r in reports)
                   for f in ("bytes_in_memory", "bytes_on_disk", "bytes_task_data")}

@@ -1,5 +1,5 @@
-"""Offline replay (Alg. 2, lines 13–23): the fused per-mini-batch call against a plain reference and against
-the unfused path (a spilled buffer), in float64."""
+"""Offline replay (Alg. 2, lines 13–23): the fused pass (one graph call looping over the mini-batches) against
+a plain reference and against the unfused path (a spilled buffer: a call per mini-batch), in float64."""
 
 import numpy as np
 import pytest

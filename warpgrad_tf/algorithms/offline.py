@@ -281,8 +281,8 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
     worker's buffers summed; ``samples`` and ``tasks`` global), ``replicas``, the largest local buffer's
     ``bytes_in_memory_per_replica`` / ``bytes_on_disk_per_replica``, and the wall seconds of collection and
     replay (``collect_seconds``, ``replay_seconds``). ``step.buffers`` maps global replica ids to the local
-    buffers (``step.buffer``: the only one, on one replica); ``step.fused`` tells whether replay runs as one
-    call per mini-batch (the default strategy without a learned rate or XLA, on an in-memory buffer).
+    buffers (``step.buffer``: the only one, on one replica); ``step.fused`` tells whether the replay pass runs as
+    one graph call (the default strategy without a learned rate or XLA, on an in-memory buffer).
     """
     learner = deprecated_arguments("offline_step", learner, old)
     jit_compile, learned_rate = learner.jit_compile, learned_rate_of(learner)
@@ -325,7 +325,8 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
 
     # The default strategy, no learned rate, no XLA: each mini-batch is one sharded_sum call that gathers its
     # samples from the stacked buffer, takes the meta-gradient (the same replay_terms / replay_finish) and applies
-    # it when it is finite — instead of an eager gather, two calls and their nest conversions (docs/performance.md).
+    # it when it is finite — instead of an eager gather, two calls and their nest conversions — and replay_pass
+    # makes those calls in one graph loop, so the pass has no Python between updates (docs/performance.md).
     default = not tf.distribute.has_strategy() and strategy is tf.distribute.get_strategy()
     fused = default and len(local_ids) == 1 and learned_rate is None and not jit_compile
 
@@ -458,7 +459,7 @@ def offline_step(warped, learner: base.MetaLearner, optimizers: base.MetaOptimiz
         return metrics
 
     step.buffers = buffers
-    step.fused = fused  # replay as one call per mini-batch (on an in-memory buffer; a spilled one takes the other path)
+    step.fused = fused  # the pass as one call (on an in-memory buffer; a spilled one takes the other path)
     if len(buffers) == 1:
         step.buffer = next(iter(buffers.values()))
     return step

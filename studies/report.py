@@ -103,11 +103,20 @@ def tabulate(study, records):
             for row, cols in cells.items()}
 
 
+def _decimals(cell):
+    """One decimal for a mean of 10 or more (accuracies in %, returns); below, enough to show the standard
+    error to two significant figures (1 to 4), or 3 without one (one seed)."""
+    if abs(cell["mean"]) >= 10:
+        return 1
+    if cell["stderr"] > 1e-12:
+        return min(4, max(1, 1 - math.floor(math.log10(cell["stderr"]))))
+    return 3
+
+
 def format_table(study, table, markdown=False):
     cols = list(dict.fromkeys(c for row in table.values() for c in row))
     label = lambda row: study.labels.get(row, row)  # noqa: E731
-    digits = lambda x: 1 if abs(x) >= 10 else 3  # noqa: E731
-    cell = lambda s: f"{s['mean']:.{digits(s['mean'])}f} ± {s['stderr']:.{digits(s['mean'])}f} (n={s['n']})"  # noqa: E731
+    cell = lambda s: f"{s['mean']:.{_decimals(s)}f} ± {s['stderr']:.{_decimals(s)}f} (n={s['n']})"  # noqa: E731
     heads = [c if c else study.metric for c in cols]
     if study.columns_title and any(cols):
         heads = [f"{study.columns_title}{c}" for c in cols]

@@ -230,3 +230,16 @@ def test_finished_runs_of_one_method_calibrate_the_estimate_of_another(tmp_path,
     total, by_kind, unknown = estimate.estimate([leap, warp], str(tmp_path))
     assert not unknown and total == pytest.approx(1.5 * reference["conv3x3/seed0"])
     assert by_kind["omniglot"][1:] == (1, "1 finished runs here")
+
+
+def test_table_cells_show_the_standard_error_to_two_significant_figures():
+    from studies.study import Study
+
+    study = Study("t", "T", "", runs=None, metrics=None)
+    table = {"kfac": {"": {"accuracy": report.mean_stderr([5.1, 5.4, 6.0])}},  # s.e. 0.265
+             "warp": {"": {"accuracy": report.mean_stderr([33.1, 41.2, 63.4])}},  # s.e. 9.06
+             "mse": {"": {"accuracy": report.mean_stderr([0.0150, 0.0160, 0.0170])}},  # s.e. 0.00058: 4 at most
+             "one": {"": {"accuracy": report.mean_stderr([56.7])}}}
+    text = report.format_table(study, table, markdown=True)
+    for cell in ("5.50 ± 0.26 (n=3)", "45.9 ± 9.1 (n=3)", "0.0160 ± 0.0006 (n=3)", "56.7 ± 0.0 (n=1)"):
+        assert cell in text, text

@@ -158,7 +158,12 @@ class CpuBudget:
         self._base, self._cpu0 = float(self.spent.numpy()), time.process_time()
 
     def seconds_spent(self):
-        return self._base + time.process_time() - self._cpu0
+        """Every sitting's CPU-seconds: the restored count plus :meth:`sitting_seconds`."""
+        return self._base + self.sitting_seconds()
+
+    def sitting_seconds(self):
+        """This process's CPU-seconds since :meth:`start`."""
+        return time.process_time() - self._cpu0
 
     def __call__(self):
         spent = self.seconds_spent()

@@ -132,6 +132,9 @@ def main(argv=None):
                 json.dump({"study": args.study, "flags": flags}, f, indent=1)
             execute.run_all(runs, root, args.jobs, data_dir, args.in_process, args.nice)
         report(study, runs, root, options, docs, data_dir)
+    except execute.Interrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        return 128 + e.signum
     except (StudyError, ValueError, FileNotFoundError) as e:
         print(f"error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -21,10 +22,21 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .study import APPS, StudyError, resolve_gin, trainer_module
 
-__all__ = ["RECORD", "commit", "finished", "load_record", "machine", "run_all", "run_one"]
+__all__ = ["RECORD", "Interrupted", "commit", "finished", "load_record", "machine", "run_all", "run_one"]
 
 RECORD = "run.json"
 _LOCK = threading.Lock()
+_LIVE = {}  # pid → the trainer processes running now
+_STOP = threading.Event()  # set by SIGTERM / SIGINT: start no run, record the running ones as interrupted
+
+
+class Interrupted(Exception):
+    """The study was stopped by a signal after recording every running trainer's attempt."""
+
+    def __init__(self, signum, runs):
+        super().__init__(f"stopped by signal {signum}; {runs} running trainers stopped and their attempts "
+                         "recorded — the same command resumes them from their checkpoints")
+        self.signum = signum
 
 
 def machine():
@@ -100,7 +112,13 @@ def _attempt_subprocess(run, run_dir, data_dir, nice):
         niced = ["nice", "-n", str(nice)] if nice and shutil.which("nice") else []  # nice execs: the same pid
         proc = subprocess.Popen(niced + _command(run, run_dir, data_dir), stdout=log, stderr=subprocess.STDOUT,
                                 env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
+        with _LOCK:
+            _LIVE[proc.pid] = proc
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            with _LOCK:
+                _LIVE.pop(proc.pid, None)
         proc.returncode = os.waitstatus_to_exitcode(status)
     return proc.returncode, {"cpu_s": usage.ru_utime + usage.ru_stime, "wall_s": time.time() - start,
                              "peak_rss_mb": usage.ru_maxrss / 1024.0}
@@ -139,6 +157,8 @@ def _attempt_in_process(run, run_dir, data_dir):
 def run_one(run, root, data_dir=None, in_process=False, nice=0, say=print):
     """Run ``run`` into ``root/run.name`` unless finished; returns its record. A failed run raises one line."""
     run_dir = os.path.join(root, run.name)
+    if _STOP.is_set():  # the study is stopping: start nothing new
+        return load_record(run_dir)
     os.makedirs(run_dir, exist_ok=True)
     record = load_record(run_dir)
     if record is not None and record["config"] != run.config():
@@ -162,9 +182,13 @@ def run_one(run, root, data_dir=None, in_process=False, nice=0, say=print):
         rc, cost = _attempt_subprocess(run, run_dir, data_dir, nice)
     cost.update(exit=rc, resumed=resumed, ended=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     record["attempts"].append(cost)
-    record["status"] = "done" if rc == 0 else "failed"
+    record["status"] = "done" if rc == 0 else "interrupted" if _STOP.is_set() else "failed"
     with _LOCK:
         _write_record(run_dir, record)
+    if record["status"] == "interrupted":
+        say(f"  {run.name}: interrupted, {cost['cpu_s']:.0f} CPU-s recorded; it resumes from its checkpoint",
+            flush=True)
+        return record
     if record["status"] != "done":
         with open(os.path.join(run_dir, "log.txt")) as log:
             said = [ln.strip() for ln in log if ln.startswith("error:")]
@@ -181,11 +205,34 @@ def run_all(runs, root, jobs=1, data_dir=None, in_process=False, nice=0, say=pri
     todo = [r for r in runs if not finished(os.path.join(root, r.name))]
     say(f"{len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run ({jobs} at a time)", flush=True)
     one = lambda r: run_one(r, root, data_dir, in_process, nice, say)  # noqa: E731
-    if jobs > 1:
-        with ThreadPoolExecutor(jobs) as pool:
-            list(pool.map(one, todo))
-    else:  # in this thread: an in-process trainer installs signal handlers, which needs the main thread
-        for r in todo:
-            one(r)
+    received = []
+    handle = not in_process and threading.current_thread() is threading.main_thread()
+
+    def stop(signum, frame):
+        """Start no more runs; pass SIGTERM on to the running trainers (a terminal's SIGINT reaches them
+        already), which checkpoint and exit, so their attempts are recorded before the study stops."""
+        received.append(signum)
+        _STOP.set()
+        if signum == signal.SIGTERM:
+            with _LOCK:
+                for proc in _LIVE.values():
+                    proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)} if handle else {}
+    _STOP.clear()
+    try:
+        if jobs > 1:
+            with ThreadPoolExecutor(jobs) as pool:
+                list(pool.map(one, todo))
+        else:  # in this thread: an in-process trainer installs signal handlers, which needs the main thread
+            for r in todo:
+                one(r)
+        if _STOP.is_set():
+            raise Interrupted(received[0], sum(1 for r in todo if (load_record(os.path.join(root, r.name)) or {})
+                                               .get("status") == "interrupted"))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _STOP.clear()
     for r in runs:  # records of runs finished before the record existed
         run_one(r, root, data_dir, in_process, nice, say)

@@ -243,3 +243,31 @@ def test_table_cells_show_the_standard_error_to_two_significant_figures():
     text = report.format_table(study, table, markdown=True)
     for cell in ("5.50 ± 0.26 (n=3)", "45.9 ± 9.1 (n=3)", "0.0160 ± 0.0006 (n=3)", "56.7 ± 0.0 (n=1)"):
         assert cell in text, text
+
+
+def test_a_study_stopped_by_sigterm_records_the_running_attempt_and_resumes_it(tmp_path):
+    """SIGTERM to the harness alone: it passes the signal to its trainer, records that attempt (its CPU-seconds
+    included) as interrupted, starts no other run and exits 128 + 15; the same command then finishes the study."""
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert _run(whole, "--set=steps=6") == 0
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.Popen([sys.executable, "-m", "studies", "run", TINY, f"--root={cut}", "--docs=none", "--nice=0",
+                             "--set=steps=6", "--set=pause=0.3"], cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    state = cut / "a" / "seed0" / "checkpoints" / "state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (state.exists() and json.loads(state.read_text() or "{}").get("step", 0) >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # the harness only, not its process group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "interrupted: stopped by signal 15; 1 running trainers stopped" in err, err
+    record = json.loads((cut / "a" / "seed0" / "run.json").read_text())
+    (attempt,) = record["attempts"]
+    assert record["status"] == "interrupted" and attempt["exit"] != 0 and attempt["cpu_s"] > 0
+    assert not (cut / "a" / "seed0" / "results.json").exists() and not (cut / "a" / "seed1").exists()
+    assert cli.main(["run", TINY, f"--root={cut}", "--docs=none", "--nice=0", "--set=steps=6",
+                     "--set=pause=0.3"]) == 0
+    record = json.loads((cut / "a" / "seed0" / "run.json").read_text())
+    assert record["status"] == "done" and [a["resumed"] for a in record["attempts"]] == [False, True]
+    assert _table(cut) == _table(whole)

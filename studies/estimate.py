@@ -9,6 +9,7 @@ model (their recorded CPU-seconds divided by their work), or from reference rate
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.util
 import os
 import statistics
@@ -69,9 +70,10 @@ def trainer_defaults(trainer):
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def method_objectives():
     """``{method: (initialisation objective, warp objective or None)}`` of
-    :data:`warpgrad_tf.algorithms.methods.METHODS`, read from its source (no import, no TensorFlow)."""
+    :data:`warpgrad_tf.algorithms.methods.METHODS`, read from its source once (no import, no TensorFlow)."""
     spec = importlib.util.find_spec("warpgrad_tf")  # a top-level spec: the package is not imported
     with open(os.path.join(os.path.dirname(spec.origin), "algorithms", "methods.py")) as f:
         tree = ast.parse(f.read())

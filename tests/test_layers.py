@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import warpgrad_tf as wg
-from tests.layer_case import run_layer_test
+from tests.layer_case import assert_config_round_trip, run_layer_test
+from warpgrad_tf.model import sublayers
 
 CONV_VARIANTS = {
     "conv3x3": dict(kind="conv", kernel_size=3),
@@ -90,6 +91,18 @@ def test_film_warp_block_layer_case(tmp_path):
     x = np.random.default_rng(3).standard_normal((2, 6, 6, 3)).astype("float32")
     run_layer_test(wg.layers.FiLMWarpBlock(kernel_size=3, hidden_units=4, embedding_dim=2, name="fwarp"), x,
                    tmp_path, expected_output_shape=x.shape, seed=3)
+
+
+def test_warp_batchnorm_constants_are_config():
+    x = np.random.default_rng(4).standard_normal((2, 6, 6, 3)).astype("float32")
+    for block in (wg.WarpBlock(kind="conv", num_layers=2, batch_norm="after", bn_momentum=0.5, bn_epsilon=0.01),
+                  wg.layers.FiLMWarpBlock(kernel_size=3, hidden_units=4, embedding_dim=2, bn_momentum=0.5,
+                                          bn_epsilon=0.01)):
+        block(x)
+        norms = [n for n in sublayers(block) if isinstance(n, wg.BatchNormalization)]
+        assert len(norms) == 2 and {(n.momentum, n.epsilon) for n in norms} == {(0.5, 0.01)}
+        assert_config_round_trip(block)
+        assert type(block).from_config(block.get_config()).bn_momentum == 0.5
 
 
 def test_a_keras_file_from_before_the_move_to_layers_still_loads(tmp_path):

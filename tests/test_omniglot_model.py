@@ -120,6 +120,28 @@ def test_batchnorm_with_apply_training():
         np.testing.assert_array_equal(same_state[name].numpy(), state[name].numpy())
 
 
+@pytest.mark.parametrize("variant", ["bn", "2layer_bn_res", "film"])
+def test_warp_batchnorms_follow_the_release_moving_statistics(variant):
+    # The release builds warp BatchNorms as nn.BatchNorm2d (momentum 0.1, eps 1e-5), like the task ones: one
+    # training-mode step from reset statistics moves every moving mean, task and warp, to 0.1 × the batch mean
+    # (Keras' default 0.99: to 0.01 ×), so after 100 adaptation steps nothing of the reset values is left.
+    warped = WarpedModel(omniglot_convnet(warp=variant, filters=8))
+    task, warp, state = warped.values("task"), warped.values("warp"), warped.values("state")
+    warp_means = [n for n in state if n.startswith("warp") and n.endswith("moving_mean")]
+    assert warp_means, sorted(state)
+    x = images(16, seed=7)
+    _, new_state = warped.apply(task, warp, x, state=state, training=True)
+    norms = [layer for layer in sublayers(warped.model.get_layer("warp2")) if isinstance(layer, BatchNormalization)]
+    assert norms and all(n.momentum == 0.9 and n.epsilon == 1e-5 for n in norms)
+    # moved by the batch (a residual block's last map starts at zero, so its BN sees zeros)
+    assert max(np.abs(new_state[name].numpy()).max() for name in warp_means) > 1e-3
+    # A warp mean after one step is 0.1 × the batch mean: a second step on the same batch (same activations
+    # upstream, training mode) gives 0.1 b + 0.9 · 0.1 b = 0.19 b.
+    _, second = warped.apply(task, warp, x, state=new_state, training=True)
+    for name in warp_means:
+        np.testing.assert_allclose(second[name].numpy(), 1.9 * new_state[name].numpy(), rtol=1e-4, atol=1e-7)
+
+
 def test_fused_batch_norm_matches_keras():
     fused = WarpedModel(omniglot_convnet(fused_batch_norm=True))
     plain = WarpedModel(omniglot_convnet(fused_batch_norm=False))

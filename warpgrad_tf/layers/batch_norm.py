@@ -19,7 +19,15 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-__all__ = ["BatchNormalization", "FusedBatchNormalization"]
+__all__ = ["BatchNormalization", "FusedBatchNormalization", "RELEASE_MOMENTUM", "RELEASE_EPSILON"]
+
+#: The authors' release builds every BatchNorm, task and warp layers alike, as PyTorch's ``nn.BatchNorm2d``
+#: with its defaults: ``momentum=0.1`` (``0.9`` in Keras' convention, ``moving = 0.9 · moving + 0.1 · batch``)
+#: and ``eps=1e-5``. Under the Omniglot protocol's per-task running statistics (reset at the start of a task,
+#: updated by every adaptation step) Keras' default 0.99 would leave 0.99^100 ≈ 37 % of the reset values in
+#: them after 100 steps; 0.9^100 leaves 3e-5.
+RELEASE_MOMENTUM = 0.9
+RELEASE_EPSILON = 1e-5
 
 
 @keras.saving.register_keras_serializable(package="warpgrad_tf")

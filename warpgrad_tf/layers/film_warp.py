@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from warpgrad_tf.layers.batch_norm import BatchNormalization
+from warpgrad_tf.layers.batch_norm import RELEASE_EPSILON, RELEASE_MOMENTUM, BatchNormalization
 from warpgrad_tf.layers.film import TaskFiLM
 
 __all__ = ["FiLMWarpBlock"]
@@ -23,12 +23,17 @@ class FiLMWarpBlock(keras.layers.Layer):
       kernel_size: spatial size of both convolutions.
       hidden_units: output channels of the first convolution (128 in App. F).
       embedding_dim: size of the task embedding.
+      bn_momentum, bn_epsilon: constants of both BatchNorms (default: the authors' release, as
+        :class:`~warpgrad_tf.layers.WarpBlock`).
     """
 
     warpgrad_role = "warp"
 
-    def __init__(self, kernel_size=3, hidden_units=128, embedding_dim=8, **kwargs):
+    def __init__(self, kernel_size=3, hidden_units=128, embedding_dim=8, bn_momentum=RELEASE_MOMENTUM,
+                 bn_epsilon=RELEASE_EPSILON, **kwargs):
         super().__init__(**kwargs)
+        self.bn_momentum = float(bn_momentum)
+        self.bn_epsilon = float(bn_epsilon)
         self.kernel_size = int(kernel_size)
         self.hidden_units = int(hidden_units)
         self.embedding_dim = int(embedding_dim)
@@ -39,12 +44,14 @@ class FiLMWarpBlock(keras.layers.Layer):
         hidden_shape = shape[:-1] + (self.hidden_units,)
         self.conv_in = keras.layers.Conv2D(self.hidden_units, self.kernel_size, padding="same",
                                            name="map_0", dtype=self.dtype_policy)
-        self.bn_in = BatchNormalization(name="bn_0", dtype=self.dtype_policy)
+        self.bn_in = BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon, name="bn_0",
+                                         dtype=self.dtype_policy)
         self.film = TaskFiLM(self.embedding_dim, name="film", dtype=self.dtype_policy)
         self.conv_out = keras.layers.Conv2D(channels, self.kernel_size, padding="same",
                                             kernel_initializer="zeros", name="map_1",
                                             dtype=self.dtype_policy)
-        self.bn_out = BatchNormalization(name="bn_1", dtype=self.dtype_policy)
+        self.bn_out = BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon, name="bn_1",
+                                         dtype=self.dtype_policy)
         self.conv_in.build(shape)
         self.bn_in.build(hidden_shape)
         self.film.build(hidden_shape)
@@ -63,5 +70,5 @@ class FiLMWarpBlock(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(kernel_size=self.kernel_size, hidden_units=self.hidden_units,
-                      embedding_dim=self.embedding_dim)
+                      embedding_dim=self.embedding_dim, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon)
         return config

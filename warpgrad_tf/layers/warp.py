@@ -30,7 +30,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from warpgrad_tf.layers.batch_norm import BatchNormalization
+from warpgrad_tf.layers.batch_norm import RELEASE_EPSILON, RELEASE_MOMENTUM, BatchNormalization
 
 __all__ = ["DiracInitializer", "WarpBlock"]
 
@@ -106,6 +106,9 @@ class WarpBlock(keras.layers.Layer):
       residual: add the block input to its output (ResNet-style warp, App. F).
       use_bias: whether linear maps have a bias.
       kernel_initializer: override the identity/zero initialisation of the maps.
+      bn_momentum, bn_epsilon: constants of the block's BatchNorms; the defaults are the authors' release
+        (:data:`~warpgrad_tf.layers.batch_norm.RELEASE_MOMENTUM`, ``RELEASE_EPSILON``: PyTorch's
+        ``nn.BatchNorm2d`` defaults, which its warp layers use), not Keras' 0.99 / 1e-3.
     """
 
     warpgrad_role = "warp"
@@ -122,6 +125,8 @@ class WarpBlock(keras.layers.Layer):
         residual=False,
         use_bias=True,
         kernel_initializer=None,
+        bn_momentum=RELEASE_MOMENTUM,
+        bn_epsilon=RELEASE_EPSILON,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -147,6 +152,8 @@ class WarpBlock(keras.layers.Layer):
         self.kernel_initializer = (
             keras.initializers.get(kernel_initializer) if kernel_initializer is not None else None
         )
+        self.bn_momentum = float(bn_momentum)
+        self.bn_epsilon = float(bn_epsilon)
 
     @property
     def is_affine(self):
@@ -184,7 +191,8 @@ class WarpBlock(keras.layers.Layer):
         channels = int(input_shape[-1])
         hidden = int(self.hidden_units or channels)
         if self.batch_norm == "before":
-            self.input_norm = BatchNormalization(name="input_bn", dtype=self.dtype_policy)
+            self.input_norm = BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon, name="input_bn",
+                                                 dtype=self.dtype_policy)
             self.input_norm.build(input_shape)
         shape = list(input_shape)
         for i in range(self.num_layers):
@@ -196,7 +204,8 @@ class WarpBlock(keras.layers.Layer):
             shape[-1] = units
             setattr(self, f"map_{i}", layer)
             if self.batch_norm == "after":
-                norm = BatchNormalization(name=f"bn_{i}", dtype=self.dtype_policy)
+                norm = BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon, name=f"bn_{i}",
+                                          dtype=self.dtype_policy)
                 norm.build(tuple(shape))
                 setattr(self, f"bn_{i}", norm)
         super().build(input_shape)
@@ -247,6 +256,8 @@ class WarpBlock(keras.layers.Layer):
                 keras.initializers.serialize(self.kernel_initializer)
                 if self.kernel_initializer is not None else None
             ),
+            bn_momentum=self.bn_momentum,
+            bn_epsilon=self.bn_epsilon,
         )
         return config
 

@@ -14,8 +14,9 @@ arguments of a named variant, so any other block can be configured by gin::
     omniglot_convnet.warp_kwargs = {"kernel_size": 1}
 
 BatchNorm defaults follow the authors' PyTorch release (``momentum=0.1`` there, i.e. ``momentum=0.9`` in
-Keras' convention; ``epsilon=1e-5``): with Keras' default 0.99 the moving statistics after a 100-step task
-adaptation would still be dominated by their initial values.
+Keras' convention; ``epsilon=1e-5``), in the task blocks and, through the warp layers' own defaults
+(:data:`~warpgrad_tf.layers.batch_norm.RELEASE_MOMENTUM`), in the warp layers: with Keras' default 0.99 the
+moving statistics after a 100-step task adaptation would still be dominated by their initial values.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import gin
 import keras
 
 from warpgrad_tf.layers import BatchNormalization, FiLMWarpBlock, FusedBatchNormalization, MaxPooling2D, WarpBlock
+from warpgrad_tf.layers.batch_norm import RELEASE_EPSILON, RELEASE_MOMENTUM
 
 __all__ = ["omniglot_convnet", "warp_layer", "WARP_VARIANTS"]
 
@@ -57,7 +59,8 @@ def warp_layer(warp, warp_kwargs=None, name=None, dtype=None):
 
 @gin.configurable
 def omniglot_convnet(num_classes=20, num_blocks=4, filters=64, kernel_size=3, image_size=28, channels=1,
-                     warp="conv3x3", warp_kwargs=None, warp_head=False, bn_momentum=0.9, bn_epsilon=1e-5,
+                     warp="conv3x3", warp_kwargs=None, warp_head=False, bn_momentum=RELEASE_MOMENTUM,
+                     bn_epsilon=RELEASE_EPSILON,
                      fused_batch_norm=True, dtype=None, name="omniglot_convnet"):
     """Build the (warped) Omniglot task learner as a functional ``keras.Model``.
 
@@ -71,7 +74,8 @@ def omniglot_convnet(num_classes=20, num_blocks=4, filters=64, kernel_size=3, im
       warp_kwargs: overrides of the variant's :class:`WarpBlock` arguments.
       warp_head: also insert a linear (dense) warp on the logits (``W ∘ ω`` of the released code's
         ``warp_final_head``).
-      bn_momentum, bn_epsilon: task BatchNorm constants (PyTorch-release defaults, see module doc).
+      bn_momentum, bn_epsilon: task BatchNorm constants (PyTorch-release defaults, see module doc); the warp
+        layers' are their own arguments (``warp_kwargs``), with the same defaults.
       fused_batch_norm: task BatchNorm as :class:`~warpgrad_tf.layers.FusedBatchNormalization` (same
         results, ~3× faster forward + backward on CPU) instead of :class:`~warpgrad_tf.layers.BatchNormalization`
         (plain ops; both have exact second derivatives, Keras' layer does not).

@@ -223,13 +223,11 @@ def run_all(runs, root, jobs=1, data_dir=None, in_process=False, nice=0, say=pri
     try:
         if jobs > 1:
             with ThreadPoolExecutor(jobs) as pool:
-                list(pool.map(one, todo))
+                records = list(pool.map(one, todo))
         else:  # in this thread: an in-process trainer installs signal handlers, which needs the main thread
-            for r in todo:
-                one(r)
+            records = [one(r) for r in todo]
         if _STOP.is_set():
-            raise Interrupted(received[0], sum(1 for r in todo if (load_record(os.path.join(root, r.name)) or {})
-                                               .get("status") == "interrupted"))
+            raise Interrupted(received[0], sum(1 for rec in records if (rec or {}).get("status") == "interrupted"))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

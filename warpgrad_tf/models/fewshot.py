@@ -25,6 +25,7 @@ import gin
 import keras
 
 from warpgrad_tf.layers import BatchNormalization, FusedBatchNormalization, MaxPooling2D
+from warpgrad_tf.layers.batch_norm import RELEASE_EPSILON, RELEASE_MOMENTUM
 from warpgrad_tf.model import WarpedModel
 from warpgrad_tf.models.omniglot import warp_layer
 
@@ -35,8 +36,8 @@ FIRST_BLOCK_ROLES = ("warp", "task", "frozen")
 
 @gin.configurable
 def fewshot_convnet(num_classes=5, filters=128, num_blocks=4, image_size=84, channels=3, warp="conv3x3",
-                    warp_kwargs=None, warp_blocks=None, pool_blocks=None, bn_momentum=0.9, bn_epsilon=1e-5,
-                    fused_batch_norm=True, name="fewshot_convnet"):
+                    warp_kwargs=None, warp_blocks=None, pool_blocks=None, bn_momentum=RELEASE_MOMENTUM,
+                    bn_epsilon=RELEASE_EPSILON, fused_batch_norm=True, name="fewshot_convnet"):
     """Build the (warped) few-shot learner of App. H as a functional ``keras.Model``.
 
     Args:
